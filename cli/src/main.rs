@@ -1,0 +1,227 @@
+//! `connector-run`: the command-line tool that assembles a pipeline from config and runs it.
+//!
+//! This crate is glue: it parses arguments and `params.json`, builds the registered
+//! connectors named there, and hands them to the framework's runner. It is the only crate that
+//! depends on every connector (see `plugins.toml`).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use connector_framework::{BuildContext, GuideStrategy, OutcomeStatus, Pipeline, RunOptions, Runner, Target, registry};
+
+mod logging;
+mod params;
+mod plugins {
+    /// An enabled connector crate and the kinds it registers.
+    #[derive(Debug, serde::Serialize)]
+    pub struct Plugin {
+        pub crate_name: &'static str,
+        pub kinds: &'static [&'static str],
+    }
+    include!(concat!(env!("OUT_DIR"), "/plugins.rs"));
+}
+
+/// Exit codes (also in docs/operations.md).
+const EXIT_TABLE_FAILED: u8 = 1;
+const EXIT_FATAL: u8 = 2;
+
+#[derive(Debug, Parser)]
+#[command(name = "connector-run", version, about = "Keep BigQuery in sync with fleets of MySQL databases")]
+#[command(args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// The pipeline: the original tool's params.json, or the general form.
+    #[arg(long, value_name = "FILE")]
+    pipeline: Option<PathBuf>,
+    /// Sync every table in full, whatever its state.
+    #[arg(long)]
+    full: bool,
+    /// Print each table's plan and column mapping; write nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Only these databases (comma-separated).
+    #[arg(long, value_delimiter = ',', value_name = "DB,...")]
+    databases: Option<Vec<String>>,
+    /// Only these tables (comma-separated).
+    #[arg(long, value_delimiter = ',', value_name = "TABLE,...")]
+    tables: Option<Vec<String>>,
+    /// Also write the report as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    report_json: Option<PathBuf>,
+    /// Only warnings and errors on the terminal.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// List the registered connectors.
+    List {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a connector's description, config keys and an example.
+    Describe { kind: String },
+    /// Check a pipeline config without touching the network.
+    Validate {
+        #[arg(long, value_name = "FILE")]
+        pipeline: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    plugins::force_link();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Command::List { json }) => list(json).map(|()| ExitCode::SUCCESS),
+        Some(Command::Describe { kind }) => describe(&kind).map(|()| ExitCode::SUCCESS),
+        Some(Command::Validate { pipeline }) => validate(&pipeline).map(|()| ExitCode::SUCCESS),
+        None => match &cli.run.pipeline {
+            Some(_) => run(cli.run),
+            None => {
+                Err(anyhow::anyhow!("give --pipeline FILE (or a subcommand: list, describe, validate; see --help)"))
+            }
+        },
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(EXIT_FATAL)
+        }
+    }
+}
+
+fn list(json: bool) -> Result<()> {
+    let all = registry::all();
+    if json {
+        let rows: Vec<_> = all
+            .iter()
+            .map(|d| {
+                serde_json::json!({"kind": d.kind, "role": d.role(), "crate": d.crate_name, "description": d.description})
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    let registered: Vec<&str> = all.iter().map(|d| d.kind).collect();
+    for plugin in plugins::PLUGINS {
+        for kind in plugin.kinds.iter().filter(|k| !registered.contains(k)) {
+            eprintln!("warning: plugins.toml says {} registers `{kind}`, but it does not", plugin.crate_name);
+        }
+    }
+    let kind_w = all.iter().map(|d| d.kind.len()).max().unwrap_or(4).max(4);
+    let crate_w = all.iter().map(|d| d.crate_name.len()).max().unwrap_or(5).max(5);
+    println!("{:kind_w$}  {:6}  {:crate_w$}  DESCRIPTION", "KIND", "ROLE", "CRATE");
+    for d in all {
+        println!("{:kind_w$}  {:6}  {:crate_w$}  {}", d.kind, d.role().as_str(), d.crate_name, d.description);
+    }
+    Ok(())
+}
+
+fn describe(kind: &str) -> Result<()> {
+    for d in registry::find_any(kind)? {
+        println!("{} ({}, crate {})\n{}\n", d.kind, d.role().as_str(), d.crate_name, d.description);
+        println!("config keys:\n{}", connector_framework::config::render_fields(d.fields));
+        let example: serde_json::Value = serde_json::from_str(d.example).context("example config")?;
+        println!("example:\n{}\n", serde_json::to_string_pretty(&example)?);
+        if !d.details.is_empty() {
+            println!("{}\n", d.details);
+        }
+    }
+    if kind == "mysql" || kind == "bigquery" {
+        println!(
+            "In the original tool's flat params.json the keys are:\n{}",
+            connector_framework::config::render_fields(params::FLAT_FIELDS)
+        );
+    }
+    Ok(())
+}
+
+fn load_pipeline(path: &Path) -> Result<Pipeline> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))?;
+    params::pipeline_from_json(&value).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+fn validate(path: &Path) -> Result<()> {
+    let pipeline = load_pipeline(path)?;
+    println!("{} is valid:", path.display());
+    println!("{}", serde_json::to_string_pretty(&pipeline.describe())?);
+    Ok(())
+}
+
+fn run(args: RunArgs) -> Result<ExitCode> {
+    let path = args.pipeline.clone().context("--pipeline")?;
+    let pipeline = load_pipeline(&path)?;
+    let _log_guard = logging::init(pipeline.settings.log_file.as_deref().map(Path::new), args.quiet)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("tokio runtime")?;
+    runtime.block_on(run_pipeline(pipeline, args))
+}
+
+async fn run_pipeline(pipeline: Pipeline, args: RunArgs) -> Result<ExitCode> {
+    let run_id =
+        format!("{}_{}", chrono::Utc::now().format("%Y%m%dT%H%M%S"), &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    tracing::info!(run_id, source = pipeline.source_kind, targets = pipeline.targets.len(), "run starting");
+    let multi_target = pipeline.targets.len() > 1;
+    let base_ctx = BuildContext {
+        run_id: run_id.clone(),
+        target_id: "default".into(),
+        state_subdir: None,
+        retry: pipeline.settings.retry_policy(),
+    };
+    let source = pipeline.source.build(&base_ctx).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut targets = Vec::new();
+    for spec in &pipeline.targets {
+        let ctx = BuildContext {
+            target_id: spec.id.clone(),
+            state_subdir: multi_target.then(|| spec.id.clone()),
+            ..base_ctx.clone()
+        };
+        let sink = spec.config.build(&ctx).await.map_err(|e| anyhow::anyhow!("target `{}`: {e}", spec.id))?;
+        let state = pipeline.state.build(&ctx).await.map_err(|e| anyhow::anyhow!("state: {e}"))?;
+        targets.push(Target { id: spec.id.clone(), sink, state });
+    }
+    let runner = Runner {
+        source: source.clone(),
+        targets,
+        strategy: Arc::new(GuideStrategy { incremental_supported: false }),
+        settings: pipeline.settings.clone(),
+        tables: pipeline.tables.clone(),
+        table_options: pipeline.table_options.clone(),
+        listeners: Vec::new(),
+    };
+    let options = RunOptions {
+        force_full: args.full,
+        dry_run: args.dry_run,
+        databases: args.databases.clone(),
+        tables: args.tables.clone(),
+    };
+    let report = runner.run(&options).await;
+    source.close().await;
+    let report = report.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let text = report.render();
+    print!("{text}");
+    for line in text.lines() {
+        tracing::info!(target: "report", "{line}");
+    }
+    if let Some(path) = &args.report_json {
+        std::fs::write(path, serde_json::to_vec_pretty(&report)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    let failed = report.outcomes.iter().any(|o| o.status == OutcomeStatus::Failed);
+    tracing::info!(run_id, failed, rows = report.total_rows(), "run finished");
+    Ok(if failed { ExitCode::from(EXIT_TABLE_FAILED) } else { ExitCode::SUCCESS })
+}

@@ -1,0 +1,482 @@
+//! The `bigquery` sink: target tables, staging through load jobs, atomic commits.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use async_trait::async_trait;
+use chrono::Utc;
+use connector_framework::{
+    BuildContext, CommitSummary, ConnectorError, Result, RowBatch, Sink, Staged, StagingWriter, SyncMode, TableSchema,
+    TargetTable, WriteMode,
+};
+use serde_json::{Value as Json, json};
+use tokio::sync::{Mutex, OnceCell};
+use tokio::task::JoinHandle;
+
+use crate::client::BqClient;
+use crate::config::BigQuerySinkConfig;
+use crate::types::{bigquery_type, can_widen, canonical_type, column_name, encode_str, encode_value};
+
+pub const TENANT_FIELD: &str = "tenant_id";
+pub const SYNC_TIMESTAMP_FIELD: &str = "sync_timestamp";
+pub const SYNC_MODE_FIELD: &str = "sync_mode";
+const SYSTEM_FIELDS: [&str; 3] = [TENANT_FIELD, SYNC_TIMESTAMP_FIELD, SYNC_MODE_FIELD];
+
+/// Staging tables expire on their own if a run dies before dropping them.
+const STAGING_TTL_MS: i64 = 24 * 3600 * 1000;
+
+/// Writes to one BigQuery dataset.
+#[derive(Debug)]
+pub struct BigQuerySink {
+    id: String,
+    client: BqClient,
+    dataset: String,
+    staging_dataset: String,
+    run_id: String,
+    chunk_bytes: usize,
+    datasets_ready: OnceCell<()>,
+    stage_counter: AtomicU64,
+    /// Target table → its columns (name, BigQuery type) after `prepare`.
+    targets: Mutex<HashMap<String, Vec<(String, String)>>>,
+}
+
+fn system_fields() -> Vec<Json> {
+    vec![
+        json!({"name": TENANT_FIELD, "type": "STRING", "mode": "REQUIRED", "description": "source database (tenant)"}),
+        json!({"name": SYNC_TIMESTAMP_FIELD, "type": "TIMESTAMP", "mode": "REQUIRED", "description": "when connector-run wrote the row"}),
+        json!({"name": SYNC_MODE_FIELD, "type": "STRING", "mode": "REQUIRED", "description": "FULL or INCREMENTAL"}),
+    ]
+}
+
+/// Target columns for a table: (BigQuery name, BigQuery type), names checked for clashes.
+fn mapped_columns(table: &str, columns: &[connector_framework::Column]) -> Result<Vec<(String, String)>> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for c in columns {
+        let name = column_name(&c.name);
+        if SYSTEM_FIELDS.iter().any(|s| s.eq_ignore_ascii_case(&name)) {
+            return Err(ConnectorError::permanent(format!(
+                "{table}: column `{}` clashes with the system field `{name}` the sink adds; rename the column \
+                 in a view or exclude the table",
+                c.name
+            )));
+        }
+        if let Some((_, _)) = out.iter().find(|(n, _)| n.eq_ignore_ascii_case(&name)) {
+            return Err(ConnectorError::permanent(format!(
+                "{table}: columns map to the same BigQuery name `{name}` (`{}` and another); rename one",
+                c.name
+            )));
+        }
+        out.push((name, bigquery_type(&c.logical).to_string()));
+    }
+    Ok(out)
+}
+
+/// Backtick-quoted `project.dataset.table`.
+fn qualified(project: &str, dataset: &str, table: &str) -> String {
+    format!("`{}.{}.{}`", project, dataset, table.replace('`', ""))
+}
+
+fn quote_column(name: &str) -> String {
+    format!("`{}`", name.replace('`', ""))
+}
+
+/// A BigQuery table id from free text: letters, digits, underscores; long names shortened
+/// with a hash so they stay unique.
+fn table_id(raw: &str) -> String {
+    let mut id: String = raw.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }).collect();
+    if id.len() > 900 {
+        let hash = raw.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100000001b3));
+        id.truncate(880);
+        id.push_str(&format!("_{hash:016x}"));
+    }
+    id
+}
+
+impl BigQuerySink {
+    pub fn new(ctx: &BuildContext, config: &BigQuerySinkConfig, client: BqClient) -> Self {
+        Self {
+            id: ctx.target_id.clone(),
+            dataset: config.dataset.clone(),
+            staging_dataset: config.staging_dataset.clone().unwrap_or_else(|| config.dataset.clone()),
+            run_id: ctx.run_id.clone(),
+            chunk_bytes: config.upload_chunk_mb * 1024 * 1024,
+            client,
+            datasets_ready: OnceCell::new(),
+            stage_counter: AtomicU64::new(0),
+            targets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    async fn ensure_datasets(&self) -> Result<()> {
+        self.datasets_ready
+            .get_or_try_init(|| async {
+                self.client.ensure_dataset(&self.dataset).await?;
+                if self.staging_dataset != self.dataset {
+                    self.client.ensure_dataset(&self.staging_dataset).await?;
+                }
+                Ok::<(), ConnectorError>(())
+            })
+            .await
+            .map(|_| ())
+    }
+
+    fn table_resource(&self, table: &TargetTable, fields: Vec<Json>) -> Result<Json> {
+        let mut resource = json!({
+            "tableReference": {"projectId": self.client.project(), "datasetId": self.dataset, "tableId": table.name},
+            "schema": {"fields": fields},
+            "description": format!("Synced by connector-run from MySQL table `{}` of every tenant", table.name),
+        });
+        let partition = table.options.partition_by.clone().unwrap_or_else(|| SYNC_TIMESTAMP_FIELD.to_string());
+        if !partition.eq_ignore_ascii_case("none") {
+            let field = column_name(&partition);
+            let ok = field == SYNC_TIMESTAMP_FIELD
+                || table.columns.iter().any(|c| {
+                    column_name(&c.name) == field
+                        && matches!(bigquery_type(&c.logical), "DATE" | "DATETIME" | "TIMESTAMP")
+                });
+            if !ok {
+                return Err(ConnectorError::config(format!(
+                    "table_options.{}.partition_by: `{partition}` is not a DATE, DATETIME or TIMESTAMP column",
+                    table.name
+                )));
+            }
+            resource["timePartitioning"] = json!({"type": "DAY", "field": field});
+        }
+        let cluster = table.options.cluster_by.clone().unwrap_or_else(|| vec![TENANT_FIELD.to_string()]);
+        if !cluster.is_empty() {
+            resource["clustering"] = json!({"fields": cluster.iter().map(|c| column_name(c)).collect::<Vec<_>>()});
+        }
+        if !table.key.is_empty() {
+            let mut pk = vec![TENANT_FIELD.to_string()];
+            pk.extend(table.key.iter().map(|k| column_name(k)));
+            resource["tableConstraints"] = json!({"primaryKey": {"columns": pk}});
+        }
+        Ok(resource)
+    }
+}
+
+#[async_trait]
+impl Sink for BigQuerySink {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn describe_columns(&self, table: &TargetTable) -> Vec<String> {
+        match mapped_columns(&table.name, &table.columns) {
+            Ok(cols) => cols.into_iter().map(|(n, t)| format!("{n} {t}")).collect(),
+            Err(e) => vec![format!("error: {e}")],
+        }
+    }
+
+    async fn prepare(&self, table: &TargetTable) -> Result<()> {
+        self.ensure_datasets().await?;
+        let desired = mapped_columns(&table.name, &table.columns)?;
+        let existing = self.client.get_table(&self.dataset, &table.name).await?;
+        let final_columns = match existing {
+            None => {
+                let mut fields = system_fields();
+                fields.extend(desired.iter().map(|(n, t)| json!({"name": n, "type": t, "mode": "NULLABLE"})));
+                self.client.create_table(&self.dataset, self.table_resource(table, fields)?).await?;
+                desired
+            }
+            Some(resource) => {
+                let fields: Vec<Json> = resource["schema"]["fields"].as_array().cloned().unwrap_or_default();
+                let current: Vec<(String, String)> = fields
+                    .iter()
+                    .filter_map(|f| {
+                        Some((f["name"].as_str()?.to_string(), canonical_type(f["type"].as_str()?).to_string()))
+                    })
+                    .collect();
+                let mut added = Vec::new();
+                let mut result = Vec::new();
+                for (name, ty) in &desired {
+                    match current.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)) {
+                        None => {
+                            added.push(json!({"name": name, "type": ty, "mode": "NULLABLE"}));
+                            result.push((name.clone(), ty.clone()));
+                        }
+                        Some((n, cur)) if cur == ty => result.push((n.clone(), cur.clone())),
+                        Some((n, cur)) if can_widen(ty, cur) || cur == "STRING" => {
+                            // The target already holds a wider type; values are cast on insert.
+                            result.push((n.clone(), cur.clone()));
+                        }
+                        Some((n, cur)) if can_widen(cur, ty) => {
+                            let sql = format!(
+                                "ALTER TABLE {} ALTER COLUMN {} SET DATA TYPE {ty}",
+                                qualified(self.client.project(), &self.dataset, &table.name),
+                                quote_column(n)
+                            );
+                            let job =
+                                format!("alter_{}", table_id(&format!("{}_{}_{}_{n}", self.run_id, table.name, ty)));
+                            self.client.query(&sql, json!([]), &job).await?;
+                            result.push((n.clone(), ty.clone()));
+                        }
+                        Some((n, cur)) => {
+                            return Err(ConnectorError::permanent(format!(
+                                "{}: column `{n}` is {cur} in BigQuery but the source now maps it to {ty}, which \
+                                 BigQuery cannot convert in place; drop or rename the BigQuery column (or the \
+                                 table) and run with --full",
+                                table.name
+                            )));
+                        }
+                    }
+                }
+                if !added.is_empty() {
+                    let mut all = fields.clone();
+                    all.extend(added);
+                    self.client.patch_schema(&self.dataset, &table.name, json!(all)).await?;
+                }
+                result
+            }
+        };
+        self.targets.lock().await.insert(table.name.clone(), final_columns);
+        Ok(())
+    }
+
+    async fn stage(
+        &self,
+        table: &TargetTable,
+        tenant: &TableSchema,
+        mode: SyncMode,
+        write: WriteMode,
+    ) -> Result<Box<dyn StagingWriter>> {
+        let columns = mapped_columns(&tenant.table.to_string(), &tenant.columns)?;
+        let n = self.stage_counter.fetch_add(1, Ordering::Relaxed);
+        let stage_table = table_id(&format!("_stage_{}_{}_{}_{n}", table.name, tenant.table.database, self.run_id));
+        let mut fields = system_fields();
+        fields.extend(columns.iter().map(|(n, t)| json!({"name": n, "type": t, "mode": "NULLABLE"})));
+        let expires = Utc::now().timestamp_millis() + STAGING_TTL_MS;
+        self.client
+            .create_table(
+                &self.staging_dataset,
+                json!({
+                    "tableReference": {"projectId": self.client.project(), "datasetId": self.staging_dataset, "tableId": stage_table},
+                    "schema": {"fields": fields.clone()},
+                    "expirationTime": expires.to_string(),
+                }),
+            )
+            .await?;
+        let sync_timestamp = Utc::now().format("%Y-%m-%d %H:%M:%S%.6f UTC").to_string();
+        let mut prefix = Vec::new();
+        prefix.extend_from_slice(b"{\"tenant_id\":");
+        encode_str(&mut prefix, &tenant.table.database);
+        prefix.extend_from_slice(b",\"sync_timestamp\":");
+        encode_str(&mut prefix, &sync_timestamp);
+        prefix.extend_from_slice(b",\"sync_mode\":");
+        encode_str(&mut prefix, mode.as_str());
+        let keys = columns
+            .iter()
+            .map(|(name, _)| {
+                let mut k = vec![b','];
+                encode_str(&mut k, name);
+                k.push(b':');
+                k
+            })
+            .collect();
+        Ok(Box::new(BqStagingWriter {
+            client: self.client.clone(),
+            dataset: self.staging_dataset.clone(),
+            stage_table,
+            fields,
+            tenant: tenant.table.database.clone(),
+            mode,
+            write,
+            columns: columns.into_iter().map(|(n, _)| n).collect(),
+            prefix,
+            keys,
+            buffer: Vec::with_capacity(self.chunk_bytes + 64 * 1024),
+            chunk_bytes: self.chunk_bytes,
+            chunks: 0,
+            rows: 0,
+            bytes: 0,
+            pending: None,
+        }))
+    }
+
+    async fn commit(&self, table: &TargetTable, staged: &[Staged]) -> Result<CommitSummary> {
+        let target_columns = self.targets.lock().await.get(&table.name).cloned().ok_or_else(|| {
+            ConnectorError::permanent(format!("{}: commit before prepare (a bug in the runner)", table.name))
+        })?;
+        if let Some(s) = staged.iter().find(|s| s.write != WriteMode::ReplaceTenant) {
+            return Err(ConnectorError::permanent(format!(
+                "{}.{}: the bigquery sink cannot apply {:?} writes yet",
+                s.tenant, table.name, s.write
+            )));
+        }
+        let target = qualified(self.client.project(), &self.dataset, &table.name);
+        let mut insert_columns: Vec<String> = SYSTEM_FIELDS.iter().map(|s| s.to_string()).collect();
+        insert_columns.extend(target_columns.iter().map(|(n, _)| n.clone()));
+        let mut selects = Vec::new();
+        for s in staged.iter().filter(|s| s.rows > 0) {
+            let Some(stage) = &s.handle else { continue };
+            let mut exprs: Vec<String> = SYSTEM_FIELDS.iter().map(|f| quote_column(f)).collect();
+            for (name, ty) in &target_columns {
+                let staged_name = s.columns.iter().find(|c| c.eq_ignore_ascii_case(name));
+                exprs.push(match staged_name {
+                    Some(c) => format!("CAST({} AS {ty})", quote_column(c)),
+                    None => format!("CAST(NULL AS {ty})"),
+                });
+            }
+            selects.push(format!(
+                "SELECT {} FROM {}",
+                exprs.join(", "),
+                qualified(self.client.project(), &self.staging_dataset, stage)
+            ));
+        }
+        let tenants: Vec<Json> = staged.iter().map(|s| json!({"value": s.tenant})).collect();
+        let mut sql = format!("BEGIN TRANSACTION;\nDELETE FROM {target} WHERE {TENANT_FIELD} IN UNNEST(@tenants);\n");
+        if !selects.is_empty() {
+            sql.push_str(&format!(
+                "INSERT INTO {target} ({})\n{};\n",
+                insert_columns.iter().map(|c| quote_column(c)).collect::<Vec<_>>().join(", "),
+                selects.join("\nUNION ALL\n")
+            ));
+        }
+        sql.push_str("COMMIT TRANSACTION;");
+        let params = json!([{
+            "name": "tenants",
+            "parameterType": {"type": "ARRAY", "arrayType": {"type": "STRING"}},
+            "parameterValue": {"arrayValues": tenants},
+        }]);
+        let mut names: Vec<&str> = staged.iter().map(|s| s.tenant.as_str()).collect();
+        names.sort_unstable();
+        let job_id = table_id(&format!("commit_{}_{}_{}", table.name, self.run_id, names.join("_")));
+        let outcome = self.client.query(&sql, params, &job_id).await?;
+        Ok(CommitSummary {
+            rows_deleted: None,
+            rows_inserted: Some(staged.iter().map(|s| s.rows).sum()),
+            bytes_billed: outcome.statistic(&["query", "totalBytesBilled"]),
+        })
+    }
+
+    async fn discard(&self, staged: &[Staged]) {
+        for s in staged {
+            if let Some(stage) = &s.handle
+                && let Err(e) = self.client.delete_table(&self.staging_dataset, stage).await
+            {
+                tracing::warn!(table = %stage, error = %e, "could not drop a staging table; it expires within a day");
+            }
+        }
+    }
+}
+
+/// Encodes rows as NDJSON into a chunk buffer; each full chunk becomes one load job into the
+/// staging table, uploaded while the next chunk fills (at most one upload in flight, so memory
+/// stays at about two chunks).
+struct BqStagingWriter {
+    client: BqClient,
+    dataset: String,
+    stage_table: String,
+    fields: Vec<Json>,
+    tenant: String,
+    mode: SyncMode,
+    write: WriteMode,
+    columns: Vec<String>,
+    /// `{"tenant_id":…,"sync_timestamp":…,"sync_mode":…` for every line.
+    prefix: Vec<u8>,
+    /// `,"column":` per column.
+    keys: Vec<Vec<u8>>,
+    buffer: Vec<u8>,
+    chunk_bytes: usize,
+    chunks: u64,
+    rows: u64,
+    bytes: u64,
+    pending: Option<JoinHandle<Result<()>>>,
+}
+
+impl BqStagingWriter {
+    async fn wait_pending(&mut self) -> Result<()> {
+        if let Some(handle) = self.pending.take() {
+            handle.await.map_err(|e| ConnectorError::permanent(format!("upload task failed: {e}")))??;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<()> {
+        self.wait_pending().await?;
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        let data =
+            bytes::Bytes::from(std::mem::replace(&mut self.buffer, Vec::with_capacity(self.chunk_bytes + 64 * 1024)));
+        let client = self.client.clone();
+        let load = json!({
+            "destinationTable": {"projectId": client.project(), "datasetId": self.dataset, "tableId": self.stage_table},
+            "sourceFormat": "NEWLINE_DELIMITED_JSON",
+            "schema": {"fields": self.fields},
+            "writeDisposition": "WRITE_APPEND",
+            "createDisposition": "CREATE_NEVER",
+        });
+        let job_id = format!("load_{}_{}", self.stage_table, self.chunks);
+        self.chunks += 1;
+        self.pending = Some(tokio::spawn(async move { load_once(&client, load, data, &job_id).await }));
+        Ok(())
+    }
+}
+
+/// Runs one load job exactly once despite retries: a retry after a lost answer finds the job by
+/// its id; only a job that is known to have failed is started again, under a new id.
+async fn load_once(client: &BqClient, load: Json, data: bytes::Bytes, base_id: &str) -> Result<()> {
+    let policy = client.options.retry;
+    let mut attempt = 0u32;
+    let mut retries = 0u32;
+    loop {
+        let job_id = format!("{base_id}_{attempt}");
+        match client.load(load.clone(), data.clone(), &job_id).await {
+            Ok(_) => return Ok(()),
+            Err(e) if e.is_transient() && retries < policy.max_retries => {
+                let wait = policy.delay(retries);
+                retries += 1;
+                tracing::warn!(job = %job_id, attempt = retries, error = %e, "load job failed; retrying");
+                tokio::time::sleep(wait).await;
+                match client.find_job(&job_id).await {
+                    // Created before the answer was lost: wait for it instead of loading again.
+                    Ok(Some(job)) if job["status"]["state"] != "DONE" => {
+                        if client.wait_job(&job_id).await.is_ok() {
+                            return Ok(());
+                        }
+                        attempt += 1;
+                    }
+                    Ok(Some(job)) if job["status"].get("errorResult").is_none_or(Json::is_null) => return Ok(()),
+                    Ok(Some(_)) => attempt += 1,
+                    Ok(None) | Err(_) => {}
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+#[async_trait]
+impl StagingWriter for BqStagingWriter {
+    async fn write(&mut self, batch: &RowBatch) -> Result<()> {
+        for row in &batch.rows {
+            self.buffer.extend_from_slice(&self.prefix);
+            for (key, value) in self.keys.iter().zip(row) {
+                self.buffer.extend_from_slice(key);
+                encode_value(&mut self.buffer, value);
+            }
+            self.buffer.extend_from_slice(b"}\n");
+        }
+        self.rows += batch.len() as u64;
+        self.bytes += batch.bytes as u64;
+        if self.buffer.len() >= self.chunk_bytes {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn finish(mut self: Box<Self>) -> Result<Staged> {
+        self.flush().await?;
+        self.wait_pending().await?;
+        Ok(Staged {
+            tenant: self.tenant.clone(),
+            mode: self.mode,
+            write: self.write,
+            rows: self.rows,
+            bytes: self.bytes,
+            columns: self.columns.clone(),
+            handle: Some(self.stage_table.clone()),
+        })
+    }
+}

@@ -1,0 +1,16 @@
+//! `connector-json-state`: sync state as one JSON file per database, in the original tool's
+//! format (`status_dir/<database>.json` with `database_info` and `tables`).
+//!
+//! Files are replaced atomically (write a temporary file, fsync, rename, fsync the folder), so a
+//! crash leaves either the old or the new file. A lock file (`status_dir/.lock`, an OS file
+//! lock) keeps two runs from sharing a status folder. A file that cannot be parsed stops that
+//! database with an error and is never overwritten.
+
+mod config;
+mod store;
+
+pub use config::JsonStateConfig;
+pub use store::JsonStateStore;
+
+/// Referenced by `connector-run` so the linker keeps this crate's registration.
+pub fn link() {}

@@ -1,0 +1,252 @@
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use chrono::{NaiveDateTime, Utc};
+use connector_framework::{ConnectorError, DatabaseState, Result, StateLock, StateStore, TableState};
+use serde::{Deserialize, Serialize};
+
+/// The on-disk layout of one database's file.
+#[derive(Debug, Serialize, Deserialize)]
+struct DatabaseFile {
+    database_info: DatabaseInfo,
+    tables: BTreeMap<String, TableState>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct DatabaseInfo {
+    tenant_id: String,
+    last_updated: NaiveDateTime,
+    total_tables: usize,
+}
+
+/// State in `<dir>/<database>.json`.
+#[derive(Debug, Clone)]
+pub struct JsonStateStore {
+    dir: PathBuf,
+    /// Serialises read-modify-write of each database file within this process.
+    files: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+}
+
+#[derive(Debug)]
+struct FileLock {
+    _file: File,
+}
+
+impl StateLock for FileLock {}
+
+impl JsonStateStore {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into(), files: Arc::default() }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The file for a database. Database names are validated by the source; refuse anything
+    /// that could leave the folder anyway.
+    pub fn path_for(&self, database: &str) -> Result<PathBuf> {
+        if database.is_empty() || database.contains(['/', '\\']) || database.starts_with('.') {
+            return Err(ConnectorError::config(format!("database name `{database}` cannot name a state file")));
+        }
+        Ok(self.dir.join(format!("{database}.json")))
+    }
+
+    fn file_mutex(&self, database: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
+        files.entry(database.to_string()).or_default().clone()
+    }
+
+    /// Reads a database file; a missing file is an empty state, a corrupt one an error.
+    pub fn read_file(path: &Path, database: &str) -> Result<DatabaseState> {
+        let text = match fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(DatabaseState { database: database.to_string(), tables: BTreeMap::new() });
+            }
+            Err(e) => {
+                return Err(ConnectorError::permanent(format!("cannot read state file {}: {e}", path.display())));
+            }
+        };
+        let file: DatabaseFile = serde_json::from_str(&text).map_err(|e| {
+            ConnectorError::permanent(format!(
+                "state file {} is corrupt ({e}); it was left untouched. Restore it from a backup, or move it \
+                 away to make every table of `{database}` sync in full",
+                path.display()
+            ))
+        })?;
+        Ok(DatabaseState { database: database.to_string(), tables: file.tables })
+    }
+
+    /// Writes `bytes` to `path` atomically: temp file in the same folder, fsync, rename,
+    /// fsync the folder.
+    pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let mut tmp = tempfile_in(dir, path)?;
+        tmp.1.write_all(bytes)?;
+        tmp.1.sync_all()?;
+        fs::rename(&tmp.0, path)?;
+        File::open(dir)?.sync_all()
+    }
+}
+
+fn tempfile_in(dir: &Path, target: &Path) -> std::io::Result<(PathBuf, File)> {
+    let name = target.file_name().and_then(|n| n.to_str()).unwrap_or("state");
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let file = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
+    Ok((tmp, file))
+}
+
+fn io_err(what: &str, path: &Path, e: std::io::Error) -> ConnectorError {
+    ConnectorError::permanent(format!("{what} {}: {e}", path.display()))
+}
+
+#[async_trait]
+impl StateStore for JsonStateStore {
+    async fn lock(&self) -> Result<Box<dyn StateLock>> {
+        fs::create_dir_all(&self.dir).map_err(|e| io_err("cannot create status_dir", &self.dir, e))?;
+        let path = self.dir.join(".lock");
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| io_err("cannot open lock file", &path, e))?;
+        match file.try_lock() {
+            Ok(()) => Ok(Box::new(FileLock { _file: file })),
+            Err(std::fs::TryLockError::WouldBlock) => Err(ConnectorError::config(format!(
+                "another connector-run is already syncing with status_dir {}; wait for it to finish \
+                 (runs never overlap)",
+                self.dir.display()
+            ))),
+            Err(std::fs::TryLockError::Error(e)) => Err(io_err("cannot lock", &path, e)),
+        }
+    }
+
+    async fn load(&self, database: &str) -> Result<DatabaseState> {
+        let path = self.path_for(database)?;
+        Self::read_file(&path, database)
+    }
+
+    async fn record(&self, database: &str, state: TableState) -> Result<()> {
+        let path = self.path_for(database)?;
+        let mutex = self.file_mutex(database);
+        let _guard = mutex.lock().await;
+        fs::create_dir_all(&self.dir).map_err(|e| io_err("cannot create status_dir", &self.dir, e))?;
+        let mut current = Self::read_file(&path, database)?;
+        current.tables.insert(state.table_name.clone(), state);
+        let file = DatabaseFile {
+            database_info: DatabaseInfo {
+                tenant_id: database.to_string(),
+                last_updated: Utc::now().naive_utc(),
+                total_tables: current.tables.len(),
+            },
+            tables: current.tables,
+        };
+        let bytes = serde_json::to_vec_pretty(&file).map_err(|e| ConnectorError::permanent(e.to_string()))?;
+        Self::write_atomic(&path, &bytes).map_err(|e| io_err("cannot write state file", &path, e))
+    }
+
+    fn location(&self) -> String {
+        self.dir.display().to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use connector_framework::{SyncMode, SyncStatus, Watermark};
+
+    fn state(table: &str, rows: u64) -> TableState {
+        TableState {
+            table_name: table.into(),
+            last_sync_time: Some(NaiveDateTime::default()),
+            sync_status: SyncStatus::Success,
+            sync_mode: SyncMode::Full,
+            records_synced: rows,
+            error_message: None,
+            updated_at: NaiveDateTime::default(),
+            watermark: Some(Watermark {
+                column: "updated_at".into(),
+                column_type: "datetime".into(),
+                value: "2025-09-28 15:30:00.000001".into(),
+            }),
+            last_success_at: None,
+            duration_seconds: None,
+            consecutive_failures: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn writes_the_guides_format_and_reads_it_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = JsonStateStore::new(dir.path());
+        store.record("shop1", state("users", 150)).await.unwrap();
+        store.record("shop1", state("orders", 1200)).await.unwrap();
+        let raw: serde_json::Value =
+            serde_json::from_str(&fs::read_to_string(dir.path().join("shop1.json")).unwrap()).unwrap();
+        assert_eq!(raw["database_info"]["tenant_id"], "shop1");
+        assert_eq!(raw["database_info"]["total_tables"], 2);
+        let users = &raw["tables"]["users"];
+        for key in [
+            "table_name",
+            "last_sync_time",
+            "sync_status",
+            "sync_mode",
+            "records_synced",
+            "error_message",
+            "updated_at",
+        ] {
+            assert!(users.get(key).is_some(), "missing {key}");
+        }
+        assert_eq!(users["sync_status"], "SUCCESS");
+        assert_eq!(users["sync_mode"], "FULL");
+        assert_eq!(users["watermark"]["value"], "2025-09-28 15:30:00.000001");
+        let loaded = store.load("shop1").await.unwrap();
+        assert_eq!(loaded.table("orders").unwrap().records_synced, 1200);
+    }
+
+    #[tokio::test]
+    async fn reads_a_file_written_by_the_original_tool() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(
+            dir.path().join("shop1.json"),
+            r#"{"database_info": {"tenant_id": "shop1", "last_updated": "2025-09-28T16:00:00", "total_tables": 1},
+                "tables": {"users": {"table_name": "users", "last_sync_time": "2025-09-28T15:30:00",
+                "sync_status": "SUCCESS", "sync_mode": "INCREMENTAL", "records_synced": 150,
+                "error_message": null, "updated_at": "2025-09-28T15:30:05"}}}"#,
+        )
+        .unwrap();
+        let loaded = JsonStateStore::new(dir.path()).load("shop1").await.unwrap();
+        let users = loaded.table("users").unwrap();
+        assert_eq!(users.sync_mode, SyncMode::Incremental);
+        assert_eq!(users.watermark, None);
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_file_is_an_error_and_is_left_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("shop1.json");
+        fs::write(&path, "{ not json").unwrap();
+        let store = JsonStateStore::new(dir.path());
+        let err = store.load("shop1").await.unwrap_err();
+        assert!(err.message().contains("corrupt") && err.message().contains("shop1"), "{err}");
+        assert!(store.record("shop1", state("users", 1)).await.is_err());
+        assert_eq!(fs::read_to_string(&path).unwrap(), "{ not json");
+    }
+
+    #[tokio::test]
+    async fn a_second_lock_is_refused_while_the_first_is_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = JsonStateStore::new(dir.path());
+        let held = store.lock().await.unwrap();
+        let err = store.lock().await.unwrap_err();
+        assert!(err.message().contains("already syncing"), "{err}");
+        drop(held);
+        assert!(store.lock().await.is_ok());
+    }
+}

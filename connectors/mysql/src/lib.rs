@@ -1,0 +1,20 @@
+//! `connector-mysql`: reads tables from MySQL and MariaDB servers, one database per tenant.
+//!
+//! - [`MySqlSourceConfig`]: connection settings and the databases to read.
+//! - [`MySqlSource`]: discovers columns and keys from `information_schema` and streams rows with
+//!   the binary protocol inside `START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY`, taking
+//!   the server's clock in the same snapshot. Sessions run at UTC and read only; the user needs
+//!   SELECT privileges and nothing else.
+//! - [`types`]: the one place where MySQL column types map to logical types, with the
+//!   documented table `connector-run describe mysql` prints.
+
+mod config;
+mod error;
+mod source;
+pub mod types;
+
+pub use config::MySqlSourceConfig;
+pub use source::MySqlSource;
+
+/// Referenced by `connector-run` so the linker keeps this crate's registration.
+pub fn link() {}

@@ -1,0 +1,334 @@
+//! MySQL / MariaDB column types → logical types, and wire values → [`Value`]s.
+//!
+//! This is the one place that knows MySQL's types. Each column gets a [`Decoder`] once per
+//! read, so the per-value work is a single match.
+
+use chrono::{NaiveDate, NaiveDateTime, NaiveTime, TimeZone, Utc};
+use connector_framework::{ConnectorError, LogicalType, Result, Value};
+use mysql_async::Value as Wire;
+
+/// The mapping as documented for users (`connector-run describe mysql`, docs/types.md).
+pub const TYPE_MAPPING_DOC: &str = "\
+MySQL / MariaDB type            logical type      BigQuery type (bigquery sink)
+TINYINT..BIGINT (signed)        int64             INT64
+TINYINT..INT UNSIGNED           int64             INT64
+BIGINT UNSIGNED                 uint64            NUMERIC (holds 0..18446744073709551615)
+TINYINT(1) / BOOL               int64             INT64 (MySQL stores any -128..127)
+DECIMAL(p,s)                    decimal(p,s)      NUMERIC if p-s <= 29 and s <= 9,
+                                                  BIGNUMERIC if p-s <= 38 and s <= 38, else STRING
+FLOAT                           float32           FLOAT64 (shortest decimal of the float)
+DOUBLE / REAL                   float64           FLOAT64
+BIT(n)                          uint64            NUMERIC for n = 64, INT64 otherwise
+YEAR                            int64             INT64
+DATE                            date              DATE
+DATETIME(0..6)                  datetime          DATETIME (wall clock, no zone)
+TIMESTAMP(0..6)                 timestamp         TIMESTAMP (read in UTC)
+TIME(0..6)                      time              STRING '-838:59:59' .. '838:59:59'
+CHAR, VARCHAR, TEXT (any        string            STRING (converted to UTF-8 by the server,
+  character set), ENUM, SET                         4-byte characters kept)
+BINARY, VARBINARY, BLOB         bytes             BYTES
+JSON (MySQL) / LONGTEXT with    json              JSON
+  json_valid check (MariaDB)
+GEOMETRY, POINT, ... (spatial)  geometry          STRING (WKT via ST_AsText)
+INET4, INET6, UUID (MariaDB)    string            STRING
+other types                     string            STRING (CAST(col AS CHAR))
+Zero or invalid dates ('0000-00-00', '2024-00-10') are written as NULL and counted in the report.";
+
+/// How to turn one column's wire values into [`Value`]s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decoder {
+    Int,
+    UInt,
+    Bit,
+    Float32,
+    Float64,
+    Decimal,
+    Text,
+    Bytes,
+    Date,
+    DateTime,
+    Timestamp,
+    Time,
+    Json,
+    Geometry,
+}
+
+/// What `information_schema.COLUMNS` says about a column.
+#[derive(Debug, Clone)]
+pub struct ColumnInfo {
+    pub name: String,
+    /// `DATA_TYPE`, lower case: `int`, `varchar`, …
+    pub data_type: String,
+    /// `COLUMN_TYPE`: `int(10) unsigned`, `enum('a','b')`, …
+    pub column_type: String,
+    pub numeric_precision: Option<u64>,
+    pub numeric_scale: Option<u64>,
+    pub datetime_precision: Option<u64>,
+    /// MariaDB stores JSON as LONGTEXT with a `json_valid` check.
+    pub json_check: bool,
+}
+
+/// Maps a column to its logical type and decoder; the third value is the SELECT expression
+/// when the column is not read as-is.
+pub fn map_column(c: &ColumnInfo) -> (LogicalType, Decoder, Option<String>) {
+    let unsigned = c.column_type.contains("unsigned");
+    let fsp = c.datetime_precision.unwrap_or(0).min(6) as u8;
+    let quoted = quote_ident(&c.name);
+    match c.data_type.as_str() {
+        "tinyint" | "smallint" | "mediumint" | "int" | "integer" => (LogicalType::Int64, Decoder::Int, None),
+        "bigint" if unsigned => (LogicalType::UInt64, Decoder::UInt, None),
+        "bigint" => (LogicalType::Int64, Decoder::Int, None),
+        "decimal" | "numeric" | "fixed" => {
+            let precision = c.numeric_precision.unwrap_or(65).min(65) as u8;
+            let scale = c.numeric_scale.unwrap_or(0).min(38) as u8;
+            (LogicalType::Decimal { precision, scale }, Decoder::Decimal, None)
+        }
+        "float" => (LogicalType::Float32, Decoder::Float32, None),
+        "double" | "real" | "double precision" => (LogicalType::Float64, Decoder::Float64, None),
+        "bit" => {
+            let width = c.numeric_precision.unwrap_or(1).clamp(1, 64) as u8;
+            let logical = if width == 64 { LogicalType::UInt64 } else { LogicalType::Int64 };
+            (logical, Decoder::Bit, None)
+        }
+        "year" => (LogicalType::Int64, Decoder::Int, None),
+        "date" => (LogicalType::Date, Decoder::Date, None),
+        "datetime" => (LogicalType::DateTime { fsp }, Decoder::DateTime, None),
+        "timestamp" => (LogicalType::Timestamp { fsp }, Decoder::Timestamp, None),
+        "time" => (LogicalType::Time { fsp }, Decoder::Time, None),
+        "json" => (LogicalType::Json, Decoder::Json, None),
+        "longtext" | "text" | "mediumtext" if c.json_check => (LogicalType::Json, Decoder::Json, None),
+        "char" | "varchar" | "tinytext" | "text" | "mediumtext" | "longtext" | "enum" | "set" => {
+            (LogicalType::String, Decoder::Text, None)
+        }
+        "binary" | "varbinary" | "tinyblob" | "blob" | "mediumblob" | "longblob" => {
+            (LogicalType::Bytes, Decoder::Bytes, None)
+        }
+        "geometry" | "point" | "linestring" | "polygon" | "multipoint" | "multilinestring" | "multipolygon"
+        | "geometrycollection" | "geomcollection" => {
+            (LogicalType::Geometry, Decoder::Geometry, Some(format!("ST_AsText({quoted})")))
+        }
+        "inet4" | "inet6" | "uuid" => (LogicalType::String, Decoder::Text, Some(format!("CAST({quoted} AS CHAR)"))),
+        _ => (LogicalType::String, Decoder::Text, Some(format!("CAST({quoted} AS CHAR)"))),
+    }
+}
+
+/// Quotes an identifier with backticks.
+pub fn quote_ident(name: &str) -> String {
+    format!("`{}`", name.replace('`', "``"))
+}
+
+/// Converts one wire value. `Ok(None)` marks an invalid date written as NULL.
+pub fn decode(decoder: Decoder, wire: Wire) -> std::result::Result<Value, DecodeError> {
+    use Decoder as D;
+    Ok(match (decoder, wire) {
+        (_, Wire::NULL) => Value::Null,
+        (D::Int, Wire::Int(i)) => Value::Int(i),
+        (D::Int, Wire::UInt(u)) => Value::Int(i64::try_from(u).map_err(|_| DecodeError::Range(u.to_string()))?),
+        (D::UInt, Wire::UInt(u)) => Value::UInt(u),
+        (D::UInt, Wire::Int(i)) => Value::UInt(u64::try_from(i).map_err(|_| DecodeError::Range(i.to_string()))?),
+        (D::Int | D::UInt, Wire::Bytes(b)) => parse_int_text(decoder, &b)?,
+        (D::Bit, Wire::Bytes(b)) => {
+            let v = b.iter().fold(0u64, |acc, byte| (acc << 8) | u64::from(*byte));
+            if b.len() >= 8 { Value::UInt(v) } else { Value::Int(v as i64) }
+        }
+        (D::Bit, Wire::UInt(u)) => Value::UInt(u),
+        (D::Bit, Wire::Int(i)) => Value::Int(i),
+        // FLOAT is single precision: keep the shortest decimal that reads back as the same
+        // float (what MySQL prints), not the f64 widening's trailing digits.
+        (D::Float32, Wire::Float(f)) => Value::Float(f.to_string().parse::<f64>().unwrap_or(f64::from(f))),
+        (D::Float32 | D::Float64, Wire::Double(d)) => Value::Float(d),
+        (D::Float64, Wire::Float(f)) => Value::Float(f64::from(f)),
+        (D::Float32 | D::Float64, Wire::Bytes(b)) => {
+            Value::Float(utf8(b)?.parse().map_err(|_| DecodeError::Unexpected("float text"))?)
+        }
+        (D::Decimal, Wire::Bytes(b)) => Value::Decimal(utf8(b)?),
+        (D::Text, Wire::Bytes(b)) => Value::String(utf8(b)?),
+        (D::Text, Wire::Int(i)) => Value::String(i.to_string()),
+        (D::Text, Wire::UInt(u)) => Value::String(u.to_string()),
+        (D::Bytes, Wire::Bytes(b)) => Value::Bytes(b),
+        (D::Json, Wire::Bytes(b)) => Value::Json(utf8(b)?),
+        (D::Geometry, Wire::Bytes(b)) => Value::Geometry(utf8(b)?),
+        (D::Date, Wire::Date(y, m, d, ..)) => match date(y, m, d) {
+            Some(d) => Value::Date(d),
+            None => return Err(DecodeError::InvalidDate),
+        },
+        (D::DateTime | D::Timestamp, Wire::Date(y, mo, d, h, mi, s, us)) => {
+            let Some(dt) = date(y, mo, d).and_then(|d| {
+                NaiveTime::from_hms_micro_opt(u32::from(h), u32::from(mi), u32::from(s), us).map(|t| d.and_time(t))
+            }) else {
+                return Err(DecodeError::InvalidDate);
+            };
+            if decoder == D::Timestamp { Value::Timestamp(Utc.from_utc_datetime(&dt)) } else { Value::DateTime(dt) }
+        }
+        (D::Time, Wire::Time(neg, days, h, m, s, us)) => {
+            let secs = i64::from(days) * 86_400 + i64::from(h) * 3600 + i64::from(m) * 60 + i64::from(s);
+            let micros = secs * 1_000_000 + i64::from(us);
+            Value::Time(if neg { -micros } else { micros })
+        }
+        (D::Date | D::DateTime | D::Timestamp | D::Time, Wire::Bytes(b)) => parse_temporal_text(decoder, &utf8(b)?)?,
+        (_, _) => return Err(DecodeError::Unexpected("wire value for this column type")),
+    })
+}
+
+/// Why a wire value could not be converted.
+#[derive(Debug)]
+pub enum DecodeError {
+    /// '0000-00-00' and other dates no calendar has; the caller applies the zero-date policy.
+    InvalidDate,
+    Range(String),
+    NotUtf8,
+    Unexpected(&'static str),
+}
+
+impl DecodeError {
+    pub fn into_error(self, table: &str, column: &str, source_type: &str) -> ConnectorError {
+        let what = match self {
+            DecodeError::InvalidDate => "an invalid date".to_string(),
+            DecodeError::Range(v) => format!("value {v} out of range"),
+            DecodeError::NotUtf8 => "text that is not valid UTF-8".to_string(),
+            DecodeError::Unexpected(w) => format!("an unexpected {w}"),
+        };
+        ConnectorError::permanent(format!(
+            "{table}, column `{column}` ({source_type}): {what}; set column_types for this column or report a bug"
+        ))
+    }
+}
+
+fn utf8(b: Vec<u8>) -> std::result::Result<String, DecodeError> {
+    String::from_utf8(b).map_err(|_| DecodeError::NotUtf8)
+}
+
+fn date(y: u16, m: u8, d: u8) -> Option<NaiveDate> {
+    NaiveDate::from_ymd_opt(i32::from(y), u32::from(m), u32::from(d)).filter(|_| y > 0)
+}
+
+fn parse_int_text(decoder: Decoder, b: &[u8]) -> std::result::Result<Value, DecodeError> {
+    let s = std::str::from_utf8(b).map_err(|_| DecodeError::NotUtf8)?;
+    Ok(if decoder == Decoder::UInt {
+        Value::UInt(s.parse().map_err(|_| DecodeError::Range(s.to_string()))?)
+    } else {
+        Value::Int(s.parse().map_err(|_| DecodeError::Range(s.to_string()))?)
+    })
+}
+
+/// Text-protocol temporal values (used for bound parameters echoed back, and by tests).
+fn parse_temporal_text(decoder: Decoder, s: &str) -> std::result::Result<Value, DecodeError> {
+    match decoder {
+        Decoder::Date => {
+            NaiveDate::parse_from_str(s, "%Y-%m-%d").map(Value::Date).map_err(|_| DecodeError::InvalidDate)
+        }
+        Decoder::DateTime | Decoder::Timestamp => {
+            let dt = NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f").map_err(|_| DecodeError::InvalidDate)?;
+            Ok(if decoder == Decoder::Timestamp {
+                Value::Timestamp(Utc.from_utc_datetime(&dt))
+            } else {
+                Value::DateTime(dt)
+            })
+        }
+        _ => Err(DecodeError::Unexpected("time text")),
+    }
+}
+
+/// Turns a decode failure into the caller's result, applying the zero-date policy: invalid
+/// dates become NULL (counted), everything else is an error naming the column.
+pub fn decode_or_null(
+    decoder: Decoder,
+    wire: Wire,
+    zero_dates: &mut u64,
+    table: &str,
+    column: &str,
+    source_type: &str,
+) -> Result<Value> {
+    match decode(decoder, wire) {
+        Ok(v) => Ok(v),
+        Err(DecodeError::InvalidDate) => {
+            *zero_dates += 1;
+            Ok(Value::Null)
+        }
+        Err(e) => Err(e.into_error(table, column, source_type)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(data_type: &str, column_type: &str) -> ColumnInfo {
+        ColumnInfo {
+            name: "c".into(),
+            data_type: data_type.into(),
+            column_type: column_type.into(),
+            numeric_precision: None,
+            numeric_scale: None,
+            datetime_precision: None,
+            json_check: false,
+        }
+    }
+
+    #[test]
+    fn maps_every_type_family() {
+        let cases: &[(&str, &str, LogicalType)] = &[
+            ("tinyint", "tinyint(1)", LogicalType::Int64),
+            ("int", "int(10) unsigned", LogicalType::Int64),
+            ("bigint", "bigint(20)", LogicalType::Int64),
+            ("bigint", "bigint(20) unsigned", LogicalType::UInt64),
+            ("float", "float", LogicalType::Float32),
+            ("double", "double", LogicalType::Float64),
+            ("year", "year(4)", LogicalType::Int64),
+            ("date", "date", LogicalType::Date),
+            ("varchar", "varchar(10)", LogicalType::String),
+            ("enum", "enum('a','b')", LogicalType::String),
+            ("set", "set('a','b')", LogicalType::String),
+            ("longblob", "longblob", LogicalType::Bytes),
+            ("varbinary", "varbinary(4)", LogicalType::Bytes),
+            ("json", "json", LogicalType::Json),
+            ("point", "point", LogicalType::Geometry),
+            ("uuid", "uuid", LogicalType::String),
+        ];
+        for (dt, ct, want) in cases {
+            assert_eq!(&map_column(&info(dt, ct)).0, want, "{ct}");
+        }
+        let mut dec = info("decimal", "decimal(65,30)");
+        dec.numeric_precision = Some(65);
+        dec.numeric_scale = Some(30);
+        assert_eq!(map_column(&dec).0, LogicalType::Decimal { precision: 65, scale: 30 });
+        let mut dt = info("datetime", "datetime(6)");
+        dt.datetime_precision = Some(6);
+        assert_eq!(map_column(&dt).0, LogicalType::DateTime { fsp: 6 });
+        let mut mariadb_json = info("longtext", "longtext");
+        mariadb_json.json_check = true;
+        assert_eq!(map_column(&mariadb_json).0, LogicalType::Json);
+        let mut bit = info("bit", "bit(64)");
+        bit.numeric_precision = Some(64);
+        assert_eq!(map_column(&bit).0, LogicalType::UInt64);
+    }
+
+    #[test]
+    fn decodes_edge_values_exactly() {
+        assert_eq!(decode(Decoder::UInt, Wire::UInt(u64::MAX)).unwrap(), Value::UInt(u64::MAX));
+        assert_eq!(decode(Decoder::Bit, Wire::Bytes(vec![0xff; 8])).unwrap(), Value::UInt(u64::MAX));
+        assert_eq!(decode(Decoder::Bit, Wire::Bytes(vec![0x01, 0x00])).unwrap(), Value::Int(256));
+        assert_eq!(decode(Decoder::Float32, Wire::Float(1.1)).unwrap(), Value::Float(1.1));
+        assert_eq!(
+            decode(Decoder::Decimal, Wire::Bytes(b"-99999999999999999999.123456789".to_vec())).unwrap(),
+            Value::Decimal("-99999999999999999999.123456789".into())
+        );
+        assert_eq!(
+            decode(Decoder::Time, Wire::Time(true, 34, 22, 59, 59, 0)).unwrap(),
+            Value::Time(-3_020_399_000_000)
+        );
+        assert!(matches!(decode(Decoder::Date, Wire::Date(0, 0, 0, 0, 0, 0, 0)), Err(DecodeError::InvalidDate)));
+        assert!(matches!(
+            decode(Decoder::DateTime, Wire::Date(2024, 0, 10, 0, 0, 0, 0)),
+            Err(DecodeError::InvalidDate)
+        ));
+        let ts = decode(Decoder::Timestamp, Wire::Date(2038, 1, 19, 3, 14, 7, 999_999)).unwrap();
+        assert_eq!(
+            ts,
+            Value::Timestamp(
+                Utc.with_ymd_and_hms(2038, 1, 19, 3, 14, 7).unwrap() + chrono::TimeDelta::microseconds(999_999)
+            )
+        );
+        assert!(matches!(decode(Decoder::Text, Wire::Bytes(vec![0xff])), Err(DecodeError::NotUtf8)));
+    }
+}

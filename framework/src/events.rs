@@ -1,0 +1,52 @@
+//! Typed telemetry events. The runner emits these instead of ad-hoc log lines; each event
+//! logs through `tracing` with structured fields and is handed to any registered listeners
+//! (progress display, metrics).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::schema::TableRef;
+use crate::state::SyncMode;
+
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Event {
+    TablePlanned { table: TableRef, target: String, mode: SyncMode, reason: String },
+    RowsRead { table: TableRef, rows: u64, bytes: u64 },
+    TableStaged { table: TableRef, target: String, rows: u64, elapsed: Duration },
+    TableCommitted { table: String, target: String, tenants: usize, rows: u64, elapsed: Duration },
+    CheckpointCommitted { table: TableRef, target: String },
+    Retrying { what: String, attempt: u32, wait: Duration, error: String },
+    ComponentError { table: TableRef, target: String, error: String },
+}
+
+impl Event {
+    /// Logs the event and passes it to the listeners.
+    pub fn emit(self, listeners: &[Arc<dyn EventListener>]) {
+        match &self {
+            Event::TablePlanned { table, target, mode, reason } => {
+                tracing::info!(%table, %target, %mode, %reason, "planned");
+            }
+            Event::RowsRead { table, rows, bytes } => tracing::debug!(%table, rows, bytes, "rows read"),
+            Event::TableStaged { table, target, rows, elapsed } => {
+                tracing::info!(%table, %target, rows, secs = elapsed.as_secs_f64(), "staged");
+            }
+            Event::TableCommitted { table, target, tenants, rows, elapsed } => {
+                tracing::info!(%table, %target, tenants, rows, secs = elapsed.as_secs_f64(), "committed");
+            }
+            Event::CheckpointCommitted { table, target } => tracing::debug!(%table, %target, "state saved"),
+            Event::Retrying { what, attempt, wait, error } => {
+                tracing::warn!(%what, attempt, wait_secs = wait.as_secs_f64(), %error, "retrying after a transient error");
+            }
+            Event::ComponentError { table, target, error } => tracing::error!(%table, %target, %error, "table failed"),
+        }
+        for l in listeners {
+            l.on_event(&self);
+        }
+    }
+}
+
+/// Receives every event (progress bars, metrics).
+pub trait EventListener: Send + Sync + std::fmt::Debug {
+    fn on_event(&self, event: &Event);
+}

@@ -1,0 +1,61 @@
+//! `connector-framework`: the traits, data model, registry and runner of the connector
+//! pipeline framework.
+//!
+//! A pipeline reads tables from one [`Source`], writes them to one or more [`Sink`]s and
+//! remembers what it did in a [`StateStore`]; a [`Strategy`] decides per table whether to sync
+//! in full or incrementally. Connector crates implement these traits and register a
+//! [`ConnectorDescriptor`] with `inventory`, so that the `connector-run` binary can list them,
+//! describe them and build them from config:
+//!
+//! ```ignore
+//! inventory::submit! {
+//!     connector_framework::ConnectorDescriptor {
+//!         kind: "ndjson",
+//!         crate_name: env!("CARGO_PKG_NAME"),
+//!         description: "Writes each table as newline-delimited JSON files",
+//!         details: "",
+//!         fields: FIELDS,
+//!         example: r#"{"kind": "ndjson", "path": "out"}"#,
+//!         factory: connector_framework::Factory::Sink(parse),
+//!     }
+//! }
+//! ```
+//!
+//! Data flows as [`RowBatch`]es of typed [`Value`]s described by a [`TableSchema`] in
+//! [`LogicalType`]s; decimals keep their digits and never pass through `f64`. Errors are one
+//! [`ConnectorError`] classified as config, transient or permanent; only transient ones are
+//! retried, by a jittered [`RetryPolicy`]. See `docs/ARCHITECTURE.md` for the flow of a run.
+
+pub mod config;
+pub mod error;
+pub mod events;
+pub mod pipeline;
+pub mod registry;
+pub mod report;
+pub mod retry;
+pub mod runner;
+pub mod schema;
+pub mod state;
+pub mod strategy;
+pub mod traits;
+pub mod value;
+
+pub use config::{FieldDoc, Secret};
+pub use error::{ConnectorError, ErrorClass, Result};
+pub use events::{Event, EventListener};
+pub use pipeline::{Pipeline, Settings, TableOptions};
+pub use registry::{BuildContext, ConnectorDescriptor, Factory, Role, SinkConfig, SourceConfig, StateConfig};
+pub use report::{OutcomeStatus, RunReport, TableOutcome};
+pub use retry::RetryPolicy;
+pub use runner::{RunOptions, Runner, Target};
+pub use schema::{Column, KeySource, LogicalType, TableRef, TableSchema};
+pub use state::{DatabaseState, SyncMode, SyncStatus, TableState, Watermark};
+pub use strategy::GuideStrategy;
+pub use traits::{
+    BatchSender, CommitSummary, PlanOptions, ReadRange, ReadRequest, ReadSummary, Sink, Source, Staged, StagingWriter,
+    StateLock, StateStore, Strategy, TablePlan, TargetOptions, TargetTable, WriteMode,
+};
+pub use value::{Row, RowBatch, Value};
+
+/// Re-exported so connector crates register without naming `inventory` themselves.
+pub use inventory;

@@ -1,0 +1,799 @@
+//! The runner: plans each table, reads it once, stages it in every target, commits per target
+//! table, and records state only after a commit.
+//!
+//! Per source table name (shared by all tenants):
+//! discover every tenant → union schema → `Sink::prepare` → per tenant (in parallel, bounded):
+//! plan → read into a bounded channel → `StagingWriter` per target → per target one
+//! `Sink::commit` for all staged tenants → `StateStore::record` per tenant.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{NaiveDateTime, Utc};
+use futures::StreamExt;
+use tokio::sync::{Semaphore, mpsc};
+
+use crate::error::{ConnectorError, Result};
+use crate::events::{Event, EventListener};
+use crate::pipeline::{Settings, TableOptions};
+use crate::report::{OutcomeStatus, RunReport, TableOutcome};
+use crate::schema::{Column, KeySource, LogicalType, TableRef, TableSchema};
+use crate::state::{DatabaseState, SyncMode, SyncStatus, TableState, Watermark};
+use crate::traits::{
+    PlanOptions, ReadRange, ReadRequest, ReadSummary, Sink, Source, Staged, StagingWriter, StateStore, Strategy,
+    TablePlan, TargetOptions, TargetTable,
+};
+use crate::value::Value;
+
+/// One destination: a sink and the state that tracks what it holds.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub id: String,
+    pub sink: Arc<dyn Sink>,
+    pub state: Arc<dyn StateStore>,
+}
+
+/// Command-line choices for one run.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    pub force_full: bool,
+    pub dry_run: bool,
+    /// Restrict to these databases (must be configured ones).
+    pub databases: Option<Vec<String>>,
+    /// Restrict to these tables.
+    pub tables: Option<Vec<String>>,
+}
+
+/// A built pipeline, ready to run.
+#[derive(Debug)]
+pub struct Runner {
+    pub source: Arc<dyn Source>,
+    pub targets: Vec<Target>,
+    pub strategy: Arc<dyn Strategy>,
+    pub settings: Settings,
+    pub tables: Vec<String>,
+    pub table_options: BTreeMap<String, TableOptions>,
+    pub listeners: Vec<Arc<dyn EventListener>>,
+}
+
+/// What one tenant's read and staging produced for each target.
+struct TenantResult {
+    schema: Arc<TableSchema>,
+    read: Option<ReadSummary>,
+    elapsed: Duration,
+    retries: u32,
+    /// Per target id: the plan and the staged data, or why it failed.
+    per_target: HashMap<String, (TablePlan, Result<Staged>)>,
+    priors: HashMap<String, Option<TableState>>,
+}
+
+impl Runner {
+    /// Runs every selected table of every selected database and reports each outcome.
+    /// Fails as a whole only on problems no table can get past (lock held, bad selection).
+    pub async fn run(&self, options: &RunOptions) -> Result<RunReport> {
+        let started = Instant::now();
+        let _locks = if options.dry_run {
+            Vec::new()
+        } else {
+            let mut locks = Vec::new();
+            for t in &self.targets {
+                locks.push(t.state.lock().await?);
+            }
+            locks
+        };
+        let databases = self.select_databases(options)?;
+        let mut by_table: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let mut outcomes = Vec::new();
+        for db in &databases {
+            match self.select_tables(db, options).await {
+                Ok(tables) => {
+                    for t in tables {
+                        by_table.entry(t).or_default().push(db.clone());
+                    }
+                }
+                Err(e) => outcomes.extend(self.fail_everywhere(&TableRef::new(db, "*"), None, &e, options).await),
+            }
+        }
+        let reads = Arc::new(Semaphore::new(self.settings.concurrency));
+        let mut per_table = futures::stream::iter(by_table)
+            .map(|(table, dbs)| {
+                let reads = reads.clone();
+                async move { self.sync_table(&table, &dbs, options, &reads).await }
+            })
+            .buffer_unordered(self.settings.concurrency);
+        while let Some(mut o) = per_table.next().await {
+            outcomes.append(&mut o);
+        }
+        outcomes.sort_by(|a, b| (&a.database, &a.table, &a.target).cmp(&(&b.database, &b.table, &b.target)));
+        Ok(RunReport { outcomes, elapsed: started.elapsed(), dry_run: options.dry_run })
+    }
+
+    fn select_databases(&self, options: &RunOptions) -> Result<Vec<String>> {
+        let configured = self.source.databases();
+        let Some(wanted) = &options.databases else { return Ok(configured) };
+        for w in wanted {
+            if !configured.contains(w) {
+                return Err(ConnectorError::config(format!(
+                    "--databases: `{w}` is not in the pipeline's databases ({})",
+                    configured.join(", ")
+                )));
+            }
+        }
+        Ok(configured.into_iter().filter(|d| wanted.contains(d)).collect())
+    }
+
+    async fn select_tables(&self, database: &str, options: &RunOptions) -> Result<Vec<String>> {
+        let mut tables = if self.tables.is_empty() {
+            self.retry(&format!("list tables of {database}"), || self.source.list_tables(database)).await?
+        } else {
+            self.tables.clone()
+        };
+        if let Some(wanted) = &options.tables {
+            tables.retain(|t| wanted.contains(t));
+        }
+        Ok(tables)
+    }
+
+    async fn retry<T, F, Fut>(&self, what: &str, op: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        self.retry_counted(what, op).await.0
+    }
+
+    async fn retry_counted<T, F, Fut>(&self, what: &str, op: F) -> (Result<T>, u32)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        let mut retries = 0;
+        let out = self
+            .settings
+            .retry_policy()
+            .run(op, |attempt, e, wait| {
+                retries = attempt;
+                Event::Retrying { what: what.to_string(), attempt, wait, error: e.to_string() }.emit(&self.listeners);
+            })
+            .await;
+        (out, retries)
+    }
+
+    async fn sync_table(
+        &self,
+        name: &str,
+        dbs: &[String],
+        options: &RunOptions,
+        reads: &Semaphore,
+    ) -> Vec<TableOutcome> {
+        let table_options = self.table_options.get(name).cloned().unwrap_or_default();
+        let mut outcomes = Vec::new();
+        let mut schemas = Vec::new();
+        let discovered = futures::future::join_all(dbs.iter().map(|db| async move {
+            let table = TableRef::new(db, name);
+            let r = self.retry(&format!("discover {table}"), || self.source.discover(&table)).await;
+            (table, r)
+        }))
+        .await;
+        for (table, found) in discovered {
+            match found.and_then(|s| apply_key_override(s, &table_options)) {
+                Ok(schema) => schemas.push(Arc::new(schema)),
+                Err(e) => outcomes.extend(self.fail_everywhere(&table, None, &e, options).await),
+            }
+        }
+        if schemas.is_empty() {
+            return outcomes;
+        }
+        let target_table = match union_target(name, &schemas, &table_options) {
+            Ok(t) => t,
+            Err(e) => {
+                for s in &schemas {
+                    outcomes.extend(self.fail_everywhere(&s.table, None, &e, options).await);
+                }
+                return outcomes;
+            }
+        };
+        if options.dry_run {
+            for s in &schemas {
+                outcomes.extend(self.dry_run_outcomes(s, &target_table, &table_options, options).await);
+            }
+            return outcomes;
+        }
+
+        let mut live = Vec::new();
+        for target in &self.targets {
+            let prepared =
+                self.retry(&format!("prepare {}:{name}", target.id), || target.sink.prepare(&target_table)).await;
+            match prepared {
+                Ok(()) => live.push(target),
+                Err(e) => {
+                    for s in &schemas {
+                        outcomes.push(self.record_failure(target, &s.table, None, &e, 0, Duration::ZERO).await);
+                    }
+                }
+            }
+        }
+        if live.is_empty() {
+            return outcomes;
+        }
+
+        let tenants: Vec<TenantResult> = futures::stream::iter(schemas.iter().cloned())
+            .map(|schema| {
+                let live = &live;
+                let target_table = &target_table;
+                let table_options = &table_options;
+                async move {
+                    let _permit = reads.acquire().await;
+                    self.stage_tenant(schema, target_table, live, table_options, options).await
+                }
+            })
+            .buffer_unordered(self.settings.concurrency)
+            .collect()
+            .await;
+
+        for target in live {
+            let mut committed: Vec<&TenantResult> = Vec::new();
+            let mut staged: Vec<Staged> = Vec::new();
+            for t in &tenants {
+                let Some((plan, result)) = t.per_target.get(&target.id) else { continue };
+                match result {
+                    Ok(s) => {
+                        committed.push(t);
+                        staged.push(s.clone());
+                    }
+                    Err(e) => {
+                        outcomes.push(
+                            self.record_failure(target, &t.schema.table, Some(plan.mode), e, t.retries, t.elapsed)
+                                .await,
+                        );
+                    }
+                }
+            }
+            if staged.is_empty() {
+                continue;
+            }
+            let started = Instant::now();
+            let (result, commit_retries) = self
+                .retry_counted(&format!("commit {}:{name}", target.id), || target.sink.commit(&target_table, &staged))
+                .await;
+            target.sink.discard(&staged).await;
+            match result {
+                Ok(_) => {
+                    let rows: u64 = staged.iter().map(|s| s.rows).sum();
+                    Event::TableCommitted {
+                        table: name.to_string(),
+                        target: target.id.clone(),
+                        tenants: staged.len(),
+                        rows,
+                        elapsed: started.elapsed(),
+                    }
+                    .emit(&self.listeners);
+                    for t in committed {
+                        let elapsed = t.elapsed + started.elapsed();
+                        outcomes.push(self.record_success(target, t, elapsed, commit_retries).await);
+                    }
+                }
+                Err(e) => {
+                    for t in committed {
+                        let mode = t.per_target.get(&target.id).map(|(p, _)| p.mode);
+                        let elapsed = t.elapsed + started.elapsed();
+                        outcomes.push(
+                            self.record_failure(target, &t.schema.table, mode, &e, t.retries + commit_retries, elapsed)
+                                .await,
+                        );
+                    }
+                }
+            }
+        }
+        outcomes
+    }
+
+    async fn load_prior(&self, target: &Target, table: &TableRef) -> Result<Option<TableState>> {
+        let state: DatabaseState = target.state.load(&table.database).await?;
+        Ok(state.table(&table.table).cloned())
+    }
+
+    fn plan_options(&self, options: &RunOptions, table_options: &TableOptions) -> PlanOptions {
+        PlanOptions {
+            force_full: options.force_full,
+            lookback_minutes: self.settings.lookback_minutes,
+            cursor_override: table_options.cursor_column.clone(),
+            full_after_failure: self.settings.full_after_failure,
+        }
+    }
+
+    async fn dry_run_outcomes(
+        &self,
+        schema: &TableSchema,
+        target_table: &TargetTable,
+        table_options: &TableOptions,
+        options: &RunOptions,
+    ) -> Vec<TableOutcome> {
+        let mut out = Vec::new();
+        for target in &self.targets {
+            let prior = match self.load_prior(target, &schema.table).await {
+                Ok(p) => p,
+                Err(e) => {
+                    out.push(TableOutcome::failed(&schema.table, &target.id, None, &e));
+                    continue;
+                }
+            };
+            let plan = self.strategy.plan(schema, prior.as_ref(), &self.plan_options(options, table_options));
+            let mut o = TableOutcome::new(&schema.table, &target.id, OutcomeStatus::Planned);
+            o.mode = Some(plan.mode);
+            o.detail = Some(format!(
+                "{}; key: {}; cursor: {}; write: {:?}; range: {}\n    columns: {}",
+                plan.reason,
+                if schema.key.is_empty() { "none".to_string() } else { schema.key.join(", ") },
+                plan.cursor.as_deref().unwrap_or("none"),
+                plan.write,
+                match &plan.range {
+                    ReadRange::Full => "all rows".to_string(),
+                    ReadRange::Since { cursor, from } => format!("{cursor} >= '{from}'"),
+                },
+                target.sink.describe_columns(target_table).join(", "),
+            ));
+            out.push(o);
+        }
+        out
+    }
+
+    /// Reads one tenant's table once and stages it in every live target.
+    async fn stage_tenant(
+        &self,
+        schema: Arc<TableSchema>,
+        target_table: &TargetTable,
+        targets: &[&Target],
+        table_options: &TableOptions,
+        options: &RunOptions,
+    ) -> TenantResult {
+        let started = Instant::now();
+        let table = schema.table.clone();
+        let mut per_target = HashMap::new();
+        let mut priors = HashMap::new();
+        let mut plans: Vec<(&Target, TablePlan)> = Vec::new();
+        for target in targets {
+            match self.load_prior(target, &table).await {
+                Ok(prior) => {
+                    let plan = self.strategy.plan(&schema, prior.as_ref(), &self.plan_options(options, table_options));
+                    Event::TablePlanned {
+                        table: table.clone(),
+                        target: target.id.clone(),
+                        mode: plan.mode,
+                        reason: plan.reason.clone(),
+                    }
+                    .emit(&self.listeners);
+                    priors.insert(target.id.clone(), prior);
+                    plans.push((target, plan));
+                }
+                Err(e) => {
+                    let plan = self.strategy.plan(&schema, None, &self.plan_options(options, table_options));
+                    per_target.insert(target.id.clone(), (plan, Err(e)));
+                }
+            }
+        }
+        // One read serves every target: the widest range any of them needs.
+        let range = widest_range(plans.iter().map(|(_, p)| &p.range));
+        let cursor = plans.iter().find_map(|(_, p)| p.cursor.clone());
+        let request =
+            ReadRequest { schema: schema.clone(), range, batch_size: self.settings.batch_size, track_cursor: cursor };
+        let mut retries = 0;
+        let mut read = None;
+        if !plans.is_empty() {
+            let (result, r) = self
+                .retry_counted(&format!("sync {table}"), || self.read_and_stage(&request, target_table, &plans))
+                .await;
+            retries = r;
+            match result {
+                Ok((summary, staged)) => {
+                    read = Some(summary);
+                    for ((target, plan), s) in plans.into_iter().zip(staged) {
+                        per_target.insert(target.id.clone(), (plan, s));
+                    }
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    for (target, plan) in plans {
+                        per_target.insert(target.id.clone(), (plan, Err(ConnectorError::new(e.class(), msg.clone()))));
+                    }
+                }
+            }
+        }
+        TenantResult { schema, read, elapsed: started.elapsed(), retries, per_target, priors }
+    }
+
+    /// One attempt: a fresh set of staging writers, one source read fanned out to them.
+    /// A source failure fails the attempt (and is retried when transient); a writer failure
+    /// fails only its target.
+    async fn read_and_stage(
+        &self,
+        request: &ReadRequest,
+        target_table: &TargetTable,
+        plans: &[(&Target, TablePlan)],
+    ) -> Result<(ReadSummary, Vec<Result<Staged>>)> {
+        let table = &request.schema.table;
+        let mut writers: Vec<Option<Box<dyn StagingWriter>>> = Vec::new();
+        let mut errors: Vec<Option<ConnectorError>> = Vec::new();
+        for (target, plan) in plans {
+            match target.sink.stage(target_table, &request.schema, plan.mode, plan.write).await {
+                Ok(w) => {
+                    writers.push(Some(w));
+                    errors.push(None);
+                }
+                Err(e) => {
+                    writers.push(None);
+                    errors.push(Some(e));
+                }
+            }
+        }
+        if writers.iter().all(Option::is_none) {
+            // Every target refused to stage: report the first reason as the attempt's error.
+            return Err(errors.into_iter().flatten().next().unwrap_or_else(|| ConnectorError::permanent("no target")));
+        }
+        let (tx, mut rx) = mpsc::channel(4);
+        let read = self.source.read(request.clone(), tx);
+        let consume = async {
+            let mut rows = 0u64;
+            let mut bytes = 0u64;
+            while let Some(batch) = rx.recv().await {
+                rows += batch.len() as u64;
+                bytes += batch.bytes as u64;
+                for (i, slot) in writers.iter_mut().enumerate() {
+                    if let Some(w) = slot
+                        && let Err(e) = w.write(&batch).await
+                    {
+                        errors[i] = Some(e.context(format!("{table} → {}", plans[i].0.id)));
+                        *slot = None;
+                    }
+                }
+                if writers.iter().all(Option::is_none) {
+                    break;
+                }
+            }
+            Event::RowsRead { table: table.clone(), rows, bytes }.emit(&self.listeners);
+        };
+        let (summary, ()) = tokio::join!(read, consume);
+        let summary = match summary {
+            Ok(s) => s,
+            Err(e) if writers.iter().all(Option::is_none) => {
+                // The read stopped because no writer was left; report the writers' reason.
+                return Err(errors.into_iter().flatten().next().unwrap_or(e));
+            }
+            Err(e) => return Err(e),
+        };
+        let mut out = Vec::new();
+        for (i, slot) in writers.into_iter().enumerate() {
+            let staged = match (slot, errors[i].take()) {
+                (Some(w), _) => w.finish().await,
+                (None, Some(e)) => Err(e),
+                (None, None) => Err(ConnectorError::permanent("staging writer vanished")),
+            };
+            if let Ok(s) = &staged {
+                Event::TableStaged {
+                    table: table.clone(),
+                    target: plans[i].0.id.clone(),
+                    rows: s.rows,
+                    elapsed: Duration::ZERO,
+                }
+                .emit(&self.listeners);
+            }
+            out.push(staged);
+        }
+        Ok((summary, out))
+    }
+
+    async fn record_success(
+        &self,
+        target: &Target,
+        t: &TenantResult,
+        elapsed: Duration,
+        commit_retries: u32,
+    ) -> TableOutcome {
+        let table = &t.schema.table;
+        let (plan, staged) = match t.per_target.get(&target.id) {
+            Some((plan, Ok(staged))) => (plan, staged),
+            _ => unreachable!("only staged tenants are committed"),
+        };
+        let prior = t.priors.get(&target.id).cloned().flatten();
+        let read = t.read.clone().unwrap_or_default();
+        let now = Utc::now().naive_utc();
+        let watermark = next_watermark(&t.schema, plan, &read, prior.as_ref().and_then(|p| p.watermark.as_ref()));
+        let state = TableState {
+            table_name: table.table.clone(),
+            last_sync_time: read.snapshot_time.or(Some(now)),
+            sync_status: SyncStatus::Success,
+            sync_mode: plan.mode,
+            records_synced: staged.rows,
+            error_message: None,
+            updated_at: now,
+            watermark,
+            last_success_at: Some(now),
+            duration_seconds: Some(elapsed.as_secs_f64()),
+            consecutive_failures: 0,
+        };
+        let mut outcome = TableOutcome::new(table, &target.id, OutcomeStatus::Success);
+        outcome.mode = Some(plan.mode);
+        outcome.rows = staged.rows;
+        outcome.bytes = read.bytes;
+        outcome.seconds = elapsed.as_secs_f64();
+        outcome.retries = t.retries + commit_retries;
+        outcome.zero_dates_nulled = read.zero_dates_nulled;
+        outcome.detail = Some(plan.reason.clone());
+        if let Err(e) = target.state.record(&table.database, state).await {
+            // The data is committed; only the checkpoint is missing. The next run re-reads
+            // from the older watermark, which the idempotent writes absorb.
+            outcome.status = OutcomeStatus::Failed;
+            outcome.error = Some(format!("data committed but state not saved: {e}"));
+        } else {
+            Event::CheckpointCommitted { table: table.clone(), target: target.id.clone() }.emit(&self.listeners);
+        }
+        outcome
+    }
+
+    async fn record_failure(
+        &self,
+        target: &Target,
+        table: &TableRef,
+        mode: Option<SyncMode>,
+        error: &ConnectorError,
+        retries: u32,
+        elapsed: Duration,
+    ) -> TableOutcome {
+        Event::ComponentError { table: table.clone(), target: target.id.clone(), error: error.to_string() }
+            .emit(&self.listeners);
+        let mut outcome = TableOutcome::failed(table, &target.id, mode, error);
+        outcome.retries = retries;
+        outcome.seconds = elapsed.as_secs_f64();
+        if table.table == "*" {
+            return outcome;
+        }
+        // A failure keeps the last good watermark and times: nothing already synced is lost.
+        let prior = self.load_prior(target, table).await.ok().flatten();
+        let now = Utc::now().naive_utc();
+        let state = TableState {
+            table_name: table.table.clone(),
+            sync_status: SyncStatus::Failed,
+            sync_mode: mode.or(prior.as_ref().map(|p| p.sync_mode)).unwrap_or(SyncMode::Full),
+            error_message: Some(error.to_string()),
+            updated_at: now,
+            consecutive_failures: prior.as_ref().map_or(0, |p| p.consecutive_failures) + 1,
+            duration_seconds: Some(elapsed.as_secs_f64()),
+            records_synced: 0,
+            last_sync_time: prior.as_ref().and_then(|p| p.last_sync_time),
+            watermark: prior.as_ref().and_then(|p| p.watermark.clone()),
+            last_success_at: prior.as_ref().and_then(|p| p.last_success_at),
+        };
+        if let Err(e) = target.state.record(&table.database, state).await {
+            outcome.error = Some(format!("{error}; also failed to save state: {e}"));
+        }
+        outcome
+    }
+
+    async fn fail_everywhere(
+        &self,
+        table: &TableRef,
+        mode: Option<SyncMode>,
+        error: &ConnectorError,
+        options: &RunOptions,
+    ) -> Vec<TableOutcome> {
+        let mut out = Vec::new();
+        for target in &self.targets {
+            if options.dry_run {
+                out.push(TableOutcome::failed(table, &target.id, mode, error));
+            } else {
+                out.push(self.record_failure(target, table, mode, error, 0, Duration::ZERO).await);
+            }
+        }
+        out
+    }
+}
+
+fn apply_key_override(mut schema: TableSchema, options: &TableOptions) -> Result<TableSchema> {
+    if options.primary_key.is_empty() {
+        return Ok(schema);
+    }
+    let mut key = Vec::new();
+    for k in &options.primary_key {
+        let column = schema.column(k).ok_or_else(|| {
+            ConnectorError::config(format!(
+                "{}: table_options.primary_key names column `{k}`, which the table does not have",
+                schema.table
+            ))
+        })?;
+        key.push(column.name.clone());
+    }
+    schema.key = key;
+    schema.key_source = KeySource::Configured;
+    Ok(schema)
+}
+
+/// The target table for all tenants: the union of their columns. Tenants must agree on the
+/// type of shared columns; a mismatch names the column and the tenants.
+fn union_target(name: &str, schemas: &[Arc<TableSchema>], options: &TableOptions) -> Result<TargetTable> {
+    let mut columns: Vec<Column> = Vec::new();
+    let mut first_seen: HashMap<String, String> = HashMap::new();
+    for s in schemas {
+        for c in &s.columns {
+            match columns.iter_mut().find(|e| e.name.eq_ignore_ascii_case(&c.name)) {
+                None => {
+                    first_seen.insert(c.name.to_ascii_lowercase(), s.table.database.clone());
+                    columns.push(Column { nullable: true, ..c.clone() });
+                }
+                Some(existing) if existing.logical == c.logical => {}
+                Some(existing) => match widen(&existing.logical, &c.logical) {
+                    Some(wider) => existing.logical = wider,
+                    None => {
+                        let other = first_seen.get(&c.name.to_ascii_lowercase()).cloned().unwrap_or_default();
+                        return Err(ConnectorError::permanent(format!(
+                            "{}: column `{}` is {} in {} but {} in {}; align the tenants' schemas or set \
+                             column_types for this column",
+                            name, c.name, existing.source_type, other, c.source_type, s.table.database
+                        )));
+                    }
+                },
+            }
+        }
+    }
+    // The key is shared only when every tenant has the same one.
+    let key = schemas.first().map(|s| s.key.clone()).unwrap_or_default();
+    let key = if schemas.iter().all(|s| s.key == key) { key } else { Vec::new() };
+    Ok(TargetTable {
+        name: name.to_string(),
+        columns,
+        key,
+        options: TargetOptions { partition_by: options.partition_by.clone(), cluster_by: options.cluster_by.clone() },
+    })
+}
+
+/// A type that holds every value of both, where one exists without changing representation.
+fn widen(a: &LogicalType, b: &LogicalType) -> Option<LogicalType> {
+    use LogicalType::*;
+    match (a, b) {
+        (Int64, UInt64) | (UInt64, Int64) => Some(Decimal { precision: 20, scale: 0 }),
+        (Float32, Float64) | (Float64, Float32) => Some(Float64),
+        (Decimal { precision: p1, scale: s1 }, Decimal { precision: p2, scale: s2 }) => {
+            let scale = (*s1).max(*s2);
+            let int = (p1 - s1).max(p2 - s2);
+            Some(Decimal { precision: int.saturating_add(scale).min(76), scale })
+        }
+        (DateTime { fsp: a }, DateTime { fsp: b }) => Some(DateTime { fsp: (*a).max(*b) }),
+        (Timestamp { fsp: a }, Timestamp { fsp: b }) => Some(Timestamp { fsp: (*a).max(*b) }),
+        (Time { fsp: a }, Time { fsp: b }) => Some(Time { fsp: (*a).max(*b) }),
+        _ => None,
+    }
+}
+
+/// The union of read ranges: full if any is full, else the earliest lower bound.
+fn widest_range<'a>(ranges: impl Iterator<Item = &'a ReadRange>) -> ReadRange {
+    let mut widest: Option<ReadRange> = None;
+    for r in ranges {
+        widest = Some(match (widest, r) {
+            (None, r) => r.clone(),
+            (Some(ReadRange::Full), _) | (_, ReadRange::Full) => ReadRange::Full,
+            (Some(ReadRange::Since { cursor, from: a }), ReadRange::Since { from: b, .. }) => {
+                ReadRange::Since { cursor, from: if *b < a { b.clone() } else { a } }
+            }
+        });
+    }
+    widest.unwrap_or(ReadRange::Full)
+}
+
+/// The next watermark: the highest cursor value read, never past the source's clock at
+/// snapshot time, never behind the previous watermark.
+fn next_watermark(
+    schema: &TableSchema,
+    plan: &TablePlan,
+    read: &ReadSummary,
+    prior: Option<&Watermark>,
+) -> Option<Watermark> {
+    let cursor = plan.cursor.as_ref()?;
+    let column = schema.column(cursor)?;
+    let (column_type, read_max) = match (&column.logical, &read.max_cursor) {
+        (LogicalType::Date, Some(Value::Date(d))) => ("date", Some(d.and_hms_opt(0, 0, 0).unwrap_or_default())),
+        (LogicalType::DateTime { .. }, Some(Value::DateTime(t))) => ("datetime", Some(*t)),
+        (LogicalType::Timestamp { .. }, Some(Value::Timestamp(t))) => ("timestamp", Some(t.naive_utc())),
+        (LogicalType::Date, _) => ("date", None),
+        (LogicalType::DateTime { .. }, _) => ("datetime", None),
+        (LogicalType::Timestamp { .. }, _) => ("timestamp", None),
+        _ => return None,
+    };
+    let clock = if column_type == "timestamp" { read.snapshot_time } else { read.snapshot_local_time };
+    let capped: Option<NaiveDateTime> = match (read_max, clock) {
+        (Some(m), Some(c)) => Some(m.min(c)),
+        (m, _) => m,
+    };
+    let format = |t: NaiveDateTime| {
+        if column_type == "date" {
+            t.format("%Y-%m-%d").to_string()
+        } else {
+            t.format("%Y-%m-%d %H:%M:%S%.6f").to_string()
+        }
+    };
+    let new = capped.map(format);
+    let prior = prior.filter(|p| p.column.eq_ignore_ascii_case(cursor) && plan.mode == SyncMode::Incremental);
+    let value = match (new, prior) {
+        (Some(n), Some(p)) => Some(if n > p.value { n } else { p.value.clone() }),
+        (Some(n), None) => Some(n),
+        (None, Some(p)) => Some(p.value.clone()),
+        (None, None) => None,
+    }?;
+    Some(Watermark { column: column.name.clone(), column_type: column_type.to_string(), value })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::traits::WriteMode;
+
+    fn col(name: &str, logical: LogicalType) -> Column {
+        Column { name: name.into(), source_type: format!("{logical:?}"), logical, nullable: false }
+    }
+
+    fn schema(db: &str, columns: Vec<Column>) -> Arc<TableSchema> {
+        Arc::new(TableSchema {
+            table: TableRef::new(db, "orders"),
+            columns,
+            key: vec!["id".into()],
+            key_source: KeySource::PrimaryKey,
+        })
+    }
+
+    #[test]
+    fn union_takes_every_tenants_columns_and_widens_compatible_types() {
+        let a = schema("shop1", vec![col("id", LogicalType::Int64), col("note", LogicalType::String)]);
+        let b = schema("shop2", vec![col("id", LogicalType::UInt64), col("extra", LogicalType::DateTime { fsp: 3 })]);
+        let t = union_target("orders", &[a, b], &TableOptions::default()).unwrap();
+        let names: Vec<_> = t.columns.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["id", "note", "extra"]);
+        assert_eq!(t.columns[0].logical, LogicalType::Decimal { precision: 20, scale: 0 });
+        assert!(t.columns.iter().all(|c| c.nullable));
+        assert_eq!(t.key, ["id"]);
+    }
+
+    #[test]
+    fn union_rejects_incompatible_types_naming_column_and_tenants() {
+        let a = schema("shop1", vec![col("id", LogicalType::Int64), col("v", LogicalType::Json)]);
+        let b = schema("shop2", vec![col("id", LogicalType::Int64), col("v", LogicalType::Bytes)]);
+        let e = union_target("orders", &[a, b], &TableOptions::default()).unwrap_err();
+        assert!(e.message().contains("`v`") && e.message().contains("shop1") && e.message().contains("shop2"), "{e}");
+    }
+
+    #[test]
+    fn watermark_is_capped_at_the_source_clock_and_never_moves_back() {
+        let s =
+            schema("shop1", vec![col("id", LogicalType::Int64), col("updated_at", LogicalType::DateTime { fsp: 6 })]);
+        let plan = TablePlan {
+            mode: SyncMode::Incremental,
+            write: WriteMode::Merge,
+            range: ReadRange::Full,
+            cursor: Some("updated_at".into()),
+            reason: String::new(),
+        };
+        let t = |s: &str| NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f").unwrap();
+        let read = ReadSummary {
+            max_cursor: Some(Value::DateTime(t("2030-01-01 00:00:00"))),
+            snapshot_local_time: Some(t("2025-06-01 12:00:00.123456")),
+            ..Default::default()
+        };
+        let w = next_watermark(&s, &plan, &read, None).unwrap();
+        assert_eq!(w.value, "2025-06-01 12:00:00.123456");
+        let prior = Watermark {
+            column: "updated_at".into(),
+            column_type: "datetime".into(),
+            value: "2026-01-01 00:00:00.000000".into(),
+        };
+        let w = next_watermark(&s, &plan, &read, Some(&prior)).unwrap();
+        assert_eq!(w.value, prior.value);
+        let empty = ReadSummary::default();
+        assert_eq!(next_watermark(&s, &plan, &empty, Some(&prior)).unwrap().value, prior.value);
+    }
+
+    #[test]
+    fn widest_range_prefers_full_then_the_earliest_bound() {
+        let a = ReadRange::Since { cursor: "u".into(), from: "2025-01-02".into() };
+        let b = ReadRange::Since { cursor: "u".into(), from: "2025-01-01".into() };
+        assert_eq!(widest_range([&a, &b].into_iter()), b);
+        assert_eq!(widest_range([&a, &ReadRange::Full].into_iter()), ReadRange::Full);
+    }
+}

@@ -1,0 +1,101 @@
+//! Typed values and the batches of rows that flow from a source to its sinks.
+
+use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
+
+/// One value of a row. The variant follows the column's [`LogicalType`](crate::LogicalType).
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Value {
+    Null,
+    Bool(bool),
+    Int(i64),
+    UInt(u64),
+    Float(f64),
+    /// Decimal digits as the source printed them (`-123.4500`); never via `f64`.
+    Decimal(String),
+    String(String),
+    Bytes(Vec<u8>),
+    Date(NaiveDate),
+    DateTime(NaiveDateTime),
+    Timestamp(DateTime<Utc>),
+    /// A signed duration in microseconds (MySQL TIME).
+    Time(i64),
+    Json(String),
+    /// Well-known text.
+    Geometry(String),
+}
+
+impl Value {
+    pub fn is_null(&self) -> bool {
+        matches!(self, Value::Null)
+    }
+
+    /// A rough size in bytes, for batch accounting and throughput figures.
+    pub fn approx_size(&self) -> usize {
+        match self {
+            Value::Null => 1,
+            Value::Bool(_) => 1,
+            Value::Int(_) | Value::UInt(_) | Value::Float(_) | Value::Time(_) => 8,
+            Value::Date(_) => 4,
+            Value::DateTime(_) | Value::Timestamp(_) => 8,
+            Value::Decimal(s) | Value::String(s) | Value::Json(s) | Value::Geometry(s) => s.len(),
+            Value::Bytes(b) => b.len(),
+        }
+    }
+}
+
+/// Formats a MySQL-style duration: `-838:59:59.000000`, fraction only when `fsp > 0`.
+pub fn format_time(micros: i64, fsp: u8) -> String {
+    let sign = if micros < 0 { "-" } else { "" };
+    let total = micros.unsigned_abs();
+    let secs = total / 1_000_000;
+    let frac = total % 1_000_000;
+    let (h, m, s) = (secs / 3600, (secs / 60) % 60, secs % 60);
+    if fsp == 0 {
+        format!("{sign}{h:02}:{m:02}:{s:02}")
+    } else {
+        let digits = format!("{frac:06}");
+        format!("{sign}{h:02}:{m:02}:{s:02}.{}", &digits[..usize::from(fsp.min(6))])
+    }
+}
+
+/// One source row: values in the order of the schema's columns.
+pub type Row = Vec<Value>;
+
+/// A batch of rows read from one table.
+#[derive(Debug, Default)]
+pub struct RowBatch {
+    pub rows: Vec<Row>,
+    /// Approximate payload size, for throughput and memory accounting.
+    pub bytes: usize,
+}
+
+impl RowBatch {
+    pub fn with_capacity(rows: usize) -> Self {
+        Self { rows: Vec::with_capacity(rows), bytes: 0 }
+    }
+    pub fn push(&mut self, row: Row) {
+        self.bytes += row.iter().map(Value::approx_size).sum::<usize>();
+        self.rows.push(row);
+    }
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_formats_negative_and_long_durations() {
+        let max = ((838 * 3600 + 59 * 60 + 59) as i64) * 1_000_000;
+        assert_eq!(format_time(max, 0), "838:59:59");
+        assert_eq!(format_time(-max, 0), "-838:59:59");
+        assert_eq!(format_time(-1_500_000, 3), "-00:00:01.500");
+        assert_eq!(format_time(3_723_000_001, 6), "01:02:03.000001");
+    }
+}
