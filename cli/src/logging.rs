@@ -20,6 +20,7 @@ pub fn init(log_file: Option<&Path>, quiet: bool) -> Result<LogGuard> {
     let terminal = fmt::layer()
         .with_writer(std::io::stderr)
         .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_filter(terminal_filter.add_directive("report=off".parse().context("log filter")?));
     let file_layer = match log_file {
         Some(path) => {

@@ -1,1 +1,12 @@
-//! placeholder
+//! End-to-end tests of `connector-run` against a real MariaDB server and the local BigQuery
+//! emulator (started on demand by `support`). Run through `scripts/test.sh`, which makes sure
+//! both are installed.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+/// The command line: list, describe, validate, config errors, secrets, the run lock.
+mod cli;
+/// Full syncs: values, tenant isolation, state files, failures, dry runs.
+mod full_sync;

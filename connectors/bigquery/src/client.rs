@@ -406,7 +406,14 @@ impl BqClient {
                     let message = err["message"].as_str().unwrap_or("");
                     let details: Vec<String> = job["status"]["errors"]
                         .as_array()
-                        .map(|a| a.iter().filter_map(|e| e["message"].as_str()).take(3).map(str::to_string).collect())
+                        .map(|a| {
+                            a.iter()
+                                .filter_map(|e| e["message"].as_str())
+                                .filter(|m| *m != message)
+                                .take(3)
+                                .map(str::to_string)
+                                .collect()
+                        })
                         .unwrap_or_default();
                     return Err(ConnectorError::new(
                         job_error_class(reason),

@@ -69,8 +69,9 @@ pub fn column_name(name: &str) -> String {
     out
 }
 
-/// Appends `value` to `out` as the JSON value a load job expects for `bq_type`.
-pub fn encode_value(out: &mut Vec<u8>, value: &Value) {
+/// Appends `value` of a column of type `logical` to `out` as the JSON value a load job
+/// expects for [`bigquery_type`]`(logical)`.
+pub fn encode_value(out: &mut Vec<u8>, value: &Value, logical: &LogicalType) {
     match value {
         Value::Null => out.extend_from_slice(b"null"),
         Value::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
@@ -94,7 +95,10 @@ pub fn encode_value(out: &mut Vec<u8>, value: &Value) {
         Value::Date(d) => quoted(out, format_args!("{}", d.format("%Y-%m-%d"))),
         Value::DateTime(t) => quoted(out, format_args!("{}", t.format("%Y-%m-%d %H:%M:%S%.6f"))),
         Value::Timestamp(t) => quoted(out, format_args!("{}", t.format("%Y-%m-%d %H:%M:%S%.6f UTC"))),
-        Value::Time(micros) => encode_str(out, &format_time(*micros, 6)),
+        Value::Time(micros) => {
+            let fsp = if let LogicalType::Time { fsp } = logical { *fsp } else { 6 };
+            encode_str(out, &format_time(*micros, fsp))
+        }
         Value::Json(text) => {
             // A JSON column takes the document itself; check it so one bad value cannot
             // break the line.
@@ -127,7 +131,7 @@ mod tests {
 
     fn enc(v: Value) -> String {
         let mut out = Vec::new();
-        encode_value(&mut out, &v);
+        encode_value(&mut out, &v, &LogicalType::Time { fsp: 6 });
         String::from_utf8(out).unwrap()
     }
 
@@ -155,6 +159,9 @@ mod tests {
         assert_eq!(enc(Value::Time(-3_020_399_000_000)), "\"-838:59:59.000000\"");
         assert_eq!(enc(Value::Json("{\"a\": [1, \"é\"]}".into())), "{\"a\": [1, \"é\"]}");
         assert_eq!(enc(Value::Float(0.1)), "0.1");
+        let mut out = Vec::new();
+        encode_value(&mut out, &Value::Time(-3_020_399_000_000), &LogicalType::Time { fsp: 0 });
+        assert_eq!(out, b"\"-838:59:59\"");
         assert_eq!(enc(Value::Null), "null");
     }
 
