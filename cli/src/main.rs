@@ -197,7 +197,7 @@ async fn run_pipeline(pipeline: Pipeline, args: RunArgs) -> Result<ExitCode> {
     let runner = Runner {
         source: source.clone(),
         targets,
-        strategy: Arc::new(GuideStrategy { incremental_supported: false }),
+        strategy: Arc::new(GuideStrategy),
         settings: pipeline.settings.clone(),
         tables: pipeline.tables.clone(),
         table_options: pipeline.table_options.clone(),

@@ -92,6 +92,13 @@ pub const FLAT_FIELDS: &[FieldDoc] = &[
         doc: "a failed table syncs in full next time",
     },
     FieldDoc {
+        name: "null_cursor",
+        ty: "include | report",
+        required: false,
+        default: "include",
+        doc: "rows whose cursor is NULL in incremental runs",
+    },
+    FieldDoc {
         name: "table_options",
         ty: "object",
         required: false,
@@ -154,6 +161,7 @@ fn flat_to_general(value: &Value) -> Result<Value> {
         ("pool_size", "concurrency"),
         ("lookback_minutes", "lookback_minutes"),
         ("full_after_failure", "full_after_failure"),
+        ("null_cursor", "null_cursor"),
         ("log_file", "log_file"),
     ]);
     general.insert("source".into(), Value::Object(source));

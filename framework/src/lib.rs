@@ -52,8 +52,8 @@ pub use schema::{Column, KeySource, LogicalType, TableRef, TableSchema};
 pub use state::{DatabaseState, SyncMode, SyncStatus, TableState, Watermark};
 pub use strategy::GuideStrategy;
 pub use traits::{
-    BatchSender, CommitSummary, PlanOptions, ReadRange, ReadRequest, ReadSummary, Sink, Source, Staged, StagingWriter,
-    StateLock, StateStore, Strategy, TablePlan, TargetOptions, TargetTable, WriteMode,
+    BatchSender, CommitSummary, NullCursorPolicy, PlanOptions, ReadRange, ReadRequest, ReadSummary, Sink, Source,
+    Staged, StagingWriter, StateLock, StateStore, Strategy, TablePlan, TargetOptions, TargetTable, WriteMode,
 };
 pub use value::{Row, RowBatch, Value};
 

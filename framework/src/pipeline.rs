@@ -104,6 +104,13 @@ pub const SETTINGS_FIELDS: &[FieldDoc] = &[
         doc: "the original tool's rule: a failed table syncs in full next time",
     },
     FieldDoc {
+        name: "null_cursor",
+        ty: "include | report",
+        required: false,
+        default: "include",
+        doc: "rows whose cursor is NULL: read them in every incremental run, or leave them to full runs and report how many",
+    },
+    FieldDoc {
         name: "log_file",
         ty: "path",
         required: false,
@@ -141,6 +148,8 @@ pub struct Settings {
     #[serde(deserialize_with = "lenient::deserialize")]
     pub lookback_minutes: u64,
     pub full_after_failure: bool,
+    #[serde(default)]
+    pub null_cursor: crate::traits::NullCursorPolicy,
     pub log_file: Option<String>,
 }
 
@@ -153,6 +162,7 @@ impl Default for Settings {
             concurrency: 5,
             lookback_minutes: 10,
             full_after_failure: false,
+            null_cursor: crate::traits::NullCursorPolicy::Include,
             log_file: Some("sync_incremental.log".into()),
         }
     }

@@ -30,6 +30,9 @@ pub struct TableOutcome {
     pub seconds: f64,
     pub retries: u32,
     pub zero_dates_nulled: u64,
+    pub null_cursor_rows_skipped: u64,
+    /// The rows read: `all rows` or the cursor range.
+    pub window: Option<String>,
     pub error: Option<String>,
     pub error_class: Option<ErrorClass>,
     /// The plan's reason (and, in dry runs, the column mapping).
@@ -49,6 +52,8 @@ impl TableOutcome {
             seconds: 0.0,
             retries: 0,
             zero_dates_nulled: 0,
+            null_cursor_rows_skipped: 0,
+            window: None,
             error: None,
             error_class: None,
             detail: None,
@@ -128,6 +133,15 @@ impl RunReport {
             ));
             if let Some(d) = o.detail.as_ref().filter(|_| self.dry_run) {
                 out.push_str(&format!("    plan: {d}\n"));
+            }
+            if let Some(w) = o.window.as_ref().filter(|_| o.mode == Some(SyncMode::Incremental)) {
+                out.push_str(&format!("    window: {w}\n"));
+            }
+            if o.null_cursor_rows_skipped > 0 {
+                out.push_str(&format!(
+                    "    {} rows with a NULL cursor were not read (null_cursor: report); a --full run syncs them\n",
+                    o.null_cursor_rows_skipped
+                ));
             }
             if o.zero_dates_nulled > 0 {
                 out.push_str(&format!("    {} invalid dates written as NULL\n", o.zero_dates_nulled));

@@ -300,6 +300,7 @@ impl Runner {
             lookback_minutes: self.settings.lookback_minutes,
             cursor_override: table_options.cursor_column.clone(),
             full_after_failure: self.settings.full_after_failure,
+            null_cursor: self.settings.null_cursor,
         }
     }
 
@@ -328,10 +329,7 @@ impl Runner {
                 if schema.key.is_empty() { "none".to_string() } else { schema.key.join(", ") },
                 plan.cursor.as_deref().unwrap_or("none"),
                 plan.write,
-                match &plan.range {
-                    ReadRange::Full => "all rows".to_string(),
-                    ReadRange::Since { cursor, from } => format!("{cursor} >= '{from}'"),
-                },
+                plan.range.describe(),
                 target.sink.describe_columns(target_table).join(", "),
             ));
             out.push(o);
@@ -413,6 +411,7 @@ impl Runner {
         plans: &[(&Target, TablePlan)],
     ) -> Result<(ReadSummary, Vec<Result<Staged>>)> {
         let table = &request.schema.table;
+        let started = Instant::now();
         let mut writers: Vec<Option<Box<dyn StagingWriter>>> = Vec::new();
         let mut errors: Vec<Option<ConnectorError>> = Vec::new();
         for (target, plan) in plans {
@@ -474,7 +473,7 @@ impl Runner {
                     table: table.clone(),
                     target: plans[i].0.id.clone(),
                     rows: s.rows,
-                    elapsed: Duration::ZERO,
+                    elapsed: started.elapsed(),
                 }
                 .emit(&self.listeners);
             }
@@ -519,6 +518,8 @@ impl Runner {
         outcome.seconds = elapsed.as_secs_f64();
         outcome.retries = t.retries + commit_retries;
         outcome.zero_dates_nulled = read.zero_dates_nulled;
+        outcome.null_cursor_rows_skipped = read.null_cursor_rows_skipped;
+        outcome.window = Some(plan.range.describe());
         outcome.detail = Some(plan.reason.clone());
         if let Err(e) = target.state.record(&table.database, state).await {
             // The data is committed; only the checkpoint is missing. The next run re-reads
@@ -671,9 +672,10 @@ fn widest_range<'a>(ranges: impl Iterator<Item = &'a ReadRange>) -> ReadRange {
         widest = Some(match (widest, r) {
             (None, r) => r.clone(),
             (Some(ReadRange::Full), _) | (_, ReadRange::Full) => ReadRange::Full,
-            (Some(ReadRange::Since { cursor, from: a }), ReadRange::Since { from: b, .. }) => {
-                ReadRange::Since { cursor, from: if *b < a { b.clone() } else { a } }
-            }
+            (
+                Some(ReadRange::Since { cursor, from: a, include_nulls: na }),
+                ReadRange::Since { from: b, include_nulls: nb, .. },
+            ) => ReadRange::Since { cursor, from: if *b < a { b.clone() } else { a }, include_nulls: na || *nb },
         });
     }
     widest.unwrap_or(ReadRange::Full)
@@ -791,8 +793,8 @@ mod tests {
 
     #[test]
     fn widest_range_prefers_full_then_the_earliest_bound() {
-        let a = ReadRange::Since { cursor: "u".into(), from: "2025-01-02".into() };
-        let b = ReadRange::Since { cursor: "u".into(), from: "2025-01-01".into() };
+        let a = ReadRange::Since { cursor: "u".into(), from: "2025-01-02".into(), include_nulls: false };
+        let b = ReadRange::Since { cursor: "u".into(), from: "2025-01-01".into(), include_nulls: false };
         assert_eq!(widest_range([&a, &b].into_iter()), b);
         assert_eq!(widest_range([&a, &ReadRange::Full].into_iter()), ReadRange::Full);
     }

@@ -35,11 +35,8 @@ pub fn detect_cursor(schema: &TableSchema, configured: Option<&str>) -> Option<S
 /// Rules, in order: `--full`; no cursor; never synced; last sync failed (only with
 /// `full_after_failure`, since our commits are atomic and the watermark stays valid); no
 /// watermark; otherwise incremental from the watermark minus the lookback.
-#[derive(Debug, Default, Clone)]
-pub struct GuideStrategy {
-    /// When false the planner never picks incremental (sinks without merge support).
-    pub incremental_supported: bool,
-}
+#[derive(Debug, Default, Clone, Copy)]
+pub struct GuideStrategy;
 
 impl Strategy for GuideStrategy {
     fn plan(&self, schema: &TableSchema, prior: Option<&TableState>, options: &PlanOptions) -> TablePlan {
@@ -69,14 +66,15 @@ impl Strategy for GuideStrategy {
         let Some(watermark) = prior.watermark.as_ref().filter(|w| w.column.eq_ignore_ascii_case(&cursor_name)) else {
             return full("no stored watermark for the cursor");
         };
-        if !self.incremental_supported {
-            return full("incremental writes not enabled");
-        }
         let from = lower_bound(&watermark.value, options.lookback_minutes);
         TablePlan {
             mode: SyncMode::Incremental,
             write: if schema.key.is_empty() { WriteMode::AppendDedup } else { WriteMode::Merge },
-            range: ReadRange::Since { cursor: cursor_name, from },
+            range: ReadRange::Since {
+                cursor: cursor_name,
+                from,
+                include_nulls: options.null_cursor == crate::traits::NullCursorPolicy::Include,
+            },
             cursor,
             reason: format!("watermark {} minus {} min lookback", watermark.value, options.lookback_minutes),
         }
@@ -157,7 +155,7 @@ mod tests {
     #[test]
     fn follows_the_guides_rules() {
         let s = schema(&[("id", LogicalType::Int64), ("updated_at", LogicalType::DateTime { fsp: 6 })]);
-        let st = GuideStrategy { incremental_supported: true };
+        let st = GuideStrategy;
         let opts = PlanOptions { lookback_minutes: 10, ..Default::default() };
         assert_eq!(st.plan(&s, None, &opts).mode, SyncMode::Full);
         let p = st.plan(&s, Some(&prior(SyncStatus::Success)), &opts);
@@ -165,7 +163,11 @@ mod tests {
         assert_eq!(p.write, WriteMode::Merge);
         assert_eq!(
             p.range,
-            ReadRange::Since { cursor: "updated_at".into(), from: "2024-12-31 23:55:00.000001".into() }
+            ReadRange::Since {
+                cursor: "updated_at".into(),
+                from: "2024-12-31 23:55:00.000001".into(),
+                include_nulls: true
+            }
         );
         let forced = PlanOptions { force_full: true, ..opts.clone() };
         assert_eq!(st.plan(&s, Some(&prior(SyncStatus::Success)), &forced).mode, SyncMode::Full);

@@ -23,8 +23,22 @@ pub type BatchSender = mpsc::Sender<RowBatch>;
 pub enum ReadRange {
     /// Every row.
     Full,
-    /// Rows whose `cursor` is at or after `from` (inclusive).
-    Since { cursor: String, from: String },
+    /// Rows whose `cursor` is at or after `from` (inclusive), plus rows whose cursor is NULL
+    /// when `include_nulls` (see [`NullCursorPolicy`]).
+    Since { cursor: String, from: String, include_nulls: bool },
+}
+
+impl ReadRange {
+    /// `all rows`, or `updated_at >= '2025-01-01 00:00:00.000000'` (plus NULLs when included).
+    pub fn describe(&self) -> String {
+        match self {
+            ReadRange::Full => "all rows".to_string(),
+            ReadRange::Since { cursor, from, include_nulls } => {
+                let nulls = if *include_nulls { format!(" or {cursor} IS NULL") } else { String::new() };
+                format!("{cursor} >= '{from}'{nulls}")
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -51,6 +65,8 @@ pub struct ReadSummary {
     pub max_cursor: Option<Value>,
     /// Invalid dates ('0000-00-00') written as NULL.
     pub zero_dates_nulled: u64,
+    /// Rows with a NULL cursor that an incremental read left out (policy `report`).
+    pub null_cursor_rows_skipped: u64,
 }
 
 /// Reads tables from a database server.
@@ -180,6 +196,18 @@ pub struct PlanOptions {
     pub cursor_override: Option<String>,
     /// The guide's rule: a failed last sync forces a full one.
     pub full_after_failure: bool,
+    pub null_cursor: NullCursorPolicy,
+}
+
+/// What incremental reads do with rows whose cursor is NULL (they are never silently lost).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NullCursorPolicy {
+    /// Read them in every incremental run too (idempotent writes absorb the repeats).
+    #[default]
+    Include,
+    /// Leave them to full syncs and report how many there are in each run.
+    Report,
 }
 
 /// What the runner will do with one table of one tenant.

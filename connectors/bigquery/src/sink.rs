@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use async_trait::async_trait;
 use chrono::Utc;
 use connector_framework::{
-    BuildContext, CommitSummary, ConnectorError, Result, RowBatch, Sink, Staged, StagingWriter, SyncMode, TableSchema,
-    TargetTable, WriteMode,
+    BuildContext, CommitSummary, ConnectorError, LogicalType, Result, RowBatch, Sink, Staged, StagingWriter, SyncMode,
+    TableSchema, TargetTable, WriteMode,
 };
 use serde_json::{Value as Json, json};
 use tokio::sync::{Mutex, OnceCell};
@@ -20,6 +20,7 @@ use crate::types::{bigquery_type, can_widen, canonical_type, column_name, encode
 pub const TENANT_FIELD: &str = "tenant_id";
 pub const SYNC_TIMESTAMP_FIELD: &str = "sync_timestamp";
 pub const SYNC_MODE_FIELD: &str = "sync_mode";
+pub const ROW_HASH_FIELD: &str = "_row_hash";
 const SYSTEM_FIELDS: [&str; 3] = [TENANT_FIELD, SYNC_TIMESTAMP_FIELD, SYNC_MODE_FIELD];
 
 /// Staging tables expire on their own if a run dies before dropping them.
@@ -40,12 +41,19 @@ pub struct BigQuerySink {
     targets: Mutex<HashMap<String, Vec<(String, String)>>>,
 }
 
-fn system_fields() -> Vec<Json> {
-    vec![
+/// The fields the sink adds to every table; tables without a key also get `_row_hash`, the
+/// content hash that makes re-reading a window idempotent.
+fn system_fields(keyless: bool) -> Vec<Json> {
+    let mut fields = vec![
         json!({"name": TENANT_FIELD, "type": "STRING", "mode": "REQUIRED", "description": "source database (tenant)"}),
         json!({"name": SYNC_TIMESTAMP_FIELD, "type": "TIMESTAMP", "mode": "REQUIRED", "description": "when connector-run wrote the row"}),
         json!({"name": SYNC_MODE_FIELD, "type": "STRING", "mode": "REQUIRED", "description": "FULL or INCREMENTAL"}),
-    ]
+    ];
+    if keyless {
+        fields.push(json!({"name": ROW_HASH_FIELD, "type": "STRING", "mode": "NULLABLE",
+                           "description": "hash of the row's values and its occurrence number (tables without a key)"}));
+    }
+    fields
 }
 
 /// Target columns for a table: (BigQuery name, BigQuery type), names checked for clashes.
@@ -53,7 +61,7 @@ fn mapped_columns(table: &str, columns: &[connector_framework::Column]) -> Resul
     let mut out: Vec<(String, String)> = Vec::new();
     for c in columns {
         let name = column_name(&c.name);
-        if SYSTEM_FIELDS.iter().any(|s| s.eq_ignore_ascii_case(&name)) {
+        if SYSTEM_FIELDS.iter().chain([&ROW_HASH_FIELD]).any(|s| s.eq_ignore_ascii_case(&name)) {
             return Err(ConnectorError::permanent(format!(
                 "{table}: column `{}` clashes with the system field `{name}` the sink adds; rename the column \
                  in a view or exclude the table",
@@ -174,7 +182,7 @@ impl Sink for BigQuerySink {
         let existing = self.client.get_table(&self.dataset, &table.name).await?;
         let final_columns = match existing {
             None => {
-                let mut fields = system_fields();
+                let mut fields = system_fields(table.key.is_empty());
                 fields.extend(desired.iter().map(|(n, t)| json!({"name": n, "type": t, "mode": "NULLABLE"})));
                 self.client.create_table(&self.dataset, self.table_resource(table, fields)?).await?;
                 desired
@@ -188,6 +196,9 @@ impl Sink for BigQuerySink {
                     })
                     .collect();
                 let mut added = Vec::new();
+                if table.key.is_empty() && !current.iter().any(|(n, _)| n == ROW_HASH_FIELD) {
+                    added.push(json!({"name": ROW_HASH_FIELD, "type": "STRING", "mode": "NULLABLE"}));
+                }
                 let mut result = Vec::new();
                 for (name, ty) in &desired {
                     match current.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)) {
@@ -243,7 +254,8 @@ impl Sink for BigQuerySink {
         let columns = mapped_columns(&tenant.table.to_string(), &tenant.columns)?;
         let n = self.stage_counter.fetch_add(1, Ordering::Relaxed);
         let stage_table = table_id(&format!("_stage_{}_{}_{}_{n}", table.name, tenant.table.database, self.run_id));
-        let mut fields = system_fields();
+        let keyless = table.key.is_empty();
+        let mut fields = system_fields(keyless);
         fields.extend(columns.iter().map(|(n, t)| json!({"name": n, "type": t, "mode": "NULLABLE"})));
         let expires = Utc::now().timestamp_millis() + STAGING_TTL_MS;
         self.client
@@ -266,11 +278,12 @@ impl Sink for BigQuerySink {
         encode_str(&mut prefix, mode.as_str());
         let keys = columns
             .iter()
-            .map(|(name, _)| {
+            .zip(&tenant.columns)
+            .map(|((name, _), column)| {
                 let mut k = vec![b','];
                 encode_str(&mut k, name);
                 k.push(b':');
-                k
+                (k, column.logical.clone())
             })
             .collect();
         Ok(Box::new(BqStagingWriter {
@@ -284,6 +297,7 @@ impl Sink for BigQuerySink {
             columns: columns.into_iter().map(|(n, _)| n).collect(),
             prefix,
             keys,
+            hash_rows: keyless,
             buffer: Vec::with_capacity(self.chunk_bytes + 64 * 1024),
             chunk_bytes: self.chunk_bytes,
             chunks: 0,
@@ -297,47 +311,14 @@ impl Sink for BigQuerySink {
         let target_columns = self.targets.lock().await.get(&table.name).cloned().ok_or_else(|| {
             ConnectorError::permanent(format!("{}: commit before prepare (a bug in the runner)", table.name))
         })?;
-        if let Some(s) = staged.iter().find(|s| s.write != WriteMode::ReplaceTenant) {
-            return Err(ConnectorError::permanent(format!(
-                "{}.{}: the bigquery sink cannot apply {:?} writes yet",
-                s.tenant, table.name, s.write
-            )));
-        }
-        let target = qualified(self.client.project(), &self.dataset, &table.name);
-        let mut insert_columns: Vec<String> = SYSTEM_FIELDS.iter().map(|s| s.to_string()).collect();
-        insert_columns.extend(target_columns.iter().map(|(n, _)| n.clone()));
-        let mut selects = Vec::new();
-        for s in staged.iter().filter(|s| s.rows > 0) {
-            let Some(stage) = &s.handle else { continue };
-            let mut exprs: Vec<String> = SYSTEM_FIELDS.iter().map(|f| quote_column(f)).collect();
-            for (name, ty) in &target_columns {
-                let staged_name = s.columns.iter().find(|c| c.eq_ignore_ascii_case(name));
-                exprs.push(match staged_name {
-                    Some(c) => format!("CAST({} AS {ty})", quote_column(c)),
-                    None => format!("CAST(NULL AS {ty})"),
-                });
-            }
-            selects.push(format!(
-                "SELECT {} FROM {}",
-                exprs.join(", "),
-                qualified(self.client.project(), &self.staging_dataset, stage)
-            ));
-        }
-        let tenants: Vec<Json> = staged.iter().map(|s| json!({"value": s.tenant})).collect();
-        let mut sql = format!("BEGIN TRANSACTION;\nDELETE FROM {target} WHERE {TENANT_FIELD} IN UNNEST(@tenants);\n");
-        if !selects.is_empty() {
-            sql.push_str(&format!(
-                "INSERT INTO {target} ({})\n{};\n",
-                insert_columns.iter().map(|c| quote_column(c)).collect::<Vec<_>>().join(", "),
-                selects.join("\nUNION ALL\n")
-            ));
-        }
-        sql.push_str("COMMIT TRANSACTION;");
-        let params = json!([{
-            "name": "tenants",
-            "parameterType": {"type": "ARRAY", "arrayType": {"type": "STRING"}},
-            "parameterValue": {"arrayValues": tenants},
-        }]);
+        let plan = CommitPlan {
+            target: qualified(self.client.project(), &self.dataset, &table.name),
+            project: self.client.project().to_string(),
+            staging_dataset: self.staging_dataset.clone(),
+            columns: target_columns,
+            key: table.key.iter().map(|k| column_name(k)).collect(),
+        };
+        let (sql, params) = plan.script(staged);
         let mut names: Vec<&str> = staged.iter().map(|s| s.tenant.as_str()).collect();
         names.sort_unstable();
         let job_id = table_id(&format!("commit_{}_{}_{}", table.name, self.run_id, names.join("_")));
@@ -374,8 +355,10 @@ struct BqStagingWriter {
     columns: Vec<String>,
     /// `{"tenant_id":…,"sync_timestamp":…,"sync_mode":…` for every line.
     prefix: Vec<u8>,
-    /// `,"column":` per column.
-    keys: Vec<Vec<u8>>,
+    /// `,"column":` and the column's type, per column.
+    keys: Vec<(Vec<u8>, LogicalType)>,
+    /// Add `_row_hash` (tables without a key).
+    hash_rows: bool,
     buffer: Vec<u8>,
     chunk_bytes: usize,
     chunks: u64,
@@ -452,9 +435,16 @@ impl StagingWriter for BqStagingWriter {
     async fn write(&mut self, batch: &RowBatch) -> Result<()> {
         for row in &batch.rows {
             self.buffer.extend_from_slice(&self.prefix);
-            for (key, value) in self.keys.iter().zip(row) {
+            let values_start = self.buffer.len();
+            for ((key, logical), value) in self.keys.iter().zip(row) {
                 self.buffer.extend_from_slice(key);
-                encode_value(&mut self.buffer, value);
+                encode_value(&mut self.buffer, value, logical);
+            }
+            if self.hash_rows {
+                // The encoded values identify the row's content; the commit adds the
+                // occurrence number so identical rows stay distinct.
+                let hash = xxhash_rust::xxh3::xxh3_128(&self.buffer[values_start..]);
+                self.buffer.extend_from_slice(format!(",\"{ROW_HASH_FIELD}\":\"{hash:032x}\"").as_bytes());
             }
             self.buffer.extend_from_slice(b"}\n");
         }
@@ -478,5 +468,126 @@ impl StagingWriter for BqStagingWriter {
             columns: self.columns.clone(),
             handle: Some(self.stage_table.clone()),
         })
+    }
+}
+
+/// Builds the one transaction that applies every staged tenant of a table:
+/// full syncs replace their tenant's rows, incremental syncs MERGE on `(tenant_id, key)`, and
+/// tables without a key insert only rows whose `(tenant_id, _row_hash)` is new.
+struct CommitPlan {
+    target: String,
+    project: String,
+    staging_dataset: String,
+    /// Target columns (BigQuery name, type), without the system fields.
+    columns: Vec<(String, String)>,
+    key: Vec<String>,
+}
+
+impl CommitPlan {
+    fn keyless(&self) -> bool {
+        self.key.is_empty()
+    }
+
+    /// System fields, then the target's columns, then `_row_hash` for keyless tables.
+    fn insert_columns(&self) -> Vec<String> {
+        let mut cols: Vec<String> = SYSTEM_FIELDS.iter().map(|s| s.to_string()).collect();
+        cols.extend(self.columns.iter().map(|(n, _)| n.clone()));
+        if self.keyless() {
+            cols.push(ROW_HASH_FIELD.to_string());
+        }
+        cols
+    }
+
+    /// One SELECT per staged tenant, shaped like the target (missing columns NULL, types cast).
+    fn source_query(&self, staged: &[&Staged]) -> Option<String> {
+        let selects: Vec<String> = staged
+            .iter()
+            .filter(|s| s.rows > 0)
+            .filter_map(|s| {
+                let stage = s.handle.as_ref()?;
+                let mut exprs: Vec<String> = SYSTEM_FIELDS.iter().map(|f| quote_column(f)).collect();
+                for (name, ty) in &self.columns {
+                    let expr = match s.columns.iter().find(|c| c.eq_ignore_ascii_case(name)) {
+                        Some(c) => format!("CAST({} AS {ty})", quote_column(c)),
+                        None => format!("CAST(NULL AS {ty})"),
+                    };
+                    exprs.push(format!("{expr} AS {}", quote_column(name)));
+                }
+                if self.keyless() {
+                    // Identical rows share a hash; numbering them keeps each one, and the same
+                    // rows read again get the same numbers.
+                    exprs.push(format!(
+                        "CONCAT({h}, ':', CAST(ROW_NUMBER() OVER (PARTITION BY {h}) AS STRING)) AS {h}",
+                        h = quote_column(ROW_HASH_FIELD)
+                    ));
+                }
+                Some(format!(
+                    "SELECT {} FROM {}",
+                    exprs.join(", "),
+                    qualified(&self.project, &self.staging_dataset, stage)
+                ))
+            })
+            .collect();
+        (!selects.is_empty()).then(|| selects.join("\nUNION ALL\n"))
+    }
+
+    fn tenants_param(name: &str, staged: &[&Staged]) -> Json {
+        json!({
+            "name": name,
+            "parameterType": {"type": "ARRAY", "arrayType": {"type": "STRING"}},
+            "parameterValue": {"arrayValues": staged.iter().map(|s| json!({"value": s.tenant})).collect::<Vec<_>>()},
+        })
+    }
+
+    fn script(&self, staged: &[Staged]) -> (String, Json) {
+        let by = |mode: WriteMode| staged.iter().filter(|s| s.write == mode).collect::<Vec<_>>();
+        let (full, merge, append) = (by(WriteMode::ReplaceTenant), by(WriteMode::Merge), by(WriteMode::AppendDedup));
+        let cols = self.insert_columns();
+        let col_list = cols.iter().map(|c| quote_column(c)).collect::<Vec<_>>().join(", ");
+        let target = &self.target;
+        let mut sql = String::from("BEGIN TRANSACTION;\n");
+        let mut params = Vec::new();
+        if !full.is_empty() {
+            params.push(Self::tenants_param("full_tenants", &full));
+            sql.push_str(&format!("DELETE FROM {target} WHERE {TENANT_FIELD} IN UNNEST(@full_tenants);\n"));
+            if let Some(source) = self.source_query(&full) {
+                sql.push_str(&format!("INSERT INTO {target} ({col_list})\n{source};\n"));
+            }
+        }
+        if let Some(source) = self.source_query(&merge) {
+            params.push(Self::tenants_param("merge_tenants", &merge));
+            // The tenant filter lets BigQuery prune by the tenant_id clustering.
+            let mut on = vec![
+                format!("T.{TENANT_FIELD} = S.{TENANT_FIELD}"),
+                format!("T.{TENANT_FIELD} IN UNNEST(@merge_tenants)"),
+            ];
+            on.extend(self.key.iter().map(|k| {
+                let k = quote_column(k);
+                format!("(T.{k} = S.{k} OR (T.{k} IS NULL AND S.{k} IS NULL))")
+            }));
+            let set: Vec<String> = cols
+                .iter()
+                .filter(|c| c.as_str() != TENANT_FIELD && !self.key.contains(c))
+                .map(|c| format!("{q} = S.{q}", q = quote_column(c)))
+                .collect();
+            let values = cols.iter().map(|c| format!("S.{}", quote_column(c))).collect::<Vec<_>>().join(", ");
+            sql.push_str(&format!(
+                "MERGE {target} T\nUSING (\n{source}\n) S\nON {}\nWHEN MATCHED THEN UPDATE SET {}\n\
+                 WHEN NOT MATCHED THEN INSERT ({col_list}) VALUES ({values});\n",
+                on.join(" AND "),
+                set.join(", ")
+            ));
+        }
+        if let Some(source) = self.source_query(&append) {
+            params.push(Self::tenants_param("append_tenants", &append));
+            let h = quote_column(ROW_HASH_FIELD);
+            sql.push_str(&format!(
+                "INSERT INTO {target} ({col_list})\nSELECT {col_list} FROM (\n{source}\n) S\n\
+                 WHERE NOT EXISTS (SELECT 1 FROM {target} T WHERE T.{TENANT_FIELD} IN UNNEST(@append_tenants) \
+                 AND T.{TENANT_FIELD} = S.{TENANT_FIELD} AND T.{h} = S.{h});\n"
+            ));
+        }
+        sql.push_str("COMMIT TRANSACTION;");
+        (sql, Json::Array(params))
     }
 }

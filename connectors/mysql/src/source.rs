@@ -245,8 +245,20 @@ impl Source for MySqlSource {
             quote_ident(&table.table)
         );
         let mut params: Vec<mysql_async::Value> = Vec::new();
-        if let ReadRange::Since { cursor, from } = &request.range {
-            sql.push_str(&format!(" WHERE {} >= ?", quote_ident(cursor)));
+        // Rows with a NULL cursor are either read every time or counted (never silently lost).
+        let mut count_nulls = None;
+        if let ReadRange::Since { cursor, from, include_nulls } = &request.range {
+            let c = quote_ident(cursor);
+            if *include_nulls {
+                sql.push_str(&format!(" WHERE ({c} >= ? OR {c} IS NULL)"));
+            } else {
+                sql.push_str(&format!(" WHERE {c} >= ?"));
+                count_nulls = Some(format!(
+                    "SELECT COUNT(*) FROM {}.{} WHERE {c} IS NULL",
+                    quote_ident(&table.database),
+                    quote_ident(&table.table)
+                ));
+            }
             params.push(mysql_async::Value::from(from.as_str()));
         }
 
@@ -265,6 +277,12 @@ impl Source for MySqlSource {
             snapshot_local_time: clock.map(|c| c.1.unwrap_or(c.0)),
             ..Default::default()
         };
+
+        if let Some(count_sql) = count_nulls {
+            let skipped: Option<u64> =
+                conn.query_first(count_sql).await.map_err(|e| wrap(e, format!("{table}: counting NULL cursors")))?;
+            summary.null_cursor_rows_skipped = skipped.unwrap_or(0);
+        }
 
         let label = table.to_string();
         let mut result = conn.exec_iter(sql.as_str(), params).await.map_err(|e| wrap(e, format!("{table}: SELECT")))?;
