@@ -10,3 +10,6 @@ mod support;
 mod cli;
 /// Full syncs: values, tenant isolation, state files, failures, dry runs.
 mod full_sync;
+/// Incremental syncs: concurrent writers, late commits, cursor edge cases, crashes, tables
+/// without a key.
+mod incremental;

@@ -317,6 +317,16 @@ pub async fn assert_table_equal(
     columns.len()
 }
 
+/// The table ids of a dataset.
+pub async fn list_tables(emulator: &Emulator, dataset: &str) -> Vec<String> {
+    let url = format!("{}/bigquery/v2/projects/{}/datasets/{dataset}/tables", emulator.endpoint(), emulator.project);
+    let resp: Value = reqwest::get(url).await.unwrap().json().await.unwrap();
+    resp["tables"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|t| t["tableReference"]["tableId"].as_str().map(str::to_string)).collect())
+        .unwrap_or_default()
+}
+
 /// Number of BigQuery rows per tenant.
 pub async fn bq_count(emulator: &Emulator, dataset: &str, table: &str, tenant: &str) -> u64 {
     let rows =

@@ -306,6 +306,7 @@ impl BqClient {
             query["parameterMode"] = json!("NAMED");
             query["queryParameters"] = parameters;
         }
+        tracing::debug!(job_id, sql, "BigQuery query");
         let job = self.job_resource(job_id, json!({"query": query}));
         let model_job: model::Job = to_model(job)?;
         match self.jobs.insert_job().set_project_id(self.project()).set_job(model_job).send().await {

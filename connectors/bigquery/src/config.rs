@@ -172,8 +172,9 @@ connector_framework::inventory::submit! {
         details: "Target tables get the system fields tenant_id (STRING), sync_timestamp (TIMESTAMP) and \
 sync_mode (STRING), DAY partitions on sync_timestamp, clustering on tenant_id and a NOT ENFORCED \
 primary key (tenant_id, key...). Rows are staged per tenant through load jobs (media upload, no \
-Cloud Storage bucket) and applied per table in one transaction: a full sync deletes exactly that \
-tenant's rows and inserts the staged ones, so other tenants are never touched. Column types: see \
+Cloud Storage bucket) and applied per table in one MERGE statement: incremental syncs upsert on \
+(tenant_id, key), full syncs also delete that tenant's rows that are gone from the source, and \
+tables without a key match on a _row_hash column. Other tenants are never touched. Column types: see \
 `connector-run describe mysql`.",
         fields: FIELDS,
         example: r#"{"kind": "bigquery", "id": "main", "project": "my-project", "dataset": "shops", "location": "US"}"#,

@@ -318,7 +318,10 @@ impl Sink for BigQuerySink {
             columns: target_columns,
             key: table.key.iter().map(|k| column_name(k)).collect(),
         };
-        let (sql, params) = plan.script(staged);
+        let (sql, params) = plan.statement(staged);
+        if sql.is_empty() {
+            return Ok(CommitSummary::default());
+        }
         let mut names: Vec<&str> = staged.iter().map(|s| s.tenant.as_str()).collect();
         names.sort_unstable();
         let job_id = table_id(&format!("commit_{}_{}_{}", table.name, self.run_id, names.join("_")));
@@ -471,9 +474,11 @@ impl StagingWriter for BqStagingWriter {
     }
 }
 
-/// Builds the one transaction that applies every staged tenant of a table:
-/// full syncs replace their tenant's rows, incremental syncs MERGE on `(tenant_id, key)`, and
-/// tables without a key insert only rows whose `(tenant_id, _row_hash)` is new.
+/// Builds the one statement that applies every staged tenant of a table atomically: a MERGE
+/// on `(tenant_id, key)` (tables without a key: `(tenant_id, _row_hash)`) that updates matched
+/// rows, inserts new ones, and, for tenants synced in full, deletes their rows that are no longer
+/// in the source. Other tenants' rows are never touched. One DML statement per table per run
+/// also keeps BigQuery's per-table modification quota free.
 struct CommitPlan {
     target: String,
     project: String,
@@ -539,55 +544,46 @@ impl CommitPlan {
         })
     }
 
-    fn script(&self, staged: &[Staged]) -> (String, Json) {
-        let by = |mode: WriteMode| staged.iter().filter(|s| s.write == mode).collect::<Vec<_>>();
-        let (full, merge, append) = (by(WriteMode::ReplaceTenant), by(WriteMode::Merge), by(WriteMode::AppendDedup));
-        let cols = self.insert_columns();
-        let col_list = cols.iter().map(|c| quote_column(c)).collect::<Vec<_>>().join(", ");
+    fn statement(&self, staged: &[Staged]) -> (String, Json) {
+        let all: Vec<&Staged> = staged.iter().collect();
+        let full: Vec<&Staged> = staged.iter().filter(|s| s.write == WriteMode::ReplaceTenant).collect();
         let target = &self.target;
-        let mut sql = String::from("BEGIN TRANSACTION;\n");
-        let mut params = Vec::new();
+        let mut params = vec![Self::tenants_param("tenants", &all)];
         if !full.is_empty() {
             params.push(Self::tenants_param("full_tenants", &full));
-            sql.push_str(&format!("DELETE FROM {target} WHERE {TENANT_FIELD} IN UNNEST(@full_tenants);\n"));
-            if let Some(source) = self.source_query(&full) {
-                sql.push_str(&format!("INSERT INTO {target} ({col_list})\n{source};\n"));
-            }
         }
-        if let Some(source) = self.source_query(&merge) {
-            params.push(Self::tenants_param("merge_tenants", &merge));
-            // The tenant filter lets BigQuery prune by the tenant_id clustering.
-            let mut on = vec![
-                format!("T.{TENANT_FIELD} = S.{TENANT_FIELD}"),
-                format!("T.{TENANT_FIELD} IN UNNEST(@merge_tenants)"),
-            ];
-            on.extend(self.key.iter().map(|k| {
-                let k = quote_column(k);
-                format!("(T.{k} = S.{k} OR (T.{k} IS NULL AND S.{k} IS NULL))")
-            }));
-            let set: Vec<String> = cols
-                .iter()
-                .filter(|c| c.as_str() != TENANT_FIELD && !self.key.contains(c))
-                .map(|c| format!("{q} = S.{q}", q = quote_column(c)))
-                .collect();
-            let values = cols.iter().map(|c| format!("S.{}", quote_column(c))).collect::<Vec<_>>().join(", ");
+        let Some(source) = self.source_query(&all) else {
+            // No rows staged at all: only full-sync tenants whose source table is empty.
+            let sql = format!("DELETE FROM {target} WHERE {TENANT_FIELD} IN UNNEST(@full_tenants)");
+            return if full.is_empty() { (String::new(), Json::Array(params)) } else { (sql, Json::Array(params)) };
+        };
+        let cols = self.insert_columns();
+        let col_list = cols.iter().map(|c| quote_column(c)).collect::<Vec<_>>().join(", ");
+        let values = cols.iter().map(|c| format!("S.{}", quote_column(c))).collect::<Vec<_>>().join(", ");
+        // The tenant filter lets BigQuery prune by the tenant_id clustering.
+        let mut on =
+            vec![format!("T.{TENANT_FIELD} IN UNNEST(@tenants)"), format!("T.{TENANT_FIELD} = S.{TENANT_FIELD}")];
+        let match_columns: Vec<String> =
+            if self.keyless() { vec![ROW_HASH_FIELD.to_string()] } else { self.key.clone() };
+        on.extend(match_columns.iter().map(|k| {
+            let k = quote_column(k);
+            format!("(T.{k} = S.{k} OR (T.{k} IS NULL AND S.{k} IS NULL))")
+        }));
+        let mut sql = format!("MERGE {target} T\nUSING (\n{source}\n) S\nON {}\n", on.join(" AND "));
+        let set: Vec<String> = cols
+            .iter()
+            .filter(|c| c.as_str() != TENANT_FIELD && !match_columns.contains(c))
+            .map(|c| format!("{q} = S.{q}", q = quote_column(c)))
+            .collect();
+        if !self.keyless() {
+            sql.push_str(&format!("WHEN MATCHED THEN UPDATE SET {}\n", set.join(", ")));
+        }
+        sql.push_str(&format!("WHEN NOT MATCHED THEN INSERT ({col_list}) VALUES ({values})"));
+        if !full.is_empty() {
             sql.push_str(&format!(
-                "MERGE {target} T\nUSING (\n{source}\n) S\nON {}\nWHEN MATCHED THEN UPDATE SET {}\n\
-                 WHEN NOT MATCHED THEN INSERT ({col_list}) VALUES ({values});\n",
-                on.join(" AND "),
-                set.join(", ")
+                "\nWHEN NOT MATCHED BY SOURCE AND T.{TENANT_FIELD} IN UNNEST(@full_tenants) THEN DELETE"
             ));
         }
-        if let Some(source) = self.source_query(&append) {
-            params.push(Self::tenants_param("append_tenants", &append));
-            let h = quote_column(ROW_HASH_FIELD);
-            sql.push_str(&format!(
-                "INSERT INTO {target} ({col_list})\nSELECT {col_list} FROM (\n{source}\n) S\n\
-                 WHERE NOT EXISTS (SELECT 1 FROM {target} T WHERE T.{TENANT_FIELD} IN UNNEST(@append_tenants) \
-                 AND T.{TENANT_FIELD} = S.{TENANT_FIELD} AND T.{h} = S.{h});\n"
-            ));
-        }
-        sql.push_str("COMMIT TRANSACTION;");
         (sql, Json::Array(params))
     }
 }
