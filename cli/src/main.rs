@@ -112,7 +112,7 @@ fn list(json: bool) -> Result<()> {
                 serde_json::json!({"kind": d.kind, "role": d.role(), "crate": d.crate_name, "description": d.description})
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        out(&format!("{}\n", serde_json::to_string_pretty(&rows)?));
         return Ok(());
     }
     let registered: Vec<&str> = all.iter().map(|d| d.kind).collect();
@@ -123,30 +123,50 @@ fn list(json: bool) -> Result<()> {
     }
     let kind_w = all.iter().map(|d| d.kind.len()).max().unwrap_or(4).max(4);
     let crate_w = all.iter().map(|d| d.crate_name.len()).max().unwrap_or(5).max(5);
-    println!("{:kind_w$}  {:6}  {:crate_w$}  DESCRIPTION", "KIND", "ROLE", "CRATE");
+    let mut text = format!("{:kind_w$}  {:6}  {:crate_w$}  DESCRIPTION\n", "KIND", "ROLE", "CRATE");
     for d in all {
-        println!("{:kind_w$}  {:6}  {:crate_w$}  {}", d.kind, d.role().as_str(), d.crate_name, d.description);
+        text.push_str(&format!(
+            "{:kind_w$}  {:6}  {:crate_w$}  {}\n",
+            d.kind,
+            d.role().as_str(),
+            d.crate_name,
+            d.description
+        ));
     }
+    out(&text);
     Ok(())
 }
 
 fn describe(kind: &str) -> Result<()> {
+    let mut text = String::new();
     for d in registry::find_any(kind)? {
-        println!("{} ({}, crate {})\n{}\n", d.kind, d.role().as_str(), d.crate_name, d.description);
-        println!("config keys:\n{}", connector_framework::config::render_fields(d.fields));
+        text.push_str(&format!("{} ({}, crate {})\n{}\n\n", d.kind, d.role().as_str(), d.crate_name, d.description));
+        text.push_str(&format!("config keys:\n{}\n", connector_framework::config::render_fields(d.fields)));
         let example: serde_json::Value = serde_json::from_str(d.example).context("example config")?;
-        println!("example:\n{}\n", serde_json::to_string_pretty(&example)?);
+        text.push_str(&format!("example:\n{}\n\n", serde_json::to_string_pretty(&example)?));
         if !d.details.is_empty() {
-            println!("{}\n", d.details);
+            text.push_str(&format!("{}\n\n", d.details));
         }
     }
     if kind == "mysql" || kind == "bigquery" {
-        println!(
+        text.push_str(&format!(
             "In the original tool's flat params.json the keys are:\n{}",
             connector_framework::config::render_fields(params::FLAT_FIELDS)
-        );
+        ));
     }
+    out(&text);
     Ok(())
+}
+
+/// Writes command output to stdout; a reader that went away (`| head`) is not an error.
+fn out(text: &str) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush())
+        && e.kind() != std::io::ErrorKind::BrokenPipe
+    {
+        eprintln!("error: cannot write to stdout: {e}");
+    }
 }
 
 fn load_pipeline(path: &Path) -> Result<Pipeline> {
@@ -158,8 +178,7 @@ fn load_pipeline(path: &Path) -> Result<Pipeline> {
 
 fn validate(path: &Path) -> Result<()> {
     let pipeline = load_pipeline(path)?;
-    println!("{} is valid:", path.display());
-    println!("{}", serde_json::to_string_pretty(&pipeline.describe())?);
+    out(&format!("{} is valid:\n{}\n", path.display(), serde_json::to_string_pretty(&pipeline.describe())?));
     Ok(())
 }
 
@@ -213,7 +232,7 @@ async fn run_pipeline(pipeline: Pipeline, args: RunArgs) -> Result<ExitCode> {
     source.close().await;
     let report = report.map_err(|e| anyhow::anyhow!("{e}"))?;
     let text = report.render();
-    print!("{text}");
+    out(&text);
     for line in text.lines() {
         tracing::info!(target: "report", "{line}");
     }

@@ -30,7 +30,27 @@ pub struct TableOptions {
     /// Clustering columns in the target (default: `tenant_id`).
     #[serde(default)]
     pub cluster_by: Option<Vec<String>>,
+    /// Target type per column, overriding the default mapping (e.g. `{"is_active": "BOOL"}`).
+    #[serde(default)]
+    pub column_types: BTreeMap<String, String>,
 }
+
+/// Target types a `column_types` override may name.
+pub const OVERRIDE_TYPES: &[&str] = &[
+    "STRING",
+    "INT64",
+    "NUMERIC",
+    "BIGNUMERIC",
+    "FLOAT64",
+    "BOOL",
+    "BYTES",
+    "DATE",
+    "DATETIME",
+    "TIMESTAMP",
+    "TIME",
+    "JSON",
+    "GEOGRAPHY",
+];
 
 /// The documented top-level keys of the general form: components and tables.
 pub const PIPELINE_FIELDS: &[FieldDoc] = &[
@@ -272,6 +292,22 @@ impl Pipeline {
                 return Err(ConnectorError::config(format!(
                     "table_options.{table}.cluster_by: at most 4 columns can be clustered"
                 )));
+            }
+            for (column, ty) in &opts.column_types {
+                if column.trim().is_empty() {
+                    return Err(ConnectorError::config(format!(
+                        "table_options.{table}.column_types: empty column name"
+                    )));
+                }
+                if !OVERRIDE_TYPES.contains(&ty.to_ascii_uppercase().as_str()) {
+                    let hint = config::closest(&ty.to_ascii_uppercase(), OVERRIDE_TYPES.iter().copied())
+                        .map(|n| format!("did you mean `{n}`? "))
+                        .unwrap_or_default();
+                    return Err(ConnectorError::config(format!(
+                        "table_options.{table}.column_types.{column}: unknown type `{ty}`; {hint}valid types: {}",
+                        OVERRIDE_TYPES.join(", ")
+                    )));
+                }
             }
         }
         Ok(Self {

@@ -321,16 +321,22 @@ impl Runner {
                 }
             };
             let plan = self.strategy.plan(schema, prior.as_ref(), &self.plan_options(options, table_options));
+            let changes = match target.sink.plan_changes(target_table).await {
+                Ok(c) if c.is_empty() => "none".to_string(),
+                Ok(c) => c.join("; "),
+                Err(e) => format!("cannot tell ({e})"),
+            };
             let mut o = TableOutcome::new(&schema.table, &target.id, OutcomeStatus::Planned);
             o.mode = Some(plan.mode);
             o.detail = Some(format!(
-                "{}; key: {}; cursor: {}; write: {:?}; range: {}\n    columns: {}",
+                "{}; key: {}; cursor: {}; write: {:?}; range: {}\n    columns: {}\n    source types: {}\n    schema changes: {changes}",
                 plan.reason,
                 if schema.key.is_empty() { "none".to_string() } else { schema.key.join(", ") },
                 plan.cursor.as_deref().unwrap_or("none"),
                 plan.write,
                 plan.range.describe(),
                 target.sink.describe_columns(target_table).join(", "),
+                schema.columns.iter().map(|c| format!("{} {}", c.name, c.source_type)).collect::<Vec<_>>().join(", "),
             ));
             out.push(o);
         }
@@ -622,6 +628,9 @@ fn union_target(name: &str, schemas: &[Arc<TableSchema>], options: &TableOptions
                     columns.push(Column { nullable: true, ..c.clone() });
                 }
                 Some(existing) if existing.logical == c.logical => {}
+                // An explicit target type settles the disagreement; the sink converts each
+                // tenant's values into it.
+                Some(_) if options.column_types.keys().any(|k| k.eq_ignore_ascii_case(&c.name)) => {}
                 Some(existing) => match widen(&existing.logical, &c.logical) {
                     Some(wider) => existing.logical = wider,
                     None => {
@@ -643,7 +652,11 @@ fn union_target(name: &str, schemas: &[Arc<TableSchema>], options: &TableOptions
         name: name.to_string(),
         columns,
         key,
-        options: TargetOptions { partition_by: options.partition_by.clone(), cluster_by: options.cluster_by.clone() },
+        options: TargetOptions {
+            partition_by: options.partition_by.clone(),
+            cluster_by: options.cluster_by.clone(),
+            column_types: options.column_types.clone(),
+        },
     })
 }
 

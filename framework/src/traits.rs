@@ -103,6 +103,8 @@ pub struct TargetOptions {
     pub partition_by: Option<String>,
     /// Clustering columns; `None` uses the sink's default.
     pub cluster_by: Option<Vec<String>>,
+    /// Target type per column, overriding the sink's default mapping.
+    pub column_types: std::collections::BTreeMap<String, String>,
 }
 
 /// A target table shared by every tenant of one source table name.
@@ -127,6 +129,8 @@ pub struct Staged {
     pub bytes: u64,
     /// The tenant's own columns (a subset of the target's).
     pub columns: Vec<String>,
+    /// The staged type of each of `columns`, in the sink's type names.
+    pub types: Vec<String>,
     /// Sink-specific location of the staged data (e.g. a staging table).
     pub handle: Option<String>,
 }
@@ -155,7 +159,10 @@ pub trait Sink: Send + Sync + std::fmt::Debug {
     fn id(&self) -> &str;
     /// How each column would be stored, for `--dry-run` (`column: TYPE`).
     fn describe_columns(&self, table: &TargetTable) -> Vec<String>;
-    /// Creates the target table, or adds columns it lacks.
+    /// The schema changes `prepare` would make (`add column x NUMERIC`, …), without making
+    /// them; for `--dry-run`.
+    async fn plan_changes(&self, table: &TargetTable) -> Result<Vec<String>>;
+    /// Creates the target table, or adds and widens the columns it needs.
     async fn prepare(&self, table: &TargetTable) -> Result<()>;
     /// Starts staging one tenant's rows.
     async fn stage(

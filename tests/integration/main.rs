@@ -13,3 +13,7 @@ mod full_sync;
 /// Incremental syncs: concurrent writers, late commits, cursor edge cases, crashes, tables
 /// without a key.
 mod incremental;
+/// Schema changes between runs and tenants on different schema versions.
+mod schema;
+/// Every column type with edge values, and the zero-date policy.
+mod types;

@@ -79,6 +79,137 @@ fn mapped_columns(table: &str, columns: &[connector_framework::Column]) -> Resul
     Ok(out)
 }
 
+/// The target's columns: each column's override from `column_types`, else its mapped type.
+fn desired_columns(table: &TargetTable) -> Result<Vec<(String, String)>> {
+    let mut columns = mapped_columns(&table.name, &table.columns)?;
+    for (source_name, (_, ty)) in table.columns.iter().map(|c| &c.name).zip(columns.iter_mut()) {
+        if let Some((_, over)) = table.options.column_types.iter().find(|(c, _)| c.eq_ignore_ascii_case(source_name)) {
+            let over = over.to_ascii_uppercase();
+            if !can_convert(ty, &over) {
+                return Err(ConnectorError::config(format!(
+                    "table_options.{}.column_types.{source_name}: a {ty} column cannot be stored as {over}; \
+                     choose STRING or a compatible type",
+                    table.name
+                )));
+            }
+            *ty = over;
+        }
+    }
+    for c in table.options.column_types.keys() {
+        if !table.columns.iter().any(|col| col.name.eq_ignore_ascii_case(c)) {
+            return Err(ConnectorError::config(format!(
+                "table_options.{}.column_types names column `{c}`, which no tenant's table has",
+                table.name
+            )));
+        }
+    }
+    Ok(columns)
+}
+
+/// Whether staged values of type `from` can be stored in a `to` column (see [`convert`]).
+fn can_convert(from: &str, to: &str) -> bool {
+    let numeric = ["INT64", "NUMERIC", "BIGNUMERIC", "FLOAT64", "BOOL", "STRING"];
+    let temporal = ["DATE", "DATETIME", "TIMESTAMP", "STRING"];
+    from == to
+        || match to {
+            "STRING" => true,
+            "BOOL" => ["INT64", "STRING"].contains(&from),
+            "INT64" | "NUMERIC" | "BIGNUMERIC" | "FLOAT64" => numeric.contains(&from),
+            "JSON" | "GEOGRAPHY" | "TIME" | "BYTES" => from == "STRING",
+            "DATE" | "DATETIME" | "TIMESTAMP" => temporal.contains(&from),
+            _ => false,
+        }
+}
+
+/// The SQL that turns a staged `from` value into a `to` column's value.
+fn convert(expr: &str, from: &str, to: &str) -> String {
+    match (from, to) {
+        (f, t) if f == t => expr.to_string(),
+        ("BYTES", "STRING") => format!("TO_BASE64({expr})"),
+        ("JSON", "STRING") => format!("TO_JSON_STRING({expr})"),
+        ("STRING", "JSON") => format!("PARSE_JSON({expr})"),
+        ("STRING", "GEOGRAPHY") => format!("ST_GEOGFROMTEXT({expr})"),
+        (_, t) => format!("CAST({expr} AS {t})"),
+    }
+}
+
+/// How an existing target table must change to hold a run's columns.
+struct SchemaDiff {
+    /// Every target column in order (name, type): the desired ones, then columns the source
+    /// no longer has (kept, written NULL from now on).
+    columns: Vec<(String, String)>,
+    /// Columns to add (NULLABLE); `_row_hash` included when a keyless table lacks it.
+    added: Vec<(String, String)>,
+    /// Columns BigQuery can widen in place: (name, from, to).
+    widened: Vec<(String, String, String)>,
+    create: bool,
+}
+
+impl SchemaDiff {
+    fn new(table: &TargetTable, existing: Option<&Json>) -> Result<Self> {
+        let desired = desired_columns(table)?;
+        let Some(resource) = existing else {
+            return Ok(Self { columns: desired, added: Vec::new(), widened: Vec::new(), create: true });
+        };
+        let current: Vec<(String, String)> = resource["schema"]["fields"]
+            .as_array()
+            .map(|f| {
+                f.iter()
+                    .filter_map(|f| {
+                        Some((f["name"].as_str()?.to_string(), canonical_type(f["type"].as_str()?).to_string()))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut diff = Self { columns: Vec::new(), added: Vec::new(), widened: Vec::new(), create: false };
+        if table.key.is_empty() && !current.iter().any(|(n, _)| n == ROW_HASH_FIELD) {
+            diff.added.push((ROW_HASH_FIELD.to_string(), "STRING".to_string()));
+        }
+        for (name, ty) in &desired {
+            match current.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)) {
+                None => {
+                    diff.added.push((name.clone(), ty.clone()));
+                    diff.columns.push((name.clone(), ty.clone()));
+                }
+                Some((n, cur)) if cur == ty => diff.columns.push((n.clone(), cur.clone())),
+                // The target already holds a wider type; values are converted on insert.
+                Some((n, cur)) if can_widen(ty, cur) || (cur == "STRING" && can_convert(ty, cur)) => {
+                    diff.columns.push((n.clone(), cur.clone()))
+                }
+                Some((n, cur)) if can_widen(cur, ty) => {
+                    diff.widened.push((n.clone(), cur.clone(), ty.clone()));
+                    diff.columns.push((n.clone(), ty.clone()));
+                }
+                Some((n, cur)) => {
+                    return Err(ConnectorError::permanent(format!(
+                        "{}: column `{n}` is {cur} in BigQuery but the source now maps it to {ty}, which BigQuery \
+                         cannot convert in place. Either set table_options.{}.column_types.{n} to \"{cur}\" (or \
+                         STRING) to keep the BigQuery type, or drop the BigQuery column (or table) and run with \
+                         --full",
+                        table.name, table.name
+                    )));
+                }
+            }
+        }
+        let system: Vec<&str> = SYSTEM_FIELDS.iter().copied().chain([ROW_HASH_FIELD]).collect();
+        for (name, ty) in &current {
+            if !system.contains(&name.as_str()) && !diff.columns.iter().any(|(n, _)| n.eq_ignore_ascii_case(name)) {
+                diff.columns.push((name.clone(), ty.clone()));
+            }
+        }
+        Ok(diff)
+    }
+
+    fn describe(&self) -> Vec<String> {
+        if self.create {
+            return vec![format!("create table with {} columns", self.columns.len())];
+        }
+        let mut out: Vec<String> = self.added.iter().map(|(n, t)| format!("add column {n} {t}")).collect();
+        out.extend(self.widened.iter().map(|(n, f, t)| format!("widen {n} {f} → {t}")));
+        out
+    }
+}
+
 /// Backtick-quoted `project.dataset.table`.
 fn qualified(project: &str, dataset: &str, table: &str) -> String {
     format!("`{}.{}.{}`", project, dataset, table.replace('`', ""))
@@ -170,77 +301,55 @@ impl Sink for BigQuerySink {
     }
 
     fn describe_columns(&self, table: &TargetTable) -> Vec<String> {
-        match mapped_columns(&table.name, &table.columns) {
+        match desired_columns(table) {
             Ok(cols) => cols.into_iter().map(|(n, t)| format!("{n} {t}")).collect(),
             Err(e) => vec![format!("error: {e}")],
         }
     }
 
+    async fn plan_changes(&self, table: &TargetTable) -> Result<Vec<String>> {
+        let existing = self.client.get_table(&self.dataset, &table.name).await?;
+        let diff = SchemaDiff::new(table, existing.as_ref())?;
+        Ok(diff.describe())
+    }
+
     async fn prepare(&self, table: &TargetTable) -> Result<()> {
         self.ensure_datasets().await?;
-        let desired = mapped_columns(&table.name, &table.columns)?;
         let existing = self.client.get_table(&self.dataset, &table.name).await?;
-        let final_columns = match existing {
+        let diff = SchemaDiff::new(table, existing.as_ref())?;
+        match &existing {
             None => {
                 let mut fields = system_fields(table.key.is_empty());
-                fields.extend(desired.iter().map(|(n, t)| json!({"name": n, "type": t, "mode": "NULLABLE"})));
+                fields.extend(diff.columns.iter().map(|(n, t)| json!({"name": n, "type": t, "mode": "NULLABLE"})));
                 self.client.create_table(&self.dataset, self.table_resource(table, fields)?).await?;
-                desired
             }
             Some(resource) => {
-                let fields: Vec<Json> = resource["schema"]["fields"].as_array().cloned().unwrap_or_default();
-                let current: Vec<(String, String)> = fields
-                    .iter()
-                    .filter_map(|f| {
-                        Some((f["name"].as_str()?.to_string(), canonical_type(f["type"].as_str()?).to_string()))
-                    })
-                    .collect();
-                let mut added = Vec::new();
-                if table.key.is_empty() && !current.iter().any(|(n, _)| n == ROW_HASH_FIELD) {
-                    added.push(json!({"name": ROW_HASH_FIELD, "type": "STRING", "mode": "NULLABLE"}));
-                }
-                let mut result = Vec::new();
-                for (name, ty) in &desired {
-                    match current.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)) {
-                        None => {
-                            added.push(json!({"name": name, "type": ty, "mode": "NULLABLE"}));
-                            result.push((name.clone(), ty.clone()));
-                        }
-                        Some((n, cur)) if cur == ty => result.push((n.clone(), cur.clone())),
-                        Some((n, cur)) if can_widen(ty, cur) || cur == "STRING" => {
-                            // The target already holds a wider type; values are cast on insert.
-                            result.push((n.clone(), cur.clone()));
-                        }
-                        Some((n, cur)) if can_widen(cur, ty) => {
-                            let sql = format!(
-                                "ALTER TABLE {} ALTER COLUMN {} SET DATA TYPE {ty}",
-                                qualified(self.client.project(), &self.dataset, &table.name),
-                                quote_column(n)
-                            );
-                            let job =
-                                format!("alter_{}", table_id(&format!("{}_{}_{}_{n}", self.run_id, table.name, ty)));
-                            self.client.query(&sql, json!([]), &job).await?;
-                            result.push((n.clone(), ty.clone()));
-                        }
-                        Some((n, cur)) => {
-                            return Err(ConnectorError::permanent(format!(
-                                "{}: column `{n}` is {cur} in BigQuery but the source now maps it to {ty}, which \
-                                 BigQuery cannot convert in place; drop or rename the BigQuery column (or the \
-                                 table) and run with --full",
-                                table.name
-                            )));
-                        }
-                    }
-                }
-                if !added.is_empty() {
-                    let mut all = fields.clone();
-                    all.extend(added);
+                if !diff.added.is_empty() {
+                    let mut all: Vec<Json> = resource["schema"]["fields"].as_array().cloned().unwrap_or_default();
+                    all.extend(diff.added.iter().map(|(n, t)| json!({"name": n, "type": t, "mode": "NULLABLE"})));
                     self.client.patch_schema(&self.dataset, &table.name, json!(all)).await?;
                 }
-                result
+                for (name, from, to) in &diff.widened {
+                    let sql = format!(
+                        "ALTER TABLE {} ALTER COLUMN {} SET DATA TYPE {to}",
+                        qualified(self.client.project(), &self.dataset, &table.name),
+                        quote_column(name)
+                    );
+                    let job = format!("alter_{}", table_id(&format!("{}_{}_{name}_{to}", self.run_id, table.name)));
+                    self.client.query(&sql, json!([]), &job).await.map_err(|e| {
+                        ConnectorError::new(
+                            e.class(),
+                            format!(
+                                "{}: widening column `{name}` from {from} to {to} failed: {e}; widen it by hand \
+                                 (ALTER TABLE ... ALTER COLUMN ... SET DATA TYPE {to}) or recreate the table",
+                                table.name
+                            ),
+                        )
+                    })?;
+                }
             }
-        };
-        self.targets.lock().await.insert(table.name.clone(), final_columns);
+        }
+        self.targets.lock().await.insert(table.name.clone(), diff.columns);
         Ok(())
     }
 
@@ -294,6 +403,7 @@ impl Sink for BigQuerySink {
             tenant: tenant.table.database.clone(),
             mode,
             write,
+            types: columns.iter().map(|(_, t)| t.clone()).collect(),
             columns: columns.into_iter().map(|(n, _)| n).collect(),
             prefix,
             keys,
@@ -356,6 +466,8 @@ struct BqStagingWriter {
     mode: SyncMode,
     write: WriteMode,
     columns: Vec<String>,
+    /// The staged BigQuery type of each column.
+    types: Vec<String>,
     /// `{"tenant_id":…,"sync_timestamp":…,"sync_mode":…` for every line.
     prefix: Vec<u8>,
     /// `,"column":` and the column's type, per column.
@@ -395,6 +507,13 @@ impl BqStagingWriter {
         });
         let job_id = format!("load_{}_{}", self.stage_table, self.chunks);
         self.chunks += 1;
+        // A copy of every load file, for debugging and for measuring encoding alone.
+        if let Some(dir) = std::env::var_os("CONNECTOR_BQ_DUMP_DIR") {
+            let path = std::path::Path::new(&dir).join(format!("{job_id}.ndjson"));
+            std::fs::write(&path, &data).map_err(|e| {
+                ConnectorError::permanent(format!("CONNECTOR_BQ_DUMP_DIR: cannot write {}: {e}", path.display()))
+            })?;
+        }
         self.pending = Some(tokio::spawn(async move { load_once(&client, load, data, &job_id).await }));
         Ok(())
     }
@@ -469,6 +588,7 @@ impl StagingWriter for BqStagingWriter {
             rows: self.rows,
             bytes: self.bytes,
             columns: self.columns.clone(),
+            types: self.types.clone(),
             handle: Some(self.stage_table.clone()),
         })
     }
@@ -512,8 +632,11 @@ impl CommitPlan {
                 let stage = s.handle.as_ref()?;
                 let mut exprs: Vec<String> = SYSTEM_FIELDS.iter().map(|f| quote_column(f)).collect();
                 for (name, ty) in &self.columns {
-                    let expr = match s.columns.iter().find(|c| c.eq_ignore_ascii_case(name)) {
-                        Some(c) => format!("CAST({} AS {ty})", quote_column(c)),
+                    let expr = match s.columns.iter().position(|c| c.eq_ignore_ascii_case(name)) {
+                        Some(i) => {
+                            let from = s.types.get(i).map_or(ty.as_str(), String::as_str);
+                            convert(&quote_column(&s.columns[i]), from, ty)
+                        }
                         None => format!("CAST(NULL AS {ty})"),
                     };
                     exprs.push(format!("{expr} AS {}", quote_column(name)));
@@ -585,5 +708,76 @@ impl CommitPlan {
             ));
         }
         (sql, Json::Array(params))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use connector_framework::{Column, LogicalType, TargetOptions};
+
+    fn target(columns: &[(&str, LogicalType)], key: &[&str]) -> TargetTable {
+        TargetTable {
+            name: "orders".into(),
+            columns: columns
+                .iter()
+                .map(|(n, t)| Column {
+                    name: n.to_string(),
+                    source_type: String::new(),
+                    logical: t.clone(),
+                    nullable: true,
+                })
+                .collect(),
+            key: key.iter().map(|k| k.to_string()).collect(),
+            options: TargetOptions::default(),
+        }
+    }
+
+    fn existing(fields: &[(&str, &str)]) -> Json {
+        let mut all = system_fields(false);
+        all.extend(fields.iter().map(|(n, t)| json!({"name": n, "type": t})));
+        json!({"schema": {"fields": all}})
+    }
+
+    #[test]
+    fn schema_diff_adds_widens_keeps_dropped_columns_and_rejects_incompatible_ones() {
+        let t = target(
+            &[("id", LogicalType::Int64), ("qty", LogicalType::UInt64), ("coupon", LogicalType::String)],
+            &["id"],
+        );
+        let diff =
+            SchemaDiff::new(&t, Some(&existing(&[("id", "INTEGER"), ("qty", "INTEGER"), ("note", "STRING")]))).unwrap();
+        assert_eq!(diff.added, [("coupon".to_string(), "STRING".to_string())]);
+        assert_eq!(diff.widened, [("qty".to_string(), "INT64".to_string(), "NUMERIC".to_string())]);
+        let names: Vec<&str> = diff.columns.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["id", "qty", "coupon", "note"], "a dropped column is kept");
+        assert_eq!(diff.describe(), ["add column coupon STRING", "widen qty INT64 → NUMERIC"]);
+
+        let t = target(&[("id", LogicalType::Int64), ("created", LogicalType::Bytes)], &["id"]);
+        let err = SchemaDiff::new(&t, Some(&existing(&[("id", "INTEGER"), ("created", "DATETIME")]))).err().unwrap();
+        assert!(
+            err.message().contains("`created` is DATETIME in BigQuery") && err.message().contains("BYTES"),
+            "{err}"
+        );
+
+        let keyless = target(&[("path", LogicalType::String)], &[]);
+        let diff = SchemaDiff::new(&keyless, Some(&existing(&[("path", "STRING")]))).unwrap();
+        assert_eq!(diff.added, [(ROW_HASH_FIELD.to_string(), "STRING".to_string())]);
+    }
+
+    #[test]
+    fn overrides_are_checked_and_converted() {
+        let mut t = target(&[("flag", LogicalType::Int64), ("blob", LogicalType::Bytes)], &[]);
+        t.options.column_types.insert("flag".into(), "bool".into());
+        assert_eq!(desired_columns(&t).unwrap()[0], ("flag".to_string(), "BOOL".to_string()));
+        t.options.column_types.insert("blob".into(), "DATE".into());
+        assert!(desired_columns(&t).unwrap_err().message().contains("a BYTES column cannot be stored as DATE"));
+        t.options.column_types.clear();
+        t.options.column_types.insert("nope".into(), "STRING".into());
+        assert!(desired_columns(&t).unwrap_err().message().contains("`nope`"));
+        assert_eq!(convert("`b`", "BYTES", "STRING"), "TO_BASE64(`b`)");
+        assert_eq!(convert("`j`", "STRING", "JSON"), "PARSE_JSON(`j`)");
+        assert_eq!(convert("`f`", "INT64", "BOOL"), "CAST(`f` AS BOOL)");
+        assert_eq!(convert("`x`", "INT64", "INT64"), "`x`");
     }
 }

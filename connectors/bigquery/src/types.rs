@@ -102,9 +102,11 @@ pub fn encode_value(out: &mut Vec<u8>, value: &Value, logical: &LogicalType) {
         Value::Json(text) => {
             // A JSON column takes the document itself; check it so one bad value cannot
             // break the line.
+            // A document that is itself a string goes as JSON text inside a string, which
+            // BigQuery parses; any other document goes as itself.
             match serde_json::from_str::<&serde_json::value::RawValue>(text) {
-                Ok(raw) => out.extend_from_slice(raw.get().as_bytes()),
-                Err(_) => encode_str(out, text),
+                Ok(raw) if !raw.get().starts_with('"') => out.extend_from_slice(raw.get().as_bytes()),
+                _ => encode_str(out, text),
             }
         }
         _ => out.extend_from_slice(b"null"),

@@ -36,6 +36,13 @@ pub(crate) const FIELDS: &[FieldDoc] = &[
     },
     FieldDoc { name: "pool_size", ty: "integer", required: false, default: "5", doc: "maximum connections" },
     FieldDoc {
+        name: "zero_dates",
+        ty: "null | fail",
+        required: false,
+        default: "null",
+        doc: "invalid dates ('0000-00-00'): write NULL and count them, or fail the table",
+    },
+    FieldDoc {
         name: "connect_timeout",
         ty: "seconds",
         required: false,
@@ -61,6 +68,19 @@ pub struct MySqlSourceConfig {
     pub pool_size: usize,
     #[serde(default = "default_connect_timeout", deserialize_with = "lenient::deserialize")]
     pub connect_timeout: u64,
+    #[serde(default)]
+    pub zero_dates: ZeroDatePolicy,
+}
+
+/// What to do with dates no calendar has ('0000-00-00', '2024-00-10').
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ZeroDatePolicy {
+    /// Write NULL and count them in the report.
+    #[default]
+    Null,
+    /// Fail the table with an error naming the column.
+    Fail,
 }
 
 fn default_port() -> u16 {

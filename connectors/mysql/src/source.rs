@@ -296,6 +296,7 @@ impl Source for MySqlSource {
                 values.push(decode_or_null(
                     col.decoder,
                     wire,
+                    self.config.zero_dates,
                     &mut summary.zero_dates_nulled,
                     &label,
                     &col.name,

@@ -10,29 +10,38 @@ use mysql_async::Value as Wire;
 /// The mapping as documented for users (`connector-run describe mysql`, docs/types.md).
 pub const TYPE_MAPPING_DOC: &str = "\
 MySQL / MariaDB type            logical type      BigQuery type (bigquery sink)
-TINYINT..BIGINT (signed)        int64             INT64
-TINYINT..INT UNSIGNED           int64             INT64
+TINYINT..INT, signed/unsigned   int64             INT64
+BIGINT                          int64             INT64
 BIGINT UNSIGNED                 uint64            NUMERIC (holds 0..18446744073709551615)
-TINYINT(1) / BOOL               int64             INT64 (MySQL stores any -128..127)
+TINYINT(1) / BOOL               int64             INT64 (MySQL stores any -128..127 there);
+                                                  column_types {\"col\": \"BOOL\"} for BOOL
 DECIMAL(p,s)                    decimal(p,s)      NUMERIC if p-s <= 29 and s <= 9,
                                                   BIGNUMERIC if p-s <= 38 and s <= 38, else STRING
-FLOAT                           float32           FLOAT64 (shortest decimal of the float)
+FLOAT                           float32           FLOAT64 (the shortest decimal of the float)
 DOUBLE / REAL                   float64           FLOAT64
-BIT(n)                          uint64            NUMERIC for n = 64, INT64 otherwise
+BIT(n)                          int64 / uint64    INT64 for n < 64, NUMERIC for n = 64
 YEAR                            int64             INT64
 DATE                            date              DATE
-DATETIME(0..6)                  datetime          DATETIME (wall clock, no zone)
-TIMESTAMP(0..6)                 timestamp         TIMESTAMP (read in UTC)
-TIME(0..6)                      time              STRING '-838:59:59' .. '838:59:59'
+DATETIME(0..6)                  datetime          DATETIME (wall clock, no zone, microseconds kept)
+TIMESTAMP(0..6)                 timestamp         TIMESTAMP (read in UTC, microseconds kept)
+TIME(0..6)                      time              STRING '-838:59:59' .. '838:59:59' (BigQuery TIME is
+                                                  a time of day; column_types TIME for 00:00..23:59)
 CHAR, VARCHAR, TEXT (any        string            STRING (converted to UTF-8 by the server,
-  character set), ENUM, SET                         4-byte characters kept)
-BINARY, VARBINARY, BLOB         bytes             BYTES
+  character set), ENUM, SET                         4-byte characters kept; SET as 'a,b')
+BINARY, VARBINARY, BLOB         bytes             BYTES (NUL bytes kept)
 JSON (MySQL) / LONGTEXT with    json              JSON
   json_valid check (MariaDB)
-GEOMETRY, POINT, ... (spatial)  geometry          STRING (WKT via ST_AsText)
+GEOMETRY, POINT, ... (spatial)  geometry          STRING (WKT via ST_AsText); column_types
+                                                  GEOGRAPHY for longitude/latitude data
 INET4, INET6, UUID (MariaDB)    string            STRING
 other types                     string            STRING (CAST(col AS CHAR))
-Zero or invalid dates ('0000-00-00', '2024-00-10') are written as NULL and counted in the report.";
+
+Zero or invalid dates ('0000-00-00', '2024-00-10') are written as NULL and counted in the report
+(source option zero_dates: \"fail\" fails the table instead).
+table_options.<table>.column_types overrides the BigQuery type of a column: STRING, INT64, NUMERIC,
+BIGNUMERIC, FLOAT64, BOOL, BYTES, DATE, DATETIME, TIMESTAMP, TIME, JSON, GEOGRAPHY; the value is
+converted in BigQuery (CAST, PARSE_JSON, ST_GEOGFROMTEXT), and an impossible conversion is refused
+before anything is written.";
 
 /// How to turn one column's wire values into [`Value`]s.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -234,6 +243,7 @@ fn parse_temporal_text(decoder: Decoder, s: &str) -> std::result::Result<Value, 
 pub fn decode_or_null(
     decoder: Decoder,
     wire: Wire,
+    policy: crate::config::ZeroDatePolicy,
     zero_dates: &mut u64,
     table: &str,
     column: &str,
@@ -241,10 +251,14 @@ pub fn decode_or_null(
 ) -> Result<Value> {
     match decode(decoder, wire) {
         Ok(v) => Ok(v),
-        Err(DecodeError::InvalidDate) => {
+        Err(DecodeError::InvalidDate) if policy == crate::config::ZeroDatePolicy::Null => {
             *zero_dates += 1;
             Ok(Value::Null)
         }
+        Err(DecodeError::InvalidDate) => Err(ConnectorError::permanent(format!(
+            "{table}, column `{column}` ({source_type}): an invalid date such as '0000-00-00'; fix the row, or \
+             set zero_dates to \"null\" to write NULL instead"
+        ))),
         Err(e) => Err(e.into_error(table, column, source_type)),
     }
 }

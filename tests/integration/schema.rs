@@ -1,0 +1,121 @@
+use serde_json::Value;
+
+use crate::support::*;
+
+async fn items(db: &str) {
+    mysql_exec(&format!(
+        "DROP DATABASE IF EXISTS `{db}`; CREATE DATABASE `{db}` CHARACTER SET utf8mb4;
+         CREATE TABLE `{db}`.items (id INT PRIMARY KEY, qty INT, label VARCHAR(20), price DECIMAL(10,2),
+                                   note VARCHAR(50), created DATETIME, updated_at DATETIME(6));
+         CREATE TABLE `{db}`.other (id INT PRIMARY KEY, v VARCHAR(10));
+         INSERT INTO `{db}`.other VALUES (1, 'x');
+         INSERT INTO `{db}`.items VALUES
+           (1, 1, 'one', 1.10, 'n1', '2024-01-01 00:00:00', NOW(6)),
+           (2, 2, 'two', 2.20, 'n2', '2024-01-02 00:00:00', NOW(6)),
+           (3, 3, 'three', 3.30, 'n3', '2024-01-03 00:00:00', NOW(6));"
+    ))
+    .await;
+}
+
+async fn table_types(emulator: &Emulator, dataset: &str, table: &str) -> Vec<(String, String)> {
+    let url =
+        format!("{}/bigquery/v2/projects/{}/datasets/{dataset}/tables/{table}", emulator.endpoint(), emulator.project);
+    let t: Value = reqwest::get(url).await.unwrap().json().await.unwrap();
+    t["schema"]["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| (f["name"].as_str().unwrap().to_string(), f["type"].as_str().unwrap().to_string()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn columns_added_dropped_widened_and_changed_across_tenants() {
+    let emulator = &*EMULATOR;
+    let (a, b) = (unique("schema_a"), unique("schema_b"));
+    items(&a).await;
+    items(&b).await;
+    let dataset = unique("schema");
+    let dir = workdir();
+    write_json(
+        &dir.path().join("params.json"),
+        &flat_params(&[a.clone(), b.clone()], &["items", "other"], &dataset, emulator, dir.path()),
+    );
+    let sync = |extra: Vec<&'static str>| {
+        let dir = dir.path().to_path_buf();
+        async move {
+            let mut args = vec!["--pipeline".to_string(), "params.json".to_string()];
+            args.extend(extra.into_iter().map(str::to_string));
+            run_cli_async(args, dir).await
+        }
+    };
+    assert_eq!(sync(vec![]).await.code, 0);
+
+    // Tenant a migrates first: a new column. b is still on the old schema.
+    mysql_exec(&format!(
+        "ALTER TABLE `{a}`.items ADD COLUMN coupon VARCHAR(20) AFTER label;
+         UPDATE `{a}`.items SET coupon = CONCAT('C', id), updated_at = NOW(6);"
+    ))
+    .await;
+    let dry = sync(vec!["--dry-run"]).await;
+    assert!(dry.stdout.contains("schema changes: add column coupon STRING"), "{}", dry.stdout);
+    let out = sync(vec![]).await;
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert_table_equal(emulator, &dataset, &a, "items", "id").await;
+    assert_table_equal(emulator, &dataset, &b, "items", "id").await;
+    let coupons =
+        bq_query(emulator, &format!("SELECT COUNT(coupon) FROM `{dataset}`.items WHERE tenant_id = '{b}'")).await;
+    assert_eq!(coupons[0][0].as_deref(), Some("0"), "a tenant without the column gets NULL");
+
+    // Both widen: INT→BIGINT, longer VARCHAR and larger DECIMAL keep their BigQuery types;
+    // INT→BIGINT UNSIGNED needs NUMERIC, which BigQuery widens in place.
+    for db in [&a, &b] {
+        mysql_exec(&format!(
+            "ALTER TABLE `{db}`.items MODIFY qty BIGINT UNSIGNED, MODIFY label VARCHAR(200), MODIFY price DECIMAL(20,4);
+             UPDATE `{db}`.items SET qty = 18446744073709551615, label = REPEAT('L', 150), price = 1234567890123456.1234,
+                    updated_at = NOW(6) WHERE id = 2;"
+        ))
+        .await;
+    }
+    let dry = sync(vec!["--dry-run"]).await;
+    assert!(dry.stdout.contains("widen qty INT64 → NUMERIC"), "{}", dry.stdout);
+    let out = sync(vec![]).await;
+    assert_eq!(out.code, 0, "{}", out.all());
+    let types = table_types(emulator, &dataset, "items").await;
+    assert!(types.contains(&("qty".into(), "NUMERIC".into())), "{types:?}");
+    assert!(types.contains(&("price".into(), "NUMERIC".into())), "{types:?}");
+    assert_table_equal(emulator, &dataset, &a, "items", "id").await;
+    assert_table_equal(emulator, &dataset, &b, "items", "id").await;
+
+    // A dropped column stays in BigQuery and is NULL from then on.
+    for db in [&a, &b] {
+        mysql_exec(&format!(
+            "ALTER TABLE `{db}`.items DROP COLUMN note; UPDATE `{db}`.items SET updated_at = NOW(6) WHERE id = 1;"
+        ))
+        .await;
+    }
+    let out = sync(vec![]).await;
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert!(table_types(emulator, &dataset, "items").await.iter().any(|(n, _)| n == "note"));
+    let note =
+        bq_query(emulator, &format!("SELECT note FROM `{dataset}`.items WHERE tenant_id = '{a}' AND id = 1")).await;
+    assert_eq!(note[0][0], None, "rows synced after the drop have NULL there");
+    assert_eq!(sync(vec!["--full"]).await.code, 0);
+    let notes = bq_query(emulator, &format!("SELECT COUNT(note) FROM `{dataset}`.items")).await;
+    assert_eq!(notes[0][0].as_deref(), Some("0"));
+    assert_table_equal(emulator, &dataset, &a, "items", "id").await;
+
+    // An incompatible change fails that table with an explanation; the other table continues.
+    for db in [&a, &b] {
+        mysql_exec(&format!("ALTER TABLE `{db}`.items MODIFY created VARBINARY(30)")).await;
+    }
+    let out = sync(vec![]).await;
+    assert_eq!(out.code, 1, "{}", out.all());
+    let failed = out.stdout.lines().find(|l| l.starts_with(&format!("{a}.items "))).unwrap();
+    assert!(
+        failed.contains("column `created` is DATETIME in BigQuery but the source now maps it to BYTES")
+            && failed.contains("--full"),
+        "{failed}"
+    );
+    assert!(out.stdout.lines().any(|l| l.starts_with(&format!("{a}.other ")) && l.ends_with("OK")), "{}", out.stdout);
+}
