@@ -21,11 +21,10 @@ fn main() {
 
     let mut list = String::new();
     let mut calls = String::new();
-    for plugin in doc.get("plugin").and_then(|p| p.as_array()).cloned().unwrap_or_default() {
-        let name = plugin.get("crate").and_then(|c| c.as_str()).expect("each [[plugin]] needs `crate`");
-        let kinds: Vec<String> = plugin
-            .get("kinds")
-            .and_then(|k| k.as_array())
+    let plugins = doc.get("plugins").and_then(|p| p.as_table()).cloned().unwrap_or_default();
+    for (name, kinds) in &plugins {
+        let kinds: Vec<String> = kinds
+            .as_array()
             .map(|a| a.iter().filter_map(|k| k.as_str().map(str::to_string)).collect())
             .unwrap_or_default();
         assert!(

@@ -82,6 +82,7 @@ enum Command {
 
 fn main() -> ExitCode {
     plugins::force_link();
+    registry::enable_only(plugins::PLUGINS.iter().map(|p| p.crate_name).collect());
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::List { json }) => list(json).map(|()| ExitCode::SUCCESS),

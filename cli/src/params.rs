@@ -36,8 +36,27 @@ pub const FLAT_FIELDS: &[FieldDoc] = &[
         default: "every base table",
         doc: "tables to sync",
     },
-    FieldDoc { name: "bq_project", ty: "string", required: true, default: "", doc: "BigQuery project id" },
-    FieldDoc { name: "bq_dataset", ty: "string", required: true, default: "", doc: "BigQuery dataset" },
+    FieldDoc {
+        name: "bq_project",
+        ty: "string",
+        required: true,
+        default: "",
+        doc: "BigQuery project id (unless `targets` is given)",
+    },
+    FieldDoc {
+        name: "bq_dataset",
+        ty: "string",
+        required: true,
+        default: "",
+        doc: "BigQuery dataset (unless `targets` is given)",
+    },
+    FieldDoc {
+        name: "targets",
+        ty: "list of objects",
+        required: false,
+        default: "one target from bq_*",
+        doc: "several BigQuery targets: [{id, bq_project, bq_dataset, bq_location, bq_endpoint, bq_credentials}]",
+    },
     FieldDoc { name: "bq_location", ty: "string", required: false, default: "the dataset's", doc: "BigQuery location" },
     FieldDoc {
         name: "bq_endpoint",
@@ -118,7 +137,8 @@ pub fn pipeline_from_json(value: &Value) -> Result<Pipeline> {
 fn flat_to_general(value: &Value) -> Result<Value> {
     config::check_keys("params.json", value, FLAT_FIELDS)?;
     let flat = value.as_object().ok_or_else(|| ConnectorError::config("params.json: expected a JSON object"))?;
-    for f in FLAT_FIELDS.iter().filter(|f| f.required) {
+    let has_targets = flat.get("targets").is_some_and(|t| !t.is_null());
+    for f in FLAT_FIELDS.iter().filter(|f| f.required && !(has_targets && f.name.starts_with("bq_"))) {
         if flat.get(f.name).is_none_or(|v| v.is_null() || v.as_str().is_some_and(|s| s.trim().is_empty())) {
             return Err(ConnectorError::config(format!("params.json: `{}` is required ({})", f.name, f.doc)));
         }
@@ -142,14 +162,24 @@ fn flat_to_general(value: &Value) -> Result<Value> {
         ("pool_size", "pool_size"),
     ]);
     source.insert("kind".into(), json!("mysql"));
-    let mut sink = pick(&[
+    const SINK_KEYS: [(&str, &str); 5] = [
         ("bq_project", "project"),
         ("bq_dataset", "dataset"),
         ("bq_location", "location"),
         ("bq_endpoint", "endpoint"),
         ("bq_credentials", "credentials"),
-    ]);
-    sink.insert("kind".into(), json!("bigquery"));
+    ];
+    let mut defaults = pick(&SINK_KEYS);
+    defaults.insert("kind".into(), json!("bigquery"));
+    let sinks: Vec<Value> = match flat.get("targets").filter(|t| !t.is_null()) {
+        None => vec![Value::Object(defaults)],
+        Some(Value::Array(targets)) if !targets.is_empty() => targets
+            .iter()
+            .enumerate()
+            .map(|(i, t)| target_to_sink(i, t, &defaults, &SINK_KEYS))
+            .collect::<Result<_>>()?,
+        Some(_) => return Err(ConnectorError::config("params.json: `targets` must be a non-empty list of objects")),
+    };
     let mut state = pick(&[("status_dir", "status_dir")]);
     state.insert("kind".into(), json!("json"));
     let mut general = pick(&[
@@ -165,10 +195,41 @@ fn flat_to_general(value: &Value) -> Result<Value> {
         ("log_file", "log_file"),
     ]);
     general.insert("source".into(), Value::Object(source));
-    general.insert("sinks".into(), json!([Value::Object(sink)]));
+    general.insert("sinks".into(), Value::Array(sinks));
     general.insert("state".into(), Value::Object(state));
     debug_assert!(general.keys().all(|k| PIPELINE_FIELDS.iter().chain(SETTINGS_FIELDS).any(|f| f.name == k)));
     Ok(Value::Object(general))
+}
+
+/// The keys a flat `targets` entry may have.
+const TARGET_FIELDS: &[FieldDoc] = &[
+    FieldDoc { name: "id", ty: "string", required: false, default: "target<N>", doc: "names the target" },
+    FieldDoc { name: "bq_project", ty: "string", required: true, default: "", doc: "" },
+    FieldDoc { name: "bq_dataset", ty: "string", required: true, default: "", doc: "" },
+    FieldDoc { name: "bq_location", ty: "string", required: false, default: "", doc: "" },
+    FieldDoc { name: "bq_endpoint", ty: "URL", required: false, default: "", doc: "" },
+    FieldDoc { name: "bq_credentials", ty: "path", required: false, default: "", doc: "" },
+];
+
+/// One `targets` entry as a sink config; top-level bq_* keys are its defaults.
+fn target_to_sink(i: usize, target: &Value, defaults: &Map<String, Value>, keys: &[(&str, &str)]) -> Result<Value> {
+    let what = format!("params.json: targets[{i}]");
+    config::check_keys(&what, target, TARGET_FIELDS)?;
+    let mut sink = defaults.clone();
+    for (flat_key, key) in keys {
+        if let Some(v) = target.get(*flat_key).filter(|v| !v.is_null()) {
+            sink.insert(key.to_string(), v.clone());
+        }
+    }
+    if let Some(id) = target.get("id") {
+        sink.insert("id".into(), id.clone());
+    }
+    for required in ["project", "dataset"] {
+        if !sink.contains_key(required) {
+            return Err(ConnectorError::config(format!("{what}: `bq_{required}` is required")));
+        }
+    }
+    Ok(Value::Object(sink))
 }
 
 #[cfg(test)]
@@ -220,6 +281,23 @@ mod tests {
         v["db_port"] = json!("33o6");
         let e = pipeline_from_json(&v).unwrap_err().to_string();
         assert!(e.contains("33o6"), "{e}");
+    }
+
+    #[test]
+    fn several_targets_inherit_the_top_level_defaults() {
+        let mut v = guide_example();
+        v.as_object_mut().unwrap().remove("bq_project");
+        v["bq_dataset"] = json!("shops");
+        v["targets"] =
+            json!([{"id": "us", "bq_project": "p-us"}, {"id": "eu", "bq_project": "p-eu", "bq_location": "EU"}]);
+        let p = pipeline_from_json(&v).unwrap();
+        let d = p.describe();
+        assert_eq!(d["sinks"][0]["id"], "us");
+        assert_eq!(d["sinks"][1]["config"]["project"], "p-eu");
+        assert_eq!(d["sinks"][1]["config"]["dataset"], "shops");
+        assert_eq!(d["sinks"][1]["config"]["location"], "EU");
+        v["targets"][0]["bq_projet"] = json!("x");
+        assert!(pipeline_from_json(&v).unwrap_err().to_string().contains("did you mean `bq_project`"));
     }
 
     #[test]

@@ -176,7 +176,13 @@ impl Serialize for Secret {
 
 impl<'de> Deserialize<'de> for Secret {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        let raw = String::deserialize(d)?;
+        // Numbers are accepted as the password's digits; serde's own error would quote them.
+        let raw = match serde_json::Value::deserialize(d)? {
+            serde_json::Value::String(s) => s,
+            serde_json::Value::Number(n) => n.to_string(),
+            serde_json::Value::Null => String::new(),
+            _ => return Err(de::Error::custom("a password must be a string")),
+        };
         Secret::resolve(&raw, "password").map_err(de::Error::custom)
     }
 }
@@ -199,6 +205,10 @@ mod tests {
 
     #[test]
     fn secrets_never_print() {
+        let numeric: Secret = serde_json::from_value(serde_json::json!(12345678)).unwrap();
+        assert_eq!(numeric.expose(), "12345678");
+        let err = serde_json::from_value::<Secret>(serde_json::json!([987654])).unwrap_err().to_string();
+        assert!(!err.contains("987654"), "{err}");
         let s = Secret::new("hunter2");
         assert_eq!(format!("{s:?}"), "\"***\"");
         assert_eq!(serde_json::to_string(&s).unwrap(), "\"***\"");

@@ -37,6 +37,7 @@ pub mod runner;
 pub mod schema;
 pub mod state;
 pub mod strategy;
+pub mod testkit;
 pub mod traits;
 pub mod value;
 

@@ -198,6 +198,13 @@ impl Settings {
     }
 
     fn validate(&self) -> Result<()> {
+        // A century is generous and keeps date arithmetic far from overflow.
+        if self.lookback_minutes > 100 * 366 * 24 * 60 {
+            return Err(ConnectorError::config(format!(
+                "lookback_minutes must be at most 52704000 (a century), got {}",
+                self.lookback_minutes
+            )));
+        }
         if self.batch_size == 0 || self.batch_size > 1_000_000 {
             return Err(ConnectorError::config(format!(
                 "batch_size must be between 1 and 1000000, got {}",
@@ -266,6 +273,13 @@ impl Pipeline {
     /// Validates a spec: parses each component through the registry.
     pub fn from_spec(spec: PipelineSpec) -> Result<Self> {
         spec.settings.validate()?;
+        for (i, t) in spec.tables.iter().enumerate() {
+            if spec.tables[..i].contains(t) {
+                return Err(ConnectorError::config(format!(
+                    "table_list/tables names `{t}` twice; list each table once"
+                )));
+            }
+        }
         let (source_kind, source) = registry::parse_source(&spec.source)?;
         let (state_kind, state) = registry::parse_state(&spec.state)?;
         if spec.sinks.is_empty() {

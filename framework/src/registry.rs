@@ -112,9 +112,21 @@ impl ConnectorDescriptor {
 
 inventory::collect!(ConnectorDescriptor);
 
-/// Every registered connector, sorted by role then kind.
+static ENABLED_CRATES: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
+
+/// Limits the registry to connectors from these crates (the binary's `plugins.toml`); a crate
+/// that is linked but not enabled is invisible. Without a call every registration counts.
+pub fn enable_only(crates: Vec<&'static str>) {
+    let _ = ENABLED_CRATES.set(crates);
+}
+
+/// Every registered (and enabled) connector, sorted by role then kind.
 pub fn all() -> Vec<&'static ConnectorDescriptor> {
-    let mut all: Vec<_> = inventory::iter::<ConnectorDescriptor>.into_iter().collect();
+    let enabled = ENABLED_CRATES.get();
+    let mut all: Vec<_> = inventory::iter::<ConnectorDescriptor>
+        .into_iter()
+        .filter(|d| enabled.is_none_or(|e| e.contains(&d.crate_name)))
+        .collect();
     all.sort_by_key(|d| (d.role(), d.kind));
     all
 }

@@ -177,10 +177,15 @@ impl Runner {
         }))
         .await;
         for (table, found) in discovered {
-            match found.and_then(|s| apply_key_override(s, &table_options)) {
+            match found.and_then(|s| apply_table_options(s, &table_options)) {
                 Ok(schema) => schemas.push(Arc::new(schema)),
                 Err(e) => outcomes.extend(self.fail_everywhere(&table, None, &e, options).await),
             }
+        }
+        // Tenants whose key disagrees with the others' fail alone; the table keeps its key.
+        let (schemas, mismatched) = split_by_key(name, schemas);
+        for (table, e) in mismatched {
+            outcomes.extend(self.fail_everywhere(&table, None, &e, options).await);
         }
         if schemas.is_empty() {
             return outcomes;
@@ -516,6 +521,7 @@ impl Runner {
             last_success_at: Some(now),
             duration_seconds: Some(elapsed.as_secs_f64()),
             consecutive_failures: 0,
+            key: Some(t.schema.key.clone()),
         };
         let mut outcome = TableOutcome::new(table, &target.id, OutcomeStatus::Success);
         outcome.mode = Some(plan.mode);
@@ -570,6 +576,7 @@ impl Runner {
             last_sync_time: prior.as_ref().and_then(|p| p.last_sync_time),
             watermark: prior.as_ref().and_then(|p| p.watermark.clone()),
             last_success_at: prior.as_ref().and_then(|p| p.last_success_at),
+            key: prior.as_ref().and_then(|p| p.key.clone()),
         };
         if let Err(e) = target.state.record(&table.database, state).await {
             outcome.error = Some(format!("{error}; also failed to save state: {e}"));
@@ -596,7 +603,26 @@ impl Runner {
     }
 }
 
-fn apply_key_override(mut schema: TableSchema, options: &TableOptions) -> Result<TableSchema> {
+/// Applies the per-table `primary_key` and checks `cursor_column` against the discovered
+/// columns.
+fn apply_table_options(mut schema: TableSchema, options: &TableOptions) -> Result<TableSchema> {
+    if let Some(cursor) = &options.cursor_column {
+        match schema.column(cursor) {
+            None => {
+                return Err(ConnectorError::config(format!(
+                    "{}: table_options.cursor_column names `{cursor}`, which the table does not have",
+                    schema.table
+                )));
+            }
+            Some(c) if !crate::strategy::is_cursor_type(&c.logical) => {
+                return Err(ConnectorError::config(format!(
+                    "{}: table_options.cursor_column `{cursor}` is {}; a cursor must be DATE, DATETIME or TIMESTAMP",
+                    schema.table, c.source_type
+                )));
+            }
+            Some(_) => {}
+        }
+    }
     if options.primary_key.is_empty() {
         return Ok(schema);
     }
@@ -613,6 +639,43 @@ fn apply_key_override(mut schema: TableSchema, options: &TableOptions) -> Result
     schema.key = key;
     schema.key_source = KeySource::Configured;
     Ok(schema)
+}
+
+/// Keeps the tenants that share the most common key (the first tenant's on a tie); the others
+/// fail with an error naming both keys, instead of silently turning the table keyless.
+fn split_by_key(
+    name: &str,
+    schemas: Vec<Arc<TableSchema>>,
+) -> (Vec<Arc<TableSchema>>, Vec<(TableRef, ConnectorError)>) {
+    let norm = |k: &[String]| k.iter().map(|c| c.to_ascii_lowercase()).collect::<Vec<_>>();
+    let mut counts: Vec<(Vec<String>, usize)> = Vec::new();
+    for s in &schemas {
+        let k = norm(&s.key);
+        match counts.iter_mut().find(|(c, _)| *c == k) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((k, 1)),
+        }
+    }
+    let Some(best) = counts.iter().max_by(|a, b| a.1.cmp(&b.1).then(std::cmp::Ordering::Greater)).map(|c| c.0.clone())
+    else {
+        return (schemas, Vec::new());
+    };
+    let describe = |k: &[String]| if k.is_empty() { "no key".to_string() } else { format!("key ({})", k.join(", ")) };
+    let (keep, reject): (Vec<_>, Vec<_>) = schemas.into_iter().partition(|s| norm(&s.key) == best);
+    let errors = reject
+        .into_iter()
+        .map(|s| {
+            let e = ConnectorError::permanent(format!(
+                "{}: has {} but the other tenants' {name} has {}; align the schemas, or set \
+                 table_options.{name}.primary_key for every tenant",
+                s.table,
+                describe(&s.key),
+                describe(&best)
+            ));
+            (s.table.clone(), e)
+        })
+        .collect();
+    (keep, errors)
 }
 
 /// The target table for all tenants: the union of their columns. Tenants must agree on the
@@ -645,13 +708,14 @@ fn union_target(name: &str, schemas: &[Arc<TableSchema>], options: &TableOptions
             }
         }
     }
-    // The key is shared only when every tenant has the same one.
+    // Every tenant has the same key here (see split_by_key).
     let key = schemas.first().map(|s| s.key.clone()).unwrap_or_default();
-    let key = if schemas.iter().all(|s| s.key == key) { key } else { Vec::new() };
+    let key_nullable = schemas.iter().any(|s| s.key.iter().any(|k| s.column(k).is_none_or(|c| c.nullable)));
     Ok(TargetTable {
         name: name.to_string(),
         columns,
         key,
+        key_nullable,
         options: TargetOptions {
             partition_by: options.partition_by.clone(),
             cluster_by: options.cluster_by.clone(),
@@ -810,5 +874,66 @@ mod tests {
         let b = ReadRange::Since { cursor: "u".into(), from: "2025-01-01".into(), include_nulls: false };
         assert_eq!(widest_range([&a, &b].into_iter()), b);
         assert_eq!(widest_range([&a, &ReadRange::Full].into_iter()), ReadRange::Full);
+    }
+
+    #[tokio::test]
+    async fn one_read_fans_out_to_every_target_and_a_failing_target_blocks_no_other() {
+        use crate::testkit::{CollectingSink, MemorySource, MemoryStateStore, sample_table};
+        let source = MemorySource { databases: vec!["a".into(), "b".into()], ..Default::default() };
+        for db in ["a", "b"] {
+            let (schema, rows) = sample_table(db, "orders", 7);
+            source.add_table(schema, rows);
+        }
+        let good = CollectingSink::new("good");
+        let bad = CollectingSink { fail_with: Some("target unreachable".into()), ..CollectingSink::new("bad") };
+        let (good_state, bad_state) = (MemoryStateStore::default(), MemoryStateStore::default());
+        let runner = Runner {
+            source: Arc::new(source),
+            targets: vec![
+                Target { id: "good".into(), sink: Arc::new(good.clone()), state: Arc::new(good_state.clone()) },
+                Target { id: "bad".into(), sink: Arc::new(bad), state: Arc::new(bad_state.clone()) },
+            ],
+            strategy: Arc::new(crate::strategy::GuideStrategy),
+            settings: Settings { batch_size: 3, max_retries: 0, ..Default::default() },
+            tables: vec!["orders".into()],
+            table_options: BTreeMap::new(),
+            listeners: Vec::new(),
+        };
+        let report = runner.run(&RunOptions::default()).await.unwrap();
+        assert_eq!(report.outcomes.len(), 4);
+        assert_eq!(good.committed_rows("orders", "a").len(), 7);
+        assert_eq!(good.commits.lock().unwrap().len(), 1, "one commit per table for all tenants");
+        for o in &report.outcomes {
+            let ok = o.target == "good";
+            assert_eq!(o.status == OutcomeStatus::Success, ok, "{o:?}");
+        }
+        let bad_entry = bad_state.load("a").await.unwrap().table("orders").cloned().unwrap();
+        assert_eq!(bad_entry.sync_status, SyncStatus::Failed);
+        assert!(bad_entry.error_message.unwrap().contains("target unreachable"));
+        let good_entry = good_state.load("b").await.unwrap().table("orders").cloned().unwrap();
+        assert_eq!(good_entry.sync_status, SyncStatus::Success);
+        assert_eq!(good_entry.records_synced, 7);
+        assert!(good_entry.watermark.is_some());
+
+        // The next run: the good target goes incremental, the bad one (now fixed) re-reads in
+        // full; one read serves both, so the good target merges the same rows again.
+        let plan_good = runner.strategy.plan(
+            &sample_table("a", "orders", 0).0,
+            Some(&good_entry),
+            &runner.plan_options(&RunOptions::default(), &TableOptions::default()),
+        );
+        assert_eq!(plan_good.mode, SyncMode::Incremental);
+    }
+
+    #[tokio::test]
+    async fn the_testkit_conformance_checks_pass_for_the_testkit_itself() {
+        use crate::testkit::{CollectingSink, MemorySource, sample_table, sink_conformance, source_conformance};
+        let source = MemorySource { databases: vec!["a".into()], ..Default::default() };
+        let (schema, rows) = sample_table("a", "t", 5);
+        source.add_table(schema, rows);
+        assert_eq!(source_conformance(&source, &TableRef::new("a", "t")).await.unwrap(), 5);
+        let sink = CollectingSink::new("c");
+        assert_eq!(sink_conformance(&sink, "t").await.unwrap().len(), 5);
+        assert_eq!(sink.committed_rows("t", "tenant_b").len(), 3);
     }
 }

@@ -68,6 +68,9 @@ pub struct TableState {
     /// Consecutive failed runs since the last success.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub consecutive_failures: u32,
+    /// The row key the target was written with; a different key forces a full sync.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<Vec<String>>,
 }
 
 fn is_zero(n: &u32) -> bool {

@@ -19,7 +19,17 @@ pub const CURSOR_CANDIDATES: &[&str] = &[
 
 /// Whether a column type can serve as a cursor.
 pub fn is_cursor_type(t: &LogicalType) -> bool {
-    matches!(t, LogicalType::Date | LogicalType::DateTime { .. } | LogicalType::Timestamp { .. })
+    cursor_type_name(t).is_some()
+}
+
+/// The name a watermark stores for a cursor of this type.
+pub fn cursor_type_name(t: &LogicalType) -> Option<&'static str> {
+    match t {
+        LogicalType::Date => Some("date"),
+        LogicalType::DateTime { .. } => Some("datetime"),
+        LogicalType::Timestamp { .. } => Some("timestamp"),
+        _ => None,
+    }
 }
 
 /// Picks the cursor: the configured one, else the first candidate name of a date/time type.
@@ -66,6 +76,15 @@ impl Strategy for GuideStrategy {
         let Some(watermark) = prior.watermark.as_ref().filter(|w| w.column.eq_ignore_ascii_case(&cursor_name)) else {
             return full("no stored watermark for the cursor");
         };
+        // A watermark of another type (DATETIME in local time vs TIMESTAMP in UTC, or a DATE)
+        // cannot bound this cursor safely.
+        let current_type = schema.column(&cursor_name).and_then(|c| cursor_type_name(&c.logical));
+        if current_type != Some(watermark.column_type.as_str()) {
+            return full("the cursor column changed type");
+        }
+        if prior.key.as_ref().is_some_and(|k| !same_key(k, &schema.key)) {
+            return full("the row key changed");
+        }
         let from = lower_bound(&watermark.value, options.lookback_minutes);
         TablePlan {
             mode: SyncMode::Incremental,
@@ -81,17 +100,26 @@ impl Strategy for GuideStrategy {
     }
 }
 
+fn same_key(a: &[String], b: &[String]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.eq_ignore_ascii_case(y))
+}
+
 /// `watermark - lookback`, keeping the watermark's microseconds. Date-only watermarks stay
-/// dates.
+/// dates. A bound before year 1 is the earliest date.
 fn lower_bound(watermark: &str, lookback_minutes: u64) -> String {
     use chrono::{NaiveDate, NaiveDateTime, TimeDelta};
-    let lookback = TimeDelta::minutes(i64::try_from(lookback_minutes).unwrap_or(i64::MAX / 60_000));
+    let lookback =
+        TimeDelta::try_minutes(i64::try_from(lookback_minutes).unwrap_or(i64::MAX)).unwrap_or(TimeDelta::MAX);
+    let earliest = NaiveDate::from_ymd_opt(1, 1, 1).unwrap_or_default();
     if let Ok(ts) = NaiveDateTime::parse_from_str(watermark, "%Y-%m-%d %H:%M:%S%.f") {
-        return (ts - lookback).format("%Y-%m-%d %H:%M:%S%.6f").to_string();
+        let bound =
+            ts.checked_sub_signed(lookback).unwrap_or_else(|| earliest.and_hms_opt(0, 0, 0).unwrap_or_default());
+        return bound.format("%Y-%m-%d %H:%M:%S%.6f").to_string();
     }
     if let Ok(d) = NaiveDate::parse_from_str(watermark, "%Y-%m-%d") {
         let days = lookback.num_days() + i64::from(lookback.num_seconds() % 86_400 != 0);
-        return (d - TimeDelta::days(days)).format("%Y-%m-%d").to_string();
+        let bound = TimeDelta::try_days(days).and_then(|t| d.checked_sub_signed(t)).unwrap_or(earliest);
+        return bound.format("%Y-%m-%d").to_string();
     }
     watermark.to_string()
 }
@@ -136,6 +164,7 @@ mod tests {
             last_success_at: Some(chrono::NaiveDateTime::default()),
             duration_seconds: None,
             consecutive_failures: 0,
+            key: Some(vec!["id".into()]),
         }
     }
 
@@ -173,13 +202,24 @@ mod tests {
         assert_eq!(st.plan(&s, Some(&prior(SyncStatus::Success)), &forced).mode, SyncMode::Full);
         // A failed run resumes from the watermark unless the guide's behaviour is asked for.
         assert_eq!(st.plan(&s, Some(&prior(SyncStatus::Failed)), &opts).mode, SyncMode::Incremental);
-        let strict = PlanOptions { full_after_failure: true, ..opts };
+        let strict = PlanOptions { full_after_failure: true, ..opts.clone() };
         assert_eq!(st.plan(&s, Some(&prior(SyncStatus::Failed)), &strict).mode, SyncMode::Full);
+        // A cursor that changed type, or a changed key, cannot continue from the watermark.
+        let retyped = schema(&[("id", LogicalType::Int64), ("updated_at", LogicalType::Timestamp { fsp: 6 })]);
+        assert_eq!(
+            st.plan(&retyped, Some(&prior(SyncStatus::Success)), &opts).reason,
+            "the cursor column changed type"
+        );
+        let mut rekeyed = s.clone();
+        rekeyed.key = vec!["code".into()];
+        assert_eq!(st.plan(&rekeyed, Some(&prior(SyncStatus::Success)), &opts).reason, "the row key changed");
     }
 
     #[test]
     fn lookback_keeps_microseconds_and_widens_dates() {
         assert_eq!(lower_bound("2025-03-01 00:00:00.123456", 10), "2025-02-28 23:50:00.123456");
         assert_eq!(lower_bound("2025-03-01", 10), "2025-02-28");
+        assert_eq!(lower_bound("2025-03-01 00:00:00", u64::MAX), "0001-01-01 00:00:00.000000");
+        assert_eq!(lower_bound("2025-03-01", u64::MAX), "0001-01-01");
     }
 }

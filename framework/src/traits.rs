@@ -116,6 +116,8 @@ pub struct TargetTable {
     pub columns: Vec<Column>,
     /// Key columns (without the tenant column); empty when there is none.
     pub key: Vec<String>,
+    /// Some tenant's key column allows NULL (possible only for a configured key).
+    pub key_nullable: bool,
     pub options: TargetOptions,
 }
 

@@ -44,6 +44,28 @@ impl Value {
     }
 }
 
+impl Value {
+    /// A plain JSON rendering for file sinks and tests: exact numbers beyond `i64`/`f64` and
+    /// decimals as strings, bytes as base64-free hex (`\\x00ff`), times as text.
+    pub fn to_json(&self) -> serde_json::Value {
+        use serde_json::Value as J;
+        match self {
+            Value::Null => J::Null,
+            Value::Bool(b) => J::Bool(*b),
+            Value::Int(i) => J::from(*i),
+            Value::UInt(u) => J::String(u.to_string()),
+            Value::Float(f) => serde_json::Number::from_f64(*f).map_or_else(|| J::String(f.to_string()), J::Number),
+            Value::Decimal(s) | Value::String(s) | Value::Geometry(s) => J::String(s.clone()),
+            Value::Bytes(b) => J::String(format!("\\x{}", b.iter().map(|x| format!("{x:02x}")).collect::<String>())),
+            Value::Date(d) => J::String(d.format("%Y-%m-%d").to_string()),
+            Value::DateTime(t) => J::String(t.format("%Y-%m-%d %H:%M:%S%.6f").to_string()),
+            Value::Timestamp(t) => J::String(t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()),
+            Value::Time(us) => J::String(format_time(*us, 6)),
+            Value::Json(s) => serde_json::from_str(s).unwrap_or_else(|_| J::String(s.clone())),
+        }
+    }
+}
+
 /// Formats a MySQL-style duration: `-838:59:59.000000`, fraction only when `fsp > 0`.
 pub fn format_time(micros: i64, fsp: u8) -> String {
     let sign = if micros < 0 { "-" } else { "" };

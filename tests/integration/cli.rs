@@ -11,11 +11,11 @@ fn list_shows_exactly_the_kinds_enabled_in_plugins_toml() {
     let mut kinds: Vec<String> = listed.iter().map(|d| d["kind"].as_str().unwrap().to_string()).collect();
     kinds.sort();
     let plugins: toml::Table = std::fs::read_to_string(repo_root().join("plugins.toml")).unwrap().parse().unwrap();
-    let mut expected: Vec<String> = plugins["plugin"]
-        .as_array()
+    let mut expected: Vec<String> = plugins["plugins"]
+        .as_table()
         .unwrap()
-        .iter()
-        .flat_map(|p| p["kinds"].as_array().unwrap().iter().map(|k| k.as_str().unwrap().to_string()))
+        .values()
+        .flat_map(|kinds| kinds.as_array().unwrap().iter().map(|k| k.as_str().unwrap().to_string()))
         .collect();
     expected.sort();
     assert_eq!(kinds, expected);

@@ -254,7 +254,7 @@ async fn a_table_without_a_key_resynced_ten_times_keeps_its_row_count() {
     let dir = workdir();
     let mut params = flat_params(std::slice::from_ref(&db), &["page_views"], &dataset, emulator, dir.path());
     // A lookback wider than the data: every incremental run re-reads every row.
-    params["lookback_minutes"] = json!(100_000_000);
+    params["lookback_minutes"] = json!(50_000_000);
     params["table_options"] = json!({"page_views": {"cursor_column": "viewed_at"}});
     write_json(&dir.path().join("params.json"), &params);
     let expected = mysql_count(&db, "page_views").await;

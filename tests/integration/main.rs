@@ -8,6 +8,8 @@ mod support;
 
 /// The command line: list, describe, validate, config errors, secrets, the run lock.
 mod cli;
+/// Several targets from one read, and the example connector crate.
+mod fanout;
 /// Full syncs: values, tenant isolation, state files, failures, dry runs.
 mod full_sync;
 /// Incremental syncs: concurrent writers, late commits, cursor edge cases, crashes, tables

@@ -119,3 +119,30 @@ async fn columns_added_dropped_widened_and_changed_across_tenants() {
     );
     assert!(out.stdout.lines().any(|l| l.starts_with(&format!("{a}.other ")) && l.ends_with("OK")), "{}", out.stdout);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tenant_whose_key_differs_fails_alone_and_the_table_keeps_its_key() {
+    let emulator = &*EMULATOR;
+    let (a, b, c) = (unique("key_a"), unique("key_b"), unique("key_c"));
+    for db in [&a, &b, &c] {
+        items(db).await;
+    }
+    mysql_exec(&format!("ALTER TABLE `{c}`.items DROP PRIMARY KEY, ADD PRIMARY KEY (id, label)")).await;
+    let dataset = unique("keys");
+    let dir = workdir();
+    write_json(
+        &dir.path().join("params.json"),
+        &flat_params(&[a.clone(), b.clone(), c.clone()], &["items"], &dataset, emulator, dir.path()),
+    );
+    let out = run_cli_async(vec!["--pipeline".into(), "params.json".into()], dir.path().to_path_buf()).await;
+    assert_eq!(out.code, 1, "{}", out.all());
+    let line = out.stdout.lines().find(|l| l.starts_with(&format!("{c}.items "))).unwrap();
+    assert!(line.contains("has key (id, label) but the other tenants' items has key (id)"), "{line}");
+    for db in [&a, &b] {
+        assert_table_equal(emulator, &dataset, db, "items", "id").await;
+    }
+    let url =
+        format!("{}/bigquery/v2/projects/{}/datasets/{dataset}/tables/items", emulator.endpoint(), emulator.project);
+    let t: Value = reqwest::get(url).await.unwrap().json().await.unwrap();
+    assert_eq!(t["tableConstraints"]["primaryKey"]["columns"], serde_json::json!(["tenant_id", "id"]));
+}

@@ -155,18 +155,27 @@ impl BqClient {
         let datasets = DatasetService::builder()
             .with_endpoint(endpoint.clone())
             .with_credentials(credentials.clone())
+            // Retries are ours (bounded by max_retries, classified); the client's own would
+            // multiply them and hold a run for minutes on a target that is down.
+            .with_retry_policy(google_cloud_gax::retry_policy::NeverRetry)
             .build()
             .await
             .map_err(build_err)?;
         let tables = TableService::builder()
             .with_endpoint(endpoint.clone())
             .with_credentials(credentials.clone())
+            // Retries are ours (bounded by max_retries, classified); the client's own would
+            // multiply them and hold a run for minutes on a target that is down.
+            .with_retry_policy(google_cloud_gax::retry_policy::NeverRetry)
             .build()
             .await
             .map_err(build_err)?;
         let jobs = JobService::builder()
             .with_endpoint(endpoint.clone())
             .with_credentials(credentials.clone())
+            // Retries are ours (bounded by max_retries, classified); the client's own would
+            // multiply them and hold a run for minutes on a target that is down.
+            .with_retry_policy(google_cloud_gax::retry_policy::NeverRetry)
             .build()
             .await
             .map_err(build_err)?;
@@ -307,14 +316,56 @@ impl BqClient {
             query["queryParameters"] = parameters;
         }
         tracing::debug!(job_id, sql, "BigQuery query");
-        let job = self.job_resource(job_id, json!({"query": query}));
-        let model_job: model::Job = to_model(job)?;
-        match self.jobs.insert_job().set_project_id(self.project()).set_job(model_job).send().await {
-            Ok(_) => {}
-            Err(e) if is_conflict(&e) => {}
-            Err(e) => return Err(gax_err(e, "start query job")),
+        let configuration = json!({"query": query});
+        self.run_job(job_id, |id| {
+            let job = self.job_resource(&id, configuration.clone());
+            async move {
+                let model_job: model::Job = to_model(job)?;
+                match self.jobs.insert_job().set_project_id(self.project()).set_job(model_job).send().await {
+                    Ok(_) => Ok(()),
+                    Err(e) if is_conflict(&e) => Ok(()),
+                    Err(e) => Err(gax_err(e, "start query job")),
+                }
+            }
+        })
+        .await
+    }
+
+    /// Runs a job exactly once under ids `{base_id}_{n}`. After a transient failure it looks the
+    /// job up: one still running is waited for, one that succeeded is taken, one that failed is
+    /// started again under the next id, and one never created is started again under the same
+    /// id. A job whose fate cannot be learned is an error, never a second start.
+    pub async fn run_job<F, Fut>(&self, base_id: &str, start: F) -> Result<JobOutcome>
+    where
+        F: Fn(String) -> Fut,
+        Fut: std::future::Future<Output = Result<()>>,
+    {
+        let policy = self.options.retry;
+        let (mut attempt, mut retries) = (0u32, 0u32);
+        loop {
+            let id = format!("{base_id}_{attempt}");
+            let result = match start(id.clone()).await {
+                Ok(()) => self.wait_job(&id).await,
+                Err(e) => Err(e),
+            };
+            let error = match result {
+                Ok(outcome) => return Ok(outcome),
+                Err(e) if e.is_transient() && retries < policy.max_retries => e,
+                Err(e) => return Err(e),
+            };
+            let wait = policy.delay(retries);
+            retries += 1;
+            tracing::warn!(job = %id, attempt = retries, wait_secs = wait.as_secs_f64(), error = %error, "BigQuery job failed; retrying");
+            tokio::time::sleep(wait).await;
+            match self.find_job(&id).await? {
+                None => {}
+                Some(job) if job["status"]["state"] != "DONE" => {}
+                Some(job) if job["status"].get("errorResult").is_none_or(Json::is_null) => {
+                    return Ok(JobOutcome { job });
+                }
+                Some(_) => attempt += 1,
+            }
         }
-        self.wait_job(job_id).await
     }
 
     fn job_resource(&self, job_id: &str, configuration: Json) -> Json {
@@ -328,38 +379,51 @@ impl BqClient {
     /// Starts a load job with `data` (NDJSON) as its media and waits for it. Resending after a
     /// lost answer finds the job by its id (409) instead of loading twice.
     pub async fn load(&self, load_config: Json, data: bytes::Bytes, job_id: &str) -> Result<JobOutcome> {
-        let job = self.job_resource(job_id, json!({"load": load_config}));
+        let configuration = json!({"load": load_config});
+        self.run_job(job_id, |id| {
+            let job = self.job_resource(&id, configuration.clone());
+            let data = data.clone();
+            async move { self.upload(job, data).await }
+        })
+        .await
+    }
+
+    /// Starts a load job with `data` as its media; a job that already exists (409) is fine.
+    async fn upload(&self, job: Json, data: bytes::Bytes) -> Result<()> {
         let url = format!("{}/upload/bigquery/v2/projects/{}/jobs?uploadType=multipart", self.endpoint, self.project());
         let boundary = format!("connector_{}", uuid::Uuid::new_v4().simple());
-        let mut body = Vec::with_capacity(data.len() + 1024);
-        body.extend_from_slice(
-            format!("--{boundary}\r\nContent-Type: application/json; charset=UTF-8\r\n\r\n{job}\r\n--{boundary}\r\nContent-Type: application/octet-stream\r\n\r\n")
-                .as_bytes(),
+        let head = format!(
+            "--{boundary}\r\nContent-Type: application/json; charset=UTF-8\r\n\r\n{job}\r\n--{boundary}\r\n\
+             Content-Type: application/octet-stream\r\n\r\n"
         );
-        body.extend_from_slice(&data);
-        body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
-        let body = bytes::Bytes::from(body);
+        let tail = format!("\r\n--{boundary}--\r\n");
+        let length = head.len() + data.len() + tail.len();
+        // The body is streamed from the three parts; the chunk itself is not copied.
+        let parts: Vec<Result<bytes::Bytes, std::io::Error>> =
+            vec![Ok(bytes::Bytes::from(head)), Ok(data), Ok(bytes::Bytes::from(tail))];
+        let body = reqwest::Body::wrap_stream(futures::stream::iter(parts));
         let headers = self.auth_headers().await?;
         let response = self
             .http
             .post(&url)
             .headers(headers)
             .header("Content-Type", format!("multipart/related; boundary={boundary}"))
+            .header("Content-Length", length)
             .body(body)
             .send()
             .await
             .map_err(|e| ConnectorError::transient(format!("BigQuery load upload: {e}")))?;
         let status = response.status();
-        if !status.is_success() && status.as_u16() != 409 {
-            let text = response.text().await.unwrap_or_default();
-            let class = match status.as_u16() {
-                429 | 500..=599 => ErrorClass::Transient,
-                403 if is_rate_limit(&text) => ErrorClass::Transient,
-                _ => ErrorClass::Permanent,
-            };
-            return Err(ConnectorError::new(class, format!("BigQuery load upload: HTTP {status}: {}", short(&text))));
+        if status.is_success() || status.as_u16() == 409 {
+            return Ok(());
         }
-        self.wait_job(job_id).await
+        let text = response.text().await.unwrap_or_default();
+        let class = match status.as_u16() {
+            429 | 500..=599 => ErrorClass::Transient,
+            403 if is_rate_limit(&text) => ErrorClass::Transient,
+            _ => ErrorClass::Permanent,
+        };
+        Err(ConnectorError::new(class, format!("BigQuery load upload: HTTP {status}: {}", short(&text))))
     }
 
     async fn auth_headers(&self) -> Result<http::HeaderMap> {

@@ -24,7 +24,10 @@ pub const ROW_HASH_FIELD: &str = "_row_hash";
 const SYSTEM_FIELDS: [&str; 3] = [TENANT_FIELD, SYNC_TIMESTAMP_FIELD, SYNC_MODE_FIELD];
 
 /// Staging tables expire on their own if a run dies before dropping them.
-const STAGING_TTL_MS: i64 = 24 * 3600 * 1000;
+const STAGING_TTL_MS: i64 = 7 * 24 * 3600 * 1000;
+
+/// Tenants applied by one MERGE (a query reads at most 1,000 tables).
+const TENANTS_PER_COMMIT: usize = 200;
 
 /// Writes to one BigQuery dataset.
 #[derive(Debug)]
@@ -219,16 +222,17 @@ fn quote_column(name: &str) -> String {
     format!("`{}`", name.replace('`', ""))
 }
 
-/// A BigQuery table id from free text: letters, digits, underscores; long names shortened
-/// with a hash so they stay unique.
-fn table_id(raw: &str) -> String {
-    let mut id: String = raw.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }).collect();
-    if id.len() > 900 {
-        let hash = raw.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100000001b3));
-        id.truncate(880);
-        id.push_str(&format!("_{hash:016x}"));
-    }
-    id
+/// A BigQuery table or job id for these parts: a readable prefix (letters, digits,
+/// underscores) and a hash of the exact parts, so ids never collide however names sanitize.
+fn unique_id(kind: &str, parts: &[&str]) -> String {
+    let readable: String = parts
+        .iter()
+        .map(|p| p.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect::<String>())
+        .collect::<Vec<_>>()
+        .join("_");
+    let readable: String = readable.chars().take(120).collect();
+    let hash = xxhash_rust::xxh3::xxh3_128(parts.join("\u{1f}").as_bytes());
+    format!("{kind}_{readable}_{hash:032x}")
 }
 
 impl BigQuerySink {
@@ -335,7 +339,7 @@ impl Sink for BigQuerySink {
                         qualified(self.client.project(), &self.dataset, &table.name),
                         quote_column(name)
                     );
-                    let job = format!("alter_{}", table_id(&format!("{}_{}_{name}_{to}", self.run_id, table.name)));
+                    let job = unique_id("alter", &[&self.id, &self.dataset, &self.run_id, &table.name, name, to]);
                     self.client.query(&sql, json!([]), &job).await.map_err(|e| {
                         ConnectorError::new(
                             e.class(),
@@ -362,7 +366,10 @@ impl Sink for BigQuerySink {
     ) -> Result<Box<dyn StagingWriter>> {
         let columns = mapped_columns(&tenant.table.to_string(), &tenant.columns)?;
         let n = self.stage_counter.fetch_add(1, Ordering::Relaxed);
-        let stage_table = table_id(&format!("_stage_{}_{}_{}_{n}", table.name, tenant.table.database, self.run_id));
+        let stage_table = unique_id(
+            "_stage",
+            &[&table.name, &tenant.table.database, &self.id, &self.dataset, &self.run_id, &n.to_string()],
+        );
         let keyless = table.key.is_empty();
         let mut fields = system_fields(keyless);
         fields.extend(columns.iter().map(|(n, t)| json!({"name": n, "type": t, "mode": "NULLABLE"})));
@@ -427,20 +434,25 @@ impl Sink for BigQuerySink {
             staging_dataset: self.staging_dataset.clone(),
             columns: target_columns,
             key: table.key.iter().map(|k| column_name(k)).collect(),
+            key_nullable: table.key_nullable,
         };
-        let (sql, params) = plan.statement(staged);
-        if sql.is_empty() {
-            return Ok(CommitSummary::default());
+        let mut summary = CommitSummary { rows_inserted: Some(0), bytes_billed: Some(0), ..Default::default() };
+        // One MERGE per table per run; only very large fleets are split, since one query may
+        // read at most 1,000 tables.
+        for group in staged.chunks(TENANTS_PER_COMMIT) {
+            let (sql, params) = plan.statement(group);
+            if sql.is_empty() {
+                continue;
+            }
+            let mut parts: Vec<&str> = vec![&self.id, &self.dataset, &self.run_id, &table.name];
+            parts.extend(group.iter().filter_map(|s| s.handle.as_deref()));
+            parts.extend(group.iter().map(|s| s.tenant.as_str()));
+            let outcome = self.client.query(&sql, params, &unique_id("commit", &parts)).await?;
+            summary.rows_inserted = summary.rows_inserted.map(|r| r + group.iter().map(|s| s.rows).sum::<u64>());
+            let billed = outcome.statistic(&["query", "totalBytesBilled"]).unwrap_or(0);
+            summary.bytes_billed = summary.bytes_billed.map(|b| b + billed);
         }
-        let mut names: Vec<&str> = staged.iter().map(|s| s.tenant.as_str()).collect();
-        names.sort_unstable();
-        let job_id = table_id(&format!("commit_{}_{}_{}", table.name, self.run_id, names.join("_")));
-        let outcome = self.client.query(&sql, params, &job_id).await?;
-        Ok(CommitSummary {
-            rows_deleted: None,
-            rows_inserted: Some(staged.iter().map(|s| s.rows).sum()),
-            bytes_billed: outcome.statistic(&["query", "totalBytesBilled"]),
-        })
+        Ok(summary)
     }
 
     async fn discard(&self, staged: &[Staged]) {
@@ -505,7 +517,7 @@ impl BqStagingWriter {
             "writeDisposition": "WRITE_APPEND",
             "createDisposition": "CREATE_NEVER",
         });
-        let job_id = format!("load_{}_{}", self.stage_table, self.chunks);
+        let job_id = unique_id("load", &[&self.stage_table, &self.chunks.to_string()]);
         self.chunks += 1;
         // A copy of every load file, for debugging and for measuring encoding alone.
         if let Some(dir) = std::env::var_os("CONNECTOR_BQ_DUMP_DIR") {
@@ -514,41 +526,8 @@ impl BqStagingWriter {
                 ConnectorError::permanent(format!("CONNECTOR_BQ_DUMP_DIR: cannot write {}: {e}", path.display()))
             })?;
         }
-        self.pending = Some(tokio::spawn(async move { load_once(&client, load, data, &job_id).await }));
+        self.pending = Some(tokio::spawn(async move { client.load(load, data, &job_id).await.map(|_| ()) }));
         Ok(())
-    }
-}
-
-/// Runs one load job exactly once despite retries: a retry after a lost answer finds the job by
-/// its id; only a job that is known to have failed is started again, under a new id.
-async fn load_once(client: &BqClient, load: Json, data: bytes::Bytes, base_id: &str) -> Result<()> {
-    let policy = client.options.retry;
-    let mut attempt = 0u32;
-    let mut retries = 0u32;
-    loop {
-        let job_id = format!("{base_id}_{attempt}");
-        match client.load(load.clone(), data.clone(), &job_id).await {
-            Ok(_) => return Ok(()),
-            Err(e) if e.is_transient() && retries < policy.max_retries => {
-                let wait = policy.delay(retries);
-                retries += 1;
-                tracing::warn!(job = %job_id, attempt = retries, error = %e, "load job failed; retrying");
-                tokio::time::sleep(wait).await;
-                match client.find_job(&job_id).await {
-                    // Created before the answer was lost: wait for it instead of loading again.
-                    Ok(Some(job)) if job["status"]["state"] != "DONE" => {
-                        if client.wait_job(&job_id).await.is_ok() {
-                            return Ok(());
-                        }
-                        attempt += 1;
-                    }
-                    Ok(Some(job)) if job["status"].get("errorResult").is_none_or(Json::is_null) => return Ok(()),
-                    Ok(Some(_)) => attempt += 1,
-                    Ok(None) | Err(_) => {}
-                }
-            }
-            Err(e) => return Err(e),
-        }
     }
 }
 
@@ -606,6 +585,8 @@ struct CommitPlan {
     /// Target columns (BigQuery name, type), without the system fields.
     columns: Vec<(String, String)>,
     key: Vec<String>,
+    /// Some key column may hold NULL (a configured key): match NULLs to each other.
+    key_nullable: bool,
 }
 
 impl CommitPlan {
@@ -686,11 +667,21 @@ impl CommitPlan {
         // The tenant filter lets BigQuery prune by the tenant_id clustering.
         let mut on =
             vec![format!("T.{TENANT_FIELD} IN UNNEST(@tenants)"), format!("T.{TENANT_FIELD} = S.{TENANT_FIELD}")];
+        if !full.is_empty() {
+            // A full sync replaces: its tenants' rows never match, so all of them are deleted
+            // and the staged ones inserted, in this one statement (any strays go too).
+            on.push(format!("T.{TENANT_FIELD} NOT IN UNNEST(@full_tenants)"));
+        }
         let match_columns: Vec<String> =
             if self.keyless() { vec![ROW_HASH_FIELD.to_string()] } else { self.key.clone() };
+        let null_safe = self.key_nullable && !self.keyless();
         on.extend(match_columns.iter().map(|k| {
             let k = quote_column(k);
-            format!("(T.{k} = S.{k} OR (T.{k} IS NULL AND S.{k} IS NULL))")
+            if null_safe {
+                format!("(T.{k} = S.{k} OR (T.{k} IS NULL AND S.{k} IS NULL))")
+            } else {
+                format!("T.{k} = S.{k}")
+            }
         }));
         let mut sql = format!("MERGE {target} T\nUSING (\n{source}\n) S\nON {}\n", on.join(" AND "));
         let set: Vec<String> = cols
@@ -729,6 +720,7 @@ mod tests {
                 })
                 .collect(),
             key: key.iter().map(|k| k.to_string()).collect(),
+            key_nullable: false,
             options: TargetOptions::default(),
         }
     }

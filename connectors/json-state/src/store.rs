@@ -178,6 +178,7 @@ mod tests {
             last_success_at: None,
             duration_seconds: None,
             consecutive_failures: 0,
+            key: None,
         }
     }
 

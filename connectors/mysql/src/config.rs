@@ -108,8 +108,13 @@ impl MySqlSourceConfig {
         if self.databases.is_empty() {
             return Err(ConnectorError::config("source `mysql`: db_list/databases names no database"));
         }
-        for db in &self.databases {
+        for (i, db) in self.databases.iter().enumerate() {
             validate_identifier("database", db)?;
+            if self.databases[..i].contains(db) {
+                return Err(ConnectorError::config(format!(
+                    "source `mysql`: db_list/databases names `{db}` twice; list each database once"
+                )));
+            }
         }
         if self.pool_size == 0 || self.pool_size > 256 {
             return Err(ConnectorError::config(format!(

@@ -16,10 +16,16 @@ use crate::error::wrap;
 use crate::types::{ColumnInfo, Decoder, decode_or_null, map_column, quote_ident};
 
 /// Reads MySQL / MariaDB tables through one shared connection pool.
-#[derive(Debug)]
 pub struct MySqlSource {
     config: MySqlSourceConfig,
     pool: Pool,
+}
+
+// By hand: the pool's options hold the password.
+impl std::fmt::Debug for MySqlSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MySqlSource").field("config", &self.config).finish_non_exhaustive()
+    }
 }
 
 /// Every connection: UTC session, UTF-8 on the wire, read-only transactions, and long write
@@ -79,14 +85,18 @@ impl MySqlSource {
             .map_err(|e| wrap(e, format!("{table}: reading information_schema.COLUMNS")))?;
         // MariaDB's JSON is LONGTEXT with CHECK (json_valid(`col`)); MySQL 8 lacks the
         // TABLE_NAME column here and has a real JSON type, so a failure is ignored.
-        let checks: Vec<String> = conn
+        let checks: Vec<String> = match conn
             .exec(
                 "SELECT CHECK_CLAUSE FROM information_schema.CHECK_CONSTRAINTS \
                  WHERE CONSTRAINT_SCHEMA = ? AND TABLE_NAME = ?",
                 (&table.database, &table.table),
             )
             .await
-            .unwrap_or_default();
+        {
+            Ok(checks) => checks,
+            Err(mysql_async::Error::Server(_)) => Vec::new(),
+            Err(e) => return Err(wrap(e, format!("{table}: reading information_schema.CHECK_CONSTRAINTS"))),
+        };
         Ok(rows
             .into_iter()
             .map(|(name, data_type, column_type, nullable, precision, scale, dt_precision)| {
@@ -110,7 +120,8 @@ impl MySqlSource {
     /// The primary key, else the smallest unique index over NOT NULL columns.
     async fn key(&self, table: &TableRef, nullable: &[(String, bool)]) -> Result<(Vec<String>, KeySource)> {
         let mut conn = self.conn(table).await?;
-        let rows: Vec<(String, String, u64)> = conn
+        // COLUMN_NAME is NULL for functional key parts (MySQL 8); such indexes are no key.
+        let rows: Vec<(String, Option<String>, u64)> = conn
             .exec(
                 "SELECT INDEX_NAME, COLUMN_NAME, NON_UNIQUE FROM information_schema.STATISTICS \
                  WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY INDEX_NAME, SEQ_IN_INDEX",
@@ -118,7 +129,7 @@ impl MySqlSource {
             )
             .await
             .map_err(|e| wrap(e, format!("{table}: reading information_schema.STATISTICS")))?;
-        let mut indexes: Vec<(String, Vec<String>)> = Vec::new();
+        let mut indexes: Vec<(String, Vec<Option<String>>)> = Vec::new();
         for (index, column, non_unique) in rows {
             if non_unique != 0 {
                 continue;
@@ -128,6 +139,10 @@ impl MySqlSource {
                 None => indexes.push((index, vec![column])),
             }
         }
+        let indexes: Vec<(String, Vec<String>)> = indexes
+            .into_iter()
+            .filter_map(|(n, cols)| cols.into_iter().collect::<Option<Vec<_>>>().map(|c| (n, c)))
+            .collect();
         if let Some((_, cols)) = indexes.iter().find(|(n, _)| n == "PRIMARY") {
             return Ok((cols.clone(), KeySource::PrimaryKey));
         }
@@ -249,12 +264,13 @@ impl Source for MySqlSource {
         let mut count_nulls = None;
         if let ReadRange::Since { cursor, from, include_nulls } = &request.range {
             let c = quote_ident(cursor);
+            // Zero dates ('0000-00-00') sort below every real date: they are treated like NULL.
             if *include_nulls {
-                sql.push_str(&format!(" WHERE ({c} >= ? OR {c} IS NULL)"));
+                sql.push_str(&format!(" WHERE ({c} >= ? OR {c} IS NULL OR {c} < '1000-01-01')"));
             } else {
                 sql.push_str(&format!(" WHERE {c} >= ?"));
                 count_nulls = Some(format!(
-                    "SELECT COUNT(*) FROM {}.{} WHERE {c} IS NULL",
+                    "SELECT COUNT(*) FROM {}.{} WHERE {c} IS NULL OR {c} < '1000-01-01'",
                     quote_ident(&table.database),
                     quote_ident(&table.table)
                 ));
