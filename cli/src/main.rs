@@ -7,13 +7,16 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use connector_framework::{BuildContext, GuideStrategy, OutcomeStatus, Pipeline, RunOptions, Runner, Target, registry};
 
 mod logging;
+mod observe;
 mod params;
+mod state_cmd;
 mod plugins {
     /// An enabled connector crate and the kinds it registers.
     #[derive(Debug, serde::Serialize)]
@@ -61,6 +64,19 @@ struct RunArgs {
     /// Only warnings and errors on the terminal.
     #[arg(long, short)]
     quiet: bool,
+    /// Machine-readable output on stdout: one JSON event per line, then the report as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Run again every DURATION (e.g. 15m, 1h) until SIGTERM or Ctrl-C, which let the tables
+    /// already started finish and commit.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    every: Option<std::time::Duration>,
+    /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9464) while running.
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
+    /// Write Prometheus metrics to this file after each run (node_exporter textfile collector).
+    #[arg(long, value_name = "FILE")]
+    metrics_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -78,6 +94,59 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         pipeline: PathBuf,
     },
+    /// Overview of every database and table: last sync, mode, status, rows, staleness, error.
+    /// Exits 1 when any table is failed or any state file is corrupt.
+    Status {
+        #[command(flatten)]
+        location: StateLocation,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Maintain the state files.
+    State {
+        #[command(subcommand)]
+        command: StateCommand,
+    },
+}
+
+/// Where the state files are: from a pipeline, or a folder.
+#[derive(Debug, clap::Args)]
+struct StateLocation {
+    /// The pipeline whose status_dir to use.
+    #[arg(long, value_name = "FILE")]
+    pipeline: Option<PathBuf>,
+    /// The status folder (default: the pipeline's, else sync_status).
+    #[arg(long, value_name = "DIR")]
+    status_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+enum StateCommand {
+    /// Convert the older one-file-per-table layout into per-database files; the old files move
+    /// to backup_single_table_files/.
+    Migrate {
+        #[command(flatten)]
+        location: StateLocation,
+        /// Show what would change; change nothing.
+        #[arg(long)]
+        preview: bool,
+    },
+    /// Make the next run sync these tables in full.
+    Reset {
+        #[command(flatten)]
+        location: StateLocation,
+        #[arg(long)]
+        database: String,
+        /// One table (default: every table of the database).
+        #[arg(long)]
+        table: Option<String>,
+    },
+}
+
+fn state_dirs(location: &StateLocation) -> Result<Vec<(String, PathBuf)>> {
+    let pipeline = location.pipeline.as_deref().map(load_pipeline).transpose()?;
+    state_cmd::status_dirs(pipeline.as_ref(), location.status_dir.as_deref())
 }
 
 fn main() -> ExitCode {
@@ -88,6 +157,15 @@ fn main() -> ExitCode {
         Some(Command::List { json }) => list(json).map(|()| ExitCode::SUCCESS),
         Some(Command::Describe { kind }) => describe(&kind).map(|()| ExitCode::SUCCESS),
         Some(Command::Validate { pipeline }) => validate(&pipeline).map(|()| ExitCode::SUCCESS),
+        Some(Command::Status { location, json }) => state_dirs(&location)
+            .and_then(|dirs| state_cmd::status(&dirs, json))
+            .map(|healthy| if healthy { ExitCode::SUCCESS } else { ExitCode::from(EXIT_TABLE_FAILED) }),
+        Some(Command::State { command: StateCommand::Migrate { location, preview } }) => {
+            state_dirs(&location).and_then(|dirs| state_cmd::migrate(&dirs, preview)).map(|()| ExitCode::SUCCESS)
+        }
+        Some(Command::State { command: StateCommand::Reset { location, database, table } }) => state_dirs(&location)
+            .and_then(|dirs| state_cmd::reset(&dirs, &database, table.as_deref()))
+            .map(|()| ExitCode::SUCCESS),
         None => match &cli.run.pipeline {
             Some(_) => run(cli.run),
             None => {
@@ -160,7 +238,7 @@ fn describe(kind: &str) -> Result<()> {
 }
 
 /// Writes command output to stdout; a reader that went away (`| head`) is not an error.
-fn out(text: &str) {
+pub(crate) fn out(text: &str) {
     use std::io::Write;
     let mut stdout = std::io::stdout().lock();
     if let Err(e) = stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush())
@@ -186,12 +264,64 @@ fn validate(path: &Path) -> Result<()> {
 fn run(args: RunArgs) -> Result<ExitCode> {
     let path = args.pipeline.clone().context("--pipeline")?;
     let pipeline = load_pipeline(&path)?;
-    let _log_guard = logging::init(pipeline.settings.log_file.as_deref().map(Path::new), args.quiet)?;
+    let _log_guard = logging::init(pipeline.settings.log_file.as_deref().map(Path::new), args.quiet || args.json)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("tokio runtime")?;
-    runtime.block_on(run_pipeline(pipeline, args))
+    runtime.block_on(run_loop(pipeline, args))
 }
 
-async fn run_pipeline(pipeline: Pipeline, args: RunArgs) -> Result<ExitCode> {
+/// Runs the pipeline once, or every `--every` until asked to stop.
+async fn run_loop(pipeline: Pipeline, args: RunArgs) -> Result<ExitCode> {
+    let metrics = observe::Metrics::install(args.metrics_addr)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopped = Arc::new(tokio::sync::Notify::new());
+    spawn_signal_handler(stop.clone(), stopped.clone());
+    let mut listeners: Vec<Arc<dyn connector_framework::EventListener>> =
+        vec![Arc::new(observe::Progress::new(args.quiet))];
+    if args.json {
+        listeners.push(Arc::new(observe::JsonEvents));
+    }
+    loop {
+        let started = tokio::time::Instant::now();
+        let code = run_once(&pipeline, &args, &listeners, &metrics, &stop).await?;
+        let Some(every) = args.every else { return Ok(code) };
+        if stop.load(Ordering::SeqCst) {
+            return Ok(code);
+        }
+        tracing::info!(next_in_secs = every.saturating_sub(started.elapsed()).as_secs(), "waiting for the next run");
+        tokio::select! {
+            () = tokio::time::sleep_until(started + every) => {}
+            () = stopped.notified() => return Ok(code),
+        }
+    }
+}
+
+fn spawn_signal_handler(stop: Arc<AtomicBool>, stopped: Arc<tokio::sync::Notify>) {
+    tokio::spawn(async move {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                return;
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        tracing::warn!("stop requested: finishing the tables already started, starting no new ones");
+        stop.store(true, Ordering::SeqCst);
+        stopped.notify_waiters();
+    });
+}
+
+/// One run: build the components (fresh connections and run id), run, report.
+async fn run_once(
+    pipeline: &Pipeline,
+    args: &RunArgs,
+    listeners: &[Arc<dyn connector_framework::EventListener>],
+    metrics: &observe::Metrics,
+    stop: &Arc<AtomicBool>,
+) -> Result<ExitCode> {
     let run_id =
         format!("{}_{}", chrono::Utc::now().format("%Y%m%dT%H%M%S"), &uuid::Uuid::new_v4().simple().to_string()[..8]);
     tracing::info!(run_id, source = pipeline.source_kind, targets = pipeline.targets.len(), "run starting");
@@ -221,7 +351,8 @@ async fn run_pipeline(pipeline: Pipeline, args: RunArgs) -> Result<ExitCode> {
         settings: pipeline.settings.clone(),
         tables: pipeline.tables.clone(),
         table_options: pipeline.table_options.clone(),
-        listeners: Vec::new(),
+        listeners: listeners.to_vec(),
+        stop: stop.clone(),
     };
     let options = RunOptions {
         force_full: args.full,
@@ -233,13 +364,23 @@ async fn run_pipeline(pipeline: Pipeline, args: RunArgs) -> Result<ExitCode> {
     source.close().await;
     let report = report.map_err(|e| anyhow::anyhow!("{e}"))?;
     let text = report.render();
-    out(&text);
+    if args.json {
+        out(&format!("{}\n", serde_json::to_string(&serde_json::json!({"event": "report", "report": report}))?));
+    } else {
+        out(&text);
+    }
     for line in text.lines() {
         tracing::info!(target: "report", "{line}");
     }
     if let Some(path) = &args.report_json {
         std::fs::write(path, serde_json::to_vec_pretty(&report)?)
             .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    if !options.dry_run {
+        metrics.record(&report);
+    }
+    if let Some(path) = &args.metrics_file {
+        metrics.write_file(path)?;
     }
     let failed = report.outcomes.iter().any(|o| o.status == OutcomeStatus::Failed);
     tracing::info!(run_id, failed, rows = report.total_rows(), "run finished");

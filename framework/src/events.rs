@@ -8,16 +8,60 @@ use std::time::Duration;
 use crate::schema::TableRef;
 use crate::state::SyncMode;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Event {
-    TablePlanned { table: TableRef, target: String, mode: SyncMode, reason: String },
-    RowsRead { table: TableRef, rows: u64, bytes: u64 },
-    TableStaged { table: TableRef, target: String, rows: u64, elapsed: Duration },
-    TableCommitted { table: String, target: String, tenants: usize, rows: u64, elapsed: Duration },
-    CheckpointCommitted { table: TableRef, target: String },
-    Retrying { what: String, attempt: u32, wait: Duration, error: String },
-    ComponentError { table: TableRef, target: String, error: String },
+    TablePlanned {
+        table: TableRef,
+        target: String,
+        mode: SyncMode,
+        reason: String,
+    },
+    RowsRead {
+        table: TableRef,
+        rows: u64,
+        bytes: u64,
+    },
+    /// Emitted about once a second while a table is read.
+    Progress {
+        table: TableRef,
+        rows: u64,
+        bytes: u64,
+        #[serde(serialize_with = "secs")]
+        elapsed: Duration,
+    },
+    TableStaged {
+        table: TableRef,
+        target: String,
+        rows: u64,
+        #[serde(serialize_with = "secs")]
+        elapsed: Duration,
+    },
+    TableCommitted {
+        table: String,
+        target: String,
+        tenants: usize,
+        rows: u64,
+        #[serde(serialize_with = "secs")]
+        elapsed: Duration,
+    },
+    CheckpointCommitted {
+        table: TableRef,
+        target: String,
+    },
+    Retrying {
+        what: String,
+        attempt: u32,
+        #[serde(serialize_with = "secs")]
+        wait: Duration,
+        error: String,
+    },
+    ComponentError {
+        table: TableRef,
+        target: String,
+        error: String,
+    },
 }
 
 impl Event {
@@ -28,6 +72,7 @@ impl Event {
                 tracing::info!(%table, %target, %mode, %reason, "planned");
             }
             Event::RowsRead { table, rows, bytes } => tracing::debug!(%table, rows, bytes, "rows read"),
+            Event::Progress { .. } => {}
             Event::TableStaged { table, target, rows, elapsed } => {
                 tracing::info!(%table, %target, rows, secs = elapsed.as_secs_f64(), "staged");
             }
@@ -44,6 +89,10 @@ impl Event {
             l.on_event(&self);
         }
     }
+}
+
+fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
 }
 
 /// Receives every event (progress bars, metrics).

@@ -80,6 +80,8 @@ pub struct RunReport {
     #[serde(serialize_with = "secs")]
     pub elapsed: Duration,
     pub dry_run: bool,
+    /// Tables not started because the run was asked to stop.
+    pub not_started: usize,
 }
 
 fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -146,6 +148,9 @@ impl RunReport {
             if o.zero_dates_nulled > 0 {
                 out.push_str(&format!("    {} invalid dates written as NULL\n", o.zero_dates_nulled));
             }
+        }
+        if self.not_started > 0 {
+            out.push_str(&format!("stopped early: {} tables not started (they run next time)\n", self.not_started));
         }
         let ok = self.outcomes.iter().filter(|o| o.status == OutcomeStatus::Success).count();
         let secs = self.elapsed.as_secs_f64();

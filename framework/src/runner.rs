@@ -55,6 +55,8 @@ pub struct Runner {
     pub tables: Vec<String>,
     pub table_options: BTreeMap<String, TableOptions>,
     pub listeners: Vec<Arc<dyn EventListener>>,
+    /// Set to stop starting tables (SIGTERM); tables already started finish and commit.
+    pub stop: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// What one tenant's read and staging produced for each target.
@@ -96,17 +98,31 @@ impl Runner {
             }
         }
         let reads = Arc::new(Semaphore::new(self.settings.concurrency));
+        let not_started = std::sync::atomic::AtomicUsize::new(0);
         let mut per_table = futures::stream::iter(by_table)
             .map(|(table, dbs)| {
                 let reads = reads.clone();
-                async move { self.sync_table(&table, &dbs, options, &reads).await }
+                let not_started = &not_started;
+                async move {
+                    if self.stop.load(std::sync::atomic::Ordering::SeqCst) {
+                        not_started.fetch_add(dbs.len(), std::sync::atomic::Ordering::SeqCst);
+                        return Vec::new();
+                    }
+                    self.sync_table(&table, &dbs, options, &reads).await
+                }
             })
             .buffer_unordered(self.settings.concurrency);
         while let Some(mut o) = per_table.next().await {
             outcomes.append(&mut o);
         }
+        drop(per_table);
         outcomes.sort_by(|a, b| (&a.database, &a.table, &a.target).cmp(&(&b.database, &b.table, &b.target)));
-        Ok(RunReport { outcomes, elapsed: started.elapsed(), dry_run: options.dry_run })
+        Ok(RunReport {
+            outcomes,
+            elapsed: started.elapsed(),
+            dry_run: options.dry_run,
+            not_started: not_started.into_inner(),
+        })
     }
 
     fn select_databases(&self, options: &RunOptions) -> Result<Vec<String>> {
@@ -441,14 +457,23 @@ impl Runner {
             // Every target refused to stage: report the first reason as the attempt's error.
             return Err(errors.into_iter().flatten().next().unwrap_or_else(|| ConnectorError::permanent("no target")));
         }
-        let (tx, mut rx) = mpsc::channel(4);
+        let (tx, rx) = mpsc::channel(4);
         let read = self.source.read(request.clone(), tx);
         let consume = async {
+            // Owned here, so that stopping early drops it and the reader's next send fails
+            // instead of waiting on a full channel forever.
+            let mut rx = rx;
             let mut rows = 0u64;
             let mut bytes = 0u64;
+            let mut last_progress = Instant::now();
             while let Some(batch) = rx.recv().await {
                 rows += batch.len() as u64;
                 bytes += batch.bytes as u64;
+                if last_progress.elapsed() >= Duration::from_secs(1) {
+                    last_progress = Instant::now();
+                    Event::Progress { table: table.clone(), rows, bytes, elapsed: started.elapsed() }
+                        .emit(&self.listeners);
+                }
                 for (i, slot) in writers.iter_mut().enumerate() {
                     if let Some(w) = slot
                         && let Err(e) = w.write(&batch).await
@@ -898,6 +923,7 @@ mod tests {
             tables: vec!["orders".into()],
             table_options: BTreeMap::new(),
             listeners: Vec::new(),
+            stop: Arc::default(),
         };
         let report = runner.run(&RunOptions::default()).await.unwrap();
         assert_eq!(report.outcomes.len(), 4);

@@ -10,11 +10,15 @@ mod support;
 mod cli;
 /// Several targets from one read, and the example connector crate.
 mod fanout;
+/// Faults injected for real: killed connections, 503/429 answers, an emulator restart.
+mod faults;
 /// Full syncs: values, tenant isolation, state files, failures, dry runs.
 mod full_sync;
 /// Incremental syncs: concurrent writers, late commits, cursor edge cases, crashes, tables
 /// without a key.
 mod incremental;
+/// Operations: --every, SIGTERM, metrics, status and the state tools.
+mod ops;
 /// Schema changes between runs and tenants on different schema versions.
 mod schema;
 /// Every column type with edge values, and the zero-date policy.

@@ -27,6 +27,8 @@ pub struct ClientOptions {
     pub retry: RetryPolicy,
     /// Longest wait for one job.
     pub job_timeout: Duration,
+    /// Jobs in flight at once.
+    pub max_concurrent_jobs: usize,
 }
 
 /// A finished job's resource.
@@ -55,6 +57,7 @@ pub struct BqClient {
     tables: TableService,
     jobs: JobService,
     http: reqwest::Client,
+    job_slots: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for BqClient {
@@ -89,7 +92,8 @@ fn gax_err(e: google_cloud_gax::error::Error, what: &str) -> ConnectorError {
         }
         _ => "",
     };
-    ConnectorError::new(class, format!("BigQuery {what}: {e}{hint}"))
+    let status = e.http_status_code().map(|c| format!("HTTP {c}: ")).unwrap_or_default();
+    ConnectorError::new(class, format!("BigQuery {what}: {status}{e}{hint}"))
 }
 
 fn is_not_found(e: &google_cloud_gax::error::Error) -> bool {
@@ -184,7 +188,8 @@ impl BqClient {
             .timeout(Duration::from_secs(600))
             .build()
             .map_err(|e| ConnectorError::config(format!("cannot create an HTTP client: {e}")))?;
-        Ok(Self { options, endpoint, credentials, datasets, tables, jobs, http })
+        let job_slots = std::sync::Arc::new(tokio::sync::Semaphore::new(options.max_concurrent_jobs.max(1)));
+        Ok(Self { options, endpoint, credentials, datasets, tables, jobs, http, job_slots })
     }
 
     pub fn project(&self) -> &str {
@@ -340,6 +345,7 @@ impl BqClient {
         F: Fn(String) -> Fut,
         Fut: std::future::Future<Output = Result<()>>,
     {
+        let _slot = self.job_slots.acquire().await.map_err(|_| ConnectorError::permanent("job slots closed"))?;
         let policy = self.options.retry;
         let (mut attempt, mut retries) = (0u32, 0u32);
         loop {

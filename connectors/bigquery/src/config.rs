@@ -67,6 +67,13 @@ pub(crate) const FIELDS: &[FieldDoc] = &[
         doc: "MiB of rows per load job",
     },
     FieldDoc { name: "job_timeout", ty: "seconds", required: false, default: "3600", doc: "longest wait for one job" },
+    FieldDoc {
+        name: "max_concurrent_jobs",
+        ty: "integer",
+        required: false,
+        default: "8",
+        doc: "BigQuery load and query jobs in flight at once (MySQL reads are bounded by pool_size)",
+    },
 ];
 
 /// Config of the `bigquery` sink.
@@ -88,6 +95,12 @@ pub struct BigQuerySinkConfig {
     pub upload_chunk_mb: usize,
     #[serde(default = "default_job_timeout", deserialize_with = "lenient::deserialize")]
     pub job_timeout: u64,
+    #[serde(default = "default_jobs", deserialize_with = "lenient::deserialize")]
+    pub max_concurrent_jobs: usize,
+}
+
+fn default_jobs() -> usize {
+    8
 }
 
 fn default_chunk() -> usize {
@@ -135,6 +148,9 @@ impl BigQuerySinkConfig {
                 "sink `bigquery`: bq_endpoint `{e}` must start with http:// or https://"
             )));
         }
+        if !(1..=100).contains(&self.max_concurrent_jobs) {
+            return Err(ConnectorError::config("sink `bigquery`: max_concurrent_jobs must be between 1 and 100"));
+        }
         if !(1..=1024).contains(&self.upload_chunk_mb) {
             return Err(ConnectorError::config("sink `bigquery`: upload_chunk_mb must be between 1 and 1024"));
         }
@@ -158,6 +174,7 @@ impl SinkConfig for BigQuerySinkConfig {
             credentials_file: self.credentials.clone(),
             retry: ctx.retry,
             job_timeout: Duration::from_secs(self.job_timeout),
+            max_concurrent_jobs: self.max_concurrent_jobs,
         })
         .await?;
         Ok(Arc::new(BigQuerySink::new(ctx, self, client)))

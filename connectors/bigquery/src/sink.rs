@@ -21,6 +21,8 @@ pub const TENANT_FIELD: &str = "tenant_id";
 pub const SYNC_TIMESTAMP_FIELD: &str = "sync_timestamp";
 pub const SYNC_MODE_FIELD: &str = "sync_mode";
 pub const ROW_HASH_FIELD: &str = "_row_hash";
+/// Staging only: each staged row's number, so a chunk that was loaded twice counts once.
+const SEQ_FIELD: &str = "_seq";
 const SYSTEM_FIELDS: [&str; 3] = [TENANT_FIELD, SYNC_TIMESTAMP_FIELD, SYNC_MODE_FIELD];
 
 /// Staging tables expire on their own if a run dies before dropping them.
@@ -373,6 +375,7 @@ impl Sink for BigQuerySink {
         let keyless = table.key.is_empty();
         let mut fields = system_fields(keyless);
         fields.extend(columns.iter().map(|(n, t)| json!({"name": n, "type": t, "mode": "NULLABLE"})));
+        fields.push(json!({"name": SEQ_FIELD, "type": "INT64", "mode": "NULLABLE"}));
         let expires = Utc::now().timestamp_millis() + STAGING_TTL_MS;
         self.client
             .create_table(
@@ -415,6 +418,7 @@ impl Sink for BigQuerySink {
             prefix,
             keys,
             hash_rows: keyless,
+            seq: 0,
             buffer: Vec::with_capacity(self.chunk_bytes + 64 * 1024),
             chunk_bytes: self.chunk_bytes,
             chunks: 0,
@@ -486,6 +490,8 @@ struct BqStagingWriter {
     keys: Vec<(Vec<u8>, LogicalType)>,
     /// Add `_row_hash` (tables without a key).
     hash_rows: bool,
+    /// The next row's `_seq`.
+    seq: u64,
     buffer: Vec<u8>,
     chunk_bytes: usize,
     chunks: u64,
@@ -547,6 +553,9 @@ impl StagingWriter for BqStagingWriter {
                 let hash = xxhash_rust::xxh3::xxh3_128(&self.buffer[values_start..]);
                 self.buffer.extend_from_slice(format!(",\"{ROW_HASH_FIELD}\":\"{hash:032x}\"").as_bytes());
             }
+            self.buffer.extend_from_slice(b",\"_seq\":");
+            self.buffer.extend_from_slice(itoa::Buffer::new().format(self.seq).as_bytes());
+            self.seq += 1;
             self.buffer.extend_from_slice(b"}\n");
         }
         self.rows += batch.len() as u64;
@@ -630,10 +639,13 @@ impl CommitPlan {
                         h = quote_column(ROW_HASH_FIELD)
                     ));
                 }
+                // A chunk loaded twice (a job lost and redone) shows as repeated _seq: keep one.
                 Some(format!(
-                    "SELECT {} FROM {}",
+                    "SELECT {} FROM (SELECT * FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY {seq}) AS _copy FROM {}) \
+                     WHERE _copy = 1)",
                     exprs.join(", "),
-                    qualified(&self.project, &self.staging_dataset, stage)
+                    qualified(&self.project, &self.staging_dataset, stage),
+                    seq = SEQ_FIELD
                 ))
             })
             .collect();

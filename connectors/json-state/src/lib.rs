@@ -8,6 +8,7 @@
 
 mod config;
 mod store;
+pub mod tools;
 
 pub use config::JsonStateConfig;
 pub use store::JsonStateStore;

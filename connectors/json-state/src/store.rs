@@ -105,9 +105,9 @@ fn io_err(what: &str, path: &Path, e: std::io::Error) -> ConnectorError {
     ConnectorError::permanent(format!("{what} {}: {e}", path.display()))
 }
 
-#[async_trait]
-impl StateStore for JsonStateStore {
-    async fn lock(&self) -> Result<Box<dyn StateLock>> {
+impl JsonStateStore {
+    /// Takes the run lock (also used by the state tools, so they never race a sync).
+    pub fn lock_blocking(&self) -> Result<Box<dyn StateLock>> {
         fs::create_dir_all(&self.dir).map_err(|e| io_err("cannot create status_dir", &self.dir, e))?;
         let path = self.dir.join(".lock");
         let file = OpenOptions::new()
@@ -127,15 +127,10 @@ impl StateStore for JsonStateStore {
         }
     }
 
-    async fn load(&self, database: &str) -> Result<DatabaseState> {
+    /// Replaces one table's entry in its database file (read, modify, atomic write). Callers
+    /// serialize writes to one database file.
+    pub fn record_blocking(&self, database: &str, state: TableState) -> Result<()> {
         let path = self.path_for(database)?;
-        Self::read_file(&path, database)
-    }
-
-    async fn record(&self, database: &str, state: TableState) -> Result<()> {
-        let path = self.path_for(database)?;
-        let mutex = self.file_mutex(database);
-        let _guard = mutex.lock().await;
         fs::create_dir_all(&self.dir).map_err(|e| io_err("cannot create status_dir", &self.dir, e))?;
         let mut current = Self::read_file(&path, database)?;
         current.tables.insert(state.table_name.clone(), state);
@@ -149,6 +144,24 @@ impl StateStore for JsonStateStore {
         };
         let bytes = serde_json::to_vec_pretty(&file).map_err(|e| ConnectorError::permanent(e.to_string()))?;
         Self::write_atomic(&path, &bytes).map_err(|e| io_err("cannot write state file", &path, e))
+    }
+}
+
+#[async_trait]
+impl StateStore for JsonStateStore {
+    async fn lock(&self) -> Result<Box<dyn StateLock>> {
+        self.lock_blocking()
+    }
+
+    async fn load(&self, database: &str) -> Result<DatabaseState> {
+        let path = self.path_for(database)?;
+        Self::read_file(&path, database)
+    }
+
+    async fn record(&self, database: &str, state: TableState) -> Result<()> {
+        let mutex = self.file_mutex(database);
+        let _guard = mutex.lock().await;
+        self.record_blocking(database, state)
     }
 
     fn location(&self) -> String {

@@ -1,0 +1,142 @@
+//! What a run shows while it works: live progress on a terminal (indicatif), periodic log lines
+//! otherwise, JSON event lines with `--json`, and Prometheus metrics.
+
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use connector_framework::{Event, EventListener, OutcomeStatus, RunReport};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+/// Live per-table progress: a spinner per table on a terminal, a log line every 10 s otherwise.
+#[derive(Debug)]
+pub struct Progress {
+    bars: Option<MultiProgress>,
+    tables: Mutex<HashMap<String, (Option<ProgressBar>, Instant)>>,
+}
+
+impl Progress {
+    pub fn new(quiet: bool) -> Self {
+        let terminal = std::io::stderr().is_terminal() && !quiet;
+        Self { bars: terminal.then(MultiProgress::new), tables: Mutex::new(HashMap::new()) }
+    }
+}
+
+impl EventListener for Progress {
+    fn on_event(&self, event: &Event) {
+        let mut tables = self.tables.lock().unwrap_or_else(|p| p.into_inner());
+        match event {
+            Event::Progress { table, rows, bytes, elapsed } => {
+                let key = table.to_string();
+                let rate = *rows as f64 / elapsed.as_secs_f64().max(0.001);
+                let message = format!(
+                    "{key}: {rows} rows, {:.1} MB, {rate:.0} rows/s, {:.0} s",
+                    *bytes as f64 / 1e6,
+                    elapsed.as_secs_f64()
+                );
+                let entry = tables.entry(key.clone()).or_insert_with(|| {
+                    let bar = self.bars.as_ref().map(|m| {
+                        let bar = m.add(ProgressBar::new_spinner());
+                        bar.set_style(
+                            ProgressStyle::with_template("{spinner} {msg}")
+                                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                        );
+                        bar.enable_steady_tick(Duration::from_millis(200));
+                        bar
+                    });
+                    (bar, Instant::now() - Duration::from_secs(60))
+                });
+                match &entry.0 {
+                    Some(bar) => bar.set_message(message),
+                    None if entry.1.elapsed() >= Duration::from_secs(10) => {
+                        entry.1 = Instant::now();
+                        tracing::info!("progress {message}");
+                    }
+                    None => {}
+                }
+            }
+            Event::RowsRead { table, .. } => {
+                if let Some((Some(bar), _)) = tables.remove(&table.to_string()) {
+                    bar.finish_and_clear();
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Every event as one JSON line on stdout (`--json`).
+#[derive(Debug)]
+pub struct JsonEvents;
+
+impl EventListener for JsonEvents {
+    fn on_event(&self, event: &Event) {
+        if let Ok(line) = serde_json::to_string(event) {
+            crate::out(&format!("{line}\n"));
+        }
+    }
+}
+
+/// Prometheus metrics, served on `--metrics-addr` and written to `--metrics-file`.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    handle: PrometheusHandle,
+}
+
+impl Metrics {
+    /// Installs the recorder; with an address, serves `/metrics` there (inside the runtime).
+    pub fn install(addr: Option<SocketAddr>) -> Result<Self> {
+        let mut builder = PrometheusBuilder::new();
+        if let Some(addr) = addr {
+            builder = builder.with_http_listener(addr);
+        }
+        let (recorder, exporter) = builder.build().context("metrics")?;
+        let handle = recorder.handle();
+        metrics::set_global_recorder(recorder).context("metrics recorder")?;
+        if addr.is_some() {
+            tokio::spawn(async move {
+                if let Err(e) = exporter.await {
+                    tracing::error!(error = ?e, "metrics server stopped");
+                }
+            });
+        }
+        Ok(Self { handle })
+    }
+
+    /// Records a finished run.
+    pub fn record(&self, report: &RunReport) {
+        let now = chrono::Utc::now().timestamp() as f64;
+        for o in &report.outcomes {
+            let labels = [("database", o.database.clone()), ("table", o.table.clone()), ("target", o.target.clone())];
+            match o.status {
+                OutcomeStatus::Success => {
+                    metrics::counter!("connector_rows_synced_total", &labels).increment(o.rows);
+                    metrics::gauge!("connector_last_success_timestamp_seconds", &labels).set(now);
+                    metrics::gauge!("connector_table_duration_seconds", &labels).set(o.seconds);
+                    metrics::gauge!("connector_last_rows", &labels).set(o.rows as f64);
+                }
+                OutcomeStatus::Failed => metrics::counter!("connector_table_failures_total", &labels).increment(1),
+                OutcomeStatus::Planned => {}
+            }
+            metrics::counter!("connector_retries_total", &labels).increment(u64::from(o.retries));
+            metrics::counter!("connector_zero_dates_nulled_total", &labels).increment(o.zero_dates_nulled);
+        }
+        let result = if report.failed() > 0 { "failed" } else { "success" };
+        metrics::counter!("connector_runs_total", "result" => result).increment(1);
+        metrics::gauge!("connector_run_duration_seconds").set(report.elapsed.as_secs_f64());
+        metrics::gauge!("connector_last_run_timestamp_seconds").set(now);
+    }
+
+    /// Writes the metrics in Prometheus text format, atomically (node_exporter's textfile
+    /// collector reads `*.prom` files).
+    pub fn write_file(&self, path: &Path) -> Result<()> {
+        let tmp = path.with_extension("prom.tmp");
+        std::fs::write(&tmp, self.handle.render()).with_context(|| format!("cannot write {}", tmp.display()))?;
+        std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+    }
+}

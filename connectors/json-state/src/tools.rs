@@ -1,0 +1,230 @@
+//! Maintenance of a status folder: the overview behind `connector-run status`, the migration of
+//! the original tool's older one-file-per-table layout, and resets that force full syncs.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use connector_framework::{ConnectorError, DatabaseState, Result, TableState};
+use serde::Serialize;
+
+use crate::store::JsonStateStore;
+
+/// The folder that receives migrated per-table files.
+pub const BACKUP_DIR: &str = "backup_single_table_files";
+
+/// Every `<database>.json` in a status folder, with its tables; unreadable files are reported
+/// as errors next to the readable ones.
+pub fn overview(dir: &Path) -> Result<Vec<(String, std::result::Result<DatabaseState, ConnectorError>)>> {
+    let mut out = Vec::new();
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(ConnectorError::permanent(format!("cannot read {}: {e}", dir.display()))),
+    };
+    let mut files: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    files.sort();
+    for path in files {
+        let Some(stem) = path.file_stem().and_then(|s| s.to_str()).map(str::to_string) else { continue };
+        if path.extension().and_then(|e| e.to_str()) != Some("json") || stem.starts_with('.') {
+            continue;
+        }
+        if !is_database_file(&path) {
+            continue;
+        }
+        out.push((stem.clone(), JsonStateStore::read_file(&path, &stem)));
+    }
+    Ok(out)
+}
+
+/// A per-database file has `database_info` and `tables` (or cannot be parsed at all, which the
+/// overview then reports).
+fn is_database_file(path: &Path) -> bool {
+    match fs::read_to_string(path).ok().and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok()) {
+        Some(v) => v.get("tables").is_some() || v.get("database_info").is_some(),
+        None => true,
+    }
+}
+
+/// What a migration did (or, in preview, would do).
+#[derive(Debug, Default, Serialize)]
+pub struct Migration {
+    /// (old file, database, table)
+    pub moved: Vec<(String, String, String)>,
+    /// Old entries not taken because the database file has a newer one.
+    pub superseded: Vec<String>,
+    /// Files that could not be read or understood; left where they are.
+    pub problems: Vec<(String, String)>,
+    /// Database files written.
+    pub written: Vec<String>,
+}
+
+/// Converts `<database>_<table>.json` and `<database>.<table>.json` files (each one table's
+/// fields) into the per-database files, newer entries winning, and moves the old files into
+/// `backup_single_table_files/`. With `preview`, nothing changes.
+pub fn migrate(dir: &Path, preview: bool) -> Result<Migration> {
+    let mut report = Migration::default();
+    let mut merged: BTreeMap<String, BTreeMap<String, TableState>> = BTreeMap::new();
+    let mut sources: Vec<PathBuf> = Vec::new();
+    let entries =
+        fs::read_dir(dir).map_err(|e| ConnectorError::permanent(format!("cannot read {}: {e}", dir.display())))?;
+    let mut files: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    files.sort();
+    for path in files {
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+        if !name.ends_with(".json") || name.starts_with('.') || !path.is_file() {
+            continue;
+        }
+        let text = match fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) => {
+                report.problems.push((name, format!("unreadable: {e}")));
+                continue;
+            }
+        };
+        let value: serde_json::Value = match serde_json::from_str(&text) {
+            Ok(v) => v,
+            Err(e) => {
+                report.problems.push((name, format!("not JSON: {e}")));
+                continue;
+            }
+        };
+        if value.get("tables").is_some() || value.get("database_info").is_some() {
+            continue; // already a per-database file
+        }
+        let Some(table) = value.get("table_name").and_then(|t| t.as_str()).map(str::to_string) else {
+            report.problems.push((name, "no table_name: not a per-table state file".into()));
+            continue;
+        };
+        let stem = &name[..name.len() - ".json".len()];
+        let database = stem
+            .strip_suffix(&format!("_{table}"))
+            .or_else(|| stem.strip_suffix(&format!(".{table}")))
+            .map(str::to_string);
+        let Some(database) = database.filter(|d| !d.is_empty()) else {
+            report.problems.push((name, format!("the name does not end in _{table} or .{table}")));
+            continue;
+        };
+        let state: TableState = match serde_json::from_value(value) {
+            Ok(s) => s,
+            Err(e) => {
+                report.problems.push((name, format!("fields not understood: {e}")));
+                continue;
+            }
+        };
+        let tables = merged.entry(database.clone()).or_default();
+        if tables.get(&table).is_some_and(|e| e.updated_at >= state.updated_at) {
+            report.superseded.push(name.clone());
+        } else {
+            tables.insert(table.clone(), state);
+        }
+        report.moved.push((name, database, table));
+        sources.push(path);
+    }
+    if preview || sources.is_empty() {
+        return Ok(report);
+    }
+    let store = JsonStateStore::new(dir);
+    let _lock = store.lock_blocking()?;
+    for (database, tables) in merged {
+        let current = JsonStateStore::read_file(&store.path_for(&database)?, &database)?;
+        for (table, state) in tables {
+            // An entry already in the database file wins when it is at least as new.
+            if current.table(&table).is_some_and(|c| c.updated_at >= state.updated_at) {
+                report.superseded.push(format!("{database}.{table}"));
+                continue;
+            }
+            store.record_blocking(&database, state)?;
+        }
+        report.written.push(format!("{database}.json"));
+    }
+    let backup = dir.join(BACKUP_DIR);
+    fs::create_dir_all(&backup)
+        .map_err(|e| ConnectorError::permanent(format!("cannot create {}: {e}", backup.display())))?;
+    for path in sources {
+        let target = backup.join(path.file_name().unwrap_or_default());
+        fs::rename(&path, &target).map_err(|e| {
+            ConnectorError::permanent(format!("cannot move {} to {}: {e}", path.display(), target.display()))
+        })?;
+    }
+    Ok(report)
+}
+
+/// Forces the next run of these tables (all of the database's when `table` is `None`) to sync
+/// in full, by removing their watermarks. Returns the tables reset.
+pub fn reset(dir: &Path, database: &str, table: Option<&str>) -> Result<Vec<String>> {
+    let store = JsonStateStore::new(dir);
+    let _lock = store.lock_blocking()?;
+    let path = store.path_for(database)?;
+    let current = JsonStateStore::read_file(&path, database)?;
+    let mut reset = Vec::new();
+    for (name, state) in &current.tables {
+        if table.is_some_and(|t| t != name) {
+            continue;
+        }
+        let mut state = state.clone();
+        state.watermark = None;
+        state.key = None;
+        store.record_blocking(database, state)?;
+        reset.push(name.clone());
+    }
+    if let Some(t) = table.filter(|t| !current.tables.contains_key(*t)) {
+        return Err(ConnectorError::config(format!(
+            "{database}.{t} has no state in {}; it will sync in full on its first run anyway",
+            dir.display()
+        )));
+    }
+    Ok(reset)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OLD: &str = r#"{"table_name": "users", "last_sync_time": "2025-09-28T15:30:00", "sync_status": "SUCCESS",
+        "sync_mode": "INCREMENTAL", "records_synced": 150, "error_message": null, "updated_at": "2025-09-28T15:30:05"}"#;
+
+    #[test]
+    fn migrates_per_table_files_and_keeps_corrupt_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("shop_1_users.json"), OLD).unwrap();
+        fs::write(dir.path().join("shop2.users.json"), OLD.replace("150", "7")).unwrap();
+        fs::write(dir.path().join("shop3_orders.json"), "{ broken").unwrap();
+
+        let preview = migrate(dir.path(), true).unwrap();
+        assert_eq!(preview.moved.len(), 2);
+        assert!(preview.written.is_empty());
+        assert!(dir.path().join("shop_1_users.json").exists(), "a preview changes nothing");
+
+        let done = migrate(dir.path(), false).unwrap();
+        assert_eq!(done.problems.len(), 1, "{:?}", done.problems);
+        assert!(dir.path().join("shop3_orders.json").exists(), "a corrupt file stays where it is");
+        assert!(dir.path().join(BACKUP_DIR).join("shop_1_users.json").exists());
+        let shop1 = JsonStateStore::read_file(&dir.path().join("shop_1.json"), "shop_1").unwrap();
+        assert_eq!(shop1.table("users").unwrap().records_synced, 150);
+        let shop2 = JsonStateStore::read_file(&dir.path().join("shop2.json"), "shop2").unwrap();
+        assert_eq!(shop2.table("users").unwrap().records_synced, 7);
+
+        let all = overview(dir.path()).unwrap();
+        let names: Vec<&str> = all.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["shop2", "shop3_orders", "shop_1"]);
+        assert!(all[1].1.is_err(), "the corrupt file is reported, not hidden");
+    }
+
+    #[test]
+    fn reset_removes_watermarks() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = JsonStateStore::new(dir.path());
+        let mut state: TableState = serde_json::from_str(OLD).unwrap();
+        state.watermark = Some(connector_framework::Watermark {
+            column: "updated_at".into(),
+            column_type: "datetime".into(),
+            value: "2025-01-01 00:00:00.000000".into(),
+        });
+        store.record_blocking("shop1", state).unwrap();
+        assert_eq!(reset(dir.path(), "shop1", None).unwrap(), ["users"]);
+        let after = JsonStateStore::read_file(&dir.path().join("shop1.json"), "shop1").unwrap();
+        assert!(after.table("users").unwrap().watermark.is_none());
+        assert!(reset(dir.path(), "shop1", Some("nope")).is_err());
+    }
+}
