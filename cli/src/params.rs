@@ -111,6 +111,13 @@ pub const FLAT_FIELDS: &[FieldDoc] = &[
         doc: "a failed table syncs in full next time",
     },
     FieldDoc {
+        name: "chunk_rows",
+        ty: "integer",
+        required: false,
+        default: "1000000",
+        doc: "rows per key range of a resumable full sync; 0 reads in one pass",
+    },
+    FieldDoc {
         name: "null_cursor",
         ty: "include | report",
         required: false,
@@ -192,6 +199,7 @@ fn flat_to_general(value: &Value) -> Result<Value> {
         ("lookback_minutes", "lookback_minutes"),
         ("full_after_failure", "full_after_failure"),
         ("null_cursor", "null_cursor"),
+        ("chunk_rows", "chunk_rows"),
         ("log_file", "log_file"),
     ]);
     general.insert("source".into(), Value::Object(source));

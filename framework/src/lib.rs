@@ -50,7 +50,7 @@ pub use report::{OutcomeStatus, RunReport, TableOutcome};
 pub use retry::RetryPolicy;
 pub use runner::{RunOptions, Runner, Target};
 pub use schema::{Column, KeySource, LogicalType, TableRef, TableSchema};
-pub use state::{DatabaseState, SyncMode, SyncStatus, TableState, Watermark};
+pub use state::{DatabaseState, ResumePoint, SyncMode, SyncStatus, TableState, Watermark};
 pub use strategy::GuideStrategy;
 pub use traits::{
     BatchSender, CommitSummary, NullCursorPolicy, PlanOptions, ReadRange, ReadRequest, ReadSummary, Sink, Source,

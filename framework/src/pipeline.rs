@@ -124,6 +124,13 @@ pub const SETTINGS_FIELDS: &[FieldDoc] = &[
         doc: "the original tool's rule: a failed table syncs in full next time",
     },
     FieldDoc {
+        name: "chunk_rows",
+        ty: "integer",
+        required: false,
+        default: "1000000",
+        doc: "full syncs of tables with an integer key read this many rows per key range, and resume after a crash from the last range staged; 0 reads in one pass",
+    },
+    FieldDoc {
         name: "null_cursor",
         ty: "include | report",
         required: false,
@@ -170,7 +177,13 @@ pub struct Settings {
     pub full_after_failure: bool,
     #[serde(default)]
     pub null_cursor: crate::traits::NullCursorPolicy,
+    #[serde(default = "default_chunk_rows", deserialize_with = "lenient::deserialize")]
+    pub chunk_rows: u64,
     pub log_file: Option<String>,
+}
+
+fn default_chunk_rows() -> u64 {
+    1_000_000
 }
 
 impl Default for Settings {
@@ -183,6 +196,7 @@ impl Default for Settings {
             lookback_minutes: 10,
             full_after_failure: false,
             null_cursor: crate::traits::NullCursorPolicy::Include,
+            chunk_rows: default_chunk_rows(),
             log_file: Some("sync_incremental.log".into()),
         }
     }

@@ -19,7 +19,7 @@ use crate::events::{Event, EventListener};
 use crate::pipeline::{Settings, TableOptions};
 use crate::report::{OutcomeStatus, RunReport, TableOutcome};
 use crate::schema::{Column, KeySource, LogicalType, TableRef, TableSchema};
-use crate::state::{DatabaseState, SyncMode, SyncStatus, TableState, Watermark};
+use crate::state::{DatabaseState, ResumePoint, SyncMode, SyncStatus, TableState, Watermark};
 use crate::traits::{
     PlanOptions, ReadRange, ReadRequest, ReadSummary, Sink, Source, Staged, StagingWriter, StateStore, Strategy,
     TablePlan, TargetOptions, TargetTable,
@@ -428,9 +428,20 @@ impl Runner {
         TenantResult { schema, read, elapsed: started.elapsed(), retries, per_target, priors }
     }
 
-    /// One attempt: a fresh set of staging writers, one source read fanned out to them.
-    /// A source failure fails the attempt (and is retried when transient); a writer failure
-    /// fails only its target.
+    /// Whether this tenant's read goes in key ranges: a full read of a table whose key is one
+    /// integer column, with `chunk_rows` set.
+    fn key_chunking(&self, request: &ReadRequest) -> Option<(String, u64)> {
+        if self.settings.chunk_rows == 0 || request.range != ReadRange::Full || request.schema.key.len() != 1 {
+            return None;
+        }
+        let key = request.schema.column(&request.schema.key[0])?;
+        matches!(key.logical, LogicalType::Int64 | LogicalType::UInt64)
+            .then(|| (key.name.clone(), self.settings.chunk_rows))
+    }
+
+    /// One attempt: staging writers (reopened where an interrupted full sync left durable
+    /// ranges, else fresh), one source read fanned out to them. A source failure fails the
+    /// attempt (and is retried when transient); a writer failure fails only its target.
     async fn read_and_stage(
         &self,
         request: &ReadRequest,
@@ -439,17 +450,57 @@ impl Runner {
     ) -> Result<(ReadSummary, Vec<Result<Staged>>)> {
         let table = &request.schema.table;
         let started = Instant::now();
+        let chunking = self.key_chunking(request);
+        let fingerprint = schema_fingerprint(&request.schema);
+        // Checkpoints written by an earlier run, or an earlier attempt of this one.
+        let mut priors = Vec::new();
+        for (target, _) in plans {
+            priors.push(self.load_prior(target, table).await.ok().flatten());
+        }
+        let resume: Option<ResumePoint> = chunking.as_ref().and_then(|(key, _)| {
+            let points: Vec<&ResumePoint> = priors.iter().filter_map(|p| p.as_ref()?.resume.as_ref()).collect();
+            let first = (*points.first()?).clone();
+            let usable = points.len() == plans.len()
+                && points.iter().all(|r| r.after_key == first.after_key && r.rows == first.rows)
+                && first.key == *key
+                && first.schema_fingerprint == fingerprint;
+            usable.then_some(first)
+        });
+
         let mut writers: Vec<Option<Box<dyn StagingWriter>>> = Vec::new();
         let mut errors: Vec<Option<ConnectorError>> = Vec::new();
-        for (target, plan) in plans {
-            match target.sink.stage(target_table, &request.schema, plan.mode, plan.write).await {
-                Ok(w) => {
-                    writers.push(Some(w));
-                    errors.push(None);
+        let mut resumed = resume.clone();
+        if let Some(point) = &resume {
+            for ((target, plan), prior) in plans.iter().zip(&priors) {
+                let handle =
+                    prior.as_ref().and_then(|p| p.resume.as_ref()).map(|r| r.staging.clone()).unwrap_or_default();
+                match target
+                    .sink
+                    .resume_stage(target_table, &request.schema, plan.mode, plan.write, &handle, point.rows)
+                    .await
+                {
+                    Ok(w) => writers.push(Some(w)),
+                    Err(e) => {
+                        tracing::warn!(%table, target = %target.id, error = %e, "cannot resume the interrupted full sync; starting over");
+                        writers.clear();
+                        resumed = None;
+                        break;
+                    }
                 }
-                Err(e) => {
-                    writers.push(None);
-                    errors.push(Some(e));
+            }
+            errors = (0..writers.len()).map(|_| None).collect();
+        }
+        if resumed.is_none() {
+            for (target, plan) in plans {
+                match target.sink.stage(target_table, &request.schema, plan.mode, plan.write).await {
+                    Ok(w) => {
+                        writers.push(Some(w));
+                        errors.push(None);
+                    }
+                    Err(e) => {
+                        writers.push(None);
+                        errors.push(Some(e));
+                    }
                 }
             }
         }
@@ -457,8 +508,157 @@ impl Runner {
             // Every target refused to stage: report the first reason as the attempt's error.
             return Err(errors.into_iter().flatten().next().unwrap_or_else(|| ConnectorError::permanent("no target")));
         }
+
+        let summary = match chunking {
+            None => self.pump(request.clone(), plans, &mut writers, &mut errors, started).await?,
+            Some((key, limit)) => {
+                let cursor_logical =
+                    request.track_cursor.as_deref().and_then(|c| request.schema.column(c)).map(|c| c.logical.clone());
+                let mut total = ReadSummary::default();
+                let mut after = None;
+                if let Some(point) = &resumed {
+                    tracing::info!(%table, after_key = %point.after_key, rows = point.rows, "resuming an interrupted full sync");
+                    total.rows = point.rows;
+                    total.bytes = point.bytes;
+                    total.snapshot_time = point.started;
+                    total.snapshot_local_time = point.started_local;
+                    total.max_cursor = point
+                        .max_cursor
+                        .as_deref()
+                        .zip(cursor_logical.as_ref())
+                        .and_then(|(s, l)| Value::from_cursor_text(s, l));
+                    after = Some(point.after_key.clone());
+                }
+                total.window = Some(ReadRange::KeyRange { key: key.clone(), after: after.clone(), limit }.describe());
+                loop {
+                    let range = ReadRange::KeyRange { key: key.clone(), after: after.clone(), limit };
+                    let part = self
+                        .pump(ReadRequest { range, ..request.clone() }, plans, &mut writers, &mut errors, started)
+                        .await?;
+                    total.rows += part.rows;
+                    total.bytes += part.bytes;
+                    total.zero_dates_nulled += part.zero_dates_nulled;
+                    if total.snapshot_time.is_none() {
+                        // Later ranges are newer snapshots; the first one bounds the watermark.
+                        total.snapshot_time = part.snapshot_time;
+                        total.snapshot_local_time = part.snapshot_local_time;
+                    }
+                    if let Some(m) = part
+                        .max_cursor
+                        .filter(|m| total.max_cursor.as_ref().is_none_or(|t| m.cursor_text() > t.cursor_text()))
+                    {
+                        total.max_cursor = Some(m);
+                    }
+                    if part.rows < limit || part.last_key.is_none() {
+                        break;
+                    }
+                    after = part.last_key;
+                    self.checkpoint(
+                        table,
+                        plans,
+                        &mut writers,
+                        &mut errors,
+                        &key,
+                        after.as_deref().unwrap_or_default(),
+                        &total,
+                        &fingerprint,
+                    )
+                    .await;
+                }
+                total
+            }
+        };
+
+        let mut out = Vec::new();
+        for (i, slot) in writers.into_iter().enumerate() {
+            let staged = match (slot, errors[i].take()) {
+                (Some(w), _) => w.finish().await,
+                (None, Some(e)) => Err(e),
+                (None, None) => Err(ConnectorError::permanent("staging writer vanished")),
+            };
+            if let Ok(s) = &staged {
+                Event::TableStaged {
+                    table: table.clone(),
+                    target: plans[i].0.id.clone(),
+                    rows: s.rows,
+                    elapsed: started.elapsed(),
+                }
+                .emit(&self.listeners);
+            }
+            out.push(staged);
+        }
+        Ok((summary, out))
+    }
+
+    /// Makes every range staged so far durable and records where a later run can resume.
+    #[allow(clippy::too_many_arguments)]
+    async fn checkpoint(
+        &self,
+        table: &TableRef,
+        plans: &[(&Target, TablePlan)],
+        writers: &mut [Option<Box<dyn StagingWriter>>],
+        errors: &mut [Option<ConnectorError>],
+        key: &str,
+        after_key: &str,
+        total: &ReadSummary,
+        fingerprint: &str,
+    ) {
+        for (i, slot) in writers.iter_mut().enumerate() {
+            let Some(w) = slot else { continue };
+            if let Err(e) = w.checkpoint().await {
+                errors[i] = Some(e.context(format!("{table} → {}", plans[i].0.id)));
+                *slot = None;
+                continue;
+            }
+            let Some(staging) = w.handle() else { continue };
+            let target = plans[i].0;
+            let prior = self.load_prior(target, table).await.ok().flatten();
+            let now = Utc::now().naive_utc();
+            let mut state = prior.unwrap_or_else(|| TableState {
+                table_name: table.table.clone(),
+                last_sync_time: None,
+                sync_status: SyncStatus::Failed,
+                sync_mode: SyncMode::Full,
+                records_synced: 0,
+                error_message: Some("first full sync in progress (or interrupted); the next run resumes it".into()),
+                updated_at: now,
+                watermark: None,
+                last_success_at: None,
+                duration_seconds: None,
+                consecutive_failures: 0,
+                key: None,
+                resume: None,
+            });
+            state.updated_at = now;
+            state.resume = Some(ResumePoint {
+                staging,
+                key: key.to_string(),
+                after_key: after_key.to_string(),
+                rows: total.rows,
+                bytes: total.bytes,
+                started: total.snapshot_time,
+                started_local: total.snapshot_local_time,
+                max_cursor: total.max_cursor.as_ref().and_then(Value::cursor_text),
+                schema_fingerprint: fingerprint.to_string(),
+            });
+            if let Err(e) = target.state.record(&table.database, state).await {
+                tracing::warn!(%table, target = %target.id, error = %e, "could not record a resume point");
+            }
+        }
+    }
+
+    /// Reads one request into every live writer.
+    async fn pump(
+        &self,
+        request: ReadRequest,
+        plans: &[(&Target, TablePlan)],
+        writers: &mut [Option<Box<dyn StagingWriter>>],
+        errors: &mut [Option<ConnectorError>],
+        started: Instant,
+    ) -> Result<ReadSummary> {
+        let table = request.schema.table.clone();
         let (tx, rx) = mpsc::channel(4);
-        let read = self.source.read(request.clone(), tx);
+        let read = self.source.read(request, tx);
         let consume = async {
             // Owned here, so that stopping early drops it and the reader's next send fails
             // instead of waiting on a full channel forever.
@@ -489,33 +689,12 @@ impl Runner {
             Event::RowsRead { table: table.clone(), rows, bytes }.emit(&self.listeners);
         };
         let (summary, ()) = tokio::join!(read, consume);
-        let summary = match summary {
-            Ok(s) => s,
-            Err(e) if writers.iter().all(Option::is_none) => {
-                // The read stopped because no writer was left; report the writers' reason.
-                return Err(errors.into_iter().flatten().next().unwrap_or(e));
-            }
-            Err(e) => return Err(e),
-        };
-        let mut out = Vec::new();
-        for (i, slot) in writers.into_iter().enumerate() {
-            let staged = match (slot, errors[i].take()) {
-                (Some(w), _) => w.finish().await,
-                (None, Some(e)) => Err(e),
-                (None, None) => Err(ConnectorError::permanent("staging writer vanished")),
-            };
-            if let Ok(s) = &staged {
-                Event::TableStaged {
-                    table: table.clone(),
-                    target: plans[i].0.id.clone(),
-                    rows: s.rows,
-                    elapsed: started.elapsed(),
-                }
-                .emit(&self.listeners);
-            }
-            out.push(staged);
+        match summary {
+            Ok(s) => Ok(s),
+            // The read stopped because no writer was left; report the writers' reason.
+            Err(e) if writers.iter().all(Option::is_none) => Err(errors.iter_mut().find_map(Option::take).unwrap_or(e)),
+            Err(e) => Err(e),
         }
-        Ok((summary, out))
     }
 
     async fn record_success(
@@ -547,6 +726,7 @@ impl Runner {
             duration_seconds: Some(elapsed.as_secs_f64()),
             consecutive_failures: 0,
             key: Some(t.schema.key.clone()),
+            resume: None,
         };
         let mut outcome = TableOutcome::new(table, &target.id, OutcomeStatus::Success);
         outcome.mode = Some(plan.mode);
@@ -556,7 +736,7 @@ impl Runner {
         outcome.retries = t.retries + commit_retries;
         outcome.zero_dates_nulled = read.zero_dates_nulled;
         outcome.null_cursor_rows_skipped = read.null_cursor_rows_skipped;
-        outcome.window = Some(plan.range.describe());
+        outcome.window = Some(read.window.clone().unwrap_or_else(|| plan.range.describe()));
         outcome.detail = Some(plan.reason.clone());
         if let Err(e) = target.state.record(&table.database, state).await {
             // The data is committed; only the checkpoint is missing. The next run re-reads
@@ -602,6 +782,7 @@ impl Runner {
             watermark: prior.as_ref().and_then(|p| p.watermark.clone()),
             last_success_at: prior.as_ref().and_then(|p| p.last_success_at),
             key: prior.as_ref().and_then(|p| p.key.clone()),
+            resume: prior.as_ref().and_then(|p| p.resume.clone()),
         };
         if let Err(e) = target.state.record(&table.database, state).await {
             outcome.error = Some(format!("{error}; also failed to save state: {e}"));
@@ -767,6 +948,13 @@ fn widen(a: &LogicalType, b: &LogicalType) -> Option<LogicalType> {
     }
 }
 
+/// Identifies a table's columns, types and key, so a resumed full sync notices schema changes.
+fn schema_fingerprint(schema: &TableSchema) -> String {
+    let text = serde_json::to_string(&(&schema.columns, &schema.key)).unwrap_or_default();
+    let hash = text.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100000001b3));
+    format!("{hash:016x}")
+}
+
 /// The union of read ranges: full if any is full, else the earliest lower bound.
 fn widest_range<'a>(ranges: impl Iterator<Item = &'a ReadRange>) -> ReadRange {
     let mut widest: Option<ReadRange> = None;
@@ -774,6 +962,7 @@ fn widest_range<'a>(ranges: impl Iterator<Item = &'a ReadRange>) -> ReadRange {
         widest = Some(match (widest, r) {
             (None, r) => r.clone(),
             (Some(ReadRange::Full), _) | (_, ReadRange::Full) => ReadRange::Full,
+            (Some(ReadRange::KeyRange { .. }), _) | (_, ReadRange::KeyRange { .. }) => ReadRange::Full,
             (
                 Some(ReadRange::Since { cursor, from: a, include_nulls: na }),
                 ReadRange::Since { from: b, include_nulls: nb, .. },

@@ -71,6 +71,27 @@ pub struct TableState {
     /// The row key the target was written with; a different key forces a full sync.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<Vec<String>>,
+    /// A full sync read in key ranges that has not committed yet: where to resume.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume: Option<ResumePoint>,
+}
+
+/// Where an interrupted full sync left off: everything up to `after_key` is durable in
+/// `staging`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResumePoint {
+    pub staging: String,
+    pub key: String,
+    pub after_key: String,
+    pub rows: u64,
+    pub bytes: u64,
+    /// The source clock when the first range was read (UTC, and the server's zone).
+    pub started: Option<NaiveDateTime>,
+    pub started_local: Option<NaiveDateTime>,
+    /// The highest cursor value staged so far, as a watermark string.
+    pub max_cursor: Option<String>,
+    /// The table's columns and key when staging began; a schema change starts over.
+    pub schema_fingerprint: String,
 }
 
 fn is_zero(n: &u32) -> bool {

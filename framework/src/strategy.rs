@@ -165,6 +165,7 @@ mod tests {
             duration_seconds: None,
             consecutive_failures: 0,
             key: Some(vec!["id".into()]),
+            resume: None,
         }
     }
 

@@ -62,10 +62,24 @@ impl Source for MemorySource {
     }
 
     async fn read(&self, request: ReadRequest, output: BatchSender) -> Result<ReadSummary> {
-        let rows = {
+        let mut rows = {
             let tables = self.tables.lock().unwrap_or_else(|p| p.into_inner());
             tables.get(&request.schema.table).map(|(_, r)| r.clone()).unwrap_or_default()
         };
+        let key_of = |row: &Row, i: usize| match &row[i] {
+            Value::Int(k) => *k as i128,
+            Value::UInt(k) => *k as i128,
+            _ => 0,
+        };
+        let mut last_key = None;
+        if let ReadRange::KeyRange { key, after, limit } = &request.range {
+            let i = request.schema.column_index(key).unwrap_or(0);
+            rows.sort_by_key(|r| key_of(r, i));
+            let after: Option<i128> = after.as_deref().and_then(|a| a.parse().ok());
+            rows.retain(|r| after.is_none_or(|a| key_of(r, i) > a));
+            rows.truncate(usize::try_from(*limit).unwrap_or(usize::MAX));
+            last_key = rows.last().map(|r| key_of(r, i).to_string());
+        }
         let cursor = request.track_cursor.as_deref().and_then(|c| request.schema.column_index(c));
         let mut summary = ReadSummary {
             snapshot_time: Some(chrono::Utc::now().naive_utc()),
@@ -100,6 +114,7 @@ impl Source for MemorySource {
             summary.bytes += batch.bytes as u64;
             output.send(batch).await.map_err(|_| ConnectorError::permanent("receiver dropped"))?;
         }
+        summary.last_key = last_key;
         Ok(summary)
     }
 }

@@ -26,6 +26,9 @@ pub enum ReadRange {
     /// Rows whose `cursor` is at or after `from` (inclusive), plus rows whose cursor is NULL
     /// when `include_nulls` (see [`NullCursorPolicy`]).
     Since { cursor: String, from: String, include_nulls: bool },
+    /// The next `limit` rows in `key` order after `after` (exclusive; from the start when
+    /// `None`): one range of a full sync read in key ranges.
+    KeyRange { key: String, after: Option<String>, limit: u64 },
 }
 
 impl ReadRange {
@@ -36,6 +39,10 @@ impl ReadRange {
             ReadRange::Since { cursor, from, include_nulls } => {
                 let nulls = if *include_nulls { format!(" or {cursor} IS NULL") } else { String::new() };
                 format!("{cursor} >= '{from}'{nulls}")
+            }
+            ReadRange::KeyRange { key, after: None, limit } => format!("all rows, in ranges of {limit} by {key}"),
+            ReadRange::KeyRange { key, after: Some(after), limit } => {
+                format!("all rows, in ranges of {limit} by {key}, resumed after {key} = {after}")
             }
         }
     }
@@ -67,6 +74,10 @@ pub struct ReadSummary {
     pub zero_dates_nulled: u64,
     /// Rows with a NULL cursor that an incremental read left out (policy `report`).
     pub null_cursor_rows_skipped: u64,
+    /// For key-range reads: the key of the last row read.
+    pub last_key: Option<String>,
+    /// How the rows were read, when it differs from the plan (key ranges, a resume).
+    pub window: Option<String>,
 }
 
 /// Reads tables from a database server.
@@ -150,6 +161,14 @@ pub struct CommitSummary {
 #[async_trait]
 pub trait StagingWriter: Send {
     async fn write(&mut self, batch: &RowBatch) -> Result<()>;
+    /// Makes every row written so far durable in staging, so a later run can resume after it.
+    async fn checkpoint(&mut self) -> Result<()> {
+        Ok(())
+    }
+    /// The staging location a later run can resume into, if the sink supports resuming.
+    fn handle(&self) -> Option<String> {
+        None
+    }
     /// Makes every written row durable in staging.
     async fn finish(self: Box<Self>) -> Result<Staged>;
 }
@@ -174,6 +193,20 @@ pub trait Sink: Send + Sync + std::fmt::Debug {
         mode: SyncMode,
         write: WriteMode,
     ) -> Result<Box<dyn StagingWriter>>;
+    /// Reopens staging written by an interrupted run (`handle` from [`StagingWriter::handle`],
+    /// holding `rows` rows) to append the rest. Sinks that cannot resume say so, and the run
+    /// starts over.
+    async fn resume_stage(
+        &self,
+        _table: &TargetTable,
+        tenant: &TableSchema,
+        _mode: SyncMode,
+        _write: WriteMode,
+        _handle: &str,
+        _rows: u64,
+    ) -> Result<Box<dyn StagingWriter>> {
+        Err(crate::error::ConnectorError::permanent(format!("{}: this sink cannot resume staging", tenant.table)))
+    }
     /// Applies every staged tenant to the target in one atomic step.
     async fn commit(&self, table: &TargetTable, staged: &[Staged]) -> Result<CommitSummary>;
     /// Removes staged data that will not be committed (best effort).

@@ -45,6 +45,30 @@ impl Value {
 }
 
 impl Value {
+    /// A cursor value as the text watermarks store (`YYYY-MM-DD HH:MM:SS.ffffff`, or
+    /// `YYYY-MM-DD`); such texts sort like the values. `None` for non-cursor values.
+    pub fn cursor_text(&self) -> Option<String> {
+        match self {
+            Value::DateTime(t) => Some(t.format("%Y-%m-%d %H:%M:%S%.6f").to_string()),
+            Value::Timestamp(t) => Some(t.naive_utc().format("%Y-%m-%d %H:%M:%S%.6f").to_string()),
+            Value::Date(d) => Some(d.format("%Y-%m-%d").to_string()),
+            _ => None,
+        }
+    }
+
+    /// The inverse of [`Value::cursor_text`] for a column of type `logical`.
+    pub fn from_cursor_text(text: &str, logical: &crate::LogicalType) -> Option<Value> {
+        use crate::LogicalType as L;
+        match logical {
+            L::Date => NaiveDate::parse_from_str(text, "%Y-%m-%d").ok().map(Value::Date),
+            L::DateTime { .. } => NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f").ok().map(Value::DateTime),
+            L::Timestamp { .. } => NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f")
+                .ok()
+                .map(|t| Value::Timestamp(chrono::TimeZone::from_utc_datetime(&Utc, &t))),
+            _ => None,
+        }
+    }
+
     /// A plain JSON rendering for file sinks and tests: exact numbers beyond `i64`/`f64` and
     /// decimals as strings, bytes as base64-free hex (`\\x00ff`), times as text.
     pub fn to_json(&self) -> serde_json::Value {

@@ -275,3 +275,67 @@ async fn a_table_without_a_key_resynced_ten_times_keeps_its_row_count() {
     assert_eq!(bq_count(emulator, &dataset, "page_views", &db).await, expected + 2);
     assert_table_equal(emulator, &dataset, &db, "page_views", "viewed_at, path, user_id").await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_big_full_sync_killed_mid_way_resumes_from_its_last_range() {
+    let emulator = &*EMULATOR;
+    let db = unique("resume");
+    create_shop(&db, 50, 40_000).await;
+    let dataset = unique("resume");
+    let dir = workdir();
+    let (host, port) = mysql_host_port();
+    let pipeline = json!({
+        "source": {"kind": "mysql", "host": host, "port": port, "user": "root", "databases": [db]},
+        "sinks": [{"kind": "bigquery", "project": emulator.project, "dataset": dataset,
+                   "endpoint": emulator.endpoint(), "upload_chunk_mb": 1}],
+        "state": {"kind": "json", "status_dir": dir.path().join("status").display().to_string()},
+        "tables": ["orders"], "batch_size": 500, "chunk_rows": 4000,
+        "log_file": dir.path().join("sync.log").display().to_string()
+    });
+    write_json(&dir.path().join("params.json"), &pipeline);
+    let state_file = dir.path().join("status").join(format!("{db}.json"));
+
+    let mut child = std::process::Command::new(binary())
+        .args(["--pipeline", "params.json", "-q"])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill it once a few ranges are durable in staging.
+    let started = Instant::now();
+    let resumed_rows = loop {
+        let rows = std::fs::read_to_string(&state_file)
+            .ok()
+            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+            .and_then(|s| s["tables"]["orders"]["resume"]["rows"].as_u64())
+            .unwrap_or(0);
+        if rows >= 8000 {
+            break rows;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before it could be killed");
+        assert!(started.elapsed() < Duration::from_secs(120));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(bq_count(emulator, &dataset, "orders", &db).await, 0, "nothing visible before the commit");
+    let interrupted = state(dir.path(), &db);
+    assert_eq!(interrupted["tables"]["orders"]["sync_status"], "FAILED", "an interrupted first sync is not a success");
+
+    // Changes to rows already staged are caught by the next incremental run.
+    mysql_exec(&format!("UPDATE `{db}`.orders SET amount = 1, updated_at = NOW(6) WHERE id <= 100")).await;
+    let out = sync(dir.path(), &["--report-json", "report.json"]).await;
+    let log = std::fs::read_to_string(dir.path().join("sync.log")).unwrap();
+    assert!(log.contains("resuming an interrupted full sync"), "the rerun resumed");
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("report.json")).unwrap()).unwrap();
+    let window = report["outcomes"][0]["window"].as_str().unwrap();
+    assert!(window.contains("resumed after id = "), "{window}");
+    assert!(out.stdout.contains("FULL"), "{}", out.stdout);
+    assert_eq!(bq_count(emulator, &dataset, "orders", &db).await, 40_000, "{resumed_rows} rows were resumed");
+    let st = state(dir.path(), &db);
+    assert!(st["tables"]["orders"].get("resume").is_none(), "the resume point is gone after the commit");
+    sync(dir.path(), &[]).await;
+    assert_table_equal(emulator, &dataset, &db, "orders", "id").await;
+}

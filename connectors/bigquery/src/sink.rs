@@ -252,6 +252,66 @@ impl BigQuerySink {
         }
     }
 
+    /// A writer into `stage_table` whose rows are numbered from `seq`.
+    fn writer(
+        &self,
+        table: &TargetTable,
+        tenant: &TableSchema,
+        mode: SyncMode,
+        write: WriteMode,
+        stage_table: String,
+        seq: u64,
+    ) -> Result<BqStagingWriter> {
+        let columns = mapped_columns(&tenant.table.to_string(), &tenant.columns)?;
+        let keyless = table.key.is_empty();
+        let mut fields = system_fields(keyless);
+        fields.extend(columns.iter().map(|(n, t)| json!({"name": n, "type": t, "mode": "NULLABLE"})));
+        fields.push(json!({"name": SEQ_FIELD, "type": "INT64", "mode": "NULLABLE"}));
+        let sync_timestamp = Utc::now().format("%Y-%m-%d %H:%M:%S%.6f UTC").to_string();
+        let mut prefix = Vec::new();
+        prefix.extend_from_slice(b"{\"tenant_id\":");
+        encode_str(&mut prefix, &tenant.table.database);
+        prefix.extend_from_slice(b",\"sync_timestamp\":");
+        encode_str(&mut prefix, &sync_timestamp);
+        prefix.extend_from_slice(b",\"sync_mode\":");
+        encode_str(&mut prefix, mode.as_str());
+        let keys = columns
+            .iter()
+            .zip(&tenant.columns)
+            .map(|((name, _), column)| {
+                let mut k = vec![b','];
+                encode_str(&mut k, name);
+                k.push(b':');
+                (k, column.logical.clone())
+            })
+            .collect();
+        // Load job ids are unique per writer: a resumed writer must not meet the jobs of the
+        // run it resumes (a 409 would pass for a load that never happened).
+        let instance = format!("{}_{}", self.run_id, self.stage_counter.fetch_add(1, Ordering::Relaxed));
+        Ok(BqStagingWriter {
+            client: self.client.clone(),
+            dataset: self.staging_dataset.clone(),
+            stage_table,
+            instance,
+            fields,
+            tenant: tenant.table.database.clone(),
+            mode,
+            write,
+            types: columns.iter().map(|(_, t)| t.clone()).collect(),
+            columns: columns.into_iter().map(|(n, _)| n).collect(),
+            prefix,
+            keys,
+            hash_rows: keyless,
+            seq,
+            buffer: Vec::with_capacity(self.chunk_bytes + 64 * 1024),
+            chunk_bytes: self.chunk_bytes,
+            chunks: 0,
+            rows: seq,
+            bytes: 0,
+            pending: None,
+        })
+    }
+
     async fn ensure_datasets(&self) -> Result<()> {
         self.datasets_ready
             .get_or_try_init(|| async {
@@ -366,66 +426,55 @@ impl Sink for BigQuerySink {
         mode: SyncMode,
         write: WriteMode,
     ) -> Result<Box<dyn StagingWriter>> {
-        let columns = mapped_columns(&tenant.table.to_string(), &tenant.columns)?;
         let n = self.stage_counter.fetch_add(1, Ordering::Relaxed);
         let stage_table = unique_id(
             "_stage",
             &[&table.name, &tenant.table.database, &self.id, &self.dataset, &self.run_id, &n.to_string()],
         );
-        let keyless = table.key.is_empty();
-        let mut fields = system_fields(keyless);
-        fields.extend(columns.iter().map(|(n, t)| json!({"name": n, "type": t, "mode": "NULLABLE"})));
-        fields.push(json!({"name": SEQ_FIELD, "type": "INT64", "mode": "NULLABLE"}));
+        let writer = self.writer(table, tenant, mode, write, stage_table, 0)?;
         let expires = Utc::now().timestamp_millis() + STAGING_TTL_MS;
         self.client
             .create_table(
                 &self.staging_dataset,
                 json!({
-                    "tableReference": {"projectId": self.client.project(), "datasetId": self.staging_dataset, "tableId": stage_table},
-                    "schema": {"fields": fields.clone()},
+                    "tableReference": {"projectId": self.client.project(), "datasetId": self.staging_dataset, "tableId": writer.stage_table},
+                    "schema": {"fields": writer.fields.clone()},
                     "expirationTime": expires.to_string(),
                 }),
             )
             .await?;
-        let sync_timestamp = Utc::now().format("%Y-%m-%d %H:%M:%S%.6f UTC").to_string();
-        let mut prefix = Vec::new();
-        prefix.extend_from_slice(b"{\"tenant_id\":");
-        encode_str(&mut prefix, &tenant.table.database);
-        prefix.extend_from_slice(b",\"sync_timestamp\":");
-        encode_str(&mut prefix, &sync_timestamp);
-        prefix.extend_from_slice(b",\"sync_mode\":");
-        encode_str(&mut prefix, mode.as_str());
-        let keys = columns
-            .iter()
-            .zip(&tenant.columns)
-            .map(|((name, _), column)| {
-                let mut k = vec![b','];
-                encode_str(&mut k, name);
-                k.push(b':');
-                (k, column.logical.clone())
-            })
-            .collect();
-        Ok(Box::new(BqStagingWriter {
-            client: self.client.clone(),
-            dataset: self.staging_dataset.clone(),
-            stage_table,
-            fields,
-            tenant: tenant.table.database.clone(),
-            mode,
-            write,
-            types: columns.iter().map(|(_, t)| t.clone()).collect(),
-            columns: columns.into_iter().map(|(n, _)| n).collect(),
-            prefix,
-            keys,
-            hash_rows: keyless,
-            seq: 0,
-            buffer: Vec::with_capacity(self.chunk_bytes + 64 * 1024),
-            chunk_bytes: self.chunk_bytes,
-            chunks: 0,
-            rows: 0,
-            bytes: 0,
-            pending: None,
-        }))
+        Ok(Box::new(writer))
+    }
+
+    async fn resume_stage(
+        &self,
+        table: &TargetTable,
+        tenant: &TableSchema,
+        mode: SyncMode,
+        write: WriteMode,
+        handle: &str,
+        rows: u64,
+    ) -> Result<Box<dyn StagingWriter>> {
+        let writer = self.writer(table, tenant, mode, write, handle.to_string(), rows)?;
+        let Some(existing) = self.client.get_table(&self.staging_dataset, handle).await? else {
+            return Err(ConnectorError::permanent(format!(
+                "{}: staging table {handle} is gone (expired?)",
+                tenant.table
+            )));
+        };
+        let names = |fields: &Json| -> Vec<String> {
+            fields
+                .as_array()
+                .map(|f| f.iter().filter_map(|f| f["name"].as_str().map(str::to_string)).collect())
+                .unwrap_or_default()
+        };
+        if names(&existing["schema"]["fields"]) != names(&json!(writer.fields)) {
+            return Err(ConnectorError::permanent(format!(
+                "{}: staging table {handle} has other columns",
+                tenant.table
+            )));
+        }
+        Ok(Box::new(writer))
     }
 
     async fn commit(&self, table: &TargetTable, staged: &[Staged]) -> Result<CommitSummary> {
@@ -477,6 +526,8 @@ struct BqStagingWriter {
     client: BqClient,
     dataset: String,
     stage_table: String,
+    /// Distinguishes this writer's load jobs from any other writer's into the same table.
+    instance: String,
     fields: Vec<Json>,
     tenant: String,
     mode: SyncMode,
@@ -523,7 +574,7 @@ impl BqStagingWriter {
             "writeDisposition": "WRITE_APPEND",
             "createDisposition": "CREATE_NEVER",
         });
-        let job_id = unique_id("load", &[&self.stage_table, &self.chunks.to_string()]);
+        let job_id = unique_id("load", &[&self.stage_table, &self.instance, &self.chunks.to_string()]);
         self.chunks += 1;
         // A copy of every load file, for debugging and for measuring encoding alone.
         if let Some(dir) = std::env::var_os("CONNECTOR_BQ_DUMP_DIR") {
@@ -564,6 +615,15 @@ impl StagingWriter for BqStagingWriter {
             self.flush().await?;
         }
         Ok(())
+    }
+
+    async fn checkpoint(&mut self) -> Result<()> {
+        self.flush().await?;
+        self.wait_pending().await
+    }
+
+    fn handle(&self) -> Option<String> {
+        Some(self.stage_table.clone())
     }
 
     async fn finish(mut self: Box<Self>) -> Result<Staged> {

@@ -192,6 +192,7 @@ mod tests {
             duration_seconds: None,
             consecutive_failures: 0,
             key: None,
+            resume: None,
         }
     }
 

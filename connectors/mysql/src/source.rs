@@ -277,6 +277,22 @@ impl Source for MySqlSource {
             }
             params.push(mysql_async::Value::from(from.as_str()));
         }
+        let mut key_index = None;
+        if let ReadRange::KeyRange { key, after, limit } = &request.range {
+            let k = quote_ident(key);
+            key_index = schema.column_index(key);
+            if let Some(after) = after {
+                sql.push_str(&format!(" WHERE {k} > ?"));
+                // Keys are integers; bind them as such so the index range is used.
+                params.push(match after.parse::<i64>() {
+                    Ok(i) => mysql_async::Value::Int(i),
+                    Err(_) => after
+                        .parse::<u64>()
+                        .map_or_else(|_| mysql_async::Value::from(after.as_str()), mysql_async::Value::UInt),
+                });
+            }
+            sql.push_str(&format!(" ORDER BY {k} LIMIT {limit}"));
+        }
 
         let mut conn = self.conn(table).await?;
         conn.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
@@ -304,6 +320,7 @@ impl Source for MySqlSource {
         let mut result = conn.exec_iter(sql.as_str(), params).await.map_err(|e| wrap(e, format!("{table}: SELECT")))?;
         let mut batch = RowBatch::with_capacity(request.batch_size);
         let mut max_cursor: Option<Value> = None;
+        let mut last_key: Option<String> = None;
         while let Some(row) = result.next().await.map_err(|e| wrap(e, format!("{table}: reading rows")))? {
             let raw = row.unwrap_raw();
             let mut values = Vec::with_capacity(raw.len());
@@ -325,6 +342,13 @@ impl Source for MySqlSource {
                     max_cursor = Some(v.clone());
                 }
             }
+            if let Some(i) = key_index {
+                last_key = match &values[i] {
+                    Value::Int(k) => Some(k.to_string()),
+                    Value::UInt(k) => Some(k.to_string()),
+                    _ => last_key,
+                };
+            }
             batch.push(values);
             if batch.len() >= request.batch_size {
                 summary.rows += batch.len() as u64;
@@ -345,6 +369,7 @@ impl Source for MySqlSource {
         }
         conn.query_drop("COMMIT").await.map_err(|e| wrap(e, format!("{table}: ending the snapshot")))?;
         summary.max_cursor = max_cursor;
+        summary.last_key = last_key;
         Ok(summary)
     }
 
