@@ -13,14 +13,10 @@ fn total_retries(report: &Value) -> u64 {
 }
 
 fn general(db: &str, dataset: &str, endpoint: &str, project: &str, dir: &std::path::Path) -> Value {
-    let (host, port) = mysql_host_port();
-    json!({
-        "source": {"kind": "mysql", "host": host, "port": port, "user": "root", "databases": [db]},
-        "sinks": [{"kind": "bigquery", "project": project, "dataset": dataset, "endpoint": endpoint, "upload_chunk_mb": 1}],
-        "state": {"kind": "json", "status_dir": dir.join("status").display().to_string()},
-        "tables": ["orders"], "batch_size": 100, "max_retries": 6, "retry_delay": 0.3,
-        "log_file": dir.join("sync.log").display().to_string()
-    })
+    let mut pipeline = general_pipeline(db, dataset, endpoint, project, dir);
+    pipeline["max_retries"] = json!(6);
+    pipeline["retry_delay"] = json!(0.3);
+    pipeline
 }
 
 fn spawn_run(dir: &std::path::Path) -> std::process::Child {

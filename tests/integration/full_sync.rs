@@ -70,50 +70,18 @@ async fn three_tenants_sync_with_every_value_equal_and_state_in_the_guides_forma
     assert_eq!(orders["watermark"]["value"], "2024-03-01 11:40:00.002100");
 
     // The target table carries the system fields, partitioning, clustering and the key.
-    let client = reqwest::Client::new();
-    let table: Value = client
-        .get(format!(
-            "{}/bigquery/v2/projects/{}/datasets/{dataset}/tables/orders",
-            emulator.endpoint(),
-            emulator.project
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let table = bq_get(emulator, &format!("datasets/{dataset}/tables/orders")).await;
     let fields: Vec<&str> =
         table["schema"]["fields"].as_array().unwrap().iter().map(|f| f["name"].as_str().unwrap()).collect();
     assert_eq!(&fields[..4], ["tenant_id", "sync_timestamp", "sync_mode", "id"]);
     assert_eq!(table["timePartitioning"]["field"], "sync_timestamp");
     assert_eq!(table["clustering"]["fields"], json!(["tenant_id"]));
     assert_eq!(table["tableConstraints"]["primaryKey"]["columns"], json!(["tenant_id", "id"]));
-    let page_views: Value = client
-        .get(format!(
-            "{}/bigquery/v2/projects/{}/datasets/{dataset}/tables/page_views",
-            emulator.endpoint(),
-            emulator.project
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let page_views = bq_get(emulator, &format!("datasets/{dataset}/tables/page_views")).await;
     assert!(page_views.get("tableConstraints").is_none_or(|c| c.get("primaryKey").is_none()), "no key, no constraint");
 
     // Staging tables are dropped after the commit.
-    let tables: Value = client
-        .get(format!("{}/bigquery/v2/projects/{}/datasets/{dataset}/tables", emulator.endpoint(), emulator.project))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let names: Vec<&str> =
-        tables["tables"].as_array().unwrap().iter().map(|t| t["tableReference"]["tableId"].as_str().unwrap()).collect();
+    let names = list_tables(emulator, &dataset).await;
     assert_eq!(names.len(), 3, "only the target tables remain: {names:?}");
 }
 
@@ -233,17 +201,9 @@ async fn the_general_form_with_small_upload_chunks_loads_every_row() {
     create_shop(&db, 50, 6000).await;
     let dataset = unique("chunks");
     let dir = workdir();
-    let (host, port) = mysql_host_port();
     // 6000 orders are about 3 MB of NDJSON: several 1 MiB load jobs into one staging table.
-    let pipeline = json!({
-        "source": {"kind": "mysql", "host": host, "port": port, "user": "root", "databases": [db]},
-        "sinks": [{"kind": "bigquery", "project": emulator.project, "dataset": dataset,
-                   "endpoint": emulator.endpoint(), "upload_chunk_mb": 1}],
-        "state": {"kind": "json", "status_dir": dir.path().join("status").display().to_string()},
-        "tables": ["orders"],
-        "batch_size": 500,
-        "log_file": dir.path().join("sync.log").display().to_string()
-    });
+    let mut pipeline = general_pipeline(&db, &dataset, &emulator.endpoint(), &emulator.project, dir.path());
+    pipeline["batch_size"] = json!(500);
     write_json(&dir.path().join("pipeline.json"), &pipeline);
     let out = run_cli_async(vec!["--pipeline".into(), "pipeline.json".into()], dir.path().to_path_buf()).await;
     assert_eq!(out.code, 0, "{}", out.all());

@@ -169,15 +169,7 @@ async fn a_run_killed_mid_table_loses_and_doubles_nothing() {
     create_shop(&db, 50, 30_000).await;
     let dataset = unique("kill");
     let dir = workdir();
-    let (host, port) = mysql_host_port();
-    let pipeline = json!({
-        "source": {"kind": "mysql", "host": host, "port": port, "user": "root", "databases": [db]},
-        "sinks": [{"kind": "bigquery", "project": emulator.project, "dataset": dataset,
-                   "endpoint": emulator.endpoint(), "upload_chunk_mb": 1}],
-        "state": {"kind": "json", "status_dir": dir.path().join("status").display().to_string()},
-        "tables": ["orders"], "batch_size": 100,
-        "log_file": dir.path().join("sync.log").display().to_string()
-    });
+    let pipeline = general_pipeline(&db, &dataset, &emulator.endpoint(), &emulator.project, dir.path());
     write_json(&dir.path().join("params.json"), &pipeline);
 
     let kill_mid_table = |expect_rows: u64| {
@@ -283,15 +275,9 @@ async fn a_big_full_sync_killed_mid_way_resumes_from_its_last_range() {
     create_shop(&db, 50, 40_000).await;
     let dataset = unique("resume");
     let dir = workdir();
-    let (host, port) = mysql_host_port();
-    let pipeline = json!({
-        "source": {"kind": "mysql", "host": host, "port": port, "user": "root", "databases": [db]},
-        "sinks": [{"kind": "bigquery", "project": emulator.project, "dataset": dataset,
-                   "endpoint": emulator.endpoint(), "upload_chunk_mb": 1}],
-        "state": {"kind": "json", "status_dir": dir.path().join("status").display().to_string()},
-        "tables": ["orders"], "batch_size": 500, "chunk_rows": 4000,
-        "log_file": dir.path().join("sync.log").display().to_string()
-    });
+    let mut pipeline = general_pipeline(&db, &dataset, &emulator.endpoint(), &emulator.project, dir.path());
+    pipeline["batch_size"] = json!(500);
+    pipeline["chunk_rows"] = json!(4000);
     write_json(&dir.path().join("params.json"), &pipeline);
     let state_file = dir.path().join("status").join(format!("{db}.json"));
 

@@ -334,10 +334,28 @@ pub async fn assert_table_equal(
     columns.len()
 }
 
+/// A REST resource of the emulator, e.g. `datasets/ds/tables/orders` (as JSON; errors too).
+pub async fn bq_get(emulator: &Emulator, path: &str) -> Value {
+    let url = format!("{}/bigquery/v2/projects/{}/{path}", emulator.endpoint(), emulator.project);
+    reqwest::get(url).await.unwrap().json().await.unwrap()
+}
+
+/// The general pipeline form: one MySQL database, `orders` only, into `dataset` through
+/// `endpoint`, with 1 MiB load chunks (several load jobs per table).
+pub fn general_pipeline(db: &str, dataset: &str, endpoint: &str, project: &str, dir: &Path) -> Value {
+    let (host, port) = mysql_host_port();
+    json!({
+        "source": {"kind": "mysql", "host": host, "port": port, "user": "root", "databases": [db]},
+        "sinks": [{"kind": "bigquery", "project": project, "dataset": dataset, "endpoint": endpoint, "upload_chunk_mb": 1}],
+        "state": {"kind": "json", "status_dir": dir.join("status").display().to_string()},
+        "tables": ["orders"], "batch_size": 100,
+        "log_file": dir.join("sync.log").display().to_string()
+    })
+}
+
 /// The table ids of a dataset.
 pub async fn list_tables(emulator: &Emulator, dataset: &str) -> Vec<String> {
-    let url = format!("{}/bigquery/v2/projects/{}/datasets/{dataset}/tables", emulator.endpoint(), emulator.project);
-    let resp: Value = reqwest::get(url).await.unwrap().json().await.unwrap();
+    let resp = bq_get(emulator, &format!("datasets/{dataset}/tables")).await;
     resp["tables"]
         .as_array()
         .map(|a| a.iter().filter_map(|t| t["tableReference"]["tableId"].as_str().map(str::to_string)).collect())
