@@ -224,6 +224,22 @@ fn quote_column(name: &str) -> String {
     format!("`{}`", name.replace('`', ""))
 }
 
+/// Benchmarks only (bench/run.sh): encode load files but upload and commit nothing, to
+/// measure reading and encoding without BigQuery. Never set this in production: runs would
+/// record success without writing.
+fn bench_discards_uploads() -> bool {
+    static DISCARD: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *DISCARD.get_or_init(|| {
+        let on = std::env::var_os("CONNECTOR_BENCH_DISCARD_UPLOADS").is_some_and(|v| v == "1");
+        if on {
+            tracing::warn!(
+                "CONNECTOR_BENCH_DISCARD_UPLOADS=1: load files are encoded and discarded; nothing reaches BigQuery"
+            );
+        }
+        on
+    })
+}
+
 /// A BigQuery table or job id for these parts: a readable prefix (letters, digits,
 /// underscores) and a hash of the exact parts, so ids never collide however names sanitize.
 fn unique_id(kind: &str, parts: &[&str]) -> String {
@@ -478,6 +494,9 @@ impl Sink for BigQuerySink {
     }
 
     async fn commit(&self, table: &TargetTable, staged: &[Staged]) -> Result<CommitSummary> {
+        if bench_discards_uploads() {
+            return Ok(CommitSummary::default());
+        }
         let target_columns = self.targets.lock().await.get(&table.name).cloned().ok_or_else(|| {
             ConnectorError::permanent(format!("{}: commit before prepare (a bug in the runner)", table.name))
         })?;
@@ -582,6 +601,9 @@ impl BqStagingWriter {
             std::fs::write(&path, &data).map_err(|e| {
                 ConnectorError::permanent(format!("CONNECTOR_BQ_DUMP_DIR: cannot write {}: {e}", path.display()))
             })?;
+        }
+        if bench_discards_uploads() {
+            return Ok(());
         }
         self.pending = Some(tokio::spawn(async move { client.load(load, data, &job_id).await.map(|_| ()) }));
         Ok(())
