@@ -1,6 +1,7 @@
 //! Logical types → BigQuery column types, and values → NDJSON for load jobs.
 
 use base64::Engine;
+use chrono::{Datelike, NaiveDate, NaiveDateTime, Timelike};
 use connector_framework::value::format_time;
 use connector_framework::{LogicalType, Value};
 
@@ -92,9 +93,21 @@ pub fn encode_value(out: &mut Vec<u8>, value: &Value, logical: &LogicalType) {
             out.extend_from_slice(base64::engine::general_purpose::STANDARD.encode(b).as_bytes());
             out.push(b'"');
         }
-        Value::Date(d) => quoted(out, format_args!("{}", d.format("%Y-%m-%d"))),
-        Value::DateTime(t) => quoted(out, format_args!("{}", t.format("%Y-%m-%d %H:%M:%S%.6f"))),
-        Value::Timestamp(t) => quoted(out, format_args!("{}", t.format("%Y-%m-%d %H:%M:%S%.6f UTC"))),
+        Value::Date(d) => {
+            out.push(b'"');
+            push_date(out, d);
+            out.push(b'"');
+        }
+        Value::DateTime(t) => {
+            out.push(b'"');
+            push_datetime(out, t);
+            out.push(b'"');
+        }
+        Value::Timestamp(t) => {
+            out.push(b'"');
+            push_datetime(out, &t.naive_utc());
+            out.extend_from_slice(b" UTC\"");
+        }
         Value::Time(micros) => {
             let fsp = if let LogicalType::Time { fsp } = logical { *fsp } else { 6 };
             encode_str(out, &format_time(*micros, fsp))
@@ -105,7 +118,18 @@ pub fn encode_value(out: &mut Vec<u8>, value: &Value, logical: &LogicalType) {
             // A document that is itself a string goes as JSON text inside a string, which
             // BigQuery parses; any other document goes as itself.
             match serde_json::from_str::<&serde_json::value::RawValue>(text) {
-                Ok(raw) if !raw.get().starts_with('"') => out.extend_from_slice(raw.get().as_bytes()),
+                Ok(raw) if !raw.get().starts_with('"') => {
+                    // A load file holds one row per line. In valid JSON a raw line break can
+                    // only be whitespace between tokens (inside strings it is escaped), so it
+                    // becomes a space.
+                    let start = out.len();
+                    out.extend_from_slice(raw.get().as_bytes());
+                    for b in &mut out[start..] {
+                        if *b == b'\n' || *b == b'\r' {
+                            *b = b' ';
+                        }
+                    }
+                }
                 _ => encode_str(out, text),
             }
         }
@@ -113,11 +137,47 @@ pub fn encode_value(out: &mut Vec<u8>, value: &Value, logical: &LogicalType) {
     }
 }
 
-fn quoted(out: &mut Vec<u8>, args: std::fmt::Arguments<'_>) {
-    use std::io::Write;
-    out.push(b'"');
-    let _ = out.write_fmt(args);
-    out.push(b'"');
+/// `YYYY-MM-DD`, written digit by digit: chrono's `format` parses its pattern on every call,
+/// which cost more than the rest of a row's encoding. Years outside 0..=9999 take chrono's path.
+fn push_date(out: &mut Vec<u8>, d: &NaiveDate) {
+    let year = d.year();
+    if !(0..=9999).contains(&year) {
+        use std::io::Write;
+        let _ = write!(out, "{}", d.format("%Y-%m-%d"));
+        return;
+    }
+    let year = year as u32;
+    push_2(out, year / 100);
+    push_2(out, year % 100);
+    out.push(b'-');
+    push_2(out, d.month());
+    out.push(b'-');
+    push_2(out, d.day());
+}
+
+/// `YYYY-MM-DD HH:MM:SS.ffffff` (always six fractional digits).
+fn push_datetime(out: &mut Vec<u8>, t: &NaiveDateTime) {
+    push_date(out, &t.date());
+    out.push(b' ');
+    push_2(out, t.hour());
+    out.push(b':');
+    push_2(out, t.minute());
+    out.push(b':');
+    // A leap second (nanosecond >= 10^9) is shown by chrono as second 60.
+    let (second, nanos) = match t.nanosecond() {
+        n if n >= 1_000_000_000 => (t.second() + 1, n - 1_000_000_000),
+        n => (t.second(), n),
+    };
+    push_2(out, second);
+    out.push(b'.');
+    let micros = nanos / 1000;
+    push_2(out, micros / 10_000);
+    push_2(out, micros / 100 % 100);
+    push_2(out, micros % 100);
+}
+
+fn push_2(out: &mut Vec<u8>, v: u32) {
+    out.extend_from_slice(&[b'0' + (v / 10 % 10) as u8, b'0' + (v % 10) as u8]);
 }
 
 /// A JSON string literal.
@@ -129,7 +189,7 @@ pub fn encode_str(out: &mut Vec<u8>, s: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chrono::{NaiveDate, TimeZone, Utc};
+    use chrono::{TimeZone, Utc};
 
     fn enc(v: Value) -> String {
         let mut out = Vec::new();
@@ -160,11 +220,38 @@ mod tests {
         assert_eq!(enc(Value::Timestamp(Utc.from_utc_datetime(&dt))), "\"2024-01-02 03:04:05.000006 UTC\"");
         assert_eq!(enc(Value::Time(-3_020_399_000_000)), "\"-838:59:59.000000\"");
         assert_eq!(enc(Value::Json("{\"a\": [1, \"é\"]}".into())), "{\"a\": [1, \"é\"]}");
+        assert_eq!(
+            enc(Value::Json("{\"a\":\r\n [1,\n 2], \"b\": \"x\\ny\"}".into())),
+            "{\"a\":   [1,  2], \"b\": \"x\\ny\"}"
+        );
         assert_eq!(enc(Value::Float(0.1)), "0.1");
         let mut out = Vec::new();
         encode_value(&mut out, &Value::Time(-3_020_399_000_000), &LogicalType::Time { fsp: 0 });
         assert_eq!(out, b"\"-838:59:59\"");
         assert_eq!(enc(Value::Null), "null");
+    }
+
+    #[test]
+    fn dates_and_times_match_chronos_formatting() {
+        let mut day = NaiveDate::from_ymd_opt(1, 1, 1).unwrap();
+        let last = NaiveDate::from_ymd_opt(9999, 12, 31).unwrap();
+        let mut i = 0u32;
+        while day < last {
+            let t = day.and_hms_micro_opt(i % 24, (i * 7) % 60, (i * 13) % 60, (i * 7919) % 1_000_000).unwrap();
+            for v in [Value::Date(day), Value::DateTime(t), Value::Timestamp(Utc.from_utc_datetime(&t))] {
+                let want = match &v {
+                    Value::Date(d) => format!("\"{}\"", d.format("%Y-%m-%d")),
+                    Value::DateTime(t) => format!("\"{}\"", t.format("%Y-%m-%d %H:%M:%S%.6f")),
+                    Value::Timestamp(t) => format!("\"{}\"", t.format("%Y-%m-%d %H:%M:%S%.6f UTC")),
+                    _ => unreachable!(),
+                };
+                assert_eq!(enc(v), want);
+            }
+            day += chrono::TimeDelta::days(37);
+            i += 1;
+        }
+        let far = NaiveDate::from_ymd_opt(10000, 1, 1).unwrap();
+        assert_eq!(enc(Value::Date(far)), "\"+10000-01-01\"");
     }
 
     #[test]
