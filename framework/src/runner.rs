@@ -26,6 +26,15 @@ use crate::traits::{
 };
 use crate::value::Value;
 
+/// Aborts a spawned task when dropped, so an abandoned attempt leaves no reader behind.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// One destination: a sink and the state that tracks what it holds.
 #[derive(Debug, Clone)]
 pub struct Target {
@@ -658,7 +667,16 @@ impl Runner {
     ) -> Result<ReadSummary> {
         let table = request.schema.table.clone();
         let (tx, rx) = mpsc::channel(4);
-        let read = self.source.read(request, tx);
+        // The read runs as a task of its own, so that decoding rows and encoding them for the
+        // targets use two cores; the guard stops it if this attempt is abandoned.
+        let source = Arc::clone(&self.source);
+        let read = AbortOnDrop(tokio::spawn(async move { source.read(request, tx).await }));
+        let read = async {
+            let mut read = read;
+            (&mut read.0)
+                .await
+                .unwrap_or_else(|e| Err(ConnectorError::permanent(format!("{table}: the read task failed: {e}"))))
+        };
         let consume = async {
             // Owned here, so that stopping early drops it and the reader's next send fails
             // instead of waiting on a full channel forever.
