@@ -104,7 +104,7 @@ impl Source for MemorySource {
             }
             summary.rows += 1;
             batch.push(row);
-            if batch.len() >= request.batch_size {
+            if batch.is_full(request.batch_size) {
                 summary.bytes += batch.bytes as u64;
                 let full = std::mem::replace(&mut batch, RowBatch::with_capacity(request.batch_size));
                 output.send(full).await.map_err(|_| ConnectorError::permanent("receiver dropped"))?;

@@ -108,6 +108,10 @@ pub fn format_time(micros: i64, fsp: u8) -> String {
 /// One source row: values in the order of the schema's columns.
 pub type Row = Vec<Value>;
 
+/// A batch is sent at this size even below `batch_size` rows, so that wide rows cannot make
+/// the few batches in flight per table take unbounded memory.
+pub const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
+
 /// A batch of rows read from one table.
 #[derive(Debug, Default)]
 pub struct RowBatch {
@@ -123,6 +127,10 @@ impl RowBatch {
     pub fn push(&mut self, row: Row) {
         self.bytes += row.iter().map(Value::approx_size).sum::<usize>();
         self.rows.push(row);
+    }
+    /// Whether the batch is ready to send: `max_rows` rows, or [`MAX_BATCH_BYTES`] of values.
+    pub fn is_full(&self, max_rows: usize) -> bool {
+        self.rows.len() >= max_rows || self.bytes >= MAX_BATCH_BYTES
     }
     pub fn len(&self) -> usize {
         self.rows.len()

@@ -350,7 +350,7 @@ impl Source for MySqlSource {
                 };
             }
             batch.push(values);
-            if batch.len() >= request.batch_size {
+            if batch.is_full(request.batch_size) {
                 summary.rows += batch.len() as u64;
                 summary.bytes += batch.bytes as u64;
                 let full = std::mem::replace(&mut batch, RowBatch::with_capacity(request.batch_size));
