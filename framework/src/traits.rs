@@ -169,7 +169,9 @@ pub trait StagingWriter: Send {
     fn handle(&self) -> Option<String> {
         None
     }
-    /// Makes every written row durable in staging.
+    /// Ends this writer. Every written row is durable in staging when it returns, or, where
+    /// writers share staging (the BigQuery sink: all tenants of a table), `Sink::commit` makes
+    /// the last ones durable before it applies anything.
     async fn finish(self: Box<Self>) -> Result<Staged>;
 }
 

@@ -28,6 +28,12 @@ async fn three_tenants_sync_with_every_value_equal_and_state_in_the_guides_forma
         assert_table_equal(emulator, &dataset, db, "orders", "id").await;
         assert_table_equal(emulator, &dataset, db, "page_views", "viewed_at, path").await;
     }
+    // BigQuery jobs follow target tables, not tenants x tables: the tenants of a table share one
+    // staging table and, at this size, one load job; one MERGE per table applies them all.
+    // (The tenant without orders stages none; page_views has rows in every tenant.)
+    let (loads, queries) = bq_job_counts(emulator, &dataset).await;
+    assert_eq!((loads, queries), (TABLES.len(), TABLES.len()), "load and query jobs for 3 tenants x 3 tables");
+
     // The empty tenant table exists in MySQL and has no rows in BigQuery.
     assert_eq!(mysql_count(&dbs[2], "orders").await, 0);
     assert_eq!(bq_count(emulator, &dataset, "orders", &dbs[2]).await, 0);

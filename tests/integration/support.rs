@@ -353,6 +353,32 @@ pub fn general_pipeline(db: &str, dataset: &str, endpoint: &str, project: &str, 
     })
 }
 
+/// The jobs that loaded into `dataset` and the MERGE / DELETE statements on its tables:
+/// (load jobs, DML jobs).
+pub async fn bq_job_counts(emulator: &Emulator, dataset: &str) -> (usize, usize) {
+    let (mut loads, mut queries) = (std::collections::BTreeSet::new(), std::collections::BTreeSet::new());
+    let mut page: Option<String> = None;
+    loop {
+        let token = page.as_ref().map(|p| format!("&pageToken={p}")).unwrap_or_default();
+        let resp = bq_get(emulator, &format!("jobs?maxResults=1000{token}")).await;
+        for job in resp["jobs"].as_array().into_iter().flatten() {
+            let id = job["id"].as_str().unwrap_or_default().to_string();
+            let config = &job["configuration"];
+            if config["load"]["destinationTable"]["datasetId"] == dataset {
+                loads.insert(id);
+            } else if config["query"]["query"].as_str().is_some_and(|q| {
+                (q.starts_with("MERGE") || q.starts_with("DELETE")) && q.contains(&format!(".{dataset}."))
+            }) {
+                queries.insert(id);
+            }
+        }
+        match resp["nextPageToken"].as_str() {
+            Some(next) => page = Some(next.to_string()),
+            None => return (loads.len(), queries.len()),
+        }
+    }
+}
+
 /// The table ids of a dataset.
 pub async fn list_tables(emulator: &Emulator, dataset: &str) -> Vec<String> {
     let resp = bq_get(emulator, &format!("datasets/{dataset}/tables")).await;

@@ -1,6 +1,7 @@
 //! The `bigquery` sink: target tables, staging through load jobs, atomic commits.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
@@ -23,6 +24,11 @@ pub const SYNC_MODE_FIELD: &str = "sync_mode";
 pub const ROW_HASH_FIELD: &str = "_row_hash";
 /// Staging only: each staged row's number, so a chunk that was loaded twice counts once.
 const SEQ_FIELD: &str = "_seq";
+/// Staging only: which writer staged the row. Tenants share staging tables; a commit takes
+/// each tenant's rows from the writer that finished, never from an attempt that failed.
+const WRITER_FIELD: &str = "_writer";
+/// Encoded rows move from a writer into its shared stage in pieces of about this size.
+const HANDOFF_BYTES: usize = 256 * 1024;
 const SYSTEM_FIELDS: [&str; 3] = [TENANT_FIELD, SYNC_TIMESTAMP_FIELD, SYNC_MODE_FIELD];
 
 /// Staging tables expire on their own if a run dies before dropping them.
@@ -44,6 +50,22 @@ pub struct BigQuerySink {
     stage_counter: AtomicU64,
     /// Target table → its columns (name, BigQuery type) after `prepare`.
     targets: Mutex<HashMap<String, Vec<(String, String)>>>,
+    /// Target table → the staging tables its writers share this run.
+    stages: Mutex<HashMap<String, Vec<SharedStage>>>,
+}
+
+/// A staging table shared by every writer of one target table whose rows have the same
+/// staging columns: every tenant, in a fleet with one schema. Load jobs then follow the data
+/// volume of a target table, not the number of tenants × tables.
+#[derive(Debug, Clone)]
+struct SharedStage {
+    /// The staging columns as JSON text; writers with equal columns share the stage.
+    fields_key: String,
+    /// The staging table's id.
+    table: String,
+    stage: Arc<Mutex<Stage>>,
+    /// The staging table exists (created by the first writer, awaited by the others).
+    created: Arc<OnceCell<()>>,
 }
 
 /// The fields the sink adds to every table; tables without a key also get `_row_hash`, the
@@ -61,8 +83,11 @@ fn system_fields(keyless: bool) -> Vec<Json> {
     fields
 }
 
+/// (BigQuery name, BigQuery type) of each column.
+type MappedColumns = Vec<(String, String)>;
+
 /// Target columns for a table: (BigQuery name, BigQuery type), names checked for clashes.
-fn mapped_columns(table: &str, columns: &[connector_framework::Column]) -> Result<Vec<(String, String)>> {
+fn mapped_columns(table: &str, columns: &[connector_framework::Column]) -> Result<MappedColumns> {
     let mut out: Vec<(String, String)> = Vec::new();
     for c in columns {
         let name = column_name(&c.name);
@@ -220,6 +245,11 @@ fn qualified(project: &str, dataset: &str, table: &str) -> String {
     format!("`{}.{}.{}`", project, dataset, table.replace('`', ""))
 }
 
+/// A GoogleSQL string literal.
+fn string_literal(text: &str) -> String {
+    format!("'{}'", text.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
 fn quote_column(name: &str) -> String {
     format!("`{}`", name.replace('`', ""))
 }
@@ -265,24 +295,104 @@ impl BigQuerySink {
             datasets_ready: OnceCell::new(),
             stage_counter: AtomicU64::new(0),
             targets: Mutex::new(HashMap::new()),
+            stages: Mutex::new(HashMap::new()),
         }
     }
 
-    /// A writer into `stage_table` whose rows are numbered from `seq`.
+    /// A new staging table for `table`: its id, unique to this sink, run and counter value.
+    fn stage_table_id(&self, table: &str) -> String {
+        let n = self.stage_counter.fetch_add(1, Ordering::Relaxed);
+        unique_id("_stage", &[table, &self.id, &self.dataset, &self.run_id, &n.to_string()])
+    }
+
+    /// A stage object filling `stage_table`. Load job ids are unique per stage object: a
+    /// resumed stage must not meet the jobs of the run it resumes (a 409 would pass for a
+    /// load that never happened).
+    fn new_stage(&self, stage_table: String, fields: Vec<Json>) -> Stage {
+        Stage {
+            client: self.client.clone(),
+            dataset: self.staging_dataset.clone(),
+            instance: format!("{}_{}", self.run_id, self.stage_counter.fetch_add(1, Ordering::Relaxed)),
+            table: stage_table,
+            fields,
+            buffer: Vec::new(),
+            spare: None,
+            chunk_bytes: self.chunk_bytes,
+            chunks: 0,
+            pending: None,
+            failed: None,
+        }
+    }
+
+    /// The shared stage of `table` for writers with these staging `fields`, its staging table
+    /// created if this is the first writer.
+    async fn shared_stage(&self, table: &str, fields: &[Json]) -> Result<SharedStage> {
+        let fields_key = Json::from(fields.to_vec()).to_string();
+        let shared = {
+            let mut stages = self.stages.lock().await;
+            let list = stages.entry(table.to_string()).or_default();
+            match list.iter().find(|s| s.fields_key == fields_key) {
+                Some(s) => s.clone(),
+                None => {
+                    let stage_table = self.stage_table_id(table);
+                    let stage = self.new_stage(stage_table.clone(), fields.to_vec());
+                    let s = SharedStage {
+                        fields_key,
+                        table: stage_table,
+                        stage: Arc::new(Mutex::new(stage)),
+                        created: Arc::new(OnceCell::new()),
+                    };
+                    list.push(s.clone());
+                    s
+                }
+            }
+        };
+        let stage_table = shared.table.clone();
+        shared
+            .created
+            .get_or_try_init(|| async {
+                let expires = Utc::now().timestamp_millis() + STAGING_TTL_MS;
+                self.client
+                    .create_table(
+                        &self.staging_dataset,
+                        json!({
+                            "tableReference": {"projectId": self.client.project(), "datasetId": self.staging_dataset, "tableId": stage_table},
+                            "schema": {"fields": fields},
+                            "expirationTime": expires.to_string(),
+                        }),
+                    )
+                    .await
+            })
+            .await?;
+        Ok(shared)
+    }
+
+    /// The staging columns of one tenant's rows: (name, type) of its own columns, and the
+    /// staging table's fields.
+    fn staging_fields(table: &TargetTable, tenant: &TableSchema) -> Result<(MappedColumns, Vec<Json>)> {
+        let columns = mapped_columns(&tenant.table.to_string(), &tenant.columns)?;
+        let mut fields = system_fields(table.key.is_empty());
+        fields.extend(columns.iter().map(|(n, t)| json!({"name": n, "type": t, "mode": "NULLABLE"})));
+        fields.push(json!({"name": SEQ_FIELD, "type": "INT64", "mode": "NULLABLE"}));
+        fields.push(json!({"name": WRITER_FIELD, "type": "INT64", "mode": "NULLABLE"}));
+        Ok((columns, fields))
+    }
+
+    /// Writer number `writer_id` of one tenant's rows into `stage`, numbering them from `seq`.
+    #[allow(clippy::too_many_arguments)]
     fn writer(
         &self,
         table: &TargetTable,
         tenant: &TableSchema,
         mode: SyncMode,
         write: WriteMode,
+        columns: MappedColumns,
+        (stage, private): (Arc<Mutex<Stage>>, bool),
         stage_table: String,
+        writer_id: u64,
         seq: u64,
-    ) -> Result<BqStagingWriter> {
-        let columns = mapped_columns(&tenant.table.to_string(), &tenant.columns)?;
+    ) -> BqStagingWriter {
         let keyless = table.key.is_empty();
-        let mut fields = system_fields(keyless);
-        fields.extend(columns.iter().map(|(n, t)| json!({"name": n, "type": t, "mode": "NULLABLE"})));
-        fields.push(json!({"name": SEQ_FIELD, "type": "INT64", "mode": "NULLABLE"}));
         let sync_timestamp = Utc::now().format("%Y-%m-%d %H:%M:%S%.6f UTC").to_string();
         let mut prefix = Vec::new();
         prefix.extend_from_slice(b"{\"tenant_id\":");
@@ -291,6 +401,7 @@ impl BigQuerySink {
         encode_str(&mut prefix, &sync_timestamp);
         prefix.extend_from_slice(b",\"sync_mode\":");
         encode_str(&mut prefix, mode.as_str());
+        prefix.extend_from_slice(format!(",\"{WRITER_FIELD}\":{writer_id}").as_bytes());
         let keys = columns
             .iter()
             .zip(&tenant.columns)
@@ -301,15 +412,11 @@ impl BigQuerySink {
                 (k, column.logical.clone())
             })
             .collect();
-        // Load job ids are unique per writer: a resumed writer must not meet the jobs of the
-        // run it resumes (a 409 would pass for a load that never happened).
-        let instance = format!("{}_{}", self.run_id, self.stage_counter.fetch_add(1, Ordering::Relaxed));
-        Ok(BqStagingWriter {
-            client: self.client.clone(),
-            dataset: self.staging_dataset.clone(),
+        BqStagingWriter {
+            stage,
+            private,
             stage_table,
-            instance,
-            fields,
+            writer_id,
             tenant: tenant.table.database.clone(),
             mode,
             write,
@@ -319,14 +426,10 @@ impl BigQuerySink {
             keys,
             hash_rows: keyless,
             seq,
-            buffer: Vec::with_capacity(self.chunk_bytes + 64 * 1024),
-            chunk_bytes: self.chunk_bytes,
-            chunks: 0,
             rows: seq,
             bytes: 0,
-            pending: None,
-            spare: None,
-        })
+            local: Vec::with_capacity(HANDOFF_BYTES + 64 * 1024),
+        }
     }
 
     async fn ensure_datasets(&self) -> Result<()> {
@@ -443,24 +546,11 @@ impl Sink for BigQuerySink {
         mode: SyncMode,
         write: WriteMode,
     ) -> Result<Box<dyn StagingWriter>> {
-        let n = self.stage_counter.fetch_add(1, Ordering::Relaxed);
-        let stage_table = unique_id(
-            "_stage",
-            &[&table.name, &tenant.table.database, &self.id, &self.dataset, &self.run_id, &n.to_string()],
-        );
-        let writer = self.writer(table, tenant, mode, write, stage_table, 0)?;
-        let expires = Utc::now().timestamp_millis() + STAGING_TTL_MS;
-        self.client
-            .create_table(
-                &self.staging_dataset,
-                json!({
-                    "tableReference": {"projectId": self.client.project(), "datasetId": self.staging_dataset, "tableId": writer.stage_table},
-                    "schema": {"fields": writer.fields.clone()},
-                    "expirationTime": expires.to_string(),
-                }),
-            )
-            .await?;
-        Ok(Box::new(writer))
+        let (columns, fields) = Self::staging_fields(table, tenant)?;
+        let shared = self.shared_stage(&table.name, &fields).await?;
+        let stage_table = shared.table.clone();
+        let writer_id = self.stage_counter.fetch_add(1, Ordering::Relaxed);
+        Ok(Box::new(self.writer(table, tenant, mode, write, columns, (shared.stage, false), stage_table, writer_id, 0)))
     }
 
     async fn resume_stage(
@@ -472,10 +562,16 @@ impl Sink for BigQuerySink {
         handle: &str,
         rows: u64,
     ) -> Result<Box<dyn StagingWriter>> {
-        let writer = self.writer(table, tenant, mode, write, handle.to_string(), rows)?;
-        let Some(existing) = self.client.get_table(&self.staging_dataset, handle).await? else {
+        let Some((stage_table, writer_id)) = parse_handle(handle) else {
             return Err(ConnectorError::permanent(format!(
-                "{}: staging table {handle} is gone (expired?)",
+                "{}: staging handle {handle} is from another version",
+                tenant.table
+            )));
+        };
+        let (columns, fields) = Self::staging_fields(table, tenant)?;
+        let Some(existing) = self.client.get_table(&self.staging_dataset, stage_table).await? else {
+            return Err(ConnectorError::permanent(format!(
+                "{}: staging table {stage_table} is gone (expired?)",
                 tenant.table
             )));
         };
@@ -485,16 +581,34 @@ impl Sink for BigQuerySink {
                 .map(|f| f.iter().filter_map(|f| f["name"].as_str().map(str::to_string)).collect())
                 .unwrap_or_default()
         };
-        if names(&existing["schema"]["fields"]) != names(&json!(writer.fields)) {
+        if names(&existing["schema"]["fields"]) != names(&json!(fields)) {
             return Err(ConnectorError::permanent(format!(
-                "{}: staging table {handle} has other columns",
+                "{}: staging table {stage_table} has other columns",
                 tenant.table
             )));
         }
-        Ok(Box::new(writer))
+        // The resumed writer keeps its number and stages alone into the table it began.
+        let stage = Arc::new(Mutex::new(self.new_stage(stage_table.to_string(), fields)));
+        Ok(Box::new(self.writer(
+            table,
+            tenant,
+            mode,
+            write,
+            columns,
+            (stage, true),
+            stage_table.to_string(),
+            writer_id,
+            rows,
+        )))
     }
 
     async fn commit(&self, table: &TargetTable, staged: &[Staged]) -> Result<CommitSummary> {
+        // The rows the writers handed over last are loaded now: one partial chunk per shared
+        // stage, not one per tenant. A failed load fails this and every later attempt.
+        let shared = self.stages.lock().await.get(&table.name).cloned().unwrap_or_default();
+        for s in &shared {
+            s.stage.lock().await.settle().await?;
+        }
         if bench_discards_uploads() {
             return Ok(CommitSummary::default());
         }
@@ -529,58 +643,99 @@ impl Sink for BigQuerySink {
     }
 
     async fn discard(&self, staged: &[Staged]) {
-        for s in staged {
-            if let Some(stage) = &s.handle
-                && let Err(e) = self.client.delete_table(&self.staging_dataset, stage).await
-            {
+        let mut tables: Vec<&str> = staged.iter().filter_map(|s| Some(parse_handle(s.handle.as_deref()?)?.0)).collect();
+        tables.sort_unstable();
+        tables.dedup();
+        // Shared stages whose table is dropped take no more rows this run.
+        for list in self.stages.lock().await.values_mut() {
+            list.retain(|s| !tables.contains(&s.table.as_str()));
+        }
+        for stage in tables {
+            if let Err(e) = self.client.delete_table(&self.staging_dataset, stage).await {
                 tracing::warn!(table = %stage, error = %e, "could not drop a staging table; it expires within a day");
             }
         }
     }
 }
 
-/// Encodes rows as NDJSON into a chunk buffer; each full chunk becomes one load job into the
-/// staging table, uploaded while the next chunk fills (at most one upload in flight, so memory
-/// stays at about two chunks).
-struct BqStagingWriter {
+/// A staging table handle: `<table>/<writer number>`.
+fn handle(stage_table: &str, writer_id: u64) -> String {
+    format!("{stage_table}/{writer_id}")
+}
+
+/// The inverse of [`handle`]; `None` for handles of other versions.
+fn parse_handle(handle: &str) -> Option<(&str, u64)> {
+    let (table, writer) = handle.rsplit_once('/')?;
+    Some((table, writer.parse().ok()?))
+}
+
+/// One staging table and its load jobs: NDJSON rows gather in a chunk buffer; each full chunk
+/// becomes one load job, uploaded while the next chunk fills (at most one upload in flight, so
+/// memory stays at about two chunks).
+struct Stage {
     client: BqClient,
     dataset: String,
-    stage_table: String,
-    /// Distinguishes this writer's load jobs from any other writer's into the same table.
+    table: String,
+    /// Distinguishes this stage's load jobs from any other's into the same table.
     instance: String,
     fields: Vec<Json>,
-    tenant: String,
-    mode: SyncMode,
-    write: WriteMode,
-    columns: Vec<String>,
-    /// The staged BigQuery type of each column.
-    types: Vec<String>,
-    /// `{"tenant_id":…,"sync_timestamp":…,"sync_mode":…` for every line.
-    prefix: Vec<u8>,
-    /// `,"column":` and the column's type, per column.
-    keys: Vec<(Vec<u8>, LogicalType)>,
-    /// Add `_row_hash` (tables without a key).
-    hash_rows: bool,
-    /// The next row's `_seq`.
-    seq: u64,
     buffer: Vec<u8>,
     chunk_bytes: usize,
     chunks: u64,
-    rows: u64,
-    bytes: u64,
     /// The upload in flight, which hands its chunk back for reuse.
     pending: Option<JoinHandle<(Result<()>, bytes::Bytes)>>,
     /// A cleared chunk buffer to fill next.
     spare: Option<Vec<u8>>,
+    /// Why a load failed: its rows are lost, so nothing staged here may be committed.
+    failed: Option<(connector_framework::ErrorClass, String)>,
 }
 
-impl BqStagingWriter {
+// By hand: the buffers are megabytes of rows.
+impl std::fmt::Debug for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stage").field("table", &self.table).field("chunks", &self.chunks).finish_non_exhaustive()
+    }
+}
+
+impl Stage {
+    fn check(&self) -> Result<()> {
+        match &self.failed {
+            Some((class, message)) => Err(ConnectorError::new(*class, message.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Adds encoded rows; uploads the chunk once it is full.
+    async fn append(&mut self, rows: &[u8]) -> Result<()> {
+        self.check()?;
+        if self.buffer.capacity() == 0 {
+            self.buffer = self.spare.take().unwrap_or_else(|| Vec::with_capacity(self.chunk_bytes + 2 * HANDOFF_BYTES));
+        }
+        self.buffer.extend_from_slice(rows);
+        if self.buffer.len() >= self.chunk_bytes {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Loads every row appended so far.
+    async fn settle(&mut self) -> Result<()> {
+        self.flush().await?;
+        self.wait_pending().await
+    }
+
     async fn wait_pending(&mut self) -> Result<()> {
+        self.check()?;
         if let Some(handle) = self.pending.take() {
-            let (result, data) =
-                handle.await.map_err(|e| ConnectorError::permanent(format!("upload task failed: {e}")))?;
-            result?;
-            self.recycle(data);
+            let outcome = handle.await.map_err(|e| ConnectorError::permanent(format!("upload task failed: {e}")));
+            match outcome.and_then(|(result, data)| result.map(|()| data)) {
+                Ok(data) => self.recycle(data),
+                Err(e) => {
+                    let e = e.context(format!("loading staging table {}", self.table));
+                    self.failed = Some((e.class(), e.to_string()));
+                    return Err(e);
+                }
+            }
         }
         Ok(())
     }
@@ -598,17 +753,18 @@ impl BqStagingWriter {
         if self.buffer.is_empty() {
             return Ok(());
         }
-        let next = self.spare.take().unwrap_or_else(|| Vec::with_capacity(self.chunk_bytes + 64 * 1024));
+        // The next chunk's buffer: the one uploaded before, or a new one at the next append.
+        let next = self.spare.take().unwrap_or_default();
         let data = bytes::Bytes::from(std::mem::replace(&mut self.buffer, next));
         let client = self.client.clone();
         let load = json!({
-            "destinationTable": {"projectId": client.project(), "datasetId": self.dataset, "tableId": self.stage_table},
+            "destinationTable": {"projectId": client.project(), "datasetId": self.dataset, "tableId": self.table},
             "sourceFormat": "NEWLINE_DELIMITED_JSON",
             "schema": {"fields": self.fields},
             "writeDisposition": "WRITE_APPEND",
             "createDisposition": "CREATE_NEVER",
         });
-        let job_id = unique_id("load", &[&self.stage_table, &self.instance, &self.chunks.to_string()]);
+        let job_id = unique_id("load", &[&self.table, &self.instance, &self.chunks.to_string()]);
         self.chunks += 1;
         // A copy of every load file, for debugging and for measuring encoding alone.
         if let Some(dir) = std::env::var_os("CONNECTOR_BQ_DUMP_DIR") {
@@ -627,25 +783,67 @@ impl BqStagingWriter {
         }));
         Ok(())
     }
+}
 
+/// Encodes one tenant's rows as NDJSON and hands them to its stage: the table's shared stage,
+/// or, for a resumed full sync, a stage of its own on the staging table it began.
+struct BqStagingWriter {
+    stage: Arc<Mutex<Stage>>,
+    /// The stage is this writer's alone: `finish` loads its rows (a shared stage's last rows
+    /// are loaded by `commit`).
+    private: bool,
+    stage_table: String,
+    /// This writer's number, in every row it stages.
+    writer_id: u64,
+    tenant: String,
+    mode: SyncMode,
+    write: WriteMode,
+    columns: Vec<String>,
+    /// The staged BigQuery type of each column.
+    types: Vec<String>,
+    /// `{"tenant_id":…,"sync_timestamp":…,"sync_mode":…,"_writer":…` for every line.
+    prefix: Vec<u8>,
+    /// `,"column":` and the column's type, per column.
+    keys: Vec<(Vec<u8>, LogicalType)>,
+    /// Add `_row_hash` (tables without a key).
+    hash_rows: bool,
+    /// The next row's `_seq`.
+    seq: u64,
+    rows: u64,
+    bytes: u64,
+    /// Rows encoded and not yet handed to the stage.
+    local: Vec<u8>,
+}
+
+impl BqStagingWriter {
     /// Appends one row as a line of NDJSON.
     fn encode_row(&mut self, row: &[connector_framework::Value]) {
-        self.buffer.extend_from_slice(&self.prefix);
-        let values_start = self.buffer.len();
+        let out = &mut self.local;
+        out.extend_from_slice(&self.prefix);
+        let values_start = out.len();
         for ((key, logical), value) in self.keys.iter().zip(row) {
-            self.buffer.extend_from_slice(key);
-            encode_value(&mut self.buffer, value, logical);
+            out.extend_from_slice(key);
+            encode_value(out, value, logical);
         }
         if self.hash_rows {
             // The encoded values identify the row's content; the commit adds the
             // occurrence number so identical rows stay distinct.
-            let hash = xxhash_rust::xxh3::xxh3_128(&self.buffer[values_start..]);
-            self.buffer.extend_from_slice(format!(",\"{ROW_HASH_FIELD}\":\"{hash:032x}\"").as_bytes());
+            let hash = xxhash_rust::xxh3::xxh3_128(&out[values_start..]);
+            out.extend_from_slice(format!(",\"{ROW_HASH_FIELD}\":\"{hash:032x}\"").as_bytes());
         }
-        self.buffer.extend_from_slice(b",\"_seq\":");
-        self.buffer.extend_from_slice(itoa::Buffer::new().format(self.seq).as_bytes());
+        out.extend_from_slice(b",\"_seq\":");
+        out.extend_from_slice(itoa::Buffer::new().format(self.seq).as_bytes());
         self.seq += 1;
-        self.buffer.extend_from_slice(b"}\n");
+        out.extend_from_slice(b"}\n");
+    }
+
+    /// Moves the encoded rows into the stage.
+    async fn hand_off(&mut self) -> Result<()> {
+        if !self.local.is_empty() {
+            self.stage.lock().await.append(&self.local).await?;
+            self.local.clear();
+        }
+        Ok(())
     }
 }
 
@@ -654,10 +852,8 @@ impl StagingWriter for BqStagingWriter {
     async fn write(&mut self, batch: &RowBatch) -> Result<()> {
         for row in &batch.rows {
             self.encode_row(row);
-            // Checked per row, so a chunk never outgrows its buffer (growing it would copy
-            // 16 MiB and double the memory it holds).
-            if self.buffer.len() >= self.chunk_bytes {
-                self.flush().await?;
+            if self.local.len() >= HANDOFF_BYTES {
+                self.hand_off().await?;
             }
         }
         self.rows += batch.len() as u64;
@@ -666,17 +862,23 @@ impl StagingWriter for BqStagingWriter {
     }
 
     async fn checkpoint(&mut self) -> Result<()> {
-        self.flush().await?;
-        self.wait_pending().await
+        self.hand_off().await?;
+        self.stage.lock().await.settle().await
     }
 
     fn handle(&self) -> Option<String> {
-        Some(self.stage_table.clone())
+        Some(handle(&self.stage_table, self.writer_id))
     }
 
     async fn finish(mut self: Box<Self>) -> Result<Staged> {
-        self.flush().await?;
-        self.wait_pending().await?;
+        self.hand_off().await?;
+        let mut stage = self.stage.lock().await;
+        if self.private {
+            stage.settle().await?
+        } else {
+            stage.check()?
+        }
+        drop(stage);
         Ok(Staged {
             tenant: self.tenant.clone(),
             mode: self.mode,
@@ -685,7 +887,7 @@ impl StagingWriter for BqStagingWriter {
             bytes: self.bytes,
             columns: self.columns.clone(),
             types: self.types.clone(),
-            handle: Some(self.stage_table.clone()),
+            handle: Some(handle(&self.stage_table, self.writer_id)),
         })
     }
 }
@@ -734,7 +936,7 @@ impl CommitPlan {
             .iter()
             .filter(|s| s.rows > 0)
             .filter_map(|s| {
-                let stage = s.handle.as_ref()?;
+                let (stage, writer_id) = parse_handle(s.handle.as_deref()?)?;
                 let mut exprs: Vec<String> = SYSTEM_FIELDS.iter().map(|f| quote_column(f)).collect();
                 for (name, ty) in &self.columns {
                     let expr = match s.columns.iter().position(|c| c.eq_ignore_ascii_case(name)) {
@@ -754,12 +956,14 @@ impl CommitPlan {
                         h = quote_column(ROW_HASH_FIELD)
                     ));
                 }
-                // A chunk loaded twice (a job lost and redone) shows as repeated _seq: keep one.
+                // This tenant's rows from the writer that finished; a chunk loaded twice (a job
+                // lost and redone) shows as repeated _seq: keep one.
                 Some(format!(
-                    "SELECT {} FROM (SELECT * FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY {seq}) AS _copy FROM {}) \
-                     WHERE _copy = 1)",
+                    "SELECT {} FROM (SELECT * FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY {seq}) AS _copy FROM {} \
+                     WHERE {TENANT_FIELD} = {} AND {WRITER_FIELD} = {writer_id}) WHERE _copy = 1)",
                     exprs.join(", "),
                     qualified(&self.project, &self.staging_dataset, stage),
+                    string_literal(&s.tenant),
                     seq = SEQ_FIELD
                 ))
             })
