@@ -35,6 +35,14 @@ impl<T> Drop for AbortOnDrop<T> {
     }
 }
 
+/// A read running in its own task, and the channel its batches arrive on. Dropping it stops
+/// the read.
+struct StartedRead {
+    table: TableRef,
+    task: AbortOnDrop<Result<ReadSummary>>,
+    rx: mpsc::Receiver<crate::value::RowBatch>,
+}
+
 /// One destination: a sink and the state that tracks what it holds.
 #[derive(Debug, Clone)]
 pub struct Target {
@@ -476,6 +484,9 @@ impl Runner {
             usable.then_some(first)
         });
 
+        // A read in one pass starts now: its first rows arrive while the targets set up
+        // staging, which takes a round trip or more per target.
+        let early_read = chunking.is_none().then(|| self.start_read(request.clone()));
         let mut writers: Vec<Option<Box<dyn StagingWriter>>> = Vec::new();
         let mut errors: Vec<Option<ConnectorError>> = Vec::new();
         let mut resumed = resume.clone();
@@ -519,7 +530,10 @@ impl Runner {
         }
 
         let summary = match chunking {
-            None => self.pump(request.clone(), plans, &mut writers, &mut errors, started).await?,
+            None => {
+                let read = early_read.unwrap_or_else(|| self.start_read(request.clone()));
+                self.consume(read, plans, &mut writers, &mut errors, started).await?
+            }
             Some((key, limit)) => {
                 let cursor_logical =
                     request.track_cursor.as_deref().and_then(|c| request.schema.column(c)).map(|c| c.logical.clone());
@@ -665,15 +679,32 @@ impl Runner {
         errors: &mut [Option<ConnectorError>],
         started: Instant,
     ) -> Result<ReadSummary> {
+        let read = self.start_read(request);
+        self.consume(read, plans, writers, errors, started).await
+    }
+
+    /// Starts reading `request` as a task of its own, so that decoding rows and encoding them
+    /// for the targets use two cores.
+    fn start_read(&self, request: ReadRequest) -> StartedRead {
         let table = request.schema.table.clone();
         let (tx, rx) = mpsc::channel(4);
-        // The read runs as a task of its own, so that decoding rows and encoding them for the
-        // targets use two cores; the guard stops it if this attempt is abandoned.
         let source = Arc::clone(&self.source);
-        let read = AbortOnDrop(tokio::spawn(async move { source.read(request, tx).await }));
+        StartedRead { table, task: AbortOnDrop(tokio::spawn(async move { source.read(request, tx).await })), rx }
+    }
+
+    /// Writes a started read's batches into every live writer.
+    async fn consume(
+        &self,
+        read: StartedRead,
+        plans: &[(&Target, TablePlan)],
+        writers: &mut [Option<Box<dyn StagingWriter>>],
+        errors: &mut [Option<ConnectorError>],
+        started: Instant,
+    ) -> Result<ReadSummary> {
+        let StartedRead { table, task, rx } = read;
         let read = async {
-            let mut read = read;
-            (&mut read.0)
+            let mut task = task;
+            (&mut task.0)
                 .await
                 .unwrap_or_else(|e| Err(ConnectorError::permanent(format!("{table}: the read task failed: {e}"))))
         };
