@@ -363,7 +363,9 @@ impl BqClient {
             retries += 1;
             tracing::warn!(job = %id, attempt = retries, wait_secs = wait.as_secs_f64(), error = %error, "BigQuery job failed; retrying");
             tokio::time::sleep(wait).await;
-            match self.find_job(&id).await? {
+            // The lookup is retried too: the service that just failed the job may still be
+            // unreachable for a while, and without the job's fate nothing may be started again.
+            match self.retry(|| self.find_job(&id)).await? {
                 None => {}
                 Some(job) if job["status"]["state"] != "DONE" => {}
                 Some(job) if job["status"].get("errorResult").is_none_or(Json::is_null) => {
