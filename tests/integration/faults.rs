@@ -37,7 +37,9 @@ async fn wait(child: std::process::Child) -> RunOutput {
 async fn the_readers_connection_killed_mid_table_is_retried_to_equality() {
     let emulator = &*EMULATOR;
     let db = unique("killconn");
-    create_shop(&db, 30, 20_000).await;
+    // Enough rows that the read outlasts the poll below: reads are quick since they overlap
+    // staging and encoding.
+    create_shop(&db, 30, 60_000).await;
     let dataset = unique("killconn");
     let dir = workdir();
     write_json(
@@ -58,14 +60,14 @@ async fn the_readers_connection_killed_mid_table_is_retried_to_equality() {
             killed = true;
             break;
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
     assert!(killed, "the reader's query was never seen running");
     let out = wait(child).await;
     assert_eq!(out.code, 0, "{}", out.all());
     assert!(total_retries(&report(dir.path())) >= 1, "the lost connection was retried");
     assert_table_equal(emulator, &dataset, &db, "orders", "id").await;
-    assert_eq!(bq_count(emulator, &dataset, "orders", &db).await, 20_000);
+    assert_eq!(bq_count(emulator, &dataset, "orders", &db).await, 60_000);
 }
 
 #[tokio::test(flavor = "multi_thread")]
