@@ -1,30 +1,57 @@
 #!/usr/bin/env bash
-# Benchmark connector-run against the server's own ceiling, on one machine.
+# Benchmark connector-run against the server's own ceiling, on one machine, in one run.
 #
-#   bench/run.sh            # 2,000,000 orders in bench_shop1 (half in bench_shop2, a quarter in bench_shop3)
-#   BENCH_ROWS=500000 bench/run.sh
+#   bench/run.sh                 # 2,000,000 orders in bench_shop1 (half in bench_shop2, a quarter in bench_shop3)
+#   bench/run.sh --peers         # also Sling and ConnectorX from PyPI on the same table (bench/peers.sh)
+#   BENCH_ROWS=500000 BENCH_REPEAT=5 bench/run.sh
 #
-# Measures on the same data, in one run:
+# On the same data it measures:
 #   1. the ceiling: mariadb-dump --quick of bench_shop1.orders to /dev/null;
-#   2. connector-run full sync of bench_shop1.orders through the BigQuery sink's own encoding, the
-#      load files discarded (CONNECTOR_BENCH_DISCARD_UPLOADS=1): reading + encoding, no BigQuery;
+#   2. connector-run full sync of bench_shop1.orders through the BigQuery sink's own encoding into
+#      load chunks, the chunks discarded (CONNECTOR_BENCH_DISCARD_UPLOADS=1: no BigQuery upload);
+#      1 and 2 alternate BENCH_REPEAT times (default 3) and the medians are compared, so that a
+#      noisy neighbour on the shared cores hits both alike;
 #   3. the same for bench_shop2.orders (half the rows): peak memory must not grow with the table;
-#   4. an incremental run after 1 % of bench_shop1.orders changed (same discard mode);
-#   5. end to end into the local emulator, bench_shop3.orders (its own ingest is slow).
-# Prints rows/s, MB/s, CPU seconds, peak RSS and the ratio to the ceiling.
+#   4. an incremental run after 1 % of bench_shop1.orders changed (same discard mode), beside the
+#      bare incremental SELECT in the mariadb client (the server's own share of that cost);
+#   5. end to end into the local emulator: every tenant x every table, a full sync and then an
+#      incremental one after 1 % of each tenant's orders changed, with the BigQuery jobs of each
+#      run counted per target table (the emulator's own ingest is slow: reported separately).
+# Prints rows/s, MB/s, CPU seconds (the tool's; the server's beside it), peak RSS, the ratio to
+# the ceiling, and the jobs.
+#
+# The MariaDB buffer pool is raised to hold the tables (2 GiB, as a server sized for its data
+# would have; restored at the end): with the default 128 MiB a 1 % incremental read of rows spread
+# over a 300 MB table reads nearly every page from disk, which measures the disk, not the tool.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
+PEERS=0
+for arg in "$@"; do
+  case "$arg" in
+    --peers) PEERS=1 ;;
+    *) echo "usage: bench/run.sh [--peers]" >&2; exit 2 ;;
+  esac
+done
 ROWS="${BENCH_ROWS:-2000000}"
+REPEAT="${BENCH_REPEAT:-3}"
 PORT="${BENCH_BQ_PORT:-9070}"
+MYSQL_PORT="${MYSQL_PORT:-3306}"
 WORK="$ROOT/bench-work"
-MYSQL=(mariadb -h127.0.0.1 -P"${MYSQL_PORT:-3306}" -uroot)
+MYSQL=(mariadb -h127.0.0.1 -P"$MYSQL_PORT" -uroot)
 mkdir -p "$WORK"
 
 bash scripts/mariadb.sh ensure >/dev/null
 bash scripts/bq-emulator.sh start --port "$PORT" --project bench-project --fresh >/dev/null
 cargo build --release -p connector-run 2>&1 | tail -1
 BIN="$ROOT/target/release/connector-run"
+
+POOL_BEFORE=$("${MYSQL[@]}" -N -e "SELECT @@innodb_buffer_pool_size")
+restore_pool() { "${MYSQL[@]}" -e "SET GLOBAL innodb_buffer_pool_size = $POOL_BEFORE" 2>/dev/null || true; }
+trap restore_pool EXIT
+if [ "$POOL_BEFORE" -lt $((2 << 30)) ]; then
+  "${MYSQL[@]}" -e "SET GLOBAL innodb_buffer_pool_size = $((2 << 30))"
+fi
 
 echo "==> data: $ROWS orders in bench_shop1, $((ROWS / 2)) in bench_shop2, $((ROWS / 4)) in bench_shop3"
 t0=$SECONDS
@@ -52,50 +79,166 @@ INSERT INTO $db.page_views SELECT seq % 50000, CONCAT('/p/', seq % 1000), TIMEST
 done
 echo "    loaded in $((SECONDS - t0)) s"
 
-cat > "$WORK/params.json" <<JSON
-{"db_host": "127.0.0.1", "db_port": "${MYSQL_PORT:-3306}", "db_user": "root", "db_pass": "",
+cat >"$WORK/params.json" <<JSON
+{"db_host": "127.0.0.1", "db_port": "$MYSQL_PORT", "db_user": "root", "db_pass": "",
  "db_list": "bench_shop1,bench_shop2,bench_shop3", "table_list": "orders,users,products,page_views",
  "bq_project": "bench-project", "bq_dataset": "bench", "bq_endpoint": "http://127.0.0.1:$PORT",
  "batch_size": 5000, "pool_size": 3, "status_dir": "$WORK/status", "log_file": "$WORK/sync.log"}
 JSON
-rm -rf "$WORK/status"
+rm -rf "$WORK/status" "$WORK/sync.log"
 
-# measure NAME ROWS COMMAND...: prints one result line; keeps elapsed seconds in $ELAPSED
-measure() {
-  local name="$1" rows="$2"
-  shift 2
+SERVER_PID=$(pidof mariadbd || pidof mysqld || true)
+# server_cpu: the server's CPU seconds so far (0 when its pid is unknown).
+server_cpu() {
+  if [ -n "$SERVER_PID" ] && [ -r "/proc/$SERVER_PID/stat" ]; then
+    awk -v hz="$(getconf CLK_TCK)" '{ print ($14 + $15) / hz }' "/proc/$SERVER_PID/stat"
+  else
+    echo 0
+  fi
+}
+
+# run_timed NAME COMMAND...: runs COMMAND once; sets ELAPSED, CPU (the command's), SERVER (the
+# server's CPU meanwhile) and RSS_MB; exits the benchmark on failure.
+run_timed() {
+  local name="$1" before user sys rss_kb
+  shift
+  before=$(server_cpu)
   /usr/bin/time -f "%e %U %S %M" -o "$WORK/time.txt" "$@" >"$WORK/$name.out" 2>&1 || {
     echo "$name failed:"; tail -20 "$WORK/$name.out"; exit 1; }
-  read -r ELAPSED user sys rss_kb <"$WORK/time.txt"
-  local mb
-  mb=$(awk -v r="$rows" -v b="$BYTES_PER_ROW" 'BEGIN { printf "%.1f", r * b / 1e6 }')
-  awk -v n="$name" -v r="$rows" -v e="$ELAPSED" -v u="$user" -v s="$sys" -v m="$rss_kb" -v mb="$mb" -v c="${CEILING:-0}" 'BEGIN {
+  read -r ELAPSED user sys rss_kb < <(tail -1 "$WORK/time.txt")
+  CPU=$(awk -v u="$user" -v s="$sys" 'BEGIN { printf "%.2f", u + s }')
+  SERVER=$(awk -v a="$before" -v b="$(server_cpu)" 'BEGIN { printf "%.2f", b - a }')
+  RSS_MB=$(awk -v m="$rss_kb" 'BEGIN { printf "%.1f", m / 1024 }')
+}
+
+# median: the median of the numbers on stdin.
+median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+
+# line NAME ROWS SECONDS CPU SERVER RSS_MB [CEILING_RATE]: one result line.
+line() {
+  awk -v n="$1" -v r="$2" -v e="$3" -v c="$4" -v sv="$5" -v m="$6" -v ceil="${7:-0}" -v b="$BYTES_PER_ROW" 'BEGIN {
     rate = (e > 0) ? r / e : 0
-    printf "%-34s %10d rows %8.2f s %11.0f rows/s %8.1f MB/s %7.2f CPU s %7.1f MB RSS", n, r, e, rate, (e > 0 ? mb / e : 0), u + s, m / 1024
-    if (c > 0) printf "   %.2f x ceiling", rate / c
+    printf "%-38s %9d rows %7.2f s %10.0f rows/s %7.1f MB/s %6.2f CPU s (server %5.2f) %6.1f MB RSS", n, r, e, rate, (e > 0 ? r * b / 1e6 / e : 0), c, sv, m
+    if (ceil > 0) printf "   %.2f x ceiling", rate / ceil
     printf "\n" }'
-  LAST_RATE=$(awk -v r="$rows" -v e="$ELAPSED" 'BEGIN { printf "%.0f", (e > 0) ? r / e : 0 }')
 }
 
 # Average size of an orders row as JSON lines, for MB/s.
 BYTES_PER_ROW=$("${MYSQL[@]}" -N -e "SELECT AVG(LENGTH(JSON_OBJECT('id', id, 'user_id', user_id, 'amount', amount, 'status', status, 'note', note, 'attributes', attributes, 'created_at', created_at, 'updated_at', updated_at))) FROM bench_shop1.orders")
 N1=$ROWS
 N2=$((ROWS / 2))
-N3=$((ROWS / 4))
-echo "==> results ($(nproc) cores shared by MariaDB and the tool)"
-CEILING=0
-measure "mariadb-dump --quick (ceiling)" "$N1" mariadb-dump -h127.0.0.1 -uroot --quick --single-transaction bench_shop1 orders --result-file=/dev/null
-CEILING=$LAST_RATE
-FULL_TIME=0
+DUMP=(mariadb-dump -h127.0.0.1 -P"$MYSQL_PORT" -uroot --quick --single-transaction bench_shop1 orders --result-file=/dev/null)
 export CONNECTOR_BENCH_DISCARD_UPLOADS=1
-measure "connector-run full, encode only" "$N1" "$BIN" --pipeline "$WORK/params.json" --full -q --databases bench_shop1 --tables orders
-FULL_TIME=$ELAPSED
-measure "connector-run full, half the rows" "$N2" "$BIN" --pipeline "$WORK/params.json" --full -q --databases bench_shop2 --tables orders
+FULL=("$BIN" --pipeline "$WORK/params.json" --full -q --tables orders)
+
+echo "==> full sync vs the ceiling: $REPEAT alternating runs each, medians ($(nproc) cores shared by MariaDB and the tool)"
+"${DUMP[@]}" # warms the buffer pool: every run below reads from memory
+: >"$WORK/ceiling.txt"
+: >"$WORK/full.txt"
+for i in $(seq "$REPEAT"); do
+  run_timed ceiling "${DUMP[@]}"
+  echo "$ELAPSED $CPU $SERVER $RSS_MB" >>"$WORK/ceiling.txt"
+  run_timed full "${FULL[@]}" --databases bench_shop1
+  echo "$ELAPSED $CPU $SERVER $RSS_MB" >>"$WORK/full.txt"
+  echo "    run $i: mariadb-dump $(tail -1 "$WORK/ceiling.txt" | cut -d' ' -f1) s, connector-run $ELAPSED s"
+done
+# med FILE COLUMN: the median of one column of a results file.
+med() { awk -v c="$2" '{ print $c }' "$1" | median; }
+CEILING=$(awk -v r="$N1" -v e="$(med "$WORK/ceiling.txt" 1)" 'BEGIN { printf "%.0f", r / e }')
+line "mariadb-dump --quick (ceiling)" "$N1" "$(med "$WORK/ceiling.txt" 1)" "$(med "$WORK/ceiling.txt" 2)" "$(med "$WORK/ceiling.txt" 3)" "$(med "$WORK/ceiling.txt" 4)"
+FULL_TIME=$(med "$WORK/full.txt" 1)
+line "connector-run full, encode only" "$N1" "$FULL_TIME" "$(med "$WORK/full.txt" 2)" "$(med "$WORK/full.txt" 3)" "$(med "$WORK/full.txt" 4)" "$CEILING"
+RSS_FULL=$(med "$WORK/full.txt" 4)
+
+: >"$WORK/half.txt"
+for i in $(seq "$REPEAT"); do
+  run_timed half "${FULL[@]}" --databases bench_shop2
+  echo "$ELAPSED $CPU $SERVER $RSS_MB" >>"$WORK/half.txt"
+done
+line "connector-run full, half the rows" "$N2" "$(med "$WORK/half.txt" 1)" "$(med "$WORK/half.txt" 2)" "$(med "$WORK/half.txt" 3)" "$(med "$WORK/half.txt" 4)" "$CEILING"
+RSS_HALF=$(med "$WORK/half.txt" 4)
+awk -v a="$RSS_FULL" -v b="$RSS_HALF" 'BEGIN { printf "    peak RSS at 2x the rows: %.1f MB vs %.1f MB (%+.1f %%)\n", a, b, 100 * (a - b) / b }'
+
+echo "==> incremental after 1 % of bench_shop1.orders changed"
 CHANGED=$((N1 / 100))
+# One untimed run after the change moves the watermark to it; every timed run then reads the
+# rows changed within lookback_minutes of the watermark: exactly the changed 1 %.
 "${MYSQL[@]}" -e "UPDATE bench_shop1.orders SET amount = amount + 1, updated_at = NOW(3) WHERE id % 100 = 7"
-measure "incremental after 1 % changed" "$CHANGED" "$BIN" --pipeline "$WORK/params.json" -q --databases bench_shop1 --tables orders
-awk -v i="$ELAPSED" -v f="$FULL_TIME" 'BEGIN { printf "    incremental / full time: %.1f %%\n", 100 * i / f }'
+run_timed incremental-setup "$BIN" --pipeline "$WORK/params.json" -q --databases bench_shop1 --tables orders
+run_timed incremental-window "$BIN" --pipeline "$WORK/params.json" --dry-run --databases bench_shop1 --tables orders
+SINCE=$(grep -o "updated_at >= '[^']*'" "$WORK/incremental-window.out" | head -1 | cut -d"'" -f2)
+[ -n "$SINCE" ] || { echo "no incremental window in the dry run:"; cat "$WORK/incremental-window.out"; exit 1; }
+: >"$WORK/select.txt"
+: >"$WORK/incremental.txt"
+for i in $(seq "$REPEAT"); do
+  # The same window connector-run reads: from the watermark minus lookback_minutes (10).
+  run_timed select "${MYSQL[@]}" --quick -e "SELECT * FROM bench_shop1.orders WHERE updated_at >= '$SINCE'"
+  echo "$ELAPSED $CPU $SERVER $RSS_MB" >>"$WORK/select.txt"
+  run_timed incremental "$BIN" --pipeline "$WORK/params.json" -q --databases bench_shop1 --tables orders
+  echo "$ELAPSED $CPU $SERVER $RSS_MB" >>"$WORK/incremental.txt"
+done
+grep -q "INCREMENTAL *$CHANGED " "$WORK/incremental.out" || {
+  echo "the incremental run did not read exactly the $CHANGED changed rows:"; cat "$WORK/incremental.out"; exit 1; }
+line "the same window, mariadb client" "$CHANGED" "$(med "$WORK/select.txt" 1)" "$(med "$WORK/select.txt" 2)" "$(med "$WORK/select.txt" 3)" "$(med "$WORK/select.txt" 4)"
+INCR_TIME=$(med "$WORK/incremental.txt" 1)
+line "connector-run incremental, 1 % changed" "$CHANGED" "$INCR_TIME" "$(med "$WORK/incremental.txt" 2)" "$(med "$WORK/incremental.txt" 3)" "$(med "$WORK/incremental.txt" 4)"
+awk -v i="$INCR_TIME" -v s="$(med "$WORK/select.txt" 1)" -v f="$FULL_TIME" \
+  'BEGIN { printf "    incremental / full time: %.1f %% (the bare SELECT alone: %.1f %%)\n", 100 * i / f, 100 * s / f }'
 unset CONNECTOR_BENCH_DISCARD_UPLOADS
-CEILING=0
-measure "end to end into the emulator" "$N3" "$BIN" --pipeline "$WORK/params.json" --full -q --databases bench_shop3 --tables orders
+
+# jobs RUN_ID: the BigQuery jobs of one run, per target table (from the emulator's job list).
+jobs() {
+  python3 - "http://127.0.0.1:$PORT/bigquery/v2/projects/bench-project/jobs" "$1" <<'PY'
+import collections, json, re, sys, urllib.request
+url, run_id = sys.argv[1], sys.argv[2]
+jobs, token = [], None
+while True:
+    with urllib.request.urlopen(url + "?maxResults=1000" + (f"&pageToken={token}" if token else "")) as r:
+        page = json.load(r)
+    jobs += page.get("jobs", [])
+    token = page.get("nextPageToken")
+    if not token:
+        break
+jobs = [j for j in jobs if run_id in j["id"]]
+merges = {}  # target table -> (merge jobs, staging tables it reads)
+loads = collections.Counter()  # staging table -> load jobs
+for j in jobs:
+    conf = j["configuration"]
+    if "load" in conf:
+        loads[conf["load"]["destinationTable"]["tableId"]] += 1
+    elif conf.get("query", {}).get("query", "").startswith("MERGE"):
+        q = conf["query"]["query"]
+        target = re.match(r"MERGE `[^`]*\.([^.`]+)`", q).group(1)
+        n, staging = merges.get(target, (0, set()))
+        merges[target] = (n + 1, staging | set(re.findall(r"\.(_stage_[A-Za-z0-9_]+)`", q)))
+total = 0
+for target, (n, staging) in sorted(merges.items()):
+    k = sum(loads[s] for s in staging)
+    total += n + k
+    print(f"    {target:<12} {len(staging)} staging table(s), {k:3d} load job(s), {n} MERGE")
+print(f"    {total} jobs for {len(merges)} target tables")
+PY
+}
+run_id() { grep -o 'run_id="[^"]*"' "$WORK/sync.log" | tail -1 | cut -d'"' -f2; }
+# rows_synced FILE: the row total of a run's report.
+rows_synced() { sed -n 's/^total: .*, \([0-9]*\) rows in .*/\1/p' "$1"; }
+
+echo "==> end to end into the local emulator: 3 tenants x 4 tables"
+run_timed e2e-full "$BIN" --pipeline "$WORK/params.json" --full -q
+ROWS_SYNCED=$(rows_synced "$WORK/e2e-full.out")
+line "full sync, every tenant and table" "${ROWS_SYNCED:-0}" "$ELAPSED" "$CPU" "$SERVER" "$RSS_MB"
+jobs "$(run_id)"
+for i in 1 2 3; do
+  "${MYSQL[@]}" -e "UPDATE bench_shop$i.orders SET amount = amount + 1, updated_at = NOW(3) WHERE id % 100 = 7"
+done
+run_timed e2e-incremental "$BIN" --pipeline "$WORK/params.json" -q
+ROWS_SYNCED=$(rows_synced "$WORK/e2e-incremental.out")
+line "incremental, 1 % of orders changed" "${ROWS_SYNCED:-0}" "$ELAPSED" "$CPU" "$SERVER" "$RSS_MB"
+jobs "$(run_id)"
+
+if [ "$PEERS" = 1 ]; then
+  echo "==> peers on bench_shop1.orders"
+  PEERS_ROWS="$N1" BYTES_PER_ROW="$BYTES_PER_ROW" CEILING="$CEILING" WORK="$WORK" MYSQL_PORT="$MYSQL_PORT" \
+    bash bench/peers.sh
+fi
 echo "(logs and outputs in $WORK)"
