@@ -687,7 +687,7 @@ impl Runner {
     /// for the targets use two cores.
     fn start_read(&self, request: ReadRequest) -> StartedRead {
         let table = request.schema.table.clone();
-        let (tx, rx) = mpsc::channel(4);
+        let (tx, rx) = mpsc::channel(2);
         let source = Arc::clone(&self.source);
         StartedRead { table, task: AbortOnDrop(tokio::spawn(async move { source.read(request, tx).await })), rx }
     }
