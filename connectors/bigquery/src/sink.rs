@@ -299,6 +299,14 @@ impl BigQuerySink {
         }
     }
 
+    /// A writer number no other writer of any run has (rows of several runs can share a
+    /// staging table when a full sync resumes): a hash of the run id and a counter, kept
+    /// within INT64.
+    fn new_writer_id(&self) -> u64 {
+        let n = self.stage_counter.fetch_add(1, Ordering::Relaxed);
+        xxhash_rust::xxh3::xxh3_64(format!("{}/{}/{n}", self.run_id, self.id).as_bytes()) >> 1
+    }
+
     /// A new staging table for `table`: its id, unique to this sink, run and counter value.
     fn stage_table_id(&self, table: &str) -> String {
         let n = self.stage_counter.fetch_add(1, Ordering::Relaxed);
@@ -381,7 +389,7 @@ impl BigQuerySink {
         Ok((columns, fields))
     }
 
-    /// Writer number `writer_id` of one tenant's rows into `stage`, numbering them from `seq`.
+    /// The writer `handle.writer` of one tenant's rows into `stage`, numbering them from `seq`.
     #[allow(clippy::too_many_arguments)]
     fn writer(
         &self,
@@ -391,8 +399,7 @@ impl BigQuerySink {
         write: WriteMode,
         columns: MappedColumns,
         (stage, private): (Arc<Mutex<Stage>>, bool),
-        stage_table: String,
-        writer_id: u64,
+        handle: StageHandle,
         seq: u64,
     ) -> BqStagingWriter {
         let keyless = table.key.is_empty();
@@ -404,7 +411,7 @@ impl BigQuerySink {
         encode_str(&mut prefix, &sync_timestamp);
         prefix.extend_from_slice(b",\"sync_mode\":");
         encode_str(&mut prefix, mode.as_str());
-        prefix.extend_from_slice(format!(",\"{WRITER_FIELD}\":{writer_id}").as_bytes());
+        prefix.extend_from_slice(format!(",\"{WRITER_FIELD}\":{}", handle.writer).as_bytes());
         let keys = columns
             .iter()
             .zip(&tenant.columns)
@@ -418,8 +425,7 @@ impl BigQuerySink {
         BqStagingWriter {
             stage,
             private,
-            stage_table,
-            writer_id,
+            handle,
             tenant: tenant.table.database.clone(),
             mode,
             write,
@@ -556,9 +562,8 @@ impl Sink for BigQuerySink {
     ) -> Result<Box<dyn StagingWriter>> {
         let (columns, fields) = Self::staging_fields(table, tenant)?;
         let shared = self.shared_stage(&table.name, &fields).await?;
-        let stage_table = shared.table.clone();
-        let writer_id = self.stage_counter.fetch_add(1, Ordering::Relaxed);
-        Ok(Box::new(self.writer(table, tenant, mode, write, columns, (shared.stage, false), stage_table, writer_id, 0)))
+        let handle = StageHandle { table: shared.table.clone(), writer: self.new_writer_id(), earlier: Vec::new() };
+        Ok(Box::new(self.writer(table, tenant, mode, write, columns, (shared.stage, false), handle, 0)))
     }
 
     async fn resume_stage(
@@ -570,12 +575,13 @@ impl Sink for BigQuerySink {
         handle: &str,
         rows: u64,
     ) -> Result<Box<dyn StagingWriter>> {
-        let Some((stage_table, writer_id)) = parse_handle(handle) else {
+        let Some(prior) = StageHandle::parse(handle) else {
             return Err(ConnectorError::permanent(format!(
                 "{}: staging handle {handle} is from another version",
                 tenant.table
             )));
         };
+        let stage_table = prior.table.as_str();
         let (columns, fields) = Self::staging_fields(table, tenant)?;
         let Some(existing) = self.client.get_table(&self.staging_dataset, stage_table).await? else {
             return Err(ConnectorError::permanent(format!(
@@ -595,19 +601,15 @@ impl Sink for BigQuerySink {
                 tenant.table
             )));
         }
-        // The resumed writer keeps its number and stages alone into the table it began.
+        // A new writer continues alone in the table the interrupted one began. Its rows are
+        // numbered on from `rows`; of the earlier writer only the first `rows` count, since it
+        // may have staged more after its last checkpoint (rows a later snapshot may number
+        // differently).
         let stage = Arc::new(Mutex::new(self.new_stage(stage_table.to_string(), fields)));
-        Ok(Box::new(self.writer(
-            table,
-            tenant,
-            mode,
-            write,
-            columns,
-            (stage, true),
-            stage_table.to_string(),
-            writer_id,
-            rows,
-        )))
+        let mut earlier = prior.earlier.clone();
+        earlier.push((prior.writer, rows));
+        let handle = StageHandle { table: prior.table.clone(), writer: self.new_writer_id(), earlier };
+        Ok(Box::new(self.writer(table, tenant, mode, write, columns, (stage, true), handle, rows)))
     }
 
     async fn commit(&self, table: &TargetTable, staged: &[Staged]) -> Result<CommitSummary> {
@@ -651,33 +653,63 @@ impl Sink for BigQuerySink {
     }
 
     async fn discard(&self, staged: &[Staged]) {
-        let mut tables: Vec<&str> = staged.iter().filter_map(|s| Some(parse_handle(s.handle.as_deref()?)?.0)).collect();
+        let mut tables: Vec<String> =
+            staged.iter().filter_map(|s| Some(StageHandle::parse(s.handle.as_deref()?)?.table)).collect();
         tables.sort_unstable();
         tables.dedup();
         // Shared stages whose table is dropped take no more rows this run.
         for list in self.stages.lock().await.values_mut() {
-            list.retain(|s| !tables.contains(&s.table.as_str()));
+            list.retain(|s| !tables.contains(&s.table));
         }
         if bench_discards_uploads() {
             return;
         }
         for stage in tables {
-            if let Err(e) = self.client.delete_table(&self.staging_dataset, stage).await {
+            if let Err(e) = self.client.delete_table(&self.staging_dataset, &stage).await {
                 tracing::warn!(table = %stage, error = %e, "could not drop a staging table; it expires within a day");
             }
         }
     }
 }
 
-/// A staging table handle: `<table>/<writer number>`.
-fn handle(stage_table: &str, writer_id: u64) -> String {
-    format!("{stage_table}/{writer_id}")
+/// Where one tenant's staged rows are: a staging table, the writer staging them now, and, for
+/// a resumed full sync, the writers before it with the rows each made durable. Written as
+/// `<table>/<writer>[/<writer>:<rows>]...`.
+#[derive(Debug, Clone, PartialEq)]
+struct StageHandle {
+    table: String,
+    writer: u64,
+    /// Earlier writers of the same rows, each with its first `rows` rows (`_seq` below it).
+    earlier: Vec<(u64, u64)>,
 }
 
-/// The inverse of [`handle`]; `None` for handles of other versions.
-fn parse_handle(handle: &str) -> Option<(&str, u64)> {
-    let (table, writer) = handle.rsplit_once('/')?;
-    Some((table, writer.parse().ok()?))
+impl StageHandle {
+    fn parse(text: &str) -> Option<Self> {
+        let mut parts = text.split('/');
+        let table = parts.next()?.to_string();
+        let writer = parts.next()?.parse().ok()?;
+        let earlier = parts
+            .map(|p| {
+                let (w, rows) = p.split_once(':')?;
+                Some((w.parse().ok()?, rows.parse().ok()?))
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(Self { table, writer, earlier })
+    }
+
+    /// The SQL condition that selects these rows of a staging table.
+    fn condition(&self) -> String {
+        let mut terms = vec![format!("{WRITER_FIELD} = {}", self.writer)];
+        terms.extend(self.earlier.iter().map(|(w, rows)| format!("({WRITER_FIELD} = {w} AND {SEQ_FIELD} < {rows})")));
+        terms.join(" OR ")
+    }
+}
+
+impl std::fmt::Display for StageHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.table, self.writer)?;
+        self.earlier.iter().try_for_each(|(w, rows)| write!(f, "/{w}:{rows}"))
+    }
 }
 
 /// One staging table and its load jobs: NDJSON rows gather in a chunk buffer; each full chunk
@@ -803,9 +835,8 @@ struct BqStagingWriter {
     /// The stage is this writer's alone: `finish` loads its rows (a shared stage's last rows
     /// are loaded by `commit`).
     private: bool,
-    stage_table: String,
-    /// This writer's number, in every row it stages.
-    writer_id: u64,
+    /// Where this tenant's rows are; `handle.writer` is in every row this writer stages.
+    handle: StageHandle,
     tenant: String,
     mode: SyncMode,
     write: WriteMode,
@@ -878,7 +909,7 @@ impl StagingWriter for BqStagingWriter {
     }
 
     fn handle(&self) -> Option<String> {
-        Some(handle(&self.stage_table, self.writer_id))
+        Some(self.handle.to_string())
     }
 
     async fn finish(mut self: Box<Self>) -> Result<Staged> {
@@ -898,7 +929,7 @@ impl StagingWriter for BqStagingWriter {
             bytes: self.bytes,
             columns: self.columns.clone(),
             types: self.types.clone(),
-            handle: Some(handle(&self.stage_table, self.writer_id)),
+            handle: Some(self.handle.to_string()),
         })
     }
 }
@@ -945,22 +976,20 @@ impl CommitPlan {
     fn source_query(&self, staged: &[&Staged]) -> Option<String> {
         // Tenants staged in one table with the same columns are read by one SELECT, so the
         // staging table is scanned (and billed) once, not once per tenant.
-        // (staging table, the group's first tenant, every (tenant, writer) of the group)
-        type Group<'a> = (&'a str, &'a Staged, Vec<(&'a str, u64)>);
-        let mut groups: Vec<Group<'_>> = Vec::new();
+        // (the group's first tenant, the handle of each of its tenants)
+        let mut groups: Vec<(&Staged, Vec<(&str, StageHandle)>)> = Vec::new();
         for s in staged.iter().filter(|s| s.rows > 0) {
-            let Some((stage, writer_id)) = s.handle.as_deref().and_then(parse_handle) else { continue };
-            match groups
-                .iter_mut()
-                .find(|(t, first, _)| *t == stage && first.columns == s.columns && first.types == s.types)
-            {
-                Some((_, _, writers)) => writers.push((&s.tenant, writer_id)),
-                None => groups.push((stage, s, vec![(&s.tenant, writer_id)])),
+            let Some(handle) = s.handle.as_deref().and_then(StageHandle::parse) else { continue };
+            match groups.iter_mut().find(|(first, handles)| {
+                handles[0].1.table == handle.table && first.columns == s.columns && first.types == s.types
+            }) {
+                Some((_, handles)) => handles.push((&s.tenant, handle)),
+                None => groups.push((s, vec![(&s.tenant, handle)])),
             }
         }
         let selects: Vec<String> = groups
             .iter()
-            .map(|(stage, s, writers)| {
+            .map(|(s, handles)| {
                 let mut exprs: Vec<String> = SYSTEM_FIELDS.iter().map(|f| quote_column(f)).collect();
                 for (name, ty) in &self.columns {
                     let expr = match s.columns.iter().position(|c| c.eq_ignore_ascii_case(name)) {
@@ -980,18 +1009,18 @@ impl CommitPlan {
                         h = quote_column(ROW_HASH_FIELD)
                     ));
                 }
-                // Each tenant's rows from the writer that finished (writer numbers are unique
-                // within a staging table); a chunk loaded twice (a job lost and redone) shows as
-                // a repeated (_writer, _seq): keep one.
-                let tenants: Vec<String> = writers.iter().map(|(t, _)| string_literal(t)).collect();
-                let writer_ids: Vec<String> = writers.iter().map(|(_, w)| w.to_string()).collect();
+                // Each tenant's rows from the writer that finished (and the durable part of any
+                // writer it resumed); writer numbers are unique. A chunk loaded twice (a job lost
+                // and redone) shows as a repeated (_writer, _seq): keep one.
+                let tenants: Vec<String> = handles.iter().map(|(t, _)| string_literal(t)).collect();
+                let rows: Vec<String> = handles.iter().map(|(_, h)| h.condition()).collect();
                 format!(
                     "SELECT {} FROM (SELECT * FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY {WRITER_FIELD}, {SEQ_FIELD}) \
-                     AS _copy FROM {} WHERE {TENANT_FIELD} IN ({}) AND {WRITER_FIELD} IN ({})) WHERE _copy = 1)",
+                     AS _copy FROM {} WHERE {TENANT_FIELD} IN ({}) AND ({})) WHERE _copy = 1)",
                     exprs.join(", "),
-                    qualified(&self.project, &self.staging_dataset, stage),
+                    qualified(&self.project, &self.staging_dataset, &handles[0].1.table),
                     tenants.join(", "),
-                    writer_ids.join(", "),
+                    rows.join(" OR "),
                 )
             })
             .collect();
@@ -1075,6 +1104,15 @@ mod tests {
         assert!(reclaim(in_flight).is_none(), "a chunk still shared must not be reused");
         let reused = reclaim(data).expect("the last holder gets the buffer back");
         assert_eq!((reused.as_ptr(), reused.capacity(), reused.len()), (address, 1 << 20, 0));
+    }
+
+    #[test]
+    fn stage_handles_round_trip_and_reject_other_versions() {
+        let h = StageHandle { table: "_stage_x".into(), writer: 42, earlier: vec![(7, 1_000_000), (9, 2_000_000)] };
+        assert_eq!(h.to_string(), "_stage_x/42/7:1000000/9:2000000");
+        assert_eq!(StageHandle::parse(&h.to_string()), Some(h));
+        assert_eq!(StageHandle::parse("_stage_x").map(|h| h.writer), None, "a handle of the per-tenant version");
+        assert_eq!(StageHandle::parse("_stage_x/1/2"), None);
     }
 
     fn target(columns: &[(&str, LogicalType)], key: &[&str]) -> TargetTable {
@@ -1165,14 +1203,19 @@ mod tests {
         };
         let all = [
             staged("shop1", "_stage_a/3", &["path"]),
-            staged("shop'2", "_stage_a/7", &["path"]),
+            staged("shop'2", "_stage_a/7/5:1000", &["path"]),
             staged("shop3", "_stage_a/9", &["path", "ref"]),
         ];
         let sql = plan.source_query(&all.iter().collect::<Vec<_>>()).unwrap();
         let selects: Vec<&str> = sql.split("UNION ALL").collect();
         assert_eq!(selects.len(), 2, "one SELECT per staging table and column set: {sql}");
-        assert!(selects[0].contains("tenant_id IN ('shop1', 'shop\\'2') AND _writer IN (3, 7)"), "{sql}");
-        assert!(selects[1].contains("tenant_id IN ('shop3') AND _writer IN (9)"), "{sql}");
+        assert!(
+            selects[0].contains(
+                "tenant_id IN ('shop1', 'shop\\'2') AND (_writer = 3 OR _writer = 7 OR (_writer = 5 AND _seq < 1000))"
+            ),
+            "{sql}"
+        );
+        assert!(selects[1].contains("tenant_id IN ('shop3') AND (_writer = 9)"), "{sql}");
         // Duplicates of a row are numbered per tenant, as when each tenant was read alone.
         assert!(sql.contains("PARTITION BY tenant_id, `_row_hash`"), "{sql}");
         assert!(sql.contains("PARTITION BY _writer, _seq"), "{sql}");
