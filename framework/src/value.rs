@@ -145,6 +145,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_batch_is_full_at_its_row_count_or_at_four_mib() {
+        let mut batch = RowBatch::with_capacity(10);
+        batch.push(vec![Value::Int(1)]);
+        assert!(!batch.is_full(2));
+        batch.push(vec![Value::String("x".repeat(MAX_BATCH_BYTES))]);
+        assert!(batch.is_full(1000), "wide rows end a batch before batch_size");
+        let mut narrow = RowBatch::with_capacity(2);
+        narrow.push(vec![Value::Int(1)]);
+        narrow.push(vec![Value::Int(2)]);
+        assert!(narrow.is_full(2));
+    }
+
+    #[test]
     fn time_formats_negative_and_long_durations() {
         let max = ((838 * 3600 + 59 * 60 + 59) as i64) * 1_000_000;
         assert_eq!(format_time(max, 0), "838:59:59");
