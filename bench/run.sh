@@ -114,11 +114,14 @@ run_timed() {
 # median: the median of the numbers on stdin.
 median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
-# line NAME ROWS SECONDS CPU SERVER RSS_MB [CEILING_RATE]: one result line.
+# line NAME ROWS SECONDS CPU SERVER RSS_MB [CEILING_RATE]: one result line; MB/s from the
+# orders rows' size (BYTES_PER_ROW=0 leaves it out, for runs over every table).
 line() {
   awk -v n="$1" -v r="$2" -v e="$3" -v c="$4" -v sv="$5" -v m="$6" -v ceil="${7:-0}" -v b="$BYTES_PER_ROW" 'BEGIN {
     rate = (e > 0) ? r / e : 0
-    printf "%-38s %9d rows %7.2f s %10.0f rows/s %7.1f MB/s %6.2f CPU s (server %5.2f) %6.1f MB RSS", n, r, e, rate, (e > 0 ? r * b / 1e6 / e : 0), c, sv, m
+    printf "%-38s %9d rows %7.2f s %10.0f rows/s", n, r, e, rate
+    if (b > 0) printf " %7.1f MB/s", (e > 0 ? r * b / 1e6 / e : 0); else printf " %12s", ""
+    printf " %6.2f CPU s (server %5.2f) %6.1f MB RSS", c, sv, m
     if (ceil > 0) printf "   %.2f x ceiling", rate / ceil
     printf "\n" }'
 }
@@ -226,14 +229,14 @@ rows_synced() { sed -n 's/^total: .*, \([0-9]*\) rows in .*/\1/p' "$1"; }
 echo "==> end to end into the local emulator: 3 tenants x 4 tables"
 run_timed e2e-full "$BIN" --pipeline "$WORK/params.json" --full -q
 ROWS_SYNCED=$(rows_synced "$WORK/e2e-full.out")
-line "full sync, every tenant and table" "${ROWS_SYNCED:-0}" "$ELAPSED" "$CPU" "$SERVER" "$RSS_MB"
+BYTES_PER_ROW=0 line "full sync, every tenant and table" "${ROWS_SYNCED:-0}" "$ELAPSED" "$CPU" "$SERVER" "$RSS_MB"
 jobs "$(run_id)"
 for i in 1 2 3; do
   "${MYSQL[@]}" -e "UPDATE bench_shop$i.orders SET amount = amount + 1, updated_at = NOW(3) WHERE id % 100 = 7"
 done
 run_timed e2e-incremental "$BIN" --pipeline "$WORK/params.json" -q
 ROWS_SYNCED=$(rows_synced "$WORK/e2e-incremental.out")
-line "incremental, 1 % of orders changed" "${ROWS_SYNCED:-0}" "$ELAPSED" "$CPU" "$SERVER" "$RSS_MB"
+BYTES_PER_ROW=0 line "incremental, 1 % of orders changed" "${ROWS_SYNCED:-0}" "$ELAPSED" "$CPU" "$SERVER" "$RSS_MB"
 jobs "$(run_id)"
 
 if [ "$PEERS" = 1 ]; then

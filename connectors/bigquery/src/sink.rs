@@ -972,7 +972,8 @@ impl CommitPlan {
         cols
     }
 
-    /// One SELECT per staged tenant, shaped like the target (missing columns NULL, types cast).
+    /// One SELECT per staging table and column set, shaped like the target (missing columns
+    /// NULL, types cast).
     fn source_query(&self, staged: &[&Staged]) -> Option<String> {
         // Tenants staged in one table with the same columns are read by one SELECT, so the
         // staging table is scanned (and billed) once, not once per tenant.
