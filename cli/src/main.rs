@@ -11,7 +11,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use connector_framework::{BuildContext, GuideStrategy, OutcomeStatus, Pipeline, RunOptions, Runner, Target, registry};
+use connector_framework::{
+    BuildContext, CursorStrategy, OutcomeStatus, Pipeline, RunOptions, Runner, Target, registry,
+};
 
 mod logging;
 mod observe;
@@ -82,6 +84,14 @@ struct RunArgs {
     /// Write Prometheus metrics to this file after each run (node_exporter textfile collector).
     #[arg(long, value_name = "FILE")]
     metrics_file: Option<PathBuf>,
+    /// When another run holds the lock, wait up to DURATION (e.g. 30m) for it to finish
+    /// instead of exiting with code 2.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    wait_lock: Option<std::time::Duration>,
+    /// Benchmarks only: read and encode everything, send nothing to the targets, record no
+    /// state.
+    #[arg(long, hide = true)]
+    bench_discard_uploads: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -173,9 +183,9 @@ fn main() -> ExitCode {
             .map(|()| ExitCode::SUCCESS),
         None => match &cli.run.pipeline {
             Some(_) => run(cli.run),
-            None => {
-                Err(anyhow::anyhow!("give --pipeline FILE (or a subcommand: list, describe, validate; see --help)"))
-            }
+            None => Err(anyhow::anyhow!(
+                "give --pipeline FILE to sync, or a subcommand: list, describe, validate, status, state (see --help)"
+            )),
         },
     };
     match result {
@@ -225,21 +235,80 @@ fn describe(kind: &str) -> Result<()> {
     let mut text = String::new();
     for d in registry::find_any(kind)? {
         text.push_str(&format!("{} ({}, crate {})\n{}\n\n", d.kind, d.role().as_str(), d.crate_name, d.description));
-        text.push_str(&format!("config keys:\n{}\n", connector_framework::config::render_fields(d.fields)));
+        let flat = params::flat_keys_of(d);
+        if !flat.is_empty() {
+            text.push_str(&format!(
+                "keys in params.json (the flat form, docs/configuration.md):\n{}\n",
+                connector_framework::config::render_fields(&flat)
+            ));
+        }
+        text.push_str(&format!(
+            "keys in the general form ({{\"{}\": {{\"kind\": \"{}\", ...}}}}, docs/configuration.md):\n{}\n",
+            match d.role() {
+                registry::Role::Source => "source",
+                registry::Role::Sink => "sinks",
+                registry::Role::State => "state",
+            },
+            d.kind,
+            connector_framework::config::render_fields(d.fields)
+        ));
         let example: serde_json::Value = serde_json::from_str(d.example).context("example config")?;
-        text.push_str(&format!("example:\n{}\n\n", serde_json::to_string_pretty(&example)?));
+        text.push_str(&format!("example (general form):\n{}\n\n", serde_json::to_string_pretty(&example)?));
         if !d.details.is_empty() {
             text.push_str(&format!("{}\n\n", d.details));
         }
-    }
-    if kind == "mysql" || kind == "bigquery" {
-        text.push_str(&format!(
-            "In the original tool's flat params.json the keys are:\n{}",
-            connector_framework::config::render_fields(params::FLAT_FIELDS)
-        ));
+        text.push_str(&type_table(d));
     }
     out(&text);
     Ok(())
+}
+
+/// A connector's type mapping: a source's types through each sink's, or a sink's alone.
+fn type_table(d: &registry::ConnectorDescriptor) -> String {
+    if d.types.is_empty() {
+        return String::new();
+    }
+    let mut rows: Vec<[String; 4]> = Vec::new();
+    match d.role() {
+        registry::Role::Source => {
+            let sinks: Vec<_> = registry::all()
+                .into_iter()
+                .filter(|s| s.role() == registry::Role::Sink && !s.types.is_empty())
+                .collect();
+            for r in d.types {
+                let mut targets = Vec::new();
+                for s in &sinks {
+                    for logical in r.to.split(" / ") {
+                        if let Some(t) = s.types.iter().find(|t| t.from == logical) {
+                            targets.push(format!("{}: {}", s.kind, t.to));
+                        }
+                    }
+                }
+                rows.push([r.from.to_string(), r.to.to_string(), targets.join(", "), r.note.to_string()]);
+            }
+            render_types(&["source type", "logical type", "target type", "note"], &rows)
+        }
+        _ => {
+            for r in d.types {
+                rows.push([r.from.to_string(), r.to.to_string(), String::new(), r.note.to_string()]);
+            }
+            render_types(&["logical type", "target type", "", "note"], &rows)
+        }
+    }
+}
+
+fn render_types(header: &[&str; 4], rows: &[[String; 4]]) -> String {
+    let width = |i: usize| rows.iter().map(|r| r[i].chars().count()).chain([header[i].len()]).max().unwrap_or(0);
+    let (w0, w1, w2) = (width(0), width(1), width(2));
+    let mut out = String::from("type mapping:\n");
+    let line =
+        |a: &str, b: &str, c: &str, d: &str| format!("  {a:w0$}  {b:w1$}  {c:w2$}  {d}\n").replace("    \n", "\n");
+    out.push_str(&line(header[0], header[1], header[2], header[3]));
+    for r in rows {
+        out.push_str(&line(&r[0], &r[1], &r[2], &r[3]));
+    }
+    out.push('\n');
+    out
 }
 
 /// Writes command output to stdout; a reader that went away (`| head`) is not an error.
@@ -336,6 +405,7 @@ async fn run_once(
         target_id: "default".into(),
         state_subdir: None,
         retry: pipeline.settings.retry_policy(),
+        discard_writes: args.bench_discard_uploads,
     };
     let source = pipeline.source.build(&base_ctx).await.map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut targets = Vec::new();
@@ -352,7 +422,7 @@ async fn run_once(
     let runner = Runner {
         source: source.clone(),
         targets,
-        strategy: Arc::new(GuideStrategy),
+        strategy: Arc::new(CursorStrategy),
         settings: pipeline.settings.clone(),
         tables: pipeline.tables.clone(),
         table_options: pipeline.table_options.clone(),
@@ -364,6 +434,8 @@ async fn run_once(
         dry_run: args.dry_run,
         databases: args.databases.clone(),
         tables: args.tables.clone(),
+        wait_lock: args.wait_lock,
+        record_nothing: args.bench_discard_uploads,
     };
     let report = runner.run(&options).await;
     source.close().await;
@@ -381,7 +453,7 @@ async fn run_once(
         std::fs::write(path, serde_json::to_vec_pretty(&report)?)
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
-    if !options.dry_run {
+    if !options.dry_run && !options.record_nothing {
         metrics.record(&report);
     }
     if let Some(path) = &args.metrics_file {

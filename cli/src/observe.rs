@@ -31,7 +31,7 @@ impl EventListener for Progress {
     fn on_event(&self, event: &Event) {
         let mut tables = self.tables.lock().unwrap_or_else(|p| p.into_inner());
         match event {
-            Event::Progress { table, rows, bytes, elapsed } => {
+            Event::ReadProgressed { table, rows, bytes, elapsed } => {
                 let key = table.to_string();
                 let rate = *rows as f64 / elapsed.as_secs_f64().max(0.001);
                 let message = format!(
@@ -124,7 +124,11 @@ impl Metrics {
                 OutcomeStatus::Planned => {}
             }
             metrics::counter!("connector_retries_total", &labels).increment(u64::from(o.retries));
-            metrics::counter!("connector_zero_dates_nulled_total", &labels).increment(o.zero_dates_nulled);
+            for (what, n) in &o.nulled_values {
+                let mut labels = labels.to_vec();
+                labels.push(("what", what.clone()));
+                metrics::counter!("connector_values_nulled_total", &labels).increment(*n);
+            }
         }
         let result = if report.failed() > 0 { "failed" } else { "success" };
         metrics::counter!("connector_runs_total", "result" => result).increment(1);

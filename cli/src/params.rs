@@ -2,242 +2,273 @@
 //!
 //! `{"db_host": ..., "db_list": "shop1,shop2", "bq_project": ..., ...}` becomes
 //! `{"source": {"kind": "mysql", ...}, "sinks": [{"kind": "bigquery", ...}], "state": {"kind":
-//! "json", ...}, ...}`, so both forms go through the same registry parsing and validation.
+//! "json", ...}, ...}`, so both forms go through the same registry parsing and validation. The
+//! flat form is MySQL → BigQuery with JSON state only; other connectors use the general form.
+//!
+//! [`FLAT_KEYS`] is the one table of flat keys: each names where its value goes in the general
+//! form. Their documentation comes from the connector or setting they map to, and errors in
+//! the general form are reported under the flat key the user wrote.
 
-use connector_framework::config::{self, FieldDoc};
-use connector_framework::pipeline::{PIPELINE_FIELDS, SETTINGS_FIELDS};
+use connector_framework::config::{self, FieldDoc, Problem};
+use connector_framework::pipeline::{KeyNames, PIPELINE_FIELDS, SETTINGS_FIELDS, Scope};
+use connector_framework::registry::{self, ConnectorDescriptor, Role};
 use connector_framework::{ConnectorError, Pipeline, Result};
 use serde_json::{Map, Value, json};
 
-/// The flat keys: the guide's, plus ours.
-pub const FLAT_FIELDS: &[FieldDoc] = &[
-    FieldDoc { name: "db_host", ty: "string", required: true, default: "", doc: "MySQL host" },
-    FieldDoc { name: "db_port", ty: "integer", required: false, default: "3306", doc: "MySQL port" },
-    FieldDoc {
-        name: "db_user",
-        ty: "string",
-        required: true,
-        default: "",
-        doc: "MySQL user (SELECT privilege is enough)",
-    },
-    FieldDoc { name: "db_pass", ty: "string", required: false, default: "empty", doc: "password, or ${ENV_VAR}" },
-    FieldDoc {
-        name: "db_pass_env",
-        ty: "string",
-        required: false,
-        default: "none",
-        doc: "environment variable holding the password",
-    },
-    FieldDoc { name: "db_list", ty: "comma-separated string", required: true, default: "", doc: "databases (tenants)" },
-    FieldDoc {
-        name: "table_list",
-        ty: "comma-separated string",
-        required: false,
-        default: "every base table",
-        doc: "tables to sync",
-    },
-    FieldDoc {
-        name: "bq_project",
-        ty: "string",
-        required: true,
-        default: "",
-        doc: "BigQuery project id (unless `targets` is given)",
-    },
-    FieldDoc {
-        name: "bq_dataset",
-        ty: "string",
-        required: true,
-        default: "",
-        doc: "BigQuery dataset (unless `targets` is given)",
-    },
-    FieldDoc {
-        name: "targets",
-        ty: "list of objects",
-        required: false,
-        default: "one target from bq_*",
-        doc: "several BigQuery targets: [{id, bq_project, bq_dataset, bq_location, bq_endpoint, bq_credentials}]",
-    },
-    FieldDoc { name: "bq_location", ty: "string", required: false, default: "the dataset's", doc: "BigQuery location" },
-    FieldDoc {
-        name: "bq_endpoint",
-        ty: "URL",
-        required: false,
-        default: "$BIGQUERY_EMULATOR_HOST, else Google",
-        doc: "an emulator's URL",
-    },
-    FieldDoc {
-        name: "bq_credentials",
-        ty: "path",
-        required: false,
-        default: "Application Default Credentials",
-        doc: "service-account key file",
-    },
-    FieldDoc {
-        name: "lookback_minutes",
-        ty: "integer",
-        required: false,
-        default: "10",
-        doc: "incremental safety window",
-    },
-    FieldDoc { name: "batch_size", ty: "integer", required: false, default: "1000", doc: "rows per batch" },
-    FieldDoc {
-        name: "max_retries",
-        ty: "integer",
-        required: false,
-        default: "3",
-        doc: "retries of a transient failure",
-    },
-    FieldDoc {
-        name: "retry_delay",
-        ty: "seconds",
-        required: false,
-        default: "5",
-        doc: "first retry wait (doubles, jittered)",
-    },
-    FieldDoc {
-        name: "pool_size",
-        ty: "integer",
-        required: false,
-        default: "5",
-        doc: "MySQL connections and tables read at once",
-    },
-    FieldDoc { name: "status_dir", ty: "path", required: false, default: "sync_status", doc: "state files folder" },
-    FieldDoc { name: "log_file", ty: "path", required: false, default: "sync_incremental.log", doc: "log file" },
-    FieldDoc {
-        name: "full_after_failure",
-        ty: "boolean",
-        required: false,
-        default: "false",
-        doc: "a failed table syncs in full next time",
-    },
-    FieldDoc {
-        name: "chunk_rows",
-        ty: "integer",
-        required: false,
-        default: "1000000",
-        doc: "rows per key range of a resumable full sync; 0 reads in one pass",
-    },
-    FieldDoc {
-        name: "null_cursor",
-        ty: "include | report",
-        required: false,
-        default: "include",
-        doc: "rows whose cursor is NULL in incremental runs",
-    },
-    FieldDoc {
-        name: "table_options",
-        ty: "object",
-        required: false,
-        default: "{}",
-        doc: "per-table cursor_column, primary_key, partition_by, cluster_by",
-    },
+/// Where a flat key's value goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dest {
+    /// A key of the `mysql` source.
+    Source(&'static str),
+    /// A key of each `bigquery` sink (a `targets` entry may set it too).
+    Sink(&'static str),
+    /// A key of the `json` state store.
+    State(&'static str),
+    /// A top-level key of the general form (settings, `tables`, `table_options`).
+    Top(&'static str),
+}
+
+/// The kinds the flat form assembles.
+pub const FLAT_SOURCE: &str = "mysql";
+pub const FLAT_SINK: &str = "bigquery";
+pub const FLAT_STATE: &str = "json";
+
+/// Every flat key: the original tool's (`db_*`, `bq_project`, `bq_dataset`, `lookback_minutes`,
+/// `batch_size`, `max_retries`, `retry_delay`, `pool_size`, `status_dir`) and ours, with where
+/// each goes. `pool_size` sets both the MySQL pool and how many tables run at once.
+pub const FLAT_KEYS: &[(&str, &[Dest])] = &[
+    ("db_host", &[Dest::Source("host")]),
+    ("db_port", &[Dest::Source("port")]),
+    ("db_user", &[Dest::Source("user")]),
+    ("db_pass", &[Dest::Source("password")]),
+    ("db_pass_env", &[Dest::Source("password_env")]),
+    ("db_list", &[Dest::Source("databases")]),
+    ("zero_dates", &[Dest::Source("zero_dates")]),
+    ("connect_timeout", &[Dest::Source("connect_timeout")]),
+    ("table_list", &[Dest::Top("tables")]),
+    ("bq_project", &[Dest::Sink("project")]),
+    ("bq_dataset", &[Dest::Sink("dataset")]),
+    ("bq_location", &[Dest::Sink("location")]),
+    ("bq_endpoint", &[Dest::Sink("endpoint")]),
+    ("bq_credentials", &[Dest::Sink("credentials")]),
+    ("staging_dataset", &[Dest::Sink("staging_dataset")]),
+    ("upload_chunk_mb", &[Dest::Sink("upload_chunk_mb")]),
+    ("job_timeout", &[Dest::Sink("job_timeout")]),
+    ("max_concurrent_jobs", &[Dest::Sink("max_concurrent_jobs")]),
+    ("lookback_minutes", &[Dest::Top("lookback_minutes")]),
+    ("batch_size", &[Dest::Top("batch_size")]),
+    ("max_retries", &[Dest::Top("max_retries")]),
+    ("retry_delay", &[Dest::Top("retry_delay")]),
+    ("pool_size", &[Dest::Source("pool_size"), Dest::Top("concurrency")]),
+    ("status_dir", &[Dest::State("status_dir")]),
+    ("log_file", &[Dest::Top("log_file")]),
+    ("full_after_failure", &[Dest::Top("full_after_failure")]),
+    ("full_every", &[Dest::Top("full_every")]),
+    ("chunk_rows", &[Dest::Top("chunk_rows")]),
+    ("null_cursor", &[Dest::Top("null_cursor")]),
+    ("cursor_time_zone", &[Dest::Top("cursor_time_zone")]),
+    ("system_columns", &[Dest::Top("system_columns")]),
+    ("table_options", &[Dest::Top("table_options")]),
 ];
+
+/// The flat `targets` key: several BigQuery targets, each with its own sink keys.
+const TARGETS: FieldDoc = FieldDoc {
+    name: "targets",
+    ty: "list of objects",
+    required: false,
+    default: "one target from the bq_* keys",
+    doc: "several BigQuery targets fed by one read: [{\"id\": ..., \"bq_dataset\": ..., ...}], each taking any bq_* key (top-level ones are defaults); give each an id",
+};
+
+fn descriptor(role: Role, kind: &str) -> Option<&'static ConnectorDescriptor> {
+    registry::find(role, kind).ok()
+}
+
+/// The documentation of the key a flat key maps to.
+fn doc_of(dest: Dest) -> Option<FieldDoc> {
+    let (fields, key): (&[FieldDoc], &str) = match dest {
+        Dest::Source(k) => (descriptor(Role::Source, FLAT_SOURCE)?.fields, k),
+        Dest::Sink(k) => (descriptor(Role::Sink, FLAT_SINK)?.fields, k),
+        Dest::State(k) => (descriptor(Role::State, FLAT_STATE)?.fields, k),
+        Dest::Top(k) => {
+            return PIPELINE_FIELDS.iter().chain(SETTINGS_FIELDS).find(|f| f.name == k).copied();
+        }
+    };
+    fields.iter().find(|f| f.name == key).copied()
+}
+
+/// The flat keys with their documentation (taken from what they map to).
+pub fn flat_fields() -> Vec<FieldDoc> {
+    let mut out: Vec<FieldDoc> = FLAT_KEYS
+        .iter()
+        .filter_map(|(flat, dests)| {
+            let general = doc_of(dests[0])?;
+            Some(FieldDoc { name: flat, ..general })
+        })
+        .collect();
+    out.push(TARGETS);
+    out
+}
+
+/// The flat keys that configure connector `d`, for `describe`.
+pub fn flat_keys_of(d: &ConnectorDescriptor) -> Vec<FieldDoc> {
+    let mine = |dest: &Dest| match (d.role(), dest) {
+        (Role::Source, Dest::Source(_)) => d.kind == FLAT_SOURCE,
+        (Role::Sink, Dest::Sink(_)) => d.kind == FLAT_SINK,
+        (Role::State, Dest::State(_)) => d.kind == FLAT_STATE,
+        _ => false,
+    };
+    let mut out: Vec<FieldDoc> = flat_fields()
+        .into_iter()
+        .filter(|f| FLAT_KEYS.iter().any(|(n, dests)| *n == f.name && dests.iter().any(mine)))
+        .collect();
+    if d.role() == Role::Sink && d.kind == FLAT_SINK {
+        out.push(TARGETS);
+    }
+    out
+}
+
+/// How the flat form names general keys in errors.
+struct FlatNames {
+    /// Positions of sinks that come from `targets` entries (else the top-level bq_* keys).
+    from_targets: bool,
+}
+
+impl FlatNames {
+    /// The flat key whose value goes to the first destination `is` accepts.
+    fn flat_name(is: impl Fn(&Dest) -> bool) -> Option<&'static str> {
+        FLAT_KEYS.iter().find(|(_, dests)| dests.iter().any(&is)).map(|(n, _)| *n)
+    }
+}
+
+impl KeyNames for FlatNames {
+    fn document(&self) -> String {
+        "params.json".into()
+    }
+
+    fn key(&self, scope: Scope, key: &str) -> String {
+        let (head, rest) = key.split_once('.').map_or((key, None), |(h, r)| (h, Some(r)));
+        let dest = match scope {
+            Scope::Pipeline => Self::flat_name(|d| matches!(d, Dest::Top(k) if *k == head)),
+            Scope::Source => Self::flat_name(|d| matches!(d, Dest::Source(k) if *k == head)),
+            Scope::Sink(_) => Self::flat_name(|d| matches!(d, Dest::Sink(k) if *k == head)),
+            Scope::State => Self::flat_name(|d| matches!(d, Dest::State(k) if *k == head)),
+        };
+        let name = match (dest, rest) {
+            (Some(n), Some(r)) => format!("{n}.{r}"),
+            (Some(n), None) => n.to_string(),
+            (None, _) => key.to_string(),
+        };
+        match scope {
+            Scope::Sink(i) if self.from_targets && head != "kind" => format!("targets[{i}].{name}"),
+            _ => name,
+        }
+    }
+}
 
 /// Parses either form: the general one has a `source` key.
 pub fn pipeline_from_json(value: &Value) -> Result<Pipeline> {
     if value.get("source").is_some() || value.get("sinks").is_some() {
         return Pipeline::from_general_json(value);
     }
-    Pipeline::from_general_json(&flat_to_general(value)?)
-}
-
-fn flat_to_general(value: &Value) -> Result<Value> {
-    config::check_keys("params.json", value, FLAT_FIELDS)?;
+    let fields = flat_fields();
     let flat = value.as_object().ok_or_else(|| ConnectorError::config("params.json: expected a JSON object"))?;
     let has_targets = flat.get("targets").is_some_and(|t| !t.is_null());
-    for f in FLAT_FIELDS.iter().filter(|f| f.required && !(has_targets && f.name.starts_with("bq_"))) {
-        if flat.get(f.name).is_none_or(|v| v.is_null() || v.as_str().is_some_and(|s| s.trim().is_empty())) {
-            return Err(ConnectorError::config(format!("params.json: `{}` is required ({})", f.name, f.doc)));
+    let mut problems = config::unknown_keys(value, &fields);
+    problems.extend(
+        config::missing_keys(value, &fields)
+            .into_iter()
+            .filter(|p| !(has_targets && p.key.as_deref().is_some_and(|k| k.starts_with("bq_")))),
+    );
+    let general = flat_to_general(flat, &mut problems);
+    let names = FlatNames { from_targets: has_targets };
+    match Pipeline::from_json_named(&general, &names) {
+        Ok(p) if problems.is_empty() => Ok(p),
+        Ok(_) => Err(ConnectorError::config_problems("params.json", problems)),
+        Err(e) => {
+            // Both sets: the flat form's own mistakes, and those found in the values.
+            for p in e.problems() {
+                if !problems.iter().any(|q| q.key == p.key) {
+                    problems.push(p.clone());
+                }
+            }
+            if e.problems().is_empty() {
+                problems.push(Problem::general(e.message().to_string()));
+            }
+            Err(ConnectorError::config_problems("params.json", problems))
         }
     }
-    let pick = |pairs: &[(&str, &str)]| {
-        let mut m = Map::new();
-        for (flat_key, key) in pairs {
-            if let Some(v) = flat.get(*flat_key).filter(|v| !v.is_null()) {
-                m.insert(key.to_string(), v.clone());
-            }
+}
+
+fn flat_to_general(flat: &Map<String, Value>, problems: &mut Vec<Problem>) -> Value {
+    let mut source = Map::new();
+    let mut sink = Map::new();
+    let mut state = Map::new();
+    let mut general = Map::new();
+    for (key, dests) in FLAT_KEYS {
+        let Some(v) = flat.get(*key).filter(|v| !v.is_null()) else { continue };
+        for dest in *dests {
+            let (map, k) = match dest {
+                Dest::Source(k) => (&mut source, k),
+                Dest::Sink(k) => (&mut sink, k),
+                Dest::State(k) => (&mut state, k),
+                Dest::Top(k) => (&mut general, k),
+            };
+            map.insert(k.to_string(), v.clone());
         }
-        m
-    };
-    let mut source = pick(&[
-        ("db_host", "host"),
-        ("db_port", "port"),
-        ("db_user", "user"),
-        ("db_pass", "password"),
-        ("db_pass_env", "password_env"),
-        ("db_list", "databases"),
-        ("pool_size", "pool_size"),
-    ]);
-    source.insert("kind".into(), json!("mysql"));
-    const SINK_KEYS: [(&str, &str); 5] = [
-        ("bq_project", "project"),
-        ("bq_dataset", "dataset"),
-        ("bq_location", "location"),
-        ("bq_endpoint", "endpoint"),
-        ("bq_credentials", "credentials"),
-    ];
-    let mut defaults = pick(&SINK_KEYS);
-    defaults.insert("kind".into(), json!("bigquery"));
+    }
+    source.insert("kind".into(), json!(FLAT_SOURCE));
+    sink.insert("kind".into(), json!(FLAT_SINK));
+    state.insert("kind".into(), json!(FLAT_STATE));
     let sinks: Vec<Value> = match flat.get("targets").filter(|t| !t.is_null()) {
-        None => vec![Value::Object(defaults)],
-        Some(Value::Array(targets)) if !targets.is_empty() => targets
-            .iter()
-            .enumerate()
-            .map(|(i, t)| target_to_sink(i, t, &defaults, &SINK_KEYS))
-            .collect::<Result<_>>()?,
-        Some(_) => return Err(ConnectorError::config("params.json: `targets` must be a non-empty list of objects")),
+        None => vec![Value::Object(sink)],
+        Some(Value::Array(targets)) if !targets.is_empty() => {
+            targets.iter().enumerate().map(|(i, t)| target_to_sink(i, t, &sink, problems)).collect()
+        }
+        Some(_) => {
+            problems.push(Problem::at("targets", "must be a non-empty list of objects"));
+            vec![Value::Object(sink)]
+        }
     };
-    let mut state = pick(&[("status_dir", "status_dir")]);
-    state.insert("kind".into(), json!("json"));
-    let mut general = pick(&[
-        ("table_list", "tables"),
-        ("table_options", "table_options"),
-        ("batch_size", "batch_size"),
-        ("max_retries", "max_retries"),
-        ("retry_delay", "retry_delay"),
-        ("pool_size", "concurrency"),
-        ("lookback_minutes", "lookback_minutes"),
-        ("full_after_failure", "full_after_failure"),
-        ("null_cursor", "null_cursor"),
-        ("chunk_rows", "chunk_rows"),
-        ("log_file", "log_file"),
-    ]);
     general.insert("source".into(), Value::Object(source));
     general.insert("sinks".into(), Value::Array(sinks));
     general.insert("state".into(), Value::Object(state));
-    debug_assert!(general.keys().all(|k| PIPELINE_FIELDS.iter().chain(SETTINGS_FIELDS).any(|f| f.name == k)));
-    Ok(Value::Object(general))
+    Value::Object(general)
 }
 
-/// The keys a flat `targets` entry may have.
-const TARGET_FIELDS: &[FieldDoc] = &[
-    FieldDoc { name: "id", ty: "string", required: false, default: "target<N>", doc: "names the target" },
-    FieldDoc { name: "bq_project", ty: "string", required: true, default: "", doc: "" },
-    FieldDoc { name: "bq_dataset", ty: "string", required: true, default: "", doc: "" },
-    FieldDoc { name: "bq_location", ty: "string", required: false, default: "", doc: "" },
-    FieldDoc { name: "bq_endpoint", ty: "URL", required: false, default: "", doc: "" },
-    FieldDoc { name: "bq_credentials", ty: "path", required: false, default: "", doc: "" },
-];
+/// The keys a flat `targets` entry may have: `id` and every sink key.
+fn target_fields() -> Vec<FieldDoc> {
+    let mut out = vec![FieldDoc {
+        name: "id",
+        ty: "string",
+        required: false,
+        default: "project.dataset",
+        doc: "names the target (its state folder)",
+    }];
+    out.extend(
+        flat_fields()
+            .into_iter()
+            .filter(|f| FLAT_KEYS.iter().any(|(n, d)| *n == f.name && matches!(d[0], Dest::Sink(_))))
+            .map(|f| FieldDoc { required: false, ..f }),
+    );
+    out
+}
 
 /// One `targets` entry as a sink config; top-level bq_* keys are its defaults.
-fn target_to_sink(i: usize, target: &Value, defaults: &Map<String, Value>, keys: &[(&str, &str)]) -> Result<Value> {
-    let what = format!("params.json: targets[{i}]");
-    config::check_keys(&what, target, TARGET_FIELDS)?;
+fn target_to_sink(i: usize, target: &Value, defaults: &Map<String, Value>, problems: &mut Vec<Problem>) -> Value {
+    for p in config::unknown_keys(target, &target_fields()) {
+        problems.push(Problem { key: p.key.map(|k| format!("targets[{i}].{k}")), message: p.message });
+    }
     let mut sink = defaults.clone();
-    for (flat_key, key) in keys {
-        if let Some(v) = target.get(*flat_key).filter(|v| !v.is_null()) {
-            sink.insert(key.to_string(), v.clone());
+    for (key, dests) in FLAT_KEYS {
+        if let (Some(v), Dest::Sink(k)) = (target.get(*key).filter(|v| !v.is_null()), dests[0]) {
+            sink.insert(k.to_string(), v.clone());
         }
     }
     if let Some(id) = target.get("id") {
         sink.insert("id".into(), id.clone());
     }
-    for required in ["project", "dataset"] {
-        if !sink.contains_key(required) {
-            return Err(ConnectorError::config(format!("{what}: `bq_{required}` is required")));
-        }
-    }
-    Ok(Value::Object(sink))
+    Value::Object(sink)
 }
 
 #[cfg(test)]
@@ -254,6 +285,11 @@ mod tests {
         })
     }
 
+    fn error(v: &Value) -> String {
+        crate::plugins::force_link();
+        pipeline_from_json(v).unwrap_err().to_string()
+    }
+
     #[test]
     fn the_guides_example_is_valid() {
         crate::plugins::force_link();
@@ -264,31 +300,50 @@ mod tests {
         let described = p.describe();
         assert_eq!(described["source"]["config"]["port"], 3306);
         assert_eq!(described["source"]["config"]["databases"], json!(["shop1", "shop2", "shop3"]));
-        // The password never shows.
+        // The password never shows, and the target's id once.
         assert!(!described.to_string().contains("your_password"));
+        assert!(described["sinks"][0]["config"].get("id").is_none());
     }
 
     #[test]
-    fn unknown_keys_suggest_the_closest_one() {
+    fn unknown_keys_suggest_the_closest_one_all_at_once() {
         let mut v = guide_example();
         v["bq_datset"] = json!("x");
-        let e = pipeline_from_json(&v).unwrap_err();
-        assert!(e.to_string().contains("did you mean `bq_dataset`"), "{e}");
+        assert!(error(&v).contains("`bq_datset`: unknown key; did you mean `bq_dataset`"), "{}", error(&v));
+        let mut v = guide_example();
+        v.as_object_mut().unwrap().remove("db_pass");
+        v["db_passwd"] = json!("x");
+        v["lookback_minute"] = json!(5);
+        let e = error(&v);
+        assert!(e.contains("2 mistakes") && e.contains("`db_passwd`") && e.contains("`lookback_minute`"), "{e}");
     }
 
     #[test]
     fn missing_required_keys_are_named() {
         let mut v = guide_example();
         v.as_object_mut().unwrap().remove("db_host");
-        assert!(pipeline_from_json(&v).unwrap_err().to_string().contains("`db_host` is required"));
+        assert!(error(&v).contains("`db_host`: is required"), "{}", error(&v));
     }
 
     #[test]
-    fn bad_numbers_name_the_key() {
-        let mut v = guide_example();
-        v["db_port"] = json!("33o6");
-        let e = pipeline_from_json(&v).unwrap_err().to_string();
-        assert!(e.contains("33o6"), "{e}");
+    fn bad_values_name_the_flat_key_and_no_type_names() {
+        for (key, value, expected) in [
+            ("db_port", json!("abc"), "`db_port`: expected a whole number from 0 to 65535, got \"abc\""),
+            ("db_port", json!(70000), "`db_port`: expected a whole number from 0 to 65535, got 70000"),
+            (
+                "lookback_minutes",
+                json!("ten"),
+                "`lookback_minutes`: expected a whole number of at least 0, got \"ten\"",
+            ),
+            ("pool_size", json!(0), "`pool_size`: between 1 and 256, got 0"),
+            ("job_timeout", json!(0), "`job_timeout`: between 1 and 86400 seconds, got 0"),
+        ] {
+            let mut v = guide_example();
+            v[key] = value;
+            let e = error(&v);
+            assert!(e.contains(expected), "{key}: {e}");
+            assert!(!e.contains("NumOrString") && !e.contains("u16") && !e.contains("untagged"), "{e}");
+        }
     }
 
     #[test]
@@ -298,21 +353,54 @@ mod tests {
         v["bq_dataset"] = json!("shops");
         v["targets"] =
             json!([{"id": "us", "bq_project": "p-us"}, {"id": "eu", "bq_project": "p-eu", "bq_location": "EU"}]);
+        crate::plugins::force_link();
         let p = pipeline_from_json(&v).unwrap();
         let d = p.describe();
         assert_eq!(d["sinks"][0]["id"], "us");
         assert_eq!(d["sinks"][1]["config"]["project"], "p-eu");
         assert_eq!(d["sinks"][1]["config"]["dataset"], "shops");
         assert_eq!(d["sinks"][1]["config"]["location"], "EU");
-        v["targets"][0]["bq_projet"] = json!("x");
-        assert!(pipeline_from_json(&v).unwrap_err().to_string().contains("did you mean `bq_project`"));
+        let mut bad = v.clone();
+        bad["targets"][0]["bq_projet"] = json!("x");
+        assert!(
+            error(&bad).contains("`targets[0].bq_projet`: unknown key; did you mean `bq_project`"),
+            "{}",
+            error(&bad)
+        );
+        let mut bad = v.clone();
+        bad["targets"][1]["bq_dataset"] = json!("no-dashes");
+        assert!(error(&bad).contains("`targets[1].bq_dataset`"), "{}", error(&bad));
+    }
+
+    #[test]
+    fn targets_without_ids_get_stable_ids_from_project_and_dataset() {
+        let mut v = guide_example();
+        v["targets"] = json!([{"bq_dataset": "a"}, {"bq_dataset": "b"}]);
+        crate::plugins::force_link();
+        let ids = |v: &Value| -> Vec<String> {
+            pipeline_from_json(v).unwrap().targets.iter().map(|t| t.id.clone()).collect()
+        };
+        assert_eq!(ids(&v), ["your-gcp-project.a", "your-gcp-project.b"]);
+        v["targets"] = json!([{"bq_dataset": "new"}, {"bq_dataset": "a"}]);
+        assert_eq!(ids(&v)[1], "your-gcp-project.a", "a target keeps its id (and state) wherever it is listed");
+        v["targets"] = json!([{"bq_dataset": "a"}, {"bq_dataset": "a"}]);
+        assert!(error(&v).contains("give each target its own id"), "{}", error(&v));
     }
 
     #[test]
     fn password_from_the_environment() {
         let mut v = guide_example();
         v["db_pass"] = json!("${CONNECTOR_TEST_UNSET_VARIABLE}");
-        let e = pipeline_from_json(&v).unwrap_err().to_string();
+        let e = error(&v);
         assert!(e.contains("CONNECTOR_TEST_UNSET_VARIABLE") && e.contains("not set"), "{e}");
+    }
+
+    #[test]
+    fn every_flat_key_is_documented_by_what_it_maps_to() {
+        crate::plugins::force_link();
+        let fields = flat_fields();
+        for (name, _) in FLAT_KEYS {
+            assert!(fields.iter().any(|f| f.name == *name && !f.doc.is_empty()), "{name} has no documentation");
+        }
     }
 }

@@ -29,11 +29,48 @@ pub fn closest<'a>(unknown: &str, candidates: impl IntoIterator<Item = &'a str>)
         .map(|(_, c)| c)
 }
 
-/// Rejects keys of `value` that are not in `fields`, suggesting the closest valid key.
-pub fn check_keys(what: &str, value: &serde_json::Value, fields: &[FieldDoc]) -> Result<()> {
+/// One mistake in a config: the key it is about (as the general form names it; `None` for the
+/// config as a whole), and what is wrong, in words that say what to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub key: Option<String>,
+    pub message: String,
+}
+
+impl Problem {
+    pub fn at(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { key: Some(key.into()), message: message.into() }
+    }
+    pub fn general(message: impl Into<String>) -> Self {
+        Self { key: None, message: message.into() }
+    }
+    /// `` `key`: message ``, or the message alone.
+    pub fn render(&self) -> String {
+        match &self.key {
+            Some(k) => format!("`{k}`: {}", self.message),
+            None => self.message.clone(),
+        }
+    }
+}
+
+/// `what: one problem`, or `what has N mistakes:` and one line each.
+pub fn render_problems(what: &str, problems: &[Problem]) -> String {
+    match problems {
+        [] => format!("{what}: invalid"),
+        [one] => format!("{what}: {}", one.render()),
+        many => {
+            let lines: Vec<String> = many.iter().map(|p| format!("  - {}", p.render())).collect();
+            format!("{what} has {} mistakes:\n{}", many.len(), lines.join("\n"))
+        }
+    }
+}
+
+/// Every key of `value` that is not in `fields`, each with the closest valid key.
+pub fn unknown_keys(value: &serde_json::Value, fields: &[FieldDoc]) -> Vec<Problem> {
     let Some(map) = value.as_object() else {
-        return Err(ConnectorError::config(format!("{what}: expected a JSON object")));
+        return vec![Problem::general("expected a JSON object")];
     };
+    let mut out = Vec::new();
     for key in map.keys() {
         if key == "kind" || fields.iter().any(|f| f.name == key) {
             continue;
@@ -42,19 +79,46 @@ pub fn check_keys(what: &str, value: &serde_json::Value, fields: &[FieldDoc]) ->
             Some(near) => format!("did you mean `{near}`?"),
             None => format!("valid keys: {}", fields.iter().map(|f| f.name).collect::<Vec<_>>().join(", ")),
         };
-        return Err(ConnectorError::config(format!("{what}: unknown key `{key}`; {hint}")));
+        out.push(Problem::at(key.clone(), format!("unknown key; {hint}")));
     }
-    Ok(())
+    out
 }
 
-/// Parses a component config: unknown keys first (with suggestions), then serde.
+/// Every required key of `fields` that `value` lacks (or leaves empty).
+pub fn missing_keys(value: &serde_json::Value, fields: &[FieldDoc]) -> Vec<Problem> {
+    let Some(map) = value.as_object() else { return Vec::new() };
+    fields
+        .iter()
+        .filter(|f| f.required)
+        .filter(|f| map.get(f.name).is_none_or(|v| v.is_null() || v.as_str().is_some_and(|s| s.trim().is_empty())))
+        .map(|f| Problem::at(f.name, format!("is required ({})", f.doc)))
+        .collect()
+}
+
+/// Rejects keys of `value` that are not in `fields`, suggesting the closest valid key for each.
+pub fn check_keys(what: &str, value: &serde_json::Value, fields: &[FieldDoc]) -> Result<()> {
+    let problems = unknown_keys(value, fields);
+    if problems.is_empty() { Ok(()) } else { Err(ConnectorError::config_problems(what, problems)) }
+}
+
+/// Parses a component config: every unknown and missing key at once (with suggestions), then
+/// the values, the key of a wrong one named.
 pub fn parse<T: DeserializeOwned>(what: &str, value: &serde_json::Value, fields: &[FieldDoc]) -> Result<T> {
-    check_keys(what, value, fields)?;
+    let mut problems = unknown_keys(value, fields);
+    problems.extend(missing_keys(value, fields));
+    if !problems.is_empty() {
+        return Err(ConnectorError::config_problems(what, problems));
+    }
     let mut value = value.clone();
     if let Some(map) = value.as_object_mut() {
         map.remove("kind");
     }
-    serde_json::from_value(value).map_err(|e| ConnectorError::config(format!("{what}: {e}")))
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let key = e.path().to_string();
+        let problem =
+            if key == "." { Problem::general(e.inner().to_string()) } else { Problem::at(key, e.inner().to_string()) };
+        ConnectorError::config_problems(what, vec![problem])
+    })
 }
 
 /// Renders field docs as an aligned table for `describe`.
@@ -69,45 +133,77 @@ pub fn render_fields(fields: &[FieldDoc]) -> String {
 }
 
 /// Accepts `3306` or `"3306"`, as the original tool's configs write numbers as strings.
+/// Errors say which numbers are allowed, in words (never a Rust type name).
 pub mod lenient {
     use super::*;
 
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum NumOrString<T> {
-        Num(T),
-        Str(String),
+    /// A number type a config may hold, with its range in words.
+    pub trait Number: std::str::FromStr + Sized {
+        const EXPECTED: &'static str;
+    }
+    macro_rules! number {
+        ($($t:ty => $e:expr),*) => { $(impl Number for $t { const EXPECTED: &'static str = $e; })* };
+    }
+    number!(
+        u8 => "a whole number from 0 to 255",
+        u16 => "a whole number from 0 to 65535",
+        u32 => "a whole number from 0 to 4294967295",
+        u64 => "a whole number of at least 0",
+        usize => "a whole number of at least 0",
+        i64 => "a whole number",
+        f64 => "a number"
+    );
+
+    fn convert<T: Number, E: de::Error>(raw: serde_json::Value) -> std::result::Result<T, E> {
+        let text = match &raw {
+            serde_json::Value::Number(n) => n.to_string(),
+            serde_json::Value::String(s) => s.trim().to_string(),
+            other => return Err(E::custom(format!("expected {}, got {other}", T::EXPECTED))),
+        };
+        text.parse().map_err(|_| E::custom(format!("expected {}, got {raw}", T::EXPECTED)))
     }
 
     pub fn deserialize<'de, D, T>(d: D) -> std::result::Result<T, D::Error>
     where
         D: Deserializer<'de>,
-        T: Deserialize<'de> + std::str::FromStr,
+        T: Number,
     {
-        match NumOrString::<T>::deserialize(d)? {
-            NumOrString::Num(n) => Ok(n),
-            NumOrString::Str(s) => {
-                s.trim().parse().map_err(|_| de::Error::custom(format!("expected a number, got \"{s}\"")))
-            }
-        }
+        convert(serde_json::Value::deserialize(d)?)
     }
 
-    /// The same for optional numbers.
+    /// The same for optional numbers (`null` or `""` is none).
     pub mod option {
         use super::*;
         pub fn deserialize<'de, D, T>(d: D) -> std::result::Result<Option<T>, D::Error>
         where
             D: Deserializer<'de>,
-            T: Deserialize<'de> + std::str::FromStr,
+            T: Number,
         {
-            match Option::<NumOrString<T>>::deserialize(d)? {
-                None => Ok(None),
-                Some(NumOrString::Num(n)) => Ok(Some(n)),
-                Some(NumOrString::Str(s)) if s.trim().is_empty() => Ok(None),
-                Some(NumOrString::Str(s)) => {
-                    s.trim().parse().map(Some).map_err(|_| de::Error::custom(format!("expected a number, got \"{s}\"")))
-                }
+            match serde_json::Value::deserialize(d)? {
+                serde_json::Value::Null => Ok(None),
+                serde_json::Value::String(s) if s.trim().is_empty() => Ok(None),
+                raw => convert(raw).map(Some),
             }
+        }
+    }
+}
+
+/// A duration written as `"24h"`, `"90m"`, `"7d"` (or a number of seconds), kept as seconds.
+pub mod duration_secs {
+    use super::*;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<u64>, D::Error> {
+        match Option::<serde_json::Value>::deserialize(d)? {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(serde_json::Value::Number(n)) => n
+                .as_u64()
+                .map(Some)
+                .ok_or_else(|| de::Error::custom("expected a whole number of seconds or a duration like \"24h\"")),
+            Some(serde_json::Value::String(s)) if s.trim().is_empty() => Ok(None),
+            Some(serde_json::Value::String(s)) => humantime::parse_duration(s.trim())
+                .map(|d| Some(d.as_secs()))
+                .map_err(|_| de::Error::custom(format!("expected a duration like \"24h\" or \"30m\", got \"{s}\""))),
+            Some(_) => Err(de::Error::custom("expected a duration like \"24h\"")),
         }
     }
 }
@@ -116,18 +212,18 @@ pub mod lenient {
 pub mod string_list {
     use super::*;
 
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum ListOrString {
-        List(Vec<String>),
-        Str(String),
-    }
-
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Vec<String>, D::Error> {
-        let items = match Option::<ListOrString>::deserialize(d)? {
-            None => Vec::new(),
-            Some(ListOrString::List(v)) => v,
-            Some(ListOrString::Str(s)) => s.split(',').map(str::to_string).collect(),
+        let items: Vec<String> = match serde_json::Value::deserialize(d)? {
+            serde_json::Value::Null => Vec::new(),
+            serde_json::Value::String(s) => s.split(',').map(str::to_string).collect(),
+            serde_json::Value::Array(items) => items
+                .into_iter()
+                .map(|v| match v {
+                    serde_json::Value::String(s) => Ok(s),
+                    other => Err(de::Error::custom(format!("expected a list of names, got {other} in it"))),
+                })
+                .collect::<std::result::Result<_, _>>()?,
+            other => return Err(de::Error::custom(format!("expected a list of names or \"a,b,c\", got {other}"))),
         };
         Ok(items.into_iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect())
     }
@@ -201,6 +297,8 @@ mod tests {
         assert!(err.message().contains("did you mean `batch_size`"), "{}", err.message());
         let err = check_keys("params.json", &serde_json::json!({"zzz": 5}), &fields).unwrap_err();
         assert!(err.message().contains("valid keys: db_host, batch_size"), "{}", err.message());
+        let err = check_keys("params.json", &serde_json::json!({"db_hots": 1, "batch_sise": 5}), &fields).unwrap_err();
+        assert!(err.message().contains("2 mistakes") && err.problems().len() == 2, "every mistake at once: {err}");
     }
 
     #[test]
@@ -216,7 +314,7 @@ mod tests {
 
     #[test]
     fn numbers_may_be_strings() {
-        #[derive(Deserialize)]
+        #[derive(Debug, Deserialize)]
         struct T {
             #[serde(deserialize_with = "lenient::deserialize")]
             port: u16,
@@ -226,6 +324,14 @@ mod tests {
         let t: T = serde_json::from_value(serde_json::json!({"port": "3306", "list": "a, b,,c"})).unwrap();
         assert_eq!(t.port, 3306);
         assert_eq!(t.list, ["a", "b", "c"]);
-        assert!(serde_json::from_value::<T>(serde_json::json!({"port": "x"})).is_err());
+        let fields = [
+            FieldDoc { name: "port", ty: "integer", required: false, default: "", doc: "" },
+            FieldDoc { name: "list", ty: "list", required: false, default: "", doc: "" },
+        ];
+        let e = parse::<T>("source", &serde_json::json!({"port": "x"}), &fields).unwrap_err();
+        assert_eq!(e.message(), "source: `port`: expected a whole number from 0 to 65535, got \"x\"");
+        let e = parse::<T>("source", &serde_json::json!({"port": 70000}), &fields).unwrap_err();
+        assert_eq!(e.message(), "source: `port`: expected a whole number from 0 to 65535, got 70000");
+        assert_eq!(e.problems()[0].key.as_deref(), Some("port"));
     }
 }

@@ -36,14 +36,35 @@ pub struct ConnectorError {
     message: String,
     #[source]
     source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    /// The sink's reference to a write whose outcome is unknown (see
+    /// [`crate::state::TableState::in_doubt`]).
+    in_doubt: Option<String>,
+    /// Config errors: each mistake with the key it is about, so the caller can name the key
+    /// the way the user wrote it (the flat `params.json` names keys differently).
+    problems: Vec<crate::config::Problem>,
 }
 
 impl ConnectorError {
     pub fn new(class: ErrorClass, message: impl Into<String>) -> Self {
-        Self { class, message: message.into(), source: None }
+        Self { class, message: message.into(), source: None, in_doubt: None, problems: Vec::new() }
     }
     pub fn config(message: impl Into<String>) -> Self {
         Self::new(ErrorClass::Config, message)
+    }
+    /// A config error about one key (named as in the general form, e.g. `port`, or a path
+    /// such as `table_options.orders.cursor_column`).
+    pub fn config_at(key: impl Into<String>, problem: impl Into<String>) -> Self {
+        Self::config_problems("config", vec![crate::config::Problem::at(key, problem)])
+    }
+    /// A config error listing every mistake found in `what` (e.g. ``source `mysql` ``).
+    pub fn config_problems(what: &str, problems: Vec<crate::config::Problem>) -> Self {
+        let mut e = Self::new(ErrorClass::Config, crate::config::render_problems(what, &problems));
+        e.problems = problems;
+        e
+    }
+    /// The mistakes of a config error, each with its key (empty for other errors).
+    pub fn problems(&self) -> &[crate::config::Problem] {
+        &self.problems
     }
     pub fn transient(message: impl Into<String>) -> Self {
         Self::new(ErrorClass::Transient, message)
@@ -55,6 +76,25 @@ impl ConnectorError {
     pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
         self.source = Some(Box::new(source));
         self
+    }
+    /// Marks the error as leaving a write in doubt: `handle` names it for the sink to resolve
+    /// before the table is written again.
+    pub fn with_in_doubt(mut self, handle: impl Into<String>) -> Self {
+        self.in_doubt = Some(handle.into());
+        self
+    }
+    pub fn in_doubt(&self) -> Option<&str> {
+        self.in_doubt.as_deref()
+    }
+    /// The same error again (errors are not `Clone`: the source chain cannot be copied).
+    pub fn duplicate(&self) -> Self {
+        Self {
+            class: self.class,
+            message: self.message.clone(),
+            source: None,
+            in_doubt: self.in_doubt.clone(),
+            problems: self.problems.clone(),
+        }
     }
     /// Prefix the message with where it happened, e.g. `shop1.orders`.
     pub fn context(mut self, context: impl fmt::Display) -> Self {

@@ -24,7 +24,7 @@ pub enum Event {
         bytes: u64,
     },
     /// Emitted about once a second while a table is read.
-    Progress {
+    ReadProgressed {
         table: TableRef,
         rows: u64,
         bytes: u64,
@@ -50,7 +50,7 @@ pub enum Event {
         table: TableRef,
         target: String,
     },
-    Retrying {
+    RetryScheduled {
         what: String,
         attempt: u32,
         #[serde(serialize_with = "secs")]
@@ -72,7 +72,7 @@ impl Event {
                 tracing::info!(%table, %target, %mode, %reason, "planned");
             }
             Event::RowsRead { table, rows, bytes } => tracing::debug!(%table, rows, bytes, "rows read"),
-            Event::Progress { .. } => {}
+            Event::ReadProgressed { .. } => {}
             Event::TableStaged { table, target, rows, elapsed } => {
                 tracing::info!(%table, %target, rows, secs = elapsed.as_secs_f64(), "staged");
             }
@@ -80,7 +80,7 @@ impl Event {
                 tracing::info!(%table, %target, tenants, rows, secs = elapsed.as_secs_f64(), "committed");
             }
             Event::CheckpointCommitted { table, target } => tracing::debug!(%table, %target, "state saved"),
-            Event::Retrying { what, attempt, wait, error } => {
+            Event::RetryScheduled { what, attempt, wait, error } => {
                 tracing::warn!(%what, attempt, wait_secs = wait.as_secs_f64(), %error, "retrying after a transient error");
             }
             Event::ComponentError { table, target, error } => tracing::error!(%table, %target, %error, "table failed"),
@@ -91,7 +91,8 @@ impl Event {
     }
 }
 
-fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+/// Durations as seconds in JSON.
+pub(crate) fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_f64(d.as_secs_f64())
 }
 

@@ -35,27 +35,34 @@ pub mod report;
 pub mod retry;
 pub mod runner;
 pub mod schema;
+pub mod sink;
+pub mod source;
 pub mod state;
 pub mod strategy;
+pub mod system;
+#[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
-pub mod traits;
 pub mod value;
 
 pub use config::{FieldDoc, Secret};
 pub use error::{ConnectorError, ErrorClass, Result};
 pub use events::{Event, EventListener};
 pub use pipeline::{Pipeline, Settings, TableOptions};
-pub use registry::{BuildContext, ConnectorDescriptor, Factory, Role, SinkConfig, SourceConfig, StateConfig};
+pub use registry::{BuildContext, ConnectorDescriptor, Factory, Role, SinkConfig, SourceConfig, StateConfig, TypeRow};
 pub use report::{OutcomeStatus, RunReport, TableOutcome};
 pub use retry::RetryPolicy;
 pub use runner::{RunOptions, Runner, Target};
 pub use schema::{Column, KeySource, LogicalType, TableRef, TableSchema};
-pub use state::{DatabaseState, ResumePoint, SyncMode, SyncStatus, TableState, Watermark};
-pub use strategy::GuideStrategy;
-pub use traits::{
-    BatchSender, CommitSummary, NullCursorPolicy, PlanOptions, ReadRange, ReadRequest, ReadSummary, Sink, Source,
-    Staged, StagingWriter, StateLock, StateStore, Strategy, TablePlan, TargetOptions, TargetTable, WriteMode,
+pub use sink::{
+    CommitOutcome, CommitSummary, Prepared, ResumeFrom, Sink, StageRequest, Staged, StagingWriter, TargetOptions,
+    TargetPlan, TargetTable, WriteMode,
 };
+pub use source::{BatchSender, ReadRange, ReadRequest, ReadSummary, Source};
+pub use state::{
+    DatabaseState, ResumePoint, StateLock, StateStore, SyncMode, SyncStatus, TableState, TargetStamp, Watermark,
+};
+pub use strategy::{CursorStrategy, NullCursorPolicy, PlanOptions, Strategy, TablePlan};
+pub use system::SystemColumns;
 pub use value::{Row, RowBatch, Value};
 
 /// Re-exported so connector crates register without naming `inventory` themselves.

@@ -9,10 +9,11 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{self, FieldDoc, lenient, string_list};
+use crate::config::{self, FieldDoc, Problem, lenient, string_list};
 use crate::error::{ConnectorError, Result};
 use crate::registry::{self, SinkConfig, SourceConfig, StateConfig};
 use crate::retry::RetryPolicy;
+use crate::system::SystemColumns;
 
 /// Per-table overrides.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -33,23 +34,86 @@ pub struct TableOptions {
     /// Target type per column, overriding the default mapping (e.g. `{"is_active": "BOOL"}`).
     #[serde(default)]
     pub column_types: BTreeMap<String, String>,
+    /// Columns never read from the source (left out of the SELECT).
+    #[serde(default, deserialize_with = "string_list::deserialize")]
+    pub exclude_columns: Vec<String>,
+    /// Source column → target column name.
+    #[serde(default)]
+    pub rename_columns: BTreeMap<String, String>,
+    /// Sync this table in full when its last full sync is older than this (seconds; written
+    /// as `"24h"`, `"7d"`, …).
+    #[serde(default, deserialize_with = "config::duration_secs::deserialize")]
+    pub full_every: Option<u64>,
+    /// The zone DATETIME cursor values are stamped in (default: the source's zone).
+    #[serde(default)]
+    pub cursor_time_zone: Option<String>,
 }
 
-/// Target types a `column_types` override may name.
-pub const OVERRIDE_TYPES: &[&str] = &[
-    "STRING",
-    "INT64",
-    "NUMERIC",
-    "BIGNUMERIC",
-    "FLOAT64",
-    "BOOL",
-    "BYTES",
-    "DATE",
-    "DATETIME",
-    "TIMESTAMP",
-    "TIME",
-    "JSON",
-    "GEOGRAPHY",
+/// The keys of one `table_options` entry.
+pub const TABLE_OPTION_FIELDS: &[FieldDoc] = &[
+    FieldDoc {
+        name: "cursor_column",
+        ty: "string",
+        required: false,
+        default: "detected by name",
+        doc: "cursor column for incremental syncs",
+    },
+    FieldDoc {
+        name: "primary_key",
+        ty: "list of strings",
+        required: false,
+        default: "the table's key",
+        doc: "row key for tables without a declared one",
+    },
+    FieldDoc {
+        name: "partition_by",
+        ty: "string",
+        required: false,
+        default: "the sink's (sync_timestamp)",
+        doc: "target partition column, or none",
+    },
+    FieldDoc {
+        name: "cluster_by",
+        ty: "list of strings",
+        required: false,
+        default: "the sink's (tenant_id)",
+        doc: "target clustering columns",
+    },
+    FieldDoc {
+        name: "column_types",
+        ty: "object",
+        required: false,
+        default: "{}",
+        doc: "target type per column, e.g. {\"is_active\": \"BOOL\"}",
+    },
+    FieldDoc {
+        name: "exclude_columns",
+        ty: "list of strings",
+        required: false,
+        default: "none",
+        doc: "columns never read from the source",
+    },
+    FieldDoc {
+        name: "rename_columns",
+        ty: "object",
+        required: false,
+        default: "{}",
+        doc: "source column → target column name",
+    },
+    FieldDoc {
+        name: "full_every",
+        ty: "duration",
+        required: false,
+        default: "never",
+        doc: "sync in full when the last full sync is older than this, e.g. \"24h\"",
+    },
+    FieldDoc {
+        name: "cursor_time_zone",
+        ty: "zone",
+        required: false,
+        default: "cursor_time_zone",
+        doc: "zone DATETIME cursors are stamped in",
+    },
 ];
 
 /// The documented top-level keys of the general form: components and tables.
@@ -144,24 +208,32 @@ pub const SETTINGS_FIELDS: &[FieldDoc] = &[
         default: "sync_incremental.log",
         doc: "log file, appended to",
     },
+    FieldDoc {
+        name: "full_every",
+        ty: "duration",
+        required: false,
+        default: "never",
+        doc: "sync a table in full when its last full sync is older than this (e.g. \"24h\"); per table in table_options too",
+    },
+    FieldDoc {
+        name: "cursor_time_zone",
+        ty: "zone",
+        required: false,
+        default: "the source's zone",
+        doc: "zone DATETIME cursors are stamped in: an IANA name (America/New_York) or an offset (-05:00)",
+    },
+    FieldDoc {
+        name: "system_columns",
+        ty: "object",
+        required: false,
+        default: "tenant_id, sync_timestamp, sync_mode, _row_hash, _deleted_at",
+        doc: "names of the columns the sinks add, e.g. {\"tenant_id\": \"_tenant_id\"}",
+    },
 ];
-
-/// The raw general form.
-#[derive(Debug, Clone, Deserialize)]
-pub struct PipelineSpec {
-    pub source: serde_json::Value,
-    pub sinks: Vec<serde_json::Value>,
-    pub state: serde_json::Value,
-    #[serde(default, deserialize_with = "string_list::deserialize")]
-    pub tables: Vec<String>,
-    #[serde(default)]
-    pub table_options: BTreeMap<String, TableOptions>,
-    #[serde(default)]
-    pub settings: Settings,
-}
 
 /// Run-wide settings, validated.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Settings {
     #[serde(deserialize_with = "lenient::deserialize")]
     pub batch_size: usize,
@@ -175,15 +247,15 @@ pub struct Settings {
     #[serde(deserialize_with = "lenient::deserialize")]
     pub lookback_minutes: u64,
     pub full_after_failure: bool,
-    #[serde(default)]
-    pub null_cursor: crate::traits::NullCursorPolicy,
-    #[serde(default = "default_chunk_rows", deserialize_with = "lenient::deserialize")]
+    pub null_cursor: crate::strategy::NullCursorPolicy,
+    #[serde(deserialize_with = "lenient::deserialize")]
     pub chunk_rows: u64,
     pub log_file: Option<String>,
-}
-
-fn default_chunk_rows() -> u64 {
-    1_000_000
+    /// Seconds; see [`TableOptions::full_every`].
+    #[serde(deserialize_with = "config::duration_secs::deserialize")]
+    pub full_every: Option<u64>,
+    pub cursor_time_zone: Option<String>,
+    pub system_columns: SystemColumns,
 }
 
 impl Default for Settings {
@@ -195,9 +267,12 @@ impl Default for Settings {
             concurrency: 5,
             lookback_minutes: 10,
             full_after_failure: false,
-            null_cursor: crate::traits::NullCursorPolicy::Include,
-            chunk_rows: default_chunk_rows(),
+            null_cursor: crate::strategy::NullCursorPolicy::Include,
+            chunk_rows: 1_000_000,
             log_file: Some("sync_incremental.log".into()),
+            full_every: None,
+            cursor_time_zone: None,
+            system_columns: SystemColumns::default(),
         }
     }
 }
@@ -211,33 +286,94 @@ impl Settings {
         }
     }
 
-    fn validate(&self) -> Result<()> {
+    /// Every setting out of range, each with its key.
+    fn problems(&self) -> Vec<Problem> {
+        let mut out = Vec::new();
         // A century is generous and keeps date arithmetic far from overflow.
         if self.lookback_minutes > 100 * 366 * 24 * 60 {
-            return Err(ConnectorError::config(format!(
-                "lookback_minutes must be at most 52704000 (a century), got {}",
-                self.lookback_minutes
-            )));
+            out.push(Problem::at(
+                "lookback_minutes",
+                format!("at most 52704000 (a century), got {}", self.lookback_minutes),
+            ));
         }
         if self.batch_size == 0 || self.batch_size > 1_000_000 {
-            return Err(ConnectorError::config(format!(
-                "batch_size must be between 1 and 1000000, got {}",
-                self.batch_size
-            )));
+            out.push(Problem::at("batch_size", format!("between 1 and 1000000, got {}", self.batch_size)));
         }
         if self.concurrency == 0 || self.concurrency > 256 {
-            return Err(ConnectorError::config(format!(
-                "pool_size/concurrency must be between 1 and 256, got {}",
-                self.concurrency
-            )));
+            out.push(Problem::at("concurrency", format!("between 1 and 256, got {}", self.concurrency)));
         }
         if !self.retry_delay.is_finite() || self.retry_delay < 0.0 || self.retry_delay > 3600.0 {
-            return Err(ConnectorError::config(format!(
-                "retry_delay must be between 0 and 3600 seconds, got {}",
-                self.retry_delay
-            )));
+            out.push(Problem::at("retry_delay", format!("between 0 and 3600 seconds, got {}", self.retry_delay)));
         }
-        Ok(())
+        if self.max_retries > 100 {
+            out.push(Problem::at("max_retries", format!("at most 100, got {}", self.max_retries)));
+        }
+        if let Err(e) = self.system_columns.validate() {
+            out.push(Problem::at(
+                "system_columns",
+                e.message().trim_start_matches("system_columns").trim_start_matches(['.', ':', ' ']).to_string(),
+            ));
+        }
+        out
+    }
+}
+
+/// Where a key sits in a pipeline, so an error can name it the way the user wrote it.
+#[derive(Debug, Clone, Copy)]
+pub enum Scope {
+    /// A top-level key (settings, `tables`, `table_options…`).
+    Pipeline,
+    Source,
+    /// The sink at this position.
+    Sink(usize),
+    State,
+}
+
+/// How keys are named in the document the user wrote.
+pub trait KeyNames {
+    /// The document, for messages (`pipeline.json`, `params.json`).
+    fn document(&self) -> String;
+    /// A key of `scope` (named as in the general form) as the user wrote it.
+    fn key(&self, scope: Scope, key: &str) -> String;
+}
+
+/// The general form's own names: `source.port`, `sinks[1].dataset`, `batch_size`.
+#[derive(Debug, Clone, Copy)]
+pub struct GeneralNames;
+
+impl KeyNames for GeneralNames {
+    fn document(&self) -> String {
+        "pipeline".into()
+    }
+    fn key(&self, scope: Scope, key: &str) -> String {
+        match scope {
+            Scope::Pipeline => key.to_string(),
+            Scope::Source => format!("source.{key}"),
+            Scope::Sink(i) => format!("sinks[{i}].{key}"),
+            Scope::State => format!("state.{key}"),
+        }
+    }
+}
+
+/// Gathers every mistake of a pipeline, each named as the user wrote it.
+struct Problems<'a> {
+    names: &'a dyn KeyNames,
+    found: Vec<Problem>,
+}
+
+impl Problems<'_> {
+    fn add(&mut self, scope: Scope, problems: Vec<Problem>) {
+        for p in problems {
+            let key = p.key.map(|k| self.names.key(scope, &k));
+            self.found.push(Problem { key, message: p.message });
+        }
+    }
+    fn add_error(&mut self, scope: Scope, e: &ConnectorError) {
+        if e.problems().is_empty() {
+            self.found.push(Problem::general(e.message().to_string()));
+        } else {
+            self.add(scope, e.problems().to_vec());
+        }
     }
 }
 
@@ -265,89 +401,154 @@ pub struct Pipeline {
 impl Pipeline {
     /// Parses the general JSON form (`{"source": ..., "sinks": [...], "state": ...}`).
     pub fn from_general_json(value: &serde_json::Value) -> Result<Self> {
-        let fields: Vec<FieldDoc> = PIPELINE_FIELDS.iter().chain(SETTINGS_FIELDS).copied().collect();
-        config::check_keys("pipeline", value, &fields)?;
-        let mut value = value.clone();
-        // Settings may sit at the top level of the general form; gather them.
-        if let Some(map) = value.as_object_mut() {
-            let mut settings =
-                serde_json::to_value(Settings::default()).map_err(|e| ConnectorError::config(e.to_string()))?;
-            for f in SETTINGS_FIELDS {
-                if let Some(v) = map.remove(f.name) {
-                    settings[f.name] = v;
-                }
-            }
-            map.insert("settings".into(), settings);
-        }
-        let spec: PipelineSpec =
-            serde_json::from_value(value).map_err(|e| ConnectorError::config(format!("pipeline: {e}")))?;
-        Self::from_spec(spec)
+        Self::from_json_named(value, &GeneralNames)
     }
 
-    /// Validates a spec: parses each component through the registry.
-    pub fn from_spec(spec: PipelineSpec) -> Result<Self> {
-        spec.settings.validate()?;
-        for (i, t) in spec.tables.iter().enumerate() {
-            if spec.tables[..i].contains(t) {
-                return Err(ConnectorError::config(format!(
-                    "table_list/tables names `{t}` twice; list each table once"
-                )));
-            }
-        }
-        let (source_kind, source) = registry::parse_source(&spec.source)?;
-        let (state_kind, state) = registry::parse_state(&spec.state)?;
-        if spec.sinks.is_empty() {
-            return Err(ConnectorError::config("pipeline: `sinks` is empty; name at least one target"));
-        }
-        let mut targets: Vec<TargetSpec> = Vec::new();
-        for (i, raw) in spec.sinks.iter().enumerate() {
-            let id = match raw.get("id").and_then(|v| v.as_str()) {
-                Some(id) => id.to_string(),
-                None if spec.sinks.len() == 1 => "default".to_string(),
-                None => format!("target{}", i + 1),
+    /// Parses the general form and reports every mistake at once, each key named by `names`
+    /// (the flat `params.json` calls `source.port` `db_port`).
+    pub fn from_json_named(value: &serde_json::Value, names: &dyn KeyNames) -> Result<Self> {
+        let mut problems = Problems { names, found: Vec::new() };
+        let fields: Vec<FieldDoc> = PIPELINE_FIELDS.iter().chain(SETTINGS_FIELDS).copied().collect();
+        problems.add(Scope::Pipeline, config::unknown_keys(value, &fields));
+        problems.add(Scope::Pipeline, config::missing_keys(value, PIPELINE_FIELDS));
+        let empty = serde_json::Map::new();
+        let map = value.as_object().unwrap_or(&empty);
+
+        // Settings sit at the top level of the general form.
+        let settings_json: serde_json::Map<String, serde_json::Value> =
+            SETTINGS_FIELDS.iter().filter_map(|f| Some((f.name.to_string(), map.get(f.name)?.clone()))).collect();
+        let settings =
+            match config::parse::<Settings>("settings", &serde_json::Value::Object(settings_json), SETTINGS_FIELDS) {
+                Ok(s) => {
+                    problems.add(Scope::Pipeline, s.problems());
+                    s
+                }
+                Err(e) => {
+                    problems.add_error(Scope::Pipeline, &e);
+                    Settings::default()
+                }
             };
-            validate_target_id(&id)?;
-            if targets.iter().any(|t| t.id == id) {
-                return Err(ConnectorError::config(format!(
-                    "sinks: id `{id}` is used twice; give each target its own id"
-                )));
+        let tables: Vec<String> = match map.get("tables") {
+            None => Vec::new(),
+            Some(v) => match string_list::deserialize(v.clone()) {
+                Ok(t) => t,
+                Err(e) => {
+                    problems.add(Scope::Pipeline, vec![Problem::at("tables", e.to_string())]);
+                    Vec::new()
+                }
+            },
+        };
+        for (i, t) in tables.iter().enumerate() {
+            if tables[..i].contains(t) {
+                problems.add(
+                    Scope::Pipeline,
+                    vec![Problem::at("tables", format!("names `{t}` twice; list each table once"))],
+                );
             }
-            let (kind, config) = registry::parse_sink(raw).map_err(|e| e.context(format!("sink `{id}`")))?;
-            targets.push(TargetSpec { id, kind, config });
         }
-        for (table, opts) in &spec.table_options {
-            if opts.cluster_by.as_ref().is_some_and(|c| c.len() > 4) {
-                return Err(ConnectorError::config(format!(
-                    "table_options.{table}.cluster_by: at most 4 columns can be clustered"
-                )));
+        let mut table_options = BTreeMap::new();
+        if let Some(options) = map.get("table_options") {
+            match options.as_object() {
+                None => problems
+                    .add(Scope::Pipeline, vec![Problem::at("table_options", "expected an object of table names")]),
+                Some(options) => {
+                    for (table, raw) in options {
+                        match config::parse::<TableOptions>("table_options", raw, TABLE_OPTION_FIELDS) {
+                            Ok(o) => {
+                                table_options.insert(table.clone(), o);
+                            }
+                            Err(e) => {
+                                let prefixed = e
+                                    .problems()
+                                    .iter()
+                                    .map(|p| Problem {
+                                        key: Some(format!(
+                                            "table_options.{table}{}",
+                                            p.key.as_ref().map(|k| format!(".{k}")).unwrap_or_default()
+                                        )),
+                                        message: p.message.clone(),
+                                    })
+                                    .collect();
+                                problems.add(Scope::Pipeline, prefixed);
+                            }
+                        }
+                    }
+                }
             }
-            for (column, ty) in &opts.column_types {
+        }
+
+        let source =
+            map.get("source").map(|raw| registry::parse_source(raw).map_err(|e| problems.add_error(Scope::Source, &e)));
+        let state =
+            map.get("state").map(|raw| registry::parse_state(raw).map_err(|e| problems.add_error(Scope::State, &e)));
+        let mut targets: Vec<TargetSpec> = Vec::new();
+        match map.get("sinks").map(|s| s.as_array()) {
+            Some(Some(sinks)) if sinks.is_empty() => {
+                problems.add(Scope::Pipeline, vec![Problem::at("sinks", "is empty; name at least one target")])
+            }
+            Some(Some(sinks)) => {
+                for (i, raw) in sinks.iter().enumerate() {
+                    match registry::parse_sink(raw) {
+                        Ok((kind, config)) => {
+                            let id = match config.id() {
+                                Some(id) => id.to_string(),
+                                None if sinks.len() == 1 => "default".to_string(),
+                                // A stable id: state folders follow the target, not its position.
+                                None => config.default_id().unwrap_or_else(|| format!("target{}", i + 1)),
+                            };
+                            if let Err(e) = validate_target_id(&id) {
+                                problems.add(Scope::Sink(i), vec![Problem::at("id", e)]);
+                            }
+                            if let Some(other) = targets.iter().position(|t| t.id == id) {
+                                problems.add(
+                                    Scope::Sink(i),
+                                    vec![Problem::at(
+                                        "id",
+                                        format!("`{id}` is also target {other}'s id; give each target its own id"),
+                                    )],
+                                );
+                            }
+                            targets.push(TargetSpec { id, kind, config });
+                        }
+                        Err(e) => problems.add_error(Scope::Sink(i), &e),
+                    }
+                }
+            }
+            Some(None) => problems.add(Scope::Pipeline, vec![Problem::at("sinks", "expected a list of sink objects")]),
+            None => {}
+        }
+        for (table, opts) in &table_options {
+            for column in opts.column_types.keys().chain(opts.rename_columns.keys()) {
                 if column.trim().is_empty() {
-                    return Err(ConnectorError::config(format!(
-                        "table_options.{table}.column_types: empty column name"
-                    )));
+                    problems.add(
+                        Scope::Pipeline,
+                        vec![Problem::at(format!("table_options.{table}"), "an empty column name")],
+                    );
                 }
-                if !OVERRIDE_TYPES.contains(&ty.to_ascii_uppercase().as_str()) {
-                    let hint = config::closest(&ty.to_ascii_uppercase(), OVERRIDE_TYPES.iter().copied())
-                        .map(|n| format!("did you mean `{n}`? "))
-                        .unwrap_or_default();
-                    return Err(ConnectorError::config(format!(
-                        "table_options.{table}.column_types.{column}: unknown type `{ty}`; {hint}valid types: {}",
-                        OVERRIDE_TYPES.join(", ")
-                    )));
+            }
+            for (from, to) in &opts.rename_columns {
+                if to.trim().is_empty() {
+                    problems.add(
+                        Scope::Pipeline,
+                        vec![Problem::at(
+                            format!("table_options.{table}.rename_columns.{from}"),
+                            "the new name is empty",
+                        )],
+                    );
+                }
+            }
+            for (i, t) in targets.iter().enumerate() {
+                if let Err(e) = t.config.validate_table_options(table, opts) {
+                    problems.add_error(Scope::Sink(i), &e);
                 }
             }
         }
-        Ok(Self {
-            source_kind,
-            source,
-            targets,
-            state_kind,
-            state,
-            tables: spec.tables,
-            table_options: spec.table_options,
-            settings: spec.settings,
-        })
+        match (source, state, problems.found.is_empty()) {
+            (Some(Ok((source_kind, source))), Some(Ok((state_kind, state))), true) => {
+                Ok(Self { source_kind, source, targets, state_kind, state, tables, table_options, settings })
+            }
+            _ => Err(ConnectorError::config_problems(&names.document(), problems.found)),
+        }
     }
 
     /// A JSON view of the validated pipeline, secrets masked.
@@ -355,7 +556,14 @@ impl Pipeline {
         let to = |v: &dyn erased_serde::Serialize| serde_json::to_value(v).unwrap_or(serde_json::Value::Null);
         serde_json::json!({
             "source": {"kind": self.source_kind, "config": to(&*self.source)},
-            "sinks": self.targets.iter().map(|t| serde_json::json!({"id": t.id, "kind": t.kind, "config": to(&*t.config)})).collect::<Vec<_>>(),
+            "sinks": self.targets.iter().map(|t| {
+                // The id is the target's, shown once.
+                let mut config = to(&*t.config);
+                if let Some(c) = config.as_object_mut() {
+                    c.remove("id");
+                }
+                serde_json::json!({"id": t.id, "kind": t.kind, "config": config})
+            }).collect::<Vec<_>>(),
             "state": {"kind": self.state_kind, "config": to(&*self.state)},
             "tables": self.tables,
             "table_options": self.table_options,
@@ -364,11 +572,12 @@ impl Pipeline {
     }
 }
 
-fn validate_target_id(id: &str) -> Result<()> {
-    if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-        return Err(ConnectorError::config(format!(
-            "sink id `{id}`: use letters, digits, '-' and '_' only (it names a state folder)"
-        )));
+fn validate_target_id(id: &str) -> std::result::Result<(), String> {
+    if id.is_empty()
+        || id.starts_with('.')
+        || !id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        return Err(format!("`{id}`: use letters, digits, '-', '_' and '.' only (it names a state folder)"));
     }
     Ok(())
 }

@@ -8,7 +8,10 @@ use async_trait::async_trait;
 
 use crate::config::FieldDoc;
 use crate::error::{ConnectorError, Result};
-use crate::traits::{Sink, Source, StateStore};
+use crate::pipeline::TableOptions;
+use crate::sink::Sink;
+use crate::source::Source;
+use crate::state::StateStore;
 
 /// What a connector does in a pipeline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
@@ -40,6 +43,9 @@ pub struct BuildContext {
     pub state_subdir: Option<String>,
     /// Retries for the component's own remote calls.
     pub retry: crate::retry::RetryPolicy,
+    /// Benchmarks only: sinks encode what they are given and discard it, contacting nothing
+    /// (the runner then records no state).
+    pub discard_writes: bool,
 }
 
 /// A parsed, validated source config that can build its source.
@@ -53,6 +59,20 @@ erased_serde::serialize_trait_object!(SourceConfig);
 #[async_trait]
 pub trait SinkConfig: erased_serde::Serialize + Send + Sync + std::fmt::Debug {
     async fn build(&self, ctx: &BuildContext) -> Result<Arc<dyn Sink>>;
+    /// Checks one table's options against what this sink can do (its type names, clustering
+    /// limits); no I/O. Called by `validate` and before every run.
+    fn validate_table_options(&self, _table: &str, _options: &TableOptions) -> Result<()> {
+        Ok(())
+    }
+    /// The target's own id, when the config names one.
+    fn id(&self) -> Option<&str> {
+        None
+    }
+    /// A stable name for the target when the config gives no id (e.g. `project.dataset`);
+    /// used for state folders when there are several targets.
+    fn default_id(&self) -> Option<String> {
+        None
+    }
 }
 erased_serde::serialize_trait_object!(SinkConfig);
 
@@ -101,7 +121,19 @@ pub struct ConnectorDescriptor {
     pub fields: &'static [FieldDoc],
     /// A complete example config, as JSON text.
     pub example: &'static str,
+    /// Type mapping rows. Sources: (source type, logical type, note); sinks: (logical type,
+    /// target type, note). `describe` joins a source's rows with each sink's on the logical
+    /// type.
+    pub types: &'static [TypeRow],
     pub factory: Factory,
+}
+
+/// One row of a connector's type mapping.
+#[derive(Debug, Clone, Copy)]
+pub struct TypeRow {
+    pub from: &'static str,
+    pub to: &'static str,
+    pub note: &'static str,
 }
 
 impl ConnectorDescriptor {
@@ -142,12 +174,15 @@ pub fn find(role: Role, kind: &str) -> Result<&'static ConnectorDescriptor> {
         Some(near) => format!("did you mean `{near}`? "),
         None => String::new(),
     };
-    Err(ConnectorError::config(format!(
-        "unknown {} kind `{kind}`; {hint}valid {} kinds: {} (see `connector-run list`)",
-        role.as_str(),
-        role.as_str(),
-        if names.is_empty() { "none registered".to_string() } else { names.join(", ") },
-    )))
+    Err(ConnectorError::config_at(
+        "kind",
+        format!(
+            "unknown {} kind `{kind}`; {hint}valid {} kinds: {} (see `connector-run list`)",
+            role.as_str(),
+            role.as_str(),
+            if names.is_empty() { "none registered".to_string() } else { names.join(", ") },
+        ),
+    ))
 }
 
 /// Finds a kind in any role (for `describe`).
@@ -171,7 +206,7 @@ fn kind_of(what: &str, raw: &serde_json::Value) -> Result<String> {
     raw.get("kind")
         .and_then(|k| k.as_str())
         .map(str::to_string)
-        .ok_or_else(|| ConnectorError::config(format!("{what}: missing `kind` (see `connector-run list`)")))
+        .ok_or_else(|| ConnectorError::config_at("kind", format!("missing: which {what} (see `connector-run list`)")))
 }
 
 /// Parses `{"kind": ..., ...}` as a source config.

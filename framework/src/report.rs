@@ -29,14 +29,39 @@ pub struct TableOutcome {
     pub bytes: u64,
     pub seconds: f64,
     pub retries: u32,
-    pub zero_dates_nulled: u64,
+    /// Values written as NULL by the source's policy, by what they were (`invalid dates`).
+    pub nulled_values: std::collections::BTreeMap<String, u64>,
+    /// Rows whose cursor was later than the source's clock (kept out of the watermark).
+    pub future_cursor_rows: u64,
     pub null_cursor_rows_skipped: u64,
     /// The rows read: `all rows` or the cursor range.
     pub window: Option<String>,
     pub error: Option<String>,
     pub error_class: Option<ErrorClass>,
-    /// The plan's reason (and, in dry runs, the column mapping).
+    /// The plan's reason.
     pub detail: Option<String>,
+    /// What the operator should know (an insert-time cursor, …).
+    pub warnings: Vec<String>,
+    /// `--dry-run`: the whole plan.
+    pub plan: Option<PlanDetail>,
+}
+
+/// What a dry run would do with one table of one tenant in one target.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlanDetail {
+    pub reason: String,
+    pub key: Vec<String>,
+    pub cursor: Option<String>,
+    /// How rows are written, in words.
+    pub write: String,
+    /// Which rows are read, in words.
+    pub range: String,
+    /// `column TYPE` in the target.
+    pub columns: Vec<String>,
+    /// `column source type`.
+    pub source_types: Vec<String>,
+    /// Schema changes the target needs.
+    pub changes: Vec<String>,
 }
 
 impl TableOutcome {
@@ -51,12 +76,15 @@ impl TableOutcome {
             bytes: 0,
             seconds: 0.0,
             retries: 0,
-            zero_dates_nulled: 0,
+            nulled_values: Default::default(),
+            future_cursor_rows: 0,
             null_cursor_rows_skipped: 0,
             window: None,
             error: None,
             error_class: None,
             detail: None,
+            warnings: Vec::new(),
+            plan: None,
         }
     }
 
@@ -77,15 +105,11 @@ impl TableOutcome {
 #[derive(Debug, Clone, Serialize)]
 pub struct RunReport {
     pub outcomes: Vec<TableOutcome>,
-    #[serde(serialize_with = "secs")]
+    #[serde(serialize_with = "crate::events::secs")]
     pub elapsed: Duration,
     pub dry_run: bool,
     /// Tables not started because the run was asked to stop.
     pub not_started: usize,
-}
-
-fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_f64(d.as_secs_f64())
 }
 
 impl RunReport {
@@ -97,23 +121,13 @@ impl RunReport {
         self.outcomes.iter().filter(|o| o.status == OutcomeStatus::Success).map(|o| o.rows).sum()
     }
 
-    /// The report as text: one line per table, then totals.
+    /// The report as text: one line per table, then totals (a dry run: its plan instead).
     pub fn render(&self) -> String {
-        let multi_target = self.outcomes.iter().any(|o| o.target != "default");
-        let mut out = String::new();
-        out.push_str(if self.dry_run {
-            "=== Sync plan (dry run: nothing written) ===\n"
-        } else {
-            "=== Sync statistics report ===\n"
-        });
-        let name = |o: &TableOutcome| {
-            if multi_target {
-                format!("{}.{} → {}", o.database, o.table, o.target)
-            } else {
-                format!("{}.{}", o.database, o.table)
-            }
-        };
-        let width = self.outcomes.iter().map(|o| name(o).chars().count()).max().unwrap_or(10).max(10);
+        if self.dry_run {
+            return self.render_plan();
+        }
+        let mut out = String::from("=== Sync statistics report ===\n");
+        let width = self.outcomes.iter().map(|o| self.name(o).chars().count()).max().unwrap_or(10).max(10);
         out.push_str(&format!(
             "{:width$}  {:11}  {:>10}  {:>8}  {:>10}  {}\n",
             "table", "mode", "rows", "seconds", "rows/s", "status"
@@ -126,18 +140,23 @@ impl RunReport {
             };
             out.push_str(&format!(
                 "{:width$}  {:11}  {:>10}  {:>8.2}  {:>10.0}  {}\n",
-                name(o),
+                self.name(o),
                 o.mode.map_or("-", |m| m.as_str()),
                 o.rows,
                 o.seconds,
                 o.rows_per_second(),
                 status
             ));
-            if let Some(d) = o.detail.as_ref().filter(|_| self.dry_run) {
-                out.push_str(&format!("    plan: {d}\n"));
-            }
             if let Some(w) = o.window.as_ref().filter(|_| o.mode == Some(SyncMode::Incremental)) {
                 out.push_str(&format!("    window: {w}\n"));
+            }
+            if o.mode == Some(SyncMode::Full)
+                && let Some(reason) = o.detail.as_ref().filter(|d| *d != "first sync" && *d != "--full given")
+            {
+                out.push_str(&format!("    full because {reason}\n"));
+            }
+            for w in &o.warnings {
+                out.push_str(&format!("    note: {w}\n"));
             }
             if o.null_cursor_rows_skipped > 0 {
                 out.push_str(&format!(
@@ -145,24 +164,86 @@ impl RunReport {
                     o.null_cursor_rows_skipped
                 ));
             }
-            if o.zero_dates_nulled > 0 {
-                out.push_str(&format!("    {} invalid dates written as NULL\n", o.zero_dates_nulled));
+            if o.future_cursor_rows > 0 {
+                out.push_str(&format!(
+                    "    {} rows have a cursor later than the source's clock; they were synced, and the watermark \
+                     stays at the clock\n",
+                    o.future_cursor_rows
+                ));
+            }
+            for (what, n) in &o.nulled_values {
+                out.push_str(&format!("    {n} {what} written as NULL\n"));
             }
         }
         if self.not_started > 0 {
-            out.push_str(&format!("stopped early: {} tables not started (they run next time)\n", self.not_started));
+            out.push_str(&format!(
+                "stopped early: {} not started (they run next time)\n",
+                plural(self.not_started, "table", "tables")
+            ));
         }
         let ok = self.outcomes.iter().filter(|o| o.status == OutcomeStatus::Success).count();
         let secs = self.elapsed.as_secs_f64();
         out.push_str(&format!(
-            "total: {} tables, {} ok, {} failed, {} rows in {:.2} s ({:.0} rows/s)\n",
-            self.outcomes.len(),
+            "total: {}, {} ok, {} failed, {} in {:.2} s ({:.0} rows/s)\n",
+            plural(self.outcomes.len(), "table", "tables"),
             ok,
             self.failed(),
-            self.total_rows(),
+            plural(self.total_rows() as usize, "row", "rows"),
             secs,
             if secs > 0.0 { self.total_rows() as f64 / secs } else { 0.0 }
         ));
         out
     }
+
+    fn name(&self, o: &TableOutcome) -> String {
+        if self.outcomes.iter().any(|o| o.target != "default") {
+            format!("{}.{} → {}", o.database, o.table, o.target)
+        } else {
+            format!("{}.{}", o.database, o.table)
+        }
+    }
+
+    /// A dry run: per table what would be read, how it would be written and what the target
+    /// would need, then how many tables go each way.
+    fn render_plan(&self) -> String {
+        let mut out = String::from("=== Sync plan (dry run: nothing written) ===\n");
+        let (mut full, mut incremental, mut failed) = (0, 0, 0);
+        for o in &self.outcomes {
+            let name = self.name(o);
+            let Some(p) = &o.plan else {
+                failed += 1;
+                out.push_str(&format!("{name}: cannot sync: {}\n", o.error.as_deref().unwrap_or("unknown error")));
+                continue;
+            };
+            match o.mode {
+                Some(SyncMode::Incremental) => incremental += 1,
+                _ => full += 1,
+            }
+            out.push_str(&format!("{name}: {} ({})\n", o.mode.map_or("-", |m| m.as_str()), p.reason));
+            out.push_str(&format!("    range: {}\n", p.range));
+            out.push_str(&format!(
+                "    key: {}; cursor: {}; writes: {}\n",
+                if p.key.is_empty() { "none".to_string() } else { p.key.join(", ") },
+                p.cursor.as_deref().unwrap_or("none"),
+                p.write
+            ));
+            out.push_str(&format!("    columns: {}\n", p.columns.join(", ")));
+            out.push_str(&format!("    source types: {}\n", p.source_types.join(", ")));
+            out.push_str(&format!("    schema changes: {}\n", p.changes.join("; ")));
+            for w in &o.warnings {
+                out.push_str(&format!("    note: {w}\n"));
+            }
+        }
+        out.push_str(&format!(
+            "plan: {}: {full} full, {incremental} incremental{}\n",
+            plural(self.outcomes.len(), "table", "tables"),
+            if failed > 0 { format!(", {failed} cannot sync") } else { String::new() }
+        ));
+        out
+    }
+}
+
+/// `1 table`, `2 tables`.
+pub fn plural(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
 }

@@ -28,7 +28,6 @@ impl std::fmt::Display for TableRef {
 /// times keep microseconds.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
-#[non_exhaustive]
 pub enum LogicalType {
     Bool,
     /// Fits in a signed 64-bit integer.

@@ -1,7 +1,16 @@
-//! What a state store remembers about each table, in the original tool's file format.
+//! The state role: what a [`StateStore`] remembers about each table of each tenant, in the
+//! original tool's file format (plus optional fields of ours), and the run lock.
+//!
+//! The original tool is `smart_sync_incremental_optimized.py`, the Python script this project
+//! replaces; its state files (`sync_status/<database>.json`) stay readable by both tools.
 
-use chrono::NaiveDateTime;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{NaiveDateTime, Utc};
 use serde::{Deserialize, Serialize};
+
+use crate::error::{ConnectorError, Result};
 
 /// How a table was (or will be) synced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,6 +42,17 @@ pub enum SyncStatus {
     Failed,
 }
 
+/// The text form of a cursor instant in watermarks and read ranges:
+/// `YYYY-MM-DD HH:MM:SS.ffffff`, never rounded; such texts sort like the instants.
+pub fn watermark_text(t: &NaiveDateTime) -> String {
+    t.format("%Y-%m-%d %H:%M:%S%.6f").to_string()
+}
+
+/// Parses [`watermark_text`] (any number of fractional digits).
+pub fn parse_watermark_text(text: &str) -> Option<NaiveDateTime> {
+    NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f").ok()
+}
+
 /// The highest cursor value committed to the target, at full precision.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Watermark {
@@ -41,6 +61,24 @@ pub struct Watermark {
     pub column_type: String,
     /// `YYYY-MM-DD HH:MM:SS.ffffff` (UTC for timestamps), never rounded.
     pub value: String,
+    /// The cursor zone's UTC offset in seconds when this value was taken (DATETIME and DATE
+    /// cursors): a later read in a smaller offset (a daylight-saving fall-back) widens its window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub utc_offset: Option<i32>,
+}
+
+/// The target table a table's state belongs to. State whose target differs from the one a run
+/// writes to (another dataset, a dropped and recreated table, another endpoint) is not used to
+/// plan incrementally: the table is synced in full into its new target.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetStamp {
+    /// [`crate::sink::Sink::destination`], e.g. `bigquery https://bigquery.googleapis.com project.dataset`.
+    pub destination: String,
+    /// The target table's name there.
+    pub table: String,
+    /// [`crate::sink::Prepared::generation`] of the target table, when the sink reports one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<String>,
 }
 
 /// One table's entry in a database's state file.
@@ -74,6 +112,21 @@ pub struct TableState {
     /// A full sync read in key ranges that has not committed yet: where to resume.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resume: Option<ResumePoint>,
+    /// The target table the data went to (see [`TargetStamp`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<TargetStamp>,
+    /// The fingerprint of the tenant's columns, types and key at the last success; another
+    /// fingerprint forces a full sync (a new column's existing values, a rename, a backfill).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema_fingerprint: Option<String>,
+    /// When the last successful full sync read the source (for `full_every`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_full_at: Option<NaiveDateTime>,
+    /// A write to the target whose outcome is unknown (the sink's reference to it, e.g. a
+    /// BigQuery job id). The table is not written again until the sink has resolved it, so an
+    /// old write can never land after a newer one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_doubt: Option<String>,
 }
 
 /// Where an interrupted full sync left off: everything up to `after_key` is durable in
@@ -85,9 +138,12 @@ pub struct ResumePoint {
     pub after_key: String,
     pub rows: u64,
     pub bytes: u64,
-    /// The source clock when the first range was read (UTC, and the server's zone).
+    /// The source clock when the first range was read (UTC, and the cursor's zone).
     pub started: Option<NaiveDateTime>,
     pub started_local: Option<NaiveDateTime>,
+    /// The cursor zone's UTC offset when the first range was read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_utc_offset: Option<i32>,
     /// The highest cursor value staged so far, as a watermark string.
     pub max_cursor: Option<String>,
     /// The table's columns and key when staging began; a schema change starts over.
@@ -96,6 +152,50 @@ pub struct ResumePoint {
 
 fn is_zero(n: &u32) -> bool {
     *n == 0
+}
+
+impl TableState {
+    /// A first full sync that has begun staging and not committed: recorded as failed (it has
+    /// not succeeded), so the next run does not take it for a synced table, and resumes it.
+    pub fn in_progress(table: &str) -> Self {
+        let now = Utc::now().naive_utc();
+        Self {
+            table_name: table.to_string(),
+            last_sync_time: None,
+            sync_status: SyncStatus::Failed,
+            sync_mode: SyncMode::Full,
+            records_synced: 0,
+            error_message: Some("first full sync in progress (or interrupted); the next run resumes it".into()),
+            updated_at: now,
+            watermark: None,
+            last_success_at: None,
+            duration_seconds: None,
+            consecutive_failures: 0,
+            key: None,
+            resume: None,
+            target: None,
+            schema_fingerprint: None,
+            last_full_at: None,
+            in_doubt: None,
+        }
+    }
+
+    /// A failure: keeps everything the prior state knew that is still true (the last good
+    /// watermark, times, key, resume point, target), so nothing already synced is lost.
+    pub fn failed(table: &str, prior: Option<&TableState>, mode: Option<SyncMode>, error: &ConnectorError) -> Self {
+        let mut state = prior.cloned().unwrap_or_else(|| Self::in_progress(table));
+        state.table_name = table.to_string();
+        state.sync_status = SyncStatus::Failed;
+        state.sync_mode = mode.or(prior.map(|p| p.sync_mode)).unwrap_or(SyncMode::Full);
+        state.error_message = Some(error.to_string());
+        state.updated_at = Utc::now().naive_utc();
+        state.consecutive_failures = prior.map_or(0, |p| p.consecutive_failures) + 1;
+        state.records_synced = 0;
+        if let Some(handle) = error.in_doubt() {
+            state.in_doubt = Some(handle.to_string());
+        }
+        state
+    }
 }
 
 /// Everything a state store knows about one database (tenant).
@@ -110,3 +210,19 @@ impl DatabaseState {
         self.tables.get(table)
     }
 }
+
+/// Stores per-table sync state, one record set per database.
+#[async_trait]
+pub trait StateStore: Send + Sync + std::fmt::Debug {
+    /// Takes the exclusive run lock. Without `wait` a second concurrent run fails at once;
+    /// with it, the call waits up to that long for the other run to finish.
+    async fn lock(&self, wait: Option<Duration>) -> Result<Box<dyn StateLock>>;
+    async fn load(&self, database: &str) -> Result<DatabaseState>;
+    /// Records one table's outcome durably (atomic replace).
+    async fn record(&self, database: &str, state: TableState) -> Result<()>;
+    /// Where the state lives, for messages.
+    fn location(&self) -> String;
+}
+
+/// Held for the duration of a run; released on drop.
+pub trait StateLock: Send + Sync + std::fmt::Debug {}

@@ -4,7 +4,6 @@ use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 
 /// One value of a row. The variant follows the column's [`LogicalType`](crate::LogicalType).
 #[derive(Debug, Clone, PartialEq)]
-#[non_exhaustive]
 pub enum Value {
     Null,
     Bool(bool),
@@ -49,9 +48,29 @@ impl Value {
     /// `YYYY-MM-DD`); such texts sort like the values. `None` for non-cursor values.
     pub fn cursor_text(&self) -> Option<String> {
         match self {
-            Value::DateTime(t) => Some(t.format("%Y-%m-%d %H:%M:%S%.6f").to_string()),
-            Value::Timestamp(t) => Some(t.naive_utc().format("%Y-%m-%d %H:%M:%S%.6f").to_string()),
+            Value::DateTime(t) => Some(crate::state::watermark_text(t)),
+            Value::Timestamp(t) => Some(crate::state::watermark_text(&t.naive_utc())),
             Value::Date(d) => Some(d.format("%Y-%m-%d").to_string()),
+            _ => None,
+        }
+    }
+
+    /// Whether cursor value `self` is later than `other` (both of one cursor type).
+    pub fn cursor_gt(&self, other: &Value) -> bool {
+        match (self, other) {
+            (Value::DateTime(a), Value::DateTime(b)) => a > b,
+            (Value::Timestamp(a), Value::Timestamp(b)) => a > b,
+            (Value::Date(a), Value::Date(b)) => a > b,
+            _ => false,
+        }
+    }
+
+    /// The instant of a cursor value as a wall-clock time (dates at midnight).
+    pub fn cursor_instant(&self) -> Option<NaiveDateTime> {
+        match self {
+            Value::DateTime(t) => Some(*t),
+            Value::Timestamp(t) => Some(t.naive_utc()),
+            Value::Date(d) => d.and_hms_opt(0, 0, 0),
             _ => None,
         }
     }
@@ -61,16 +80,15 @@ impl Value {
         use crate::LogicalType as L;
         match logical {
             L::Date => NaiveDate::parse_from_str(text, "%Y-%m-%d").ok().map(Value::Date),
-            L::DateTime { .. } => NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f").ok().map(Value::DateTime),
-            L::Timestamp { .. } => NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f")
-                .ok()
+            L::DateTime { .. } => crate::state::parse_watermark_text(text).map(Value::DateTime),
+            L::Timestamp { .. } => crate::state::parse_watermark_text(text)
                 .map(|t| Value::Timestamp(chrono::TimeZone::from_utc_datetime(&Utc, &t))),
             _ => None,
         }
     }
 
     /// A plain JSON rendering for file sinks and tests: exact numbers beyond `i64`/`f64` and
-    /// decimals as strings, bytes as base64-free hex (`\\x00ff`), times as text.
+    /// decimals as strings, bytes as hex (`\x00ff`), times as text.
     pub fn to_json(&self) -> serde_json::Value {
         use serde_json::Value as J;
         match self {
@@ -82,7 +100,7 @@ impl Value {
             Value::Decimal(s) | Value::String(s) | Value::Geometry(s) => J::String(s.clone()),
             Value::Bytes(b) => J::String(format!("\\x{}", b.iter().map(|x| format!("{x:02x}")).collect::<String>())),
             Value::Date(d) => J::String(d.format("%Y-%m-%d").to_string()),
-            Value::DateTime(t) => J::String(t.format("%Y-%m-%d %H:%M:%S%.6f").to_string()),
+            Value::DateTime(t) => J::String(crate::state::watermark_text(t)),
             Value::Timestamp(t) => J::String(t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()),
             Value::Time(us) => J::String(format_time(*us, 6)),
             Value::Json(s) => serde_json::from_str(s).unwrap_or_else(|_| J::String(s.clone())),

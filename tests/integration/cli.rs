@@ -36,7 +36,15 @@ fn describe_prints_keys_example_and_type_mapping() {
     let dir = workdir();
     let out = run_cli(&["describe", "mysql"], dir.path());
     assert_eq!(out.code, 0, "{}", out.all());
-    for needle in ["config keys:", "databases", "example:", "BIGINT UNSIGNED", "NUMERIC", "db_pass_env"] {
+    for needle in [
+        "keys in params.json",
+        "keys in the general form",
+        "databases",
+        "example (general form):",
+        "BIGINT UNSIGNED",
+        "bigquery: NUMERIC",
+        "db_pass_env",
+    ] {
         assert!(out.stdout.contains(needle), "missing {needle}: {}", out.stdout);
     }
     let wrong = run_cli(&["describe", "bigqeury"], dir.path());
@@ -60,7 +68,7 @@ fn validate_checks_without_network_and_explains_mistakes() {
     write_json(&dir.path().join("typo.json"), &typo);
     let out = run_cli(&["validate", "--pipeline", "typo.json"], dir.path());
     assert_eq!(out.code, 2);
-    assert!(out.stderr.contains("unknown key `lookback_minute`; did you mean `lookback_minutes`?"), "{}", out.stderr);
+    assert!(out.stderr.contains("`lookback_minute`: unknown key; did you mean `lookback_minutes`?"), "{}", out.stderr);
 
     let general = json!({"source": {"kind": "mysq", "host": "h", "user": "u", "databases": ["a"]},
                          "sinks": [{"kind": "bigquery", "project": "p", "dataset": "d"}], "state": {"kind": "json"}});

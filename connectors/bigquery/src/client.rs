@@ -1,29 +1,25 @@
-//! BigQuery REST calls: datasets, tables and jobs through the official
-//! `google-cloud-bigquery-v2` clients, and the media upload of load jobs (which those clients
-//! do not offer) through `reqwest` with the same credentials.
-//!
-//! Requests are built as JSON and converted to the official model types, which mirror the REST
-//! resources field for field; responses are read back as JSON the same way.
+//! The BigQuery calls the sink makes, over one [`Transport`]: retried when transient (bounded,
+//! jittered), jobs run exactly once under deterministic ids, every wait on a job bounded by
+//! `job_timeout` and logged at least every 30 s, and every job call made in the dataset's
+//! location.
 
-use std::time::Duration;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use connector_framework::{ConnectorError, ErrorClass, Result, RetryPolicy};
-use google_cloud_auth::credentials::{self, CacheableResource, Credentials};
-use google_cloud_bigquery_v2::client::{DatasetService, JobService, TableService};
-use google_cloud_bigquery_v2::model;
 use serde_json::{Value as Json, json};
 
-const DEFAULT_ENDPOINT: &str = "https://bigquery.googleapis.com";
+use crate::transport::Transport;
 
-/// How to reach BigQuery.
+/// How a waiting job is reported while it runs.
+const WAIT_LOG_EVERY: Duration = Duration::from_secs(30);
+
+/// How the client behaves.
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
     pub project: String,
+    /// The dataset's location (`bq_location`); learned from the dataset when not given.
     pub location: Option<String>,
-    /// An emulator's URL; anonymous credentials are used with it.
-    pub endpoint: Option<String>,
-    /// A service-account or authorized-user key file; default: Application Default Credentials.
-    pub credentials_file: Option<std::path::PathBuf>,
     pub retry: RetryPolicy,
     /// Longest wait for one job.
     pub job_timeout: Duration,
@@ -47,69 +43,31 @@ impl JobOutcome {
     }
 }
 
-/// One authenticated connection to a BigQuery project.
+/// What a dataset is set up with, as far as the sink cares.
+#[derive(Debug, Clone, Default)]
+pub struct DatasetInfo {
+    pub location: Option<String>,
+    pub default_table_expiration_ms: Option<String>,
+    pub default_partition_expiration_ms: Option<String>,
+}
+
+/// One connection to a BigQuery project.
 #[derive(Clone)]
 pub struct BqClient {
     pub options: ClientOptions,
-    endpoint: String,
-    credentials: Credentials,
-    datasets: DatasetService,
-    tables: TableService,
-    jobs: JobService,
-    http: reqwest::Client,
-    job_slots: std::sync::Arc<tokio::sync::Semaphore>,
+    transport: Arc<dyn Transport>,
+    /// The location for job calls: `bq_location`, else the dataset's, once known.
+    location: Arc<RwLock<Option<String>>>,
+    job_slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for BqClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BqClient").field("project", &self.options.project).field("endpoint", &self.endpoint).finish()
+        f.debug_struct("BqClient")
+            .field("project", &self.options.project)
+            .field("endpoint", &self.transport.endpoint())
+            .finish()
     }
-}
-
-fn gax_class(e: &google_cloud_gax::error::Error) -> ErrorClass {
-    if e.is_io() || e.is_connect() || e.is_timeout() || e.is_transport() || e.is_exhausted() {
-        return ErrorClass::Transient;
-    }
-    match e.http_status_code() {
-        Some(429 | 500 | 502 | 503 | 504) => ErrorClass::Transient,
-        Some(403) if is_rate_limit(&e.to_string()) => ErrorClass::Transient,
-        Some(401 | 403) => ErrorClass::Permanent,
-        Some(_) => ErrorClass::Permanent,
-        None if e.is_authentication() => ErrorClass::Permanent,
-        None => ErrorClass::Transient,
-    }
-}
-
-fn is_rate_limit(message: &str) -> bool {
-    message.contains("rateLimitExceeded") || message.contains("quotaExceeded") && message.contains("rate")
-}
-
-fn gax_err(e: google_cloud_gax::error::Error, what: &str) -> ConnectorError {
-    let class = gax_class(&e);
-    let hint = match e.http_status_code() {
-        Some(401 | 403) if class == ErrorClass::Permanent => {
-            "; check the credentials and that they hold the BigQuery Data Editor and Job User roles"
-        }
-        _ => "",
-    };
-    let status = e.http_status_code().map(|c| format!("HTTP {c}: ")).unwrap_or_default();
-    ConnectorError::new(class, format!("BigQuery {what}: {status}{e}{hint}"))
-}
-
-fn is_not_found(e: &google_cloud_gax::error::Error) -> bool {
-    e.http_status_code() == Some(404)
-}
-
-fn is_conflict(e: &google_cloud_gax::error::Error) -> bool {
-    e.http_status_code() == Some(409)
-}
-
-fn to_model<T: serde::de::DeserializeOwned>(v: Json) -> Result<T> {
-    serde_json::from_value(v).map_err(|e| ConnectorError::permanent(format!("building a BigQuery request: {e}")))
-}
-
-fn to_json<T: serde::Serialize>(v: &T) -> Json {
-    serde_json::to_value(v).unwrap_or(Json::Null)
 }
 
 /// Job failure reasons that a retry can get past.
@@ -122,78 +80,50 @@ fn job_error_class(reason: &str) -> ErrorClass {
     }
 }
 
+/// A job id and the location it runs in, as one handle (`id@location`).
+pub fn job_handle(job_id: &str, location: Option<&str>) -> String {
+    match location {
+        Some(l) => format!("{job_id}@{l}"),
+        None => job_id.to_string(),
+    }
+}
+
+fn parse_job_handle(handle: &str) -> (&str, Option<&str>) {
+    match handle.split_once('@') {
+        Some((id, loc)) => (id, Some(loc)),
+        None => (handle, None),
+    }
+}
+
+/// The error of a wait that ran out of time: the job's outcome is unknown.
+struct TimedOut(ConnectorError);
+
 impl BqClient {
-    pub async fn new(options: ClientOptions) -> Result<Self> {
-        let endpoint = options.endpoint.clone().unwrap_or_else(|| DEFAULT_ENDPOINT.to_string());
-        let endpoint = endpoint.trim_end_matches('/').to_string();
-        let credentials = if options.endpoint.is_some() {
-            credentials::anonymous::Builder::new().build()
-        } else if let Some(path) = &options.credentials_file {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| ConnectorError::config(format!("bq_credentials: cannot read {}: {e}", path.display())))?;
-            let key: Json = serde_json::from_str(&text).map_err(|e| {
-                ConnectorError::config(format!("bq_credentials: {} is not a JSON key file: {e}", path.display()))
-            })?;
-            match key.get("type").and_then(Json::as_str) {
-                Some("service_account") => credentials::service_account::Builder::new(key).build(),
-                Some("authorized_user") => credentials::user_account::Builder::new(key).build(),
-                other => {
-                    return Err(ConnectorError::config(format!(
-                        "bq_credentials: {} has type {other:?}; expected a service_account or authorized_user key",
-                        path.display()
-                    )));
-                }
-            }
-            .map_err(|e| ConnectorError::config(format!("bq_credentials: {e}")))?
-        } else {
-            credentials::Builder::default().build().map_err(|e| {
-                ConnectorError::config(format!(
-                    "no Google credentials found ({e}); run `gcloud auth application-default login`, set \
-                     GOOGLE_APPLICATION_CREDENTIALS, or give bq_credentials"
-                ))
-            })?
-        };
-        let build_err = |e: google_cloud_gax::client_builder::Error| {
-            ConnectorError::config(format!("cannot create a BigQuery client for {endpoint}: {e}"))
-        };
-        let datasets = DatasetService::builder()
-            .with_endpoint(endpoint.clone())
-            .with_credentials(credentials.clone())
-            // Retries are ours (bounded by max_retries, classified); the client's own would
-            // multiply them and hold a run for minutes on a target that is down.
-            .with_retry_policy(google_cloud_gax::retry_policy::NeverRetry)
-            .build()
-            .await
-            .map_err(build_err)?;
-        let tables = TableService::builder()
-            .with_endpoint(endpoint.clone())
-            .with_credentials(credentials.clone())
-            // Retries are ours (bounded by max_retries, classified); the client's own would
-            // multiply them and hold a run for minutes on a target that is down.
-            .with_retry_policy(google_cloud_gax::retry_policy::NeverRetry)
-            .build()
-            .await
-            .map_err(build_err)?;
-        let jobs = JobService::builder()
-            .with_endpoint(endpoint.clone())
-            .with_credentials(credentials.clone())
-            // Retries are ours (bounded by max_retries, classified); the client's own would
-            // multiply them and hold a run for minutes on a target that is down.
-            .with_retry_policy(google_cloud_gax::retry_policy::NeverRetry)
-            .build()
-            .await
-            .map_err(build_err)?;
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(30))
-            .timeout(Duration::from_secs(600))
-            .build()
-            .map_err(|e| ConnectorError::config(format!("cannot create an HTTP client: {e}")))?;
-        let job_slots = std::sync::Arc::new(tokio::sync::Semaphore::new(options.max_concurrent_jobs.max(1)));
-        Ok(Self { options, endpoint, credentials, datasets, tables, jobs, http, job_slots })
+    pub fn new(options: ClientOptions, transport: Arc<dyn Transport>) -> Self {
+        let location = Arc::new(RwLock::new(options.location.clone()));
+        let job_slots = Arc::new(tokio::sync::Semaphore::new(options.max_concurrent_jobs.max(1)));
+        Self { options, transport, location, job_slots }
     }
 
     pub fn project(&self) -> &str {
         &self.options.project
+    }
+
+    pub fn endpoint(&self) -> &str {
+        self.transport.endpoint()
+    }
+
+    /// The location job calls use.
+    pub fn location(&self) -> Option<String> {
+        self.location.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn learn_location(&self, location: Option<&str>) {
+        let Some(loc) = location.filter(|l| !l.is_empty()) else { return };
+        let mut current = self.location.write().unwrap_or_else(|p| p.into_inner());
+        if current.is_none() {
+            *current = Some(loc.to_string());
+        }
     }
 
     async fn retry<T, F, Fut>(&self, op: F) -> Result<T>
@@ -209,112 +139,64 @@ impl BqClient {
             .await
     }
 
-    /// Creates the dataset when missing.
-    pub async fn ensure_dataset(&self, dataset: &str) -> Result<()> {
-        self.retry(|| async {
-            match self.datasets.get_dataset().set_project_id(self.project()).set_dataset_id(dataset).send().await {
-                Ok(_) => return Ok(()),
-                Err(e) if is_not_found(&e) => {}
-                Err(e) => return Err(gax_err(e, &format!("get dataset {dataset}"))),
+    /// Creates the dataset when missing; returns its settings (and learns its location, which
+    /// every later job call then names).
+    pub async fn ensure_dataset(&self, dataset: &str) -> Result<DatasetInfo> {
+        let found = self.retry(|| self.transport.get_dataset(self.project(), dataset)).await?;
+        let resource = match found {
+            Some(d) => d,
+            None => {
+                let mut body = json!({"datasetReference": {"projectId": self.project(), "datasetId": dataset}});
+                if let Some(loc) = &self.options.location {
+                    body["location"] = json!(loc);
+                }
+                self.retry(|| self.transport.insert_dataset(self.project(), body.clone())).await?;
+                self.retry(|| self.transport.get_dataset(self.project(), dataset)).await?.unwrap_or_default()
             }
-            let mut body = json!({"datasetReference": {"projectId": self.project(), "datasetId": dataset}});
-            if let Some(loc) = &self.options.location {
-                body["location"] = json!(loc);
-            }
-            match self
-                .datasets
-                .insert_dataset()
-                .set_project_id(self.project())
-                .set_dataset(to_model::<model::Dataset>(body)?)
-                .send()
-                .await
-            {
-                Ok(_) => Ok(()),
-                Err(e) if is_conflict(&e) => Ok(()),
-                Err(e) => Err(gax_err(e, &format!("create dataset {dataset}"))),
-            }
-        })
-        .await
+        };
+        let text = |key: &str| {
+            resource.get(key).and_then(|v| v.as_str().map(str::to_string).or_else(|| v.as_i64().map(|n| n.to_string())))
+        };
+        let info = DatasetInfo {
+            location: text("location"),
+            default_table_expiration_ms: text("defaultTableExpirationMs").filter(|v| v != "0"),
+            default_partition_expiration_ms: text("defaultPartitionExpirationMs").filter(|v| v != "0"),
+        };
+        self.learn_location(info.location.as_deref());
+        Ok(info)
     }
 
     /// The table resource as JSON, or `None` when it does not exist.
     pub async fn get_table(&self, dataset: &str, table: &str) -> Result<Option<Json>> {
-        self.retry(|| async {
-            match self
-                .tables
-                .get_table()
-                .set_project_id(self.project())
-                .set_dataset_id(dataset)
-                .set_table_id(table)
-                .send()
-                .await
-            {
-                Ok(t) => Ok(Some(to_json(&t))),
-                Err(e) if is_not_found(&e) => Ok(None),
-                Err(e) => Err(gax_err(e, &format!("get table {dataset}.{table}"))),
-            }
-        })
-        .await
+        self.retry(|| self.transport.get_table(self.project(), dataset, table)).await
     }
 
-    /// Creates a table from its REST resource; an existing table is not an error.
-    pub async fn create_table(&self, dataset: &str, resource: Json) -> Result<()> {
-        let table: model::Table = to_model(resource)?;
-        self.retry(|| async {
-            match self
-                .tables
-                .insert_table()
-                .set_project_id(self.project())
-                .set_dataset_id(dataset)
-                .set_table(table.clone())
-                .send()
-                .await
-            {
-                Ok(_) => Ok(()),
-                Err(e) if is_conflict(&e) => Ok(()),
-                Err(e) => Err(gax_err(e, &format!("create table in {dataset}"))),
-            }
-        })
-        .await
+    /// Creates a table from its REST resource and returns the table as it now exists (an
+    /// existing table is not an error: it is returned as it is).
+    pub async fn create_table(&self, dataset: &str, resource: Json) -> Result<Json> {
+        let table = resource["tableReference"]["tableId"].as_str().unwrap_or_default().to_string();
+        match self.retry(|| self.transport.insert_table(self.project(), dataset, resource.clone())).await? {
+            Some(created) => Ok(created),
+            None => self.get_table(dataset, &table).await?.ok_or_else(|| {
+                ConnectorError::transient(format!("BigQuery table {dataset}.{table} exists and then did not"))
+            }),
+        }
     }
 
     /// Replaces the table's schema (used to add NULLABLE columns).
     pub async fn patch_schema(&self, dataset: &str, table: &str, fields: Json) -> Result<()> {
-        let patch: model::Table = to_model(json!({"schema": {"fields": fields}}))?;
-        self.retry(|| async {
-            self.tables
-                .patch_table()
-                .set_project_id(self.project())
-                .set_dataset_id(dataset)
-                .set_table_id(table)
-                .set_table(patch.clone())
-                .send()
-                .await
-                .map(|_| ())
-                .map_err(|e| gax_err(e, &format!("add columns to {dataset}.{table}")))
-        })
-        .await
+        let patch = json!({"schema": {"fields": fields}});
+        self.retry(|| self.transport.patch_table(self.project(), dataset, table, patch.clone())).await
     }
 
     pub async fn delete_table(&self, dataset: &str, table: &str) -> Result<()> {
-        match self
-            .tables
-            .delete_table()
-            .set_project_id(self.project())
-            .set_dataset_id(dataset)
-            .set_table_id(table)
-            .send()
-            .await
-        {
-            Ok(()) => Ok(()),
-            Err(e) if is_not_found(&e) => Ok(()),
-            Err(e) => Err(gax_err(e, &format!("delete table {dataset}.{table}"))),
-        }
+        self.transport.delete_table(self.project(), dataset, table).await
     }
 
-    /// Runs a query job (a script may hold a transaction) and waits for it.
-    /// `job_id` makes retries idempotent: a job that already ran is not run again.
-    pub async fn query(&self, sql: &str, parameters: Json, job_id: &str) -> Result<JobOutcome> {
+    /// Runs a query job (a script may hold a transaction) and waits for it. `job_id` makes
+    /// retries idempotent: a job that already ran is not run again. A wait that runs out of
+    /// time leaves the job in doubt: the error carries its handle (see [`BqClient::resolve`]).
+    pub async fn query(&self, sql: &str, parameters: Json, job_id: &str, what: &str) -> Result<JobOutcome> {
         let mut query = json!({"query": sql, "useLegacySql": false});
         if parameters.as_array().is_some_and(|p| !p.is_empty()) {
             query["parameterMode"] = json!("NAMED");
@@ -322,25 +204,44 @@ impl BqClient {
         }
         tracing::debug!(job_id, sql, "BigQuery query");
         let configuration = json!({"query": query});
-        self.run_job(job_id, |id| {
+        self.run_job(job_id, what, |id| {
             let job = self.job_resource(&id, configuration.clone());
             async move {
-                let model_job: model::Job = to_model(job)?;
-                match self.jobs.insert_job().set_project_id(self.project()).set_job(model_job).send().await {
-                    Ok(_) => Ok(()),
-                    Err(e) if is_conflict(&e) => Ok(()),
-                    Err(e) => Err(gax_err(e, "start query job")),
+                if let Some(inserted) = self.transport.insert_job(self.project(), job).await? {
+                    self.learn_location(inserted["jobReference"]["location"].as_str());
                 }
+                Ok(())
             }
         })
         .await
     }
 
+    /// Starts a load job with `data` (NDJSON) as its media and waits for it. Resending after a
+    /// lost answer finds the job by its id (409) instead of loading twice.
+    pub async fn load(&self, load_config: Json, data: bytes::Bytes, job_id: &str, what: &str) -> Result<JobOutcome> {
+        let configuration = json!({"load": load_config});
+        self.run_job(job_id, what, |id| {
+            let job = self.job_resource(&id, configuration.clone());
+            let data = data.clone();
+            async move { self.transport.upload_job(self.project(), job, data).await }
+        })
+        .await
+    }
+
+    fn job_resource(&self, job_id: &str, configuration: Json) -> Json {
+        let mut reference = json!({"projectId": self.project(), "jobId": job_id});
+        if let Some(loc) = self.location() {
+            reference["location"] = json!(loc);
+        }
+        json!({"jobReference": reference, "configuration": configuration})
+    }
+
     /// Runs a job exactly once under ids `{base_id}_{n}`. After a transient failure it looks the
     /// job up: one still running is waited for, one that succeeded is taken, one that failed is
     /// started again under the next id, and one never created is started again under the same
-    /// id. A job whose fate cannot be learned is an error, never a second start.
-    pub async fn run_job<F, Fut>(&self, base_id: &str, start: F) -> Result<JobOutcome>
+    /// id. A job whose fate cannot be learned is an error, never a second start; so is a job
+    /// still running at `job_timeout` (it is in doubt, and said so).
+    async fn run_job<F, Fut>(&self, base_id: &str, what: &str, start: F) -> Result<JobOutcome>
     where
         F: Fn(String) -> Fut,
         Fut: std::future::Future<Output = Result<()>>,
@@ -351,21 +252,23 @@ impl BqClient {
         loop {
             let id = format!("{base_id}_{attempt}");
             let result = match start(id.clone()).await {
-                Ok(()) => self.wait_job(&id).await,
-                Err(e) => Err(e),
+                Ok(()) => self.wait_job(&id, what).await,
+                Err(e) => Ok(Err(e)),
             };
             let error = match result {
-                Ok(outcome) => return Ok(outcome),
-                Err(e) if e.is_transient() && retries < policy.max_retries => e,
-                Err(e) => return Err(e),
+                Err(TimedOut(e)) => return Err(e),
+                Ok(Ok(outcome)) => return Ok(outcome),
+                Ok(Err(e)) if e.is_transient() && retries < policy.max_retries => e,
+                Ok(Err(e)) => return Err(e),
             };
             let wait = policy.delay(retries);
             retries += 1;
-            tracing::warn!(job = %id, attempt = retries, wait_secs = wait.as_secs_f64(), error = %error, "BigQuery job failed; retrying");
+            tracing::warn!(job = %id, %what, attempt = retries, wait_secs = wait.as_secs_f64(), error = %error, "BigQuery job failed; retrying");
             tokio::time::sleep(wait).await;
             // The lookup is retried too: the service that just failed the job may still be
             // unreachable for a while, and without the job's fate nothing may be started again.
-            match self.retry(|| self.find_job(&id)).await? {
+            let location = self.location();
+            match self.retry(|| self.transport.get_job(self.project(), &id, location.as_deref())).await? {
                 None => {}
                 Some(job) if job["status"]["state"] != "DONE" => {}
                 Some(job) if job["status"].get("errorResult").is_none_or(Json::is_null) => {
@@ -376,103 +279,26 @@ impl BqClient {
         }
     }
 
-    fn job_resource(&self, job_id: &str, configuration: Json) -> Json {
-        let mut reference = json!({"projectId": self.project(), "jobId": job_id});
-        if let Some(loc) = &self.options.location {
-            reference["location"] = json!(loc);
-        }
-        json!({"jobReference": reference, "configuration": configuration})
-    }
-
-    /// Starts a load job with `data` (NDJSON) as its media and waits for it. Resending after a
-    /// lost answer finds the job by its id (409) instead of loading twice.
-    pub async fn load(&self, load_config: Json, data: bytes::Bytes, job_id: &str) -> Result<JobOutcome> {
-        let configuration = json!({"load": load_config});
-        self.run_job(job_id, |id| {
-            let job = self.job_resource(&id, configuration.clone());
-            let data = data.clone();
-            async move { self.upload(job, data).await }
-        })
-        .await
-    }
-
-    /// Starts a load job with `data` as its media; a job that already exists (409) is fine.
-    async fn upload(&self, job: Json, data: bytes::Bytes) -> Result<()> {
-        let url = format!("{}/upload/bigquery/v2/projects/{}/jobs?uploadType=multipart", self.endpoint, self.project());
-        let boundary = format!("connector_{}", uuid::Uuid::new_v4().simple());
-        let head = format!(
-            "--{boundary}\r\nContent-Type: application/json; charset=UTF-8\r\n\r\n{job}\r\n--{boundary}\r\n\
-             Content-Type: application/octet-stream\r\n\r\n"
-        );
-        let tail = format!("\r\n--{boundary}--\r\n");
-        let length = head.len() + data.len() + tail.len();
-        // The body is streamed from the three parts; the chunk itself is not copied.
-        let parts: Vec<Result<bytes::Bytes, std::io::Error>> =
-            vec![Ok(bytes::Bytes::from(head)), Ok(data), Ok(bytes::Bytes::from(tail))];
-        let body = reqwest::Body::wrap_stream(futures::stream::iter(parts));
-        let headers = self.auth_headers().await?;
-        let response = self
-            .http
-            .post(&url)
-            .headers(headers)
-            .header("Content-Type", format!("multipart/related; boundary={boundary}"))
-            .header("Content-Length", length)
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| ConnectorError::transient(format!("BigQuery load upload: {e}")))?;
-        let status = response.status();
-        if status.is_success() || status.as_u16() == 409 {
-            return Ok(());
-        }
-        let text = response.text().await.unwrap_or_default();
-        let class = match status.as_u16() {
-            429 | 500..=599 => ErrorClass::Transient,
-            403 if is_rate_limit(&text) => ErrorClass::Transient,
-            _ => ErrorClass::Permanent,
-        };
-        Err(ConnectorError::new(class, format!("BigQuery load upload: HTTP {status}: {}", short(&text))))
-    }
-
-    async fn auth_headers(&self) -> Result<http::HeaderMap> {
-        match self.credentials.headers(http::Extensions::new()).await {
-            Ok(CacheableResource::New { data, .. }) => Ok(data),
-            Ok(CacheableResource::NotModified) => Ok(http::HeaderMap::new()),
-            Err(e) => Err(ConnectorError::new(
-                if e.is_transient() { ErrorClass::Transient } else { ErrorClass::Permanent },
-                format!("Google credentials: {e}"),
-            )),
-        }
-    }
-
-    /// The job resource, or `None` when no job has that id.
-    pub async fn find_job(&self, job_id: &str) -> Result<Option<Json>> {
-        let mut req = self.jobs.get_job().set_project_id(self.project()).set_job_id(job_id);
-        if let Some(loc) = &self.options.location {
-            req = req.set_location(loc);
-        }
-        match req.send().await {
-            Ok(job) => Ok(Some(to_json(&job))),
-            Err(e) if is_not_found(&e) => Ok(None),
-            Err(e) => Err(gax_err(e, &format!("get job {job_id}"))),
-        }
-    }
-
-    /// Polls a job until it is done; a failed job becomes an error classified by its reason.
-    pub async fn wait_job(&self, job_id: &str) -> Result<JobOutcome> {
-        let started = std::time::Instant::now();
+    /// Polls a job until it is done (a failed job becomes an error classified by its reason),
+    /// logging what it waits for at least every 30 s. At `job_timeout` it gives up with an
+    /// error that names the job and leaves it in doubt.
+    async fn wait_job(&self, job_id: &str, what: &str) -> std::result::Result<Result<JobOutcome>, TimedOut> {
+        let started = Instant::now();
+        let mut last_log = Instant::now();
         let mut wait = Duration::from_millis(100);
         loop {
-            let job = self
-                .retry(|| async {
-                    let mut req = self.jobs.get_job().set_project_id(self.project()).set_job_id(job_id);
-                    if let Some(loc) = &self.options.location {
-                        req = req.set_location(loc);
-                    }
-                    req.send().await.map_err(|e| gax_err(e, &format!("get job {job_id}")))
-                })
-                .await?;
-            let job = to_json(&job);
+            let location = self.location();
+            let job = match self.retry(|| self.transport.get_job(self.project(), job_id, location.as_deref())).await {
+                Ok(Some(job)) => job,
+                Ok(None) => {
+                    return Ok(Err(ConnectorError::permanent(format!(
+                        "BigQuery job {job_id} ({what}) is not known to BigQuery{}",
+                        if location.is_none() { "; set bq_location to the dataset's location" } else { "" }
+                    ))));
+                }
+                Err(e) => return Ok(Err(e)),
+            };
+            self.learn_location(job["jobReference"]["location"].as_str());
             if job["status"]["state"] == "DONE" {
                 if let Some(err) = job["status"].get("errorResult").filter(|e| !e.is_null()) {
                     let reason = err["reason"].as_str().unwrap_or("unknown");
@@ -488,26 +314,73 @@ impl BqClient {
                                 .collect()
                         })
                         .unwrap_or_default();
-                    return Err(ConnectorError::new(
+                    return Ok(Err(ConnectorError::new(
                         job_error_class(reason),
-                        format!("BigQuery job {job_id} failed ({reason}): {message} {}", details.join("; ")),
-                    ));
+                        format!("BigQuery job {job_id} ({what}) failed ({reason}): {message} {}", details.join("; "))
+                            .trim_end()
+                            .to_string(),
+                    )));
                 }
-                return Ok(JobOutcome { job });
+                return Ok(Ok(JobOutcome { job }));
             }
-            if started.elapsed() > self.options.job_timeout {
-                return Err(ConnectorError::transient(format!(
-                    "BigQuery job {job_id} still not done after {} s",
-                    self.options.job_timeout.as_secs()
-                )));
+            let elapsed = started.elapsed();
+            if elapsed >= self.options.job_timeout {
+                let handle = job_handle(job_id, self.location().as_deref());
+                return Err(TimedOut(
+                    ConnectorError::transient(format!(
+                        "BigQuery job {job_id} ({what}) is still {} after job_timeout {} s; this table failed and \
+                         the next run retries it once the job has ended. If BigQuery is only slow, raise \
+                         job_timeout; see the job with `bq show -j {job_id}`",
+                        job["status"]["state"].as_str().unwrap_or("running").to_ascii_lowercase(),
+                        self.options.job_timeout.as_secs()
+                    ))
+                    .with_in_doubt(handle),
+                ));
             }
-            tokio::time::sleep(wait).await;
+            if last_log.elapsed() >= WAIT_LOG_EVERY {
+                last_log = Instant::now();
+                tracing::info!(job = %job_id, %what, waited_secs = elapsed.as_secs(), timeout_secs = self.options.job_timeout.as_secs(),
+                    state = job["status"]["state"].as_str().unwrap_or("?"), "waiting for a BigQuery job");
+            }
+            tokio::time::sleep(
+                wait.min(self.options.job_timeout.saturating_sub(elapsed)).max(Duration::from_millis(10)),
+            )
+            .await;
             wait = (wait * 2).min(Duration::from_secs(2));
         }
     }
-}
 
-fn short(text: &str) -> String {
-    let t: String = text.chars().take(500).collect();
-    t.replace('\n', " ")
+    /// Settles a job in doubt (`handle` from a timed-out wait): a job still running is
+    /// cancelled and waited for, up to `job_timeout`. `Ok` once it has ended, whatever its
+    /// outcome (a MERGE that ended either applied atomically or not at all).
+    pub async fn resolve(&self, handle: &str) -> Result<()> {
+        let (job_id, location) = parse_job_handle(handle);
+        let location = location.map(str::to_string).or_else(|| self.location());
+        let started = Instant::now();
+        let mut cancelled = false;
+        loop {
+            match self.retry(|| self.transport.get_job(self.project(), job_id, location.as_deref())).await? {
+                None => return Ok(()),
+                Some(job) if job["status"]["state"] == "DONE" => {
+                    tracing::info!(job = %job_id, "the job in doubt has ended");
+                    return Ok(());
+                }
+                Some(_) if !cancelled => {
+                    tracing::warn!(job = %job_id, "an earlier job is still running; cancelling it before writing the table again");
+                    self.retry(|| self.transport.cancel_job(self.project(), job_id, location.as_deref())).await?;
+                    cancelled = true;
+                }
+                Some(job) if started.elapsed() >= self.options.job_timeout => {
+                    return Err(ConnectorError::transient(format!(
+                        "BigQuery job {job_id} from an earlier run is still {} after it was cancelled; the table is not \
+                         written until it has ended (so it cannot land after a newer write). Check it with `bq show \
+                         -j {job_id}`",
+                        job["status"]["state"].as_str().unwrap_or("running").to_ascii_lowercase()
+                    ))
+                    .with_in_doubt(handle));
+                }
+                Some(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+            }
+        }
+    }
 }

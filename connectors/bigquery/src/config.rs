@@ -1,16 +1,37 @@
+//! The `bigquery` sink's config: keys, validation (no I/O), and building the sink with its
+//! transport.
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use connector_framework::config::{self, lenient};
+use connector_framework::config::{self, Problem, lenient};
 use connector_framework::{
-    BuildContext, ConnectorDescriptor, ConnectorError, Factory, FieldDoc, Result, Sink, SinkConfig,
+    BuildContext, ConnectorDescriptor, ConnectorError, Factory, FieldDoc, Result, Sink, SinkConfig, TableOptions,
 };
 use serde::{Deserialize, Serialize};
 
 use crate::client::{BqClient, ClientOptions};
 use crate::sink::BigQuerySink;
+use crate::transport::{DiscardTransport, GoogleOptions, GoogleTransport, Transport};
+
+/// Target types a `column_types` override may name.
+pub const OVERRIDE_TYPES: &[&str] = &[
+    "STRING",
+    "INT64",
+    "NUMERIC",
+    "BIGNUMERIC",
+    "FLOAT64",
+    "BOOL",
+    "BYTES",
+    "DATE",
+    "DATETIME",
+    "TIMESTAMP",
+    "TIME",
+    "JSON",
+    "GEOGRAPHY",
+];
 
 /// The environment variable that points every BigQuery client at an emulator.
 pub const EMULATOR_ENV: &str = "BIGQUERY_EMULATOR_HOST";
@@ -57,7 +78,7 @@ pub(crate) const FIELDS: &[FieldDoc] = &[
         ty: "string",
         required: false,
         default: "the dataset",
-        doc: "where staging tables live (they expire after a day)",
+        doc: "where staging tables live (they expire after 7 days if a run dies before dropping them)",
     },
     FieldDoc {
         name: "upload_chunk_mb",
@@ -66,7 +87,13 @@ pub(crate) const FIELDS: &[FieldDoc] = &[
         default: "16",
         doc: "MiB of rows per load job",
     },
-    FieldDoc { name: "job_timeout", ty: "seconds", required: false, default: "3600", doc: "longest wait for one job" },
+    FieldDoc {
+        name: "job_timeout",
+        ty: "seconds",
+        required: false,
+        default: "3600",
+        doc: "longest wait for one BigQuery job; a job still running then fails its table (waits are logged every 30 s)",
+    },
     FieldDoc {
         name: "max_concurrent_jobs",
         ty: "integer",
@@ -97,6 +124,9 @@ pub struct BigQuerySinkConfig {
     pub job_timeout: u64,
     #[serde(default = "default_jobs", deserialize_with = "lenient::deserialize")]
     pub max_concurrent_jobs: usize,
+    /// The endpoint came from `BIGQUERY_EMULATOR_HOST`, not the config (logged at start).
+    #[serde(skip)]
+    pub endpoint_from_env: bool,
 }
 
 fn default_jobs() -> usize {
@@ -111,50 +141,83 @@ fn default_job_timeout() -> u64 {
 }
 
 /// Dataset ids: letters, digits and underscores, at most 1024.
-fn validate_dataset(what: &str, id: &str) -> Result<()> {
-    if id.is_empty() || id.len() > 1024 || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-        return Err(ConnectorError::config(format!(
-            "sink `bigquery`: {what} `{id}` is not a valid dataset id (letters, digits and underscores)"
-        )));
-    }
-    Ok(())
+fn dataset_problem(key: &str, id: &str) -> Option<Problem> {
+    (id.is_empty() || id.len() > 1024 || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+        .then(|| Problem::at(key, format!("`{id}` is not a dataset id (letters, digits and underscores)")))
 }
 
 impl BigQuerySinkConfig {
+    /// Checks the config without touching the network; every mistake, each with its key.
     pub fn validate(&mut self) -> Result<()> {
+        let mut problems = Vec::new();
         if self.project.trim().is_empty()
             || !self.project.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | ':' | '_'))
         {
-            return Err(ConnectorError::config(format!(
-                "sink `bigquery`: bq_project/project `{}` is not a valid project id",
-                self.project
-            )));
+            problems.push(Problem::at("project", format!("`{}` is not a Google Cloud project id", self.project)));
         }
-        validate_dataset("bq_dataset/dataset", &self.dataset)?;
+        problems.extend(dataset_problem("dataset", &self.dataset));
         if let Some(s) = &self.staging_dataset {
-            validate_dataset("staging_dataset", s)?;
+            problems.extend(dataset_problem("staging_dataset", s));
         }
         if self.endpoint.as_deref().is_some_and(|e| e.trim().is_empty()) {
             self.endpoint = None;
         }
         if self.endpoint.is_none() {
+            self.endpoint_from_env = std::env::var(EMULATOR_ENV).is_ok_and(|e| !e.is_empty());
             self.endpoint = std::env::var(EMULATOR_ENV)
                 .ok()
                 .filter(|e| !e.is_empty())
                 .map(|e| if e.starts_with("http://") || e.starts_with("https://") { e } else { format!("http://{e}") });
         }
         if let Some(e) = self.endpoint.as_ref().filter(|e| !(e.starts_with("http://") || e.starts_with("https://"))) {
-            return Err(ConnectorError::config(format!(
-                "sink `bigquery`: bq_endpoint `{e}` must start with http:// or https://"
-            )));
+            problems.push(Problem::at("endpoint", format!("`{e}` must start with http:// or https://")));
         }
         if !(1..=100).contains(&self.max_concurrent_jobs) {
-            return Err(ConnectorError::config("sink `bigquery`: max_concurrent_jobs must be between 1 and 100"));
+            problems.push(Problem::at(
+                "max_concurrent_jobs",
+                format!("between 1 and 100, got {}", self.max_concurrent_jobs),
+            ));
         }
         if !(1..=1024).contains(&self.upload_chunk_mb) {
-            return Err(ConnectorError::config("sink `bigquery`: upload_chunk_mb must be between 1 and 1024"));
+            problems.push(Problem::at("upload_chunk_mb", format!("between 1 and 1024, got {}", self.upload_chunk_mb)));
         }
-        Ok(())
+        if !(1..=86_400).contains(&self.job_timeout) {
+            problems.push(Problem::at("job_timeout", format!("between 1 and 86400 seconds, got {}", self.job_timeout)));
+        }
+        if problems.is_empty() { Ok(()) } else { Err(ConnectorError::config_problems("sink `bigquery`", problems)) }
+    }
+
+    /// Where this sink writes, for state and logs (no secret): endpoint, project and dataset.
+    pub fn destination(&self) -> String {
+        format!(
+            "bigquery {} {}.{}",
+            self.endpoint.as_deref().unwrap_or(crate::transport::DEFAULT_ENDPOINT).trim_end_matches('/'),
+            self.project,
+            self.dataset
+        )
+    }
+}
+
+/// Reads a key file for `bq_credentials`: it must exist, be readable and be a service-account
+/// or authorized-user JSON key. Its content is never quoted in errors.
+pub(crate) fn read_key_file(path: &std::path::Path) -> Result<serde_json::Value> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConnectorError::config(format!("bq_credentials: cannot read {}: {}", path.display(), e.kind())))?;
+    let key: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+        ConnectorError::config(format!(
+            "bq_credentials: {} is not a JSON key file (line {}, column {})",
+            path.display(),
+            e.line(),
+            e.column()
+        ))
+    })?;
+    match key.get("type").and_then(serde_json::Value::as_str) {
+        Some("service_account" | "authorized_user") => Ok(key),
+        _ => Err(ConnectorError::config(format!(
+            "bq_credentials: {} is not a service_account or authorized_user key file (its \"type\" field); \
+             download a key from the Google Cloud console",
+            path.display()
+        ))),
     }
 }
 
@@ -167,17 +230,60 @@ fn parse(raw: &serde_json::Value) -> Result<Box<dyn SinkConfig>> {
 #[async_trait]
 impl SinkConfig for BigQuerySinkConfig {
     async fn build(&self, ctx: &BuildContext) -> Result<Arc<dyn Sink>> {
-        let client = BqClient::new(ClientOptions {
-            project: self.project.clone(),
-            location: self.location.clone(),
-            endpoint: self.endpoint.clone(),
-            credentials_file: self.credentials.clone(),
-            retry: ctx.retry,
-            job_timeout: Duration::from_secs(self.job_timeout),
-            max_concurrent_jobs: self.max_concurrent_jobs,
-        })
-        .await?;
+        let transport: Arc<dyn Transport> = if ctx.discard_writes {
+            tracing::warn!(target = %ctx.target_id, "benchmark mode: load files are encoded and discarded; nothing reaches BigQuery and no state is written");
+            Arc::new(DiscardTransport::default())
+        } else {
+            if self.endpoint_from_env {
+                tracing::warn!(target = %ctx.target_id, endpoint = ?self.endpoint, "the BigQuery endpoint comes from {EMULATOR_ENV}");
+            }
+            let options = GoogleOptions { endpoint: self.endpoint.clone(), credentials_file: self.credentials.clone() };
+            Arc::new(GoogleTransport::new(&options).await?)
+        };
+        let client = BqClient::new(
+            ClientOptions {
+                project: self.project.clone(),
+                location: self.location.clone(),
+                retry: ctx.retry,
+                job_timeout: Duration::from_secs(self.job_timeout),
+                max_concurrent_jobs: self.max_concurrent_jobs,
+            },
+            transport,
+        );
         Ok(Arc::new(BigQuerySink::new(ctx, self, client)))
+    }
+
+    fn validate_table_options(&self, table: &str, options: &TableOptions) -> Result<()> {
+        if options.cluster_by.as_ref().is_some_and(|c| c.len() > 4) {
+            return Err(ConnectorError::config(format!(
+                "table_options.{table}.cluster_by: BigQuery clusters by at most 4 columns"
+            )));
+        }
+        for (column, ty) in &options.column_types {
+            if !OVERRIDE_TYPES.contains(&ty.to_ascii_uppercase().as_str()) {
+                let hint = config::closest(&ty.to_ascii_uppercase(), OVERRIDE_TYPES.iter().copied())
+                    .map(|n| format!("did you mean `{n}`? "))
+                    .unwrap_or_default();
+                return Err(ConnectorError::config(format!(
+                    "table_options.{table}.column_types.{column}: unknown type `{ty}`; {hint}valid types: {}",
+                    OVERRIDE_TYPES.join(", ")
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn id(&self) -> Option<&str> {
+        self.id.as_deref()
+    }
+
+    fn default_id(&self) -> Option<String> {
+        let clean = |s: &str| {
+            s.chars()
+                .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+                .collect::<String>()
+        };
+        Some(format!("{}.{}", clean(&self.project), clean(&self.dataset)))
     }
 }
 
@@ -187,12 +293,14 @@ connector_framework::inventory::submit! {
         crate_name: env!("CARGO_PKG_NAME"),
         description: "Writes tables to Google BigQuery (one table per source table, rows tagged with tenant_id)",
         details: "Target tables get the system fields tenant_id (STRING), sync_timestamp (TIMESTAMP) and \
-sync_mode (STRING), DAY partitions on sync_timestamp, clustering on tenant_id and a NOT ENFORCED \
-primary key (tenant_id, key...). Rows are staged per tenant through load jobs (media upload, no \
-Cloud Storage bucket) and applied per table in one MERGE statement: incremental syncs upsert on \
-(tenant_id, key), full syncs also delete that tenant's rows that are gone from the source, and \
-tables without a key match on a _row_hash column. Other tenants are never touched. Column types: see \
-`connector-run describe mysql`.",
+sync_mode (STRING) (names set by system_columns), DAY partitions on sync_timestamp, clustering on tenant_id \
+and a NOT ENFORCED primary key (tenant_id, key...). Column names are kept as they are where BigQuery's \
+flexible column names allow (spaces, dashes, letters of any script); other characters become _. Rows are \
+staged in one staging table per target table through load jobs (media upload, no Cloud Storage bucket) \
+and applied per table in one MERGE statement: incremental syncs upsert on (tenant_id, key), full syncs \
+also delete that tenant's rows that are gone from the source, and tables without a key match on a \
+_row_hash column. Other tenants are never touched.",
+        types: crate::types::BIGQUERY_TYPES,
         fields: FIELDS,
         example: r#"{"kind": "bigquery", "id": "main", "project": "my-project", "dataset": "shops", "location": "US"}"#,
         factory: Factory::Sink(parse),

@@ -1,19 +1,27 @@
 //! `connector-bigquery`: writes tables to Google BigQuery, atomically per commit.
 //!
-//! - [`BigQuerySinkConfig`]: project, dataset, location, credentials and an optional emulator
-//!   endpoint.
-//! - [`BigQuerySink`]: creates and evolves target tables (system fields `tenant_id`,
-//!   `sync_timestamp`, `sync_mode`; DAY partitions; clustering; a NOT ENFORCED primary key),
-//!   stages each tenant's rows in a staging table through load jobs with media upload (no
-//!   Cloud Storage bucket), then applies every staged tenant of a table in one atomic MERGE.
-//! - [`types`]: logical types → BigQuery types and the NDJSON encoding of values.
-//! - [`client`]: the REST calls, through the official `google-cloud-bigquery-v2` clients plus
-//!   the media upload they lack.
+//! The component, along the data flow:
+//! - [`config`]: `BigQuerySinkConfig` (project, dataset, location, credentials, an optional
+//!   emulator endpoint), validated without I/O, and the transport chosen when it is built.
+//! - `schema`: target tables (system fields, DAY partitions, clustering, a NOT ENFORCED
+//!   primary key), column names and types, and how an existing table evolves.
+//! - `writer`: one tenant's rows encoded as NDJSON lines of a staging table.
+//! - `stage`: the staging table every tenant of a target table shares, and its load jobs
+//!   (media upload, no Cloud Storage bucket).
+//! - `merge`: the one MERGE that applies every staged tenant of a table.
+//! - [`sink`]: the `Sink` implementation that drives them.
+//! - [`client`] over [`transport`]: the REST calls (retried, jobs exactly once, every wait
+//!   bounded and logged); [`types`]: logical types → BigQuery types and values → NDJSON.
 
 pub mod client;
-mod config;
-mod sink;
+pub mod config;
+mod merge;
+mod schema;
+pub mod sink;
+mod stage;
+pub mod transport;
 pub mod types;
+mod writer;
 
 pub use config::BigQuerySinkConfig;
 pub use sink::BigQuerySink;

@@ -1,9 +1,39 @@
-//! Logical types → BigQuery column types, and values → NDJSON for load jobs.
+//! Logical types → BigQuery column types, column names → BigQuery column names, and values →
+//! NDJSON for load jobs: the one place that knows BigQuery's types.
+
+use std::sync::LazyLock;
 
 use base64::Engine;
 use chrono::{Datelike, NaiveDate, NaiveDateTime, Timelike};
 use connector_framework::value::format_time;
-use connector_framework::{LogicalType, Value};
+use connector_framework::{LogicalType, TypeRow, Value};
+
+/// Logical types → BigQuery types, as documented for users (`connector-run describe`,
+/// docs/types.md); [`bigquery_type`] decides, and a test checks each row against it.
+pub const BIGQUERY_TYPES: &[TypeRow] = &[
+    TypeRow { from: "bool", to: "BOOL", note: "" },
+    TypeRow { from: "int64", to: "INT64", note: "" },
+    TypeRow { from: "uint64", to: "NUMERIC", note: "holds 0..18446744073709551615" },
+    TypeRow { from: "float32", to: "FLOAT64", note: "" },
+    TypeRow { from: "float64", to: "FLOAT64", note: "" },
+    TypeRow {
+        from: "decimal",
+        to: "NUMERIC / BIGNUMERIC / STRING",
+        note: "NUMERIC if p-s <= 29 and s <= 9, BIGNUMERIC if p-s <= 38 and s <= 38, else STRING (exact digits)",
+    },
+    TypeRow { from: "string", to: "STRING", note: "" },
+    TypeRow { from: "bytes", to: "BYTES", note: "" },
+    TypeRow { from: "date", to: "DATE", note: "" },
+    TypeRow { from: "datetime", to: "DATETIME", note: "microseconds kept" },
+    TypeRow { from: "timestamp", to: "TIMESTAMP", note: "microseconds kept" },
+    TypeRow {
+        from: "time",
+        to: "STRING",
+        note: "'-838:59:59'..'838:59:59' (BigQuery TIME is a time of day; column_types TIME for 00:00..23:59)",
+    },
+    TypeRow { from: "json", to: "JSON", note: "JSON null and SQL NULL stay apart" },
+    TypeRow { from: "geometry", to: "STRING", note: "WKT; column_types GEOGRAPHY for longitude/latitude data" },
+];
 
 /// The BigQuery type that holds every value of a logical type exactly.
 pub fn bigquery_type(t: &LogicalType) -> &'static str {
@@ -32,7 +62,16 @@ pub fn bigquery_type(t: &LogicalType) -> &'static str {
         LogicalType::Time { .. } => "STRING",
         LogicalType::Json => "JSON",
         LogicalType::Geometry => "STRING",
-        _ => "STRING",
+    }
+}
+
+/// The type a column has in staging tables: its target type, except JSON, which is staged as
+/// its text and parsed by the MERGE (`PARSE_JSON`): a load file cannot tell a JSON `null`
+/// document from SQL NULL.
+pub fn staging_type(t: &LogicalType) -> &'static str {
+    match t {
+        LogicalType::Json => "STRING",
+        other => bigquery_type(other),
     }
 }
 
@@ -49,25 +88,47 @@ pub fn canonical_type(t: &str) -> &str {
 }
 
 /// Whether BigQuery can widen a column from `from` to `to` in place
-/// (`ALTER COLUMN SET DATA TYPE`).
+/// (`ALTER COLUMN SET DATA TYPE`) without changing any value: exact types never widen into
+/// FLOAT64, whose 53-bit mantissa would round them.
 pub fn can_widen(from: &str, to: &str) -> bool {
     matches!(
         (canonical_type(from), canonical_type(to)),
-        ("INT64", "NUMERIC")
-            | ("INT64", "BIGNUMERIC")
-            | ("INT64", "FLOAT64")
-            | ("NUMERIC", "BIGNUMERIC")
-            | ("NUMERIC", "FLOAT64")
+        ("INT64", "NUMERIC") | ("INT64", "BIGNUMERIC") | ("NUMERIC", "BIGNUMERIC")
     )
 }
 
-/// A column name BigQuery accepts: letters, digits and underscores, not starting with a digit.
+/// Characters BigQuery's flexible column names take besides letters, marks and digits of any
+/// script: connector punctuation, dashes, space and `&%=+:'<>#|`.
+static FLEXIBLE: LazyLock<regex::Regex> = LazyLock::new(|| {
+    regex::Regex::new(r"^[\p{L}\p{M}\p{N}\p{Pc}\p{Pd} &%=+:'<>#|]$").unwrap_or_else(|_| unreachable!("a valid pattern"))
+});
+
+/// Column name prefixes BigQuery reserves (case-insensitive).
+const RESERVED_PREFIXES: &[&str] = &["_table_", "_file_", "_partition", "_row_timestamp", "__root__", "_colidentifier"];
+
+/// The BigQuery name of a source column: the name itself wherever BigQuery's flexible column
+/// names allow it. Documented mapping otherwise: every other character becomes `_`, a name
+/// with a reserved prefix gets `c` in front, and names are cut at 300 characters.
 pub fn column_name(name: &str) -> String {
-    let mut out: String = name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }).collect();
-    if out.is_empty() || out.starts_with(|c: char| c.is_ascii_digit()) {
-        out.insert(0, '_');
+    let mut out: String =
+        name.chars().map(|c| if FLEXIBLE.is_match(c.encode_utf8(&mut [0; 4])) { c } else { '_' }).collect();
+    if out.is_empty() {
+        out.push('_');
     }
-    out
+    let lower = out.to_lowercase();
+    if RESERVED_PREFIXES.iter().any(|p| lower.starts_with(p)) {
+        out.insert(0, 'c');
+    }
+    out.chars().take(300).collect()
+}
+
+/// The name of a column in staging tables: ASCII letters, digits and `_` only plus a hash of
+/// the exact name, so load files never depend on flexible column names and two names never
+/// share one staging column.
+pub fn staging_name(target: &str) -> String {
+    let readable: String = target.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '_').take(40).collect();
+    let hash = xxhash_rust::xxh3::xxh3_64(target.as_bytes()) & 0xffff_ffff;
+    format!("c_{readable}_{hash:08x}")
 }
 
 /// Appends `value` of a column of type `logical` to `out` as the JSON value a load job
@@ -112,28 +173,9 @@ pub fn encode_value(out: &mut Vec<u8>, value: &Value, logical: &LogicalType) {
             let fsp = if let LogicalType::Time { fsp } = logical { *fsp } else { 6 };
             encode_str(out, &format_time(*micros, fsp))
         }
-        Value::Json(text) => {
-            // A JSON column takes the document itself; check it so one bad value cannot
-            // break the line.
-            // A document that is itself a string goes as JSON text inside a string, which
-            // BigQuery parses; any other document goes as itself.
-            match serde_json::from_str::<&serde_json::value::RawValue>(text) {
-                Ok(raw) if !raw.get().starts_with('"') => {
-                    // A load file holds one row per line. In valid JSON a raw line break can
-                    // only be whitespace between tokens (inside strings it is escaped), so it
-                    // becomes a space.
-                    let start = out.len();
-                    out.extend_from_slice(raw.get().as_bytes());
-                    for b in &mut out[start..] {
-                        if *b == b'\n' || *b == b'\r' {
-                            *b = b' ';
-                        }
-                    }
-                }
-                _ => encode_str(out, text),
-            }
-        }
-        _ => out.extend_from_slice(b"null"),
+        // Staged as text (see `staging_type`); the MERGE parses it, so JSON `null` stays a
+        // JSON null.
+        Value::Json(text) => encode_str(out, text),
     }
 }
 
@@ -219,11 +261,9 @@ mod tests {
         assert_eq!(enc(Value::DateTime(dt)), "\"2024-01-02 03:04:05.000006\"");
         assert_eq!(enc(Value::Timestamp(Utc.from_utc_datetime(&dt))), "\"2024-01-02 03:04:05.000006 UTC\"");
         assert_eq!(enc(Value::Time(-3_020_399_000_000)), "\"-838:59:59.000000\"");
-        assert_eq!(enc(Value::Json("{\"a\": [1, \"é\"]}".into())), "{\"a\": [1, \"é\"]}");
-        assert_eq!(
-            enc(Value::Json("{\"a\":\r\n [1,\n 2], \"b\": \"x\\ny\"}".into())),
-            "{\"a\":   [1,  2], \"b\": \"x\\ny\"}"
-        );
+        assert_eq!(enc(Value::Json("{\"a\": [1, \"é\"]}".into())), "\"{\\\"a\\\": [1, \\\"é\\\"]}\"");
+        assert_eq!(enc(Value::Json("null".into())), "\"null\"", "a JSON null document is not SQL NULL");
+        assert_eq!(enc(Value::Json("{\"a\":\r\n 1}".into())), "\"{\\\"a\\\":\\r\\n 1}\"", "one line per row");
         assert_eq!(enc(Value::Float(0.1)), "0.1");
         let mut out = Vec::new();
         encode_value(&mut out, &Value::Time(-3_020_399_000_000), &LogicalType::Time { fsp: 0 });
@@ -255,9 +295,47 @@ mod tests {
     }
 
     #[test]
-    fn column_names_are_made_legal() {
-        assert_eq!(column_name("order-id"), "order_id");
-        assert_eq!(column_name("1st"), "_1st");
-        assert_eq!(column_name("ok_name"), "ok_name");
+    fn column_names_are_kept_where_bigquery_allows_them() {
+        for kept in ["order-id", "1st", "ok_name", "my col", "Δ", "名称", "a&b", "x:y"] {
+            assert_eq!(column_name(kept), kept);
+        }
+        assert_eq!(column_name("a/b\"c"), "a_b_c");
+        assert_eq!(column_name("_PARTITIONTIME"), "c_PARTITIONTIME");
+        assert_eq!(column_name(&"x".repeat(400)).len(), 300);
+        assert_ne!(staging_name("a-b"), staging_name("a_b"), "distinct names stay distinct in staging");
+        assert!(staging_name("my col").chars().all(|c| c.is_ascii_alphanumeric() || c == '_'));
+    }
+
+    #[test]
+    fn exact_types_never_widen_into_floating_point() {
+        assert!(can_widen("INT64", "NUMERIC") && can_widen("NUMERIC", "BIGNUMERIC"));
+        assert!(
+            !can_widen("INT64", "FLOAT64") && !can_widen("NUMERIC", "FLOAT64") && !can_widen("BIGNUMERIC", "FLOAT64")
+        );
+    }
+
+    #[test]
+    fn the_documented_mapping_is_the_one_in_code() {
+        use LogicalType as L;
+        let all = [
+            ("bool", L::Bool),
+            ("int64", L::Int64),
+            ("uint64", L::UInt64),
+            ("float32", L::Float32),
+            ("float64", L::Float64),
+            ("string", L::String),
+            ("bytes", L::Bytes),
+            ("date", L::Date),
+            ("datetime", L::DateTime { fsp: 6 }),
+            ("timestamp", L::Timestamp { fsp: 6 }),
+            ("time", L::Time { fsp: 0 }),
+            ("json", L::Json),
+            ("geometry", L::Geometry),
+        ];
+        for (name, logical) in all {
+            let row = BIGQUERY_TYPES.iter().find(|r| r.from == name).unwrap();
+            assert_eq!(row.to, bigquery_type(&logical), "{name}");
+        }
+        assert!(BIGQUERY_TYPES.iter().any(|r| r.from == "decimal"));
     }
 }

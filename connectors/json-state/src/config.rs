@@ -1,3 +1,5 @@
+//! The `json` state store's config: one key, `status_dir`.
+
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -59,6 +61,7 @@ duration_seconds and consecutive_failures. Files are replaced atomically; a lock
 second concurrent run.",
         fields: FIELDS,
         example: r#"{"kind": "json", "status_dir": "sync_status"}"#,
+        types: &[],
         factory: Factory::State(parse),
     }
 }

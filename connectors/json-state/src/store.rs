@@ -106,7 +106,36 @@ fn io_err(what: &str, path: &Path, e: std::io::Error) -> ConnectorError {
 }
 
 impl JsonStateStore {
-    /// Takes the run lock (also used by the state tools, so they never race a sync).
+    /// Takes the run lock (also used by the state tools, so they never race a sync); with
+    /// `wait`, waits up to that long for the other run to let go.
+    pub async fn lock_waiting(&self, wait: Option<std::time::Duration>) -> Result<Box<dyn StateLock>> {
+        let deadline = wait.map(|w| std::time::Instant::now() + w);
+        let mut logged = false;
+        loop {
+            match self.lock_blocking() {
+                Err(e)
+                    if e.message().contains("already syncing")
+                        && deadline.is_some_and(|d| std::time::Instant::now() < d) =>
+                {
+                    if !logged {
+                        tracing::info!(status_dir = %self.dir.display(), "another run holds the lock; waiting (--wait-lock)");
+                        logged = true;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                }
+                Err(e) if e.message().contains("already syncing") && wait.is_some() => {
+                    return Err(ConnectorError::config(format!(
+                        "{}; waited {} s (--wait-lock) and it is still running",
+                        e.message(),
+                        wait.unwrap_or_default().as_secs()
+                    )));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Takes the run lock at once, or fails.
     pub fn lock_blocking(&self) -> Result<Box<dyn StateLock>> {
         fs::create_dir_all(&self.dir).map_err(|e| io_err("cannot create status_dir", &self.dir, e))?;
         let path = self.dir.join(".lock");
@@ -149,8 +178,8 @@ impl JsonStateStore {
 
 #[async_trait]
 impl StateStore for JsonStateStore {
-    async fn lock(&self) -> Result<Box<dyn StateLock>> {
-        self.lock_blocking()
+    async fn lock(&self, wait: Option<std::time::Duration>) -> Result<Box<dyn StateLock>> {
+        self.lock_waiting(wait).await
     }
 
     async fn load(&self, database: &str) -> Result<DatabaseState> {
@@ -175,25 +204,18 @@ mod tests {
     use connector_framework::{SyncMode, SyncStatus, Watermark};
 
     fn state(table: &str, rows: u64) -> TableState {
-        TableState {
-            table_name: table.into(),
-            last_sync_time: Some(NaiveDateTime::default()),
-            sync_status: SyncStatus::Success,
-            sync_mode: SyncMode::Full,
-            records_synced: rows,
-            error_message: None,
-            updated_at: NaiveDateTime::default(),
-            watermark: Some(Watermark {
-                column: "updated_at".into(),
-                column_type: "datetime".into(),
-                value: "2025-09-28 15:30:00.000001".into(),
-            }),
-            last_success_at: None,
-            duration_seconds: None,
-            consecutive_failures: 0,
-            key: None,
-            resume: None,
-        }
+        let mut s = TableState::in_progress(table);
+        s.last_sync_time = Some(NaiveDateTime::default());
+        s.sync_status = SyncStatus::Success;
+        s.records_synced = rows;
+        s.error_message = None;
+        s.watermark = Some(Watermark {
+            column: "updated_at".into(),
+            column_type: "datetime".into(),
+            value: "2025-09-28 15:30:00.000001".into(),
+            utc_offset: None,
+        });
+        s
     }
 
     #[tokio::test]
@@ -258,10 +280,20 @@ mod tests {
     async fn a_second_lock_is_refused_while_the_first_is_held() {
         let dir = tempfile::tempdir().unwrap();
         let store = JsonStateStore::new(dir.path());
-        let held = store.lock().await.unwrap();
-        let err = store.lock().await.unwrap_err();
+        let held = store.lock(None).await.unwrap();
+        let err = store.lock(None).await.unwrap_err();
         assert!(err.message().contains("already syncing"), "{err}");
-        drop(held);
-        assert!(store.lock().await.is_ok());
+        let waited = store.lock(Some(std::time::Duration::from_millis(300))).await.unwrap_err();
+        assert!(waited.message().contains("waited 0 s (--wait-lock)"), "{waited}");
+        let store2 = store.clone();
+        let release = tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            drop(held);
+        });
+        assert!(
+            store2.lock(Some(std::time::Duration::from_secs(10))).await.is_ok(),
+            "the lock is taken once it is free"
+        );
+        release.await.unwrap();
     }
 }

@@ -165,6 +165,8 @@ pub fn reset(dir: &Path, database: &str, table: Option<&str>) -> Result<Vec<Stri
         let mut state = state.clone();
         state.watermark = None;
         state.key = None;
+        // An interrupted full sync's staging may be days old: start over.
+        state.resume = None;
         store.record_blocking(database, state)?;
         reset.push(name.clone());
     }
@@ -220,6 +222,7 @@ mod tests {
             column: "updated_at".into(),
             column_type: "datetime".into(),
             value: "2025-01-01 00:00:00.000000".into(),
+            utc_offset: None,
         });
         store.record_blocking("shop1", state).unwrap();
         assert_eq!(reset(dir.path(), "shop1", None).unwrap(), ["users"]);

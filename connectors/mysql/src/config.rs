@@ -1,7 +1,10 @@
+//! The `mysql` source's config: connection, tenants, and what to do with values MySQL allows
+//! but other systems do not.
+
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use connector_framework::config::{self, lenient, string_list};
+use connector_framework::config::{self, Problem, lenient, string_list};
 use connector_framework::{
     BuildContext, ConnectorDescriptor, ConnectorError, Factory, FieldDoc, Result, Secret, Source, SourceConfig,
 };
@@ -94,38 +97,46 @@ fn default_connect_timeout() -> u64 {
 }
 
 impl MySqlSourceConfig {
-    /// Checks the config without touching the network.
+    /// Checks the config without touching the network; every mistake, each with its key.
     pub fn validate(&mut self) -> Result<()> {
+        let mut problems = Vec::new();
         if self.host.trim().is_empty() {
-            return Err(ConnectorError::config("source `mysql`: db_host/host is empty"));
+            problems.push(Problem::at("host", "is empty; give the MySQL server's host name or IP"));
         }
         if self.user.trim().is_empty() {
-            return Err(ConnectorError::config("source `mysql`: db_user/user is empty"));
+            problems.push(Problem::at("user", "is empty; give a user with SELECT privileges"));
         }
         if self.port == 0 {
-            return Err(ConnectorError::config("source `mysql`: port 0 is not a valid port"));
+            problems.push(Problem::at("port", "0 is not a port; the default is 3306"));
         }
         if self.databases.is_empty() {
-            return Err(ConnectorError::config("source `mysql`: db_list/databases names no database"));
+            problems.push(Problem::at("databases", "names no database; list the tenants' databases"));
         }
         for (i, db) in self.databases.iter().enumerate() {
-            validate_identifier("database", db)?;
+            if let Err(e) = validate_identifier("database", db) {
+                problems.push(Problem::at("databases", e.message().to_string()));
+            }
             if self.databases[..i].contains(db) {
-                return Err(ConnectorError::config(format!(
-                    "source `mysql`: db_list/databases names `{db}` twice; list each database once"
-                )));
+                problems.push(Problem::at("databases", format!("names `{db}` twice; list each database once")));
             }
         }
         if self.pool_size == 0 || self.pool_size > 256 {
-            return Err(ConnectorError::config(format!(
-                "source `mysql`: pool_size must be between 1 and 256, got {}",
-                self.pool_size
-            )));
+            problems.push(Problem::at("pool_size", format!("between 1 and 256, got {}", self.pool_size)));
+        }
+        if self.connect_timeout == 0 || self.connect_timeout > 3600 {
+            problems.push(Problem::at(
+                "connect_timeout",
+                format!("between 1 and 3600 seconds, got {}", self.connect_timeout),
+            ));
         }
         if let Some(var) = &self.password_env {
-            self.password = Secret::from_env(var, "source `mysql` password_env")?;
+            match Secret::from_env(var, "password_env") {
+                Ok(secret) => self.password = secret,
+                Err(e) => problems
+                    .push(Problem::at("password_env", e.message().trim_start_matches("password_env: ").to_string())),
+            }
         }
-        Ok(())
+        if problems.is_empty() { Ok(()) } else { Err(ConnectorError::config_problems("source `mysql`", problems)) }
     }
 }
 
@@ -157,7 +168,10 @@ connector_framework::inventory::submit! {
         kind: "mysql",
         crate_name: env!("CARGO_PKG_NAME"),
         description: "Reads tables from MySQL / MariaDB databases (one database per tenant)",
-        details: crate::types::TYPE_MAPPING_DOC,
+        details: "Zero or invalid dates ('0000-00-00', '2024-00-10') are written as NULL and counted in the \
+report (zero_dates: \"fail\" fails the table instead). Each read runs in START TRANSACTION WITH CONSISTENT \
+SNAPSHOT, READ ONLY at UTC; the user needs SELECT only.",
+        types: crate::types::MYSQL_TYPES,
         fields: FIELDS,
         example: r#"{"kind": "mysql", "host": "127.0.0.1", "port": 3306, "user": "sync_reader", "password": "${MYSQL_PASSWORD}", "databases": ["shop1", "shop2"], "pool_size": 5}"#,
         factory: Factory::Source(parse),

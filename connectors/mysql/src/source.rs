@@ -103,8 +103,8 @@ impl MySqlSource {
                 let json_check = checks
                     .iter()
                     .any(|c| c.to_ascii_lowercase().contains(&format!("json_valid(`{}`)", name.to_ascii_lowercase())));
-                let _ = nullable;
                 ColumnInfo {
+                    nullable: nullable == "YES",
                     name,
                     data_type,
                     column_type,
@@ -222,24 +222,14 @@ impl Source for MySqlSource {
                 "table {table} does not exist or the user cannot see it; check table_list and grants"
             )));
         }
-        let mut conn = self.conn(table).await?;
-        let nullable: Vec<(String, String)> = conn
-            .exec(
-                "SELECT COLUMN_NAME, IS_NULLABLE FROM information_schema.COLUMNS \
-                 WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
-                (&table.database, &table.table),
-            )
-            .await
-            .map_err(|e| wrap(e, format!("{table}: reading information_schema.COLUMNS")))?;
-        drop(conn);
-        let nullable: Vec<(String, bool)> = nullable.into_iter().map(|(n, y)| (n, y == "YES")).collect();
+        let nullable: Vec<(String, bool)> = infos.iter().map(|i| (i.name.clone(), i.nullable)).collect();
         let columns = infos
             .iter()
             .map(|info| Column {
                 name: info.name.clone(),
                 source_type: info.column_type.clone(),
                 logical: map_column(info).0,
-                nullable: nullable.iter().any(|(n, null)| *n == info.name && *null),
+                nullable: info.nullable,
             })
             .collect();
         let (key, key_source) = self.key(table, &nullable).await?;
@@ -262,7 +252,7 @@ impl Source for MySqlSource {
         let mut params: Vec<mysql_async::Value> = Vec::new();
         // Rows with a NULL cursor are either read every time or counted (never silently lost).
         let mut count_nulls = None;
-        if let ReadRange::Since { cursor, from, include_nulls } = &request.range {
+        if let ReadRange::Since { cursor, from, include_nulls, .. } = &request.range {
             let c = quote_ident(cursor);
             // Zero dates ('0000-00-00') sort below every real date: they are treated like NULL.
             if *include_nulls {
@@ -277,6 +267,10 @@ impl Source for MySqlSource {
             }
             params.push(mysql_async::Value::from(from.as_str()));
         }
+        let since_offset = match &request.range {
+            ReadRange::Since { from_utc_offset, .. } => *from_utc_offset,
+            _ => None,
+        };
         let mut key_index = None;
         if let ReadRange::KeyRange { key, after, limit } = &request.range {
             let k = quote_ident(key);
@@ -298,17 +292,53 @@ impl Source for MySqlSource {
         conn.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
             .await
             .map_err(|e| wrap(e, format!("{table}: starting a snapshot")))?;
-        // The source clock, in the snapshot: UTC, and the server's default zone (for DATETIME
-        // cursors that applications stamp in local time).
+        // The source clock, in the snapshot: UTC, and the zone DATETIME cursors are stamped in
+        // (the server's default zone unless cursor_time_zone says otherwise).
+        let zone = request.cursor_time_zone.clone().unwrap_or_else(|| "@@global.time_zone".to_string());
+        let zone_sql =
+            if request.cursor_time_zone.is_some() { format!("'{}'", zone.replace('\'', "")) } else { zone.clone() };
         let clock: Option<(NaiveDateTime, Option<NaiveDateTime>)> = conn
-            .query_first("SELECT UTC_TIMESTAMP(6), CONVERT_TZ(UTC_TIMESTAMP(6), '+00:00', @@global.time_zone)")
+            .query_first(format!("SELECT UTC_TIMESTAMP(6), CONVERT_TZ(UTC_TIMESTAMP(6), '+00:00', {zone_sql})"))
             .await
             .map_err(|e| wrap(e, format!("{table}: reading the server clock")))?;
+        let Some((utc, local)) = clock else {
+            return Err(ConnectorError::permanent(format!("{table}: the server returned no clock")));
+        };
+        let local = match (local, &request.cursor_time_zone) {
+            (Some(l), _) => l,
+            (None, Some(z)) => {
+                return Err(ConnectorError::config(format!(
+                    "{table}: cursor_time_zone `{z}` is unknown to the server: give an offset like \"-05:00\", or load \
+                     the server's time zone tables (mariadb-tzinfo-to-sql /usr/share/zoneinfo | mariadb mysql)"
+                )));
+            }
+            // A server zone the server cannot convert to: take UTC, as the server does.
+            (None, None) => utc,
+        };
+        let offset = i32::try_from((local - utc).num_seconds()).unwrap_or(0);
         let mut summary = ReadSummary {
-            snapshot_time: clock.map(|c| c.0),
-            snapshot_local_time: clock.map(|c| c.1.unwrap_or(c.0)),
+            snapshot_time: Some(utc),
+            cursor_clock: Some(local),
+            cursor_utc_offset: Some(offset),
             ..Default::default()
         };
+        // After a daylight-saving fall-back an hour of wall-clock times repeats: rows stamped in
+        // it sort before the watermark taken in the larger offset, so the bound moves back by
+        // the difference.
+        if let (Some(then), Some(param)) = (since_offset, params.first_mut())
+            && offset < then
+            && let ReadRange::Since { from, .. } = &request.range
+            && let Some(bound) = connector_framework::state::parse_watermark_text(from)
+        {
+            let widened = bound - chrono::TimeDelta::seconds(i64::from(then - offset));
+            tracing::info!(%table, from = %from, widened = %widened, "the cursor zone's offset shrank (daylight saving ended): widening the window");
+            *param = mysql_async::Value::from(connector_framework::state::watermark_text(&widened));
+            summary.window = Some(format!(
+                "{} (moved back {} min: the cursor zone's clock went back)",
+                request.range.describe().replace(from.as_str(), &connector_framework::state::watermark_text(&widened)),
+                (then - offset) / 60
+            ));
+        }
 
         if let Some(count_sql) = count_nulls {
             let skipped: Option<u64> =
@@ -320,6 +350,7 @@ impl Source for MySqlSource {
         let mut result = conn.exec_iter(sql.as_str(), params).await.map_err(|e| wrap(e, format!("{table}: SELECT")))?;
         let mut batch = RowBatch::with_capacity(request.batch_size);
         let mut max_cursor: Option<Value> = None;
+        let mut zero_dates = 0u64;
         let mut last_key: Option<String> = None;
         while let Some(row) = result.next().await.map_err(|e| wrap(e, format!("{table}: reading rows")))? {
             let raw = row.unwrap_raw();
@@ -330,7 +361,7 @@ impl Source for MySqlSource {
                     col.decoder,
                     wire,
                     self.config.zero_dates,
-                    &mut summary.zero_dates_nulled,
+                    &mut zero_dates,
                     &label,
                     &col.name,
                     &col.source_type,
@@ -338,8 +369,17 @@ impl Source for MySqlSource {
             }
             if let Some(i) = cursor_index {
                 let v = &values[i];
-                if !v.is_null() && max_cursor.as_ref().is_none_or(|m| cursor_gt(v, m)) {
-                    max_cursor = Some(v.clone());
+                // A row stamped later than the source's clock (an import, a 2099 sentinel, a
+                // client with a wrong clock) must not move the watermark past rows not yet
+                // written: it is read, counted, and left out of the maximum.
+                let clock = if matches!(v, Value::Timestamp(_)) { utc } else { local };
+                match v.cursor_instant() {
+                    Some(t) if t > clock && !matches!(v, Value::Date(_)) => summary.future_cursor_rows += 1,
+                    Some(t) if matches!(v, Value::Date(_)) && t.date() > clock.date() => {
+                        summary.future_cursor_rows += 1
+                    }
+                    Some(_) if max_cursor.as_ref().is_none_or(|m| v.cursor_gt(m)) => max_cursor = Some(v.clone()),
+                    _ => {}
                 }
             }
             if let Some(i) = key_index {
@@ -370,19 +410,13 @@ impl Source for MySqlSource {
         conn.query_drop("COMMIT").await.map_err(|e| wrap(e, format!("{table}: ending the snapshot")))?;
         summary.max_cursor = max_cursor;
         summary.last_key = last_key;
+        if zero_dates > 0 {
+            summary.nulled_values.insert("invalid dates".to_string(), zero_dates);
+        }
         Ok(summary)
     }
 
     async fn close(&self) {
         let _ = self.pool.clone().disconnect().await;
-    }
-}
-
-fn cursor_gt(a: &Value, b: &Value) -> bool {
-    match (a, b) {
-        (Value::DateTime(a), Value::DateTime(b)) => a > b,
-        (Value::Timestamp(a), Value::Timestamp(b)) => a > b,
-        (Value::Date(a), Value::Date(b)) => a > b,
-        _ => false,
     }
 }

@@ -4,44 +4,47 @@
 //! read, so the per-value work is a single match.
 
 use chrono::{NaiveDate, NaiveDateTime, NaiveTime, TimeZone, Utc};
-use connector_framework::{ConnectorError, LogicalType, Result, Value};
+use connector_framework::{ConnectorError, LogicalType, Result, TypeRow, Value};
 use mysql_async::Value as Wire;
 
-/// The mapping as documented for users (`connector-run describe mysql`, docs/types.md).
-pub const TYPE_MAPPING_DOC: &str = "\
-MySQL / MariaDB type            logical type      BigQuery type (bigquery sink)
-TINYINT..INT, signed/unsigned   int64             INT64
-BIGINT                          int64             INT64
-BIGINT UNSIGNED                 uint64            NUMERIC (holds 0..18446744073709551615)
-TINYINT(1) / BOOL               int64             INT64 (MySQL stores any -128..127 there);
-                                                  column_types {\"col\": \"BOOL\"} for BOOL
-DECIMAL(p,s)                    decimal(p,s)      NUMERIC if p-s <= 29 and s <= 9,
-                                                  BIGNUMERIC if p-s <= 38 and s <= 38, else STRING
-FLOAT                           float32           FLOAT64 (the shortest decimal of the float)
-DOUBLE / REAL                   float64           FLOAT64
-BIT(n)                          int64 / uint64    INT64 for n < 64, NUMERIC for n = 64
-YEAR                            int64             INT64
-DATE                            date              DATE
-DATETIME(0..6)                  datetime          DATETIME (wall clock, no zone, microseconds kept)
-TIMESTAMP(0..6)                 timestamp         TIMESTAMP (read in UTC, microseconds kept)
-TIME(0..6)                      time              STRING '-838:59:59' .. '838:59:59' (BigQuery TIME is
-                                                  a time of day; column_types TIME for 00:00..23:59)
-CHAR, VARCHAR, TEXT (any        string            STRING (converted to UTF-8 by the server,
-  character set), ENUM, SET                         4-byte characters kept; SET as 'a,b')
-BINARY, VARBINARY, BLOB         bytes             BYTES (NUL bytes kept)
-JSON (MySQL) / LONGTEXT with    json              JSON
-  json_valid check (MariaDB)
-GEOMETRY, POINT, ... (spatial)  geometry          STRING (WKT via ST_AsText); column_types
-                                                  GEOGRAPHY for longitude/latitude data
-INET4, INET6, UUID (MariaDB)    string            STRING
-other types                     string            STRING (CAST(col AS CHAR))
-
-Zero or invalid dates ('0000-00-00', '2024-00-10') are written as NULL and counted in the report
-(source option zero_dates: \"fail\" fails the table instead).
-table_options.<table>.column_types overrides the BigQuery type of a column: STRING, INT64, NUMERIC,
-BIGNUMERIC, FLOAT64, BOOL, BYTES, DATE, DATETIME, TIMESTAMP, TIME, JSON, GEOGRAPHY; the value is
-converted in BigQuery (CAST, PARSE_JSON, ST_GEOGFROMTEXT), and an impossible conversion is refused
-before anything is written.";
+/// MySQL / MariaDB types → logical types, as documented for users (`connector-run describe
+/// mysql` joins these rows with each sink's logical → target rows; docs/types.md). The code
+/// that decides is [`map_column`]; a test checks that every row's logical type is one it maps to.
+pub const MYSQL_TYPES: &[TypeRow] = &[
+    TypeRow { from: "TINYINT..INT (signed or unsigned), YEAR", to: "int64", note: "" },
+    TypeRow {
+        from: "TINYINT(1) / BOOL",
+        to: "int64",
+        note: "MySQL stores any -128..127 there; column_types BOOL makes it a boolean",
+    },
+    TypeRow { from: "BIGINT", to: "int64", note: "" },
+    TypeRow { from: "BIGINT UNSIGNED", to: "uint64", note: "0..18446744073709551615" },
+    TypeRow { from: "DECIMAL(p,s)", to: "decimal", note: "digits kept as text, never through floating point" },
+    TypeRow { from: "FLOAT", to: "float32", note: "the shortest decimal of the float" },
+    TypeRow { from: "DOUBLE / REAL", to: "float64", note: "" },
+    TypeRow { from: "BIT(n)", to: "int64 / uint64", note: "uint64 for n = 64" },
+    TypeRow {
+        from: "DATE",
+        to: "date",
+        note: "zero and invalid dates: NULL (counted) or a failed table (zero_dates: fail)",
+    },
+    TypeRow { from: "DATETIME(0..6)", to: "datetime", note: "wall clock, no zone, microseconds kept" },
+    TypeRow { from: "TIMESTAMP(0..6)", to: "timestamp", note: "read in UTC, microseconds kept" },
+    TypeRow { from: "TIME(0..6)", to: "time", note: "a signed duration -838:59:59..838:59:59" },
+    TypeRow {
+        from: "CHAR, VARCHAR, TEXT (any character set), ENUM, SET",
+        to: "string",
+        note: "converted to UTF-8 by the server; SET as 'a,b'",
+    },
+    TypeRow { from: "BINARY, VARBINARY, BLOB", to: "bytes", note: "NUL bytes kept" },
+    TypeRow {
+        from: "JSON (MySQL) / LONGTEXT with a json_valid check (MariaDB)",
+        to: "json",
+        note: "JSON null is kept apart from SQL NULL",
+    },
+    TypeRow { from: "GEOMETRY, POINT, ... (spatial)", to: "geometry", note: "WKT via ST_AsText" },
+    TypeRow { from: "INET4, INET6, UUID (MariaDB), other types", to: "string", note: "CAST(col AS CHAR)" },
+];
 
 /// How to turn one column's wire values into [`Value`]s.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,6 +78,7 @@ pub struct ColumnInfo {
     pub datetime_precision: Option<u64>,
     /// MariaDB stores JSON as LONGTEXT with a `json_valid` check.
     pub json_check: bool,
+    pub nullable: bool,
 }
 
 /// Maps a column to its logical type and decoder; the third value is the SELECT expression
@@ -276,6 +280,7 @@ mod tests {
             numeric_scale: None,
             datetime_precision: None,
             json_check: false,
+            nullable: true,
         }
     }
 
@@ -315,6 +320,51 @@ mod tests {
         let mut bit = info("bit", "bit(64)");
         bit.numeric_precision = Some(64);
         assert_eq!(map_column(&bit).0, LogicalType::UInt64);
+    }
+
+    #[test]
+    fn the_documented_logical_types_are_the_ones_mapped_to() {
+        let name = |t: &LogicalType| match t {
+            LogicalType::Bool => "bool",
+            LogicalType::Int64 => "int64",
+            LogicalType::UInt64 => "uint64",
+            LogicalType::Float32 => "float32",
+            LogicalType::Float64 => "float64",
+            LogicalType::Decimal { .. } => "decimal",
+            LogicalType::String => "string",
+            LogicalType::Bytes => "bytes",
+            LogicalType::Date => "date",
+            LogicalType::DateTime { .. } => "datetime",
+            LogicalType::Timestamp { .. } => "timestamp",
+            LogicalType::Time { .. } => "time",
+            LogicalType::Json => "json",
+            LogicalType::Geometry => "geometry",
+        };
+        let mapped: Vec<&str> = [
+            "tinyint",
+            "bigint",
+            "decimal",
+            "float",
+            "double",
+            "date",
+            "datetime",
+            "timestamp",
+            "time",
+            "varchar",
+            "blob",
+            "json",
+            "point",
+            "uuid",
+        ]
+        .iter()
+        .map(|t| name(&map_column(&info(t, t)).0))
+        .chain(["uint64"])
+        .collect();
+        for row in MYSQL_TYPES {
+            for logical in row.to.split(" / ") {
+                assert!(mapped.contains(&logical), "{} documents {logical}, which map_column never gives", row.from);
+            }
+        }
     }
 
     #[test]

@@ -1,3 +1,5 @@
+//! The `ndjson` sink's config: an id and the folder to write to.
+
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -41,6 +43,15 @@ impl SinkConfig for NdjsonSinkConfig {
     async fn build(&self, ctx: &BuildContext) -> Result<Arc<dyn Sink>> {
         Ok(Arc::new(NdjsonSink::new(&ctx.target_id, &self.path, &ctx.run_id)))
     }
+
+    fn id(&self) -> Option<&str> {
+        self.id.as_deref()
+    }
+
+    fn default_id(&self) -> Option<String> {
+        let name = self.path.file_name()?.to_string_lossy().to_string();
+        Some(name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect())
+    }
 }
 
 connector_framework::inventory::submit! {
@@ -53,6 +64,7 @@ incremental syncs merge by key. Values: numbers beyond 64 bits and decimals as s
 \\\\x-prefixed hex, times as text.",
         fields: FIELDS,
         example: r#"{"kind": "ndjson", "id": "files", "path": "/mnt/exports"}"#,
+        types: &[],
         factory: Factory::Sink(parse),
     }
 }

@@ -1,3 +1,6 @@
+//! The `ndjson` sink: `<root>/<table>/<tenant>.ndjson`, one file per tenant, replaced or
+//! merged atomically per commit.
+
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -5,8 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use connector_framework::{
-    CommitSummary, ConnectorError, Result, RowBatch, Sink, Staged, StagingWriter, SyncMode, TableSchema, TargetTable,
-    WriteMode,
+    CommitOutcome, CommitSummary, ConnectorError, Prepared, Result, RowBatch, Sink, StageRequest, Staged,
+    StagingWriter, SyncMode, SystemColumns, TargetPlan, TargetTable, WriteMode,
 };
 use serde_json::{Map, Value as Json};
 
@@ -49,6 +52,7 @@ impl NdjsonSink {
 }
 
 struct NdjsonWriter {
+    system: SystemColumns,
     path: PathBuf,
     file: std::io::BufWriter<std::fs::File>,
     tenant: String,
@@ -63,8 +67,8 @@ impl StagingWriter for NdjsonWriter {
     async fn write(&mut self, batch: &RowBatch) -> Result<()> {
         for row in &batch.rows {
             let mut obj = Map::new();
-            obj.insert("tenant_id".into(), Json::String(self.tenant.clone()));
-            obj.insert("sync_mode".into(), Json::String(self.mode.as_str().into()));
+            obj.insert(self.system.tenant.clone(), Json::String(self.tenant.clone()));
+            obj.insert(self.system.mode.clone(), Json::String(self.mode.as_str().into()));
             for (name, value) in self.columns.iter().zip(row) {
                 obj.insert(name.clone(), value.to_json());
             }
@@ -107,10 +111,10 @@ fn read_lines(path: &Path) -> Result<Vec<Map<String, Json>>> {
 }
 
 /// The identity of a row for merging: its key columns, or the whole row without sync fields.
-fn row_id(row: &Map<String, Json>, key: &[String]) -> String {
+fn row_id(row: &Map<String, Json>, key: &[String], system: &SystemColumns) -> String {
     if key.is_empty() {
         let mut r = row.clone();
-        r.remove("sync_mode");
+        r.remove(&system.mode);
         Json::Object(r).to_string()
     } else {
         key.iter().map(|k| row.get(k).cloned().unwrap_or(Json::Null).to_string()).collect::<Vec<_>>().join("\u{1f}")
@@ -135,27 +139,30 @@ impl Sink for NdjsonSink {
         &self.id
     }
 
-    fn describe_columns(&self, table: &TargetTable) -> Vec<String> {
-        table.columns.iter().map(|c| format!("{} json", c.name)).collect()
+    fn destination(&self) -> String {
+        format!("ndjson {}", self.root.display())
     }
 
-    async fn plan_changes(&self, table: &TargetTable) -> Result<Vec<String>> {
+    async fn plan(&self, table: &TargetTable) -> Result<TargetPlan> {
         let dir = self.table_dir(&table.name);
-        Ok(if dir.exists() { Vec::new() } else { vec![format!("create folder {}", dir.display())] })
+        Ok(TargetPlan {
+            columns: table.columns.iter().map(|c| format!("{} json", c.name)).collect(),
+            changes: if dir.exists() { Vec::new() } else { vec![format!("create folder {}", dir.display())] },
+        })
     }
 
-    async fn prepare(&self, table: &TargetTable) -> Result<()> {
+    async fn prepare(&self, table: &TargetTable) -> Result<Prepared> {
         let staging = self.table_dir(&table.name).join(".staging");
-        std::fs::create_dir_all(&staging).map_err(|e| io("cannot create", &staging, e))
+        let created = !staging.exists();
+        std::fs::create_dir_all(&staging).map_err(|e| io("cannot create", &staging, e))?;
+        Ok(Prepared { created, ..Default::default() })
     }
 
-    async fn stage(
-        &self,
-        table: &TargetTable,
-        tenant: &TableSchema,
-        mode: SyncMode,
-        write: WriteMode,
-    ) -> Result<Box<dyn StagingWriter>> {
+    async fn stage(&self, request: StageRequest<'_>) -> Result<Box<dyn StagingWriter>> {
+        if request.resume.is_some() {
+            return Err(ConnectorError::permanent("the ndjson sink cannot resume staging; the table starts over"));
+        }
+        let (table, tenant, mode, write) = (request.table, request.tenant, request.mode, request.write);
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let path = self.table_dir(&table.name).join(".staging").join(format!(
             "{}.{}.{n}.ndjson",
@@ -164,6 +171,7 @@ impl Sink for NdjsonSink {
         ));
         let file = std::fs::File::create(&path).map_err(|e| io("cannot create", &path, e))?;
         Ok(Box::new(NdjsonWriter {
+            system: table.system.clone(),
             path,
             file: std::io::BufWriter::new(file),
             tenant: tenant.table.database.clone(),
@@ -174,7 +182,7 @@ impl Sink for NdjsonSink {
         }))
     }
 
-    async fn commit(&self, table: &TargetTable, staged: &[Staged]) -> Result<CommitSummary> {
+    async fn commit(&self, table: &TargetTable, staged: &[Staged]) -> Result<CommitOutcome> {
         for s in staged {
             let Some(handle) = &s.handle else { continue };
             let staged_path = PathBuf::from(handle);
@@ -186,13 +194,14 @@ impl Sink for NdjsonSink {
                 WriteMode::Merge | WriteMode::AppendDedup => {
                     let mut rows: BTreeMap<String, Map<String, Json>> = BTreeMap::new();
                     for r in read_lines(&target)?.into_iter().chain(read_lines(&staged_path)?) {
-                        rows.insert(row_id(&r, &table.key), r);
+                        rows.insert(row_id(&r, &table.key, &table.system), r);
                     }
                     write_atomic(&target, rows.into_values())?;
                 }
             }
         }
-        Ok(CommitSummary { rows_inserted: Some(staged.iter().map(|s| s.rows).sum()), ..Default::default() })
+        let summary = CommitSummary { rows_inserted: Some(staged.iter().map(|s| s.rows).sum()), ..Default::default() };
+        Ok(CommitOutcome { summary, rejected: Vec::new() })
     }
 
     async fn discard(&self, staged: &[Staged]) {

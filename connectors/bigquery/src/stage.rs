@@ -1,0 +1,260 @@
+//! Staging tables and their load jobs. Every tenant of a target table writes into one shared
+//! [`Stage`]: NDJSON rows gather in a chunk buffer, and each full chunk becomes one load job,
+//! uploaded while the next chunk fills (at most one upload in flight, so memory stays at about
+//! two chunks). Load jobs then follow the data volume of a target table, not the number of
+//! tenants × tables.
+//!
+//! A chunk holds rows of several writers (tenants). When its load fails for a reason retrying
+//! cannot fix, it is loaded again writer by writer, so a tenant whose rows BigQuery rejects
+//! fails alone; the others' rows are loaded.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use connector_framework::{ConnectorError, ErrorClass, Result};
+use serde_json::{Value as Json, json};
+use tokio::sync::{Mutex, OnceCell};
+use tokio::task::JoinHandle;
+
+use crate::client::BqClient;
+use crate::merge::unique_id;
+
+/// Encoded rows move from a writer into its shared stage in pieces of about this size.
+pub(crate) const HANDOFF_BYTES: usize = 256 * 1024;
+
+/// A staging table shared by every writer of one target table whose rows have the same
+/// staging columns: every tenant, in a fleet with one schema.
+#[derive(Debug, Clone)]
+pub(crate) struct SharedStage {
+    /// The staging columns as JSON text; writers with equal columns share the stage.
+    pub fields_key: String,
+    /// The staging table's id.
+    pub table: String,
+    pub stage: Arc<Mutex<Stage>>,
+    /// The staging table exists (created by the first writer, awaited by the others).
+    pub created: Arc<OnceCell<()>>,
+}
+
+/// What an upload task hands back: its outcome, the chunk (for reuse), and the writers whose
+/// rows a per-writer reload could not load.
+type Upload = (Result<()>, bytes::Bytes, Vec<(u64, ConnectorError)>);
+
+/// One staging table and its load jobs.
+pub(crate) struct Stage {
+    client: BqClient,
+    dataset: String,
+    table: String,
+    /// Distinguishes this stage's load jobs from any other's into the same table.
+    instance: String,
+    fields: Vec<Json>,
+    buffer: Vec<u8>,
+    /// The writer of each stretch of `buffer`: (writer, end offset), in order.
+    segments: Vec<(u64, usize)>,
+    chunk_bytes: usize,
+    chunks: u64,
+    /// The upload in flight, which hands its chunk back for reuse.
+    pending: Option<JoinHandle<Upload>>,
+    /// A cleared chunk buffer to fill next.
+    spare: Option<Vec<u8>>,
+    /// Why the stage as a whole failed: nothing staged here may be committed.
+    failed: Option<(ErrorClass, String)>,
+    /// Writers whose rows could not be loaded, and why; their tenants fail alone.
+    failed_writers: HashMap<u64, (ErrorClass, String)>,
+}
+
+// By hand: the buffers are megabytes of rows.
+impl std::fmt::Debug for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stage").field("table", &self.table).field("chunks", &self.chunks).finish_non_exhaustive()
+    }
+}
+
+impl Stage {
+    pub fn new(
+        client: BqClient,
+        dataset: String,
+        table: String,
+        instance: String,
+        fields: Vec<Json>,
+        chunk_bytes: usize,
+    ) -> Self {
+        Self {
+            client,
+            dataset,
+            table,
+            instance,
+            fields,
+            buffer: Vec::new(),
+            segments: Vec::new(),
+            chunk_bytes,
+            chunks: 0,
+            pending: None,
+            spare: None,
+            failed: None,
+            failed_writers: HashMap::new(),
+        }
+    }
+
+    /// Whether `writer`'s rows are (so far) intact.
+    pub fn check(&self, writer: u64) -> Result<()> {
+        if let Some((class, message)) = &self.failed {
+            return Err(ConnectorError::new(*class, message.clone()));
+        }
+        match self.failed_writers.get(&writer) {
+            Some((class, message)) => Err(ConnectorError::new(*class, message.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Adds `writer`'s encoded rows; uploads the chunk once it is full.
+    pub async fn append(&mut self, writer: u64, rows: &[u8]) -> Result<()> {
+        self.check(writer)?;
+        if self.buffer.capacity() == 0 {
+            self.buffer = self.spare.take().unwrap_or_else(|| Vec::with_capacity(self.chunk_bytes + 2 * HANDOFF_BYTES));
+        }
+        self.buffer.extend_from_slice(rows);
+        match self.segments.last_mut() {
+            Some((w, end)) if *w == writer => *end = self.buffer.len(),
+            _ => self.segments.push((writer, self.buffer.len())),
+        }
+        if self.buffer.len() >= self.chunk_bytes {
+            self.flush().await?;
+        }
+        self.check(writer)
+    }
+
+    /// Loads every row appended so far; `writer`'s rows must be intact afterwards.
+    pub async fn settle(&mut self, writer: Option<u64>) -> Result<()> {
+        self.flush().await?;
+        self.wait_pending().await?;
+        match writer {
+            Some(w) => self.check(w),
+            None => Ok(()),
+        }
+    }
+
+    /// Why `writer`'s rows failed to load, if they did.
+    pub fn writer_failure(&self, writer: u64) -> Option<ConnectorError> {
+        self.check(writer).err()
+    }
+
+    async fn wait_pending(&mut self) -> Result<()> {
+        if let Some((class, message)) = &self.failed {
+            return Err(ConnectorError::new(*class, message.clone()));
+        }
+        let Some(handle) = self.pending.take() else { return Ok(()) };
+        let outcome = handle.await.map_err(|e| ConnectorError::permanent(format!("upload task failed: {e}")));
+        match outcome {
+            Ok((Ok(()), data, writers)) => {
+                for (w, e) in writers {
+                    self.failed_writers.insert(w, (e.class(), e.to_string()));
+                }
+                self.recycle(data);
+                Ok(())
+            }
+            Ok((Err(e), _, _)) | Err(e) => {
+                let e = e.context(format!("loading staging table {}", self.table));
+                self.failed = Some((e.class(), e.to_string()));
+                Err(e)
+            }
+        }
+    }
+
+    /// Keeps an uploaded chunk's memory for the next chunk: a fresh 16 MiB buffer per chunk
+    /// costs a page fault per 4 KiB, and the allocator may not return it at once.
+    fn recycle(&mut self, data: bytes::Bytes) {
+        if let Some(buffer) = reclaim(data) {
+            self.spare = Some(buffer);
+        }
+    }
+
+    async fn flush(&mut self) -> Result<()> {
+        self.wait_pending().await?;
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        // The next chunk's buffer: the one uploaded before, or a new one at the next append.
+        let next = self.spare.take().unwrap_or_default();
+        let data = bytes::Bytes::from(std::mem::replace(&mut self.buffer, next));
+        let segments = std::mem::take(&mut self.segments);
+        let client = self.client.clone();
+        let load = json!({
+            "destinationTable": {"projectId": client.project(), "datasetId": self.dataset, "tableId": self.table},
+            "sourceFormat": "NEWLINE_DELIMITED_JSON",
+            "schema": {"fields": self.fields},
+            "writeDisposition": "WRITE_APPEND",
+            "createDisposition": "CREATE_NEVER",
+        });
+        let job_id = unique_id("load", &[&self.table, &self.instance, &self.chunks.to_string()]);
+        let what = format!("load into staging table {}", self.table);
+        self.chunks += 1;
+        self.pending = Some(tokio::spawn(async move { upload(client, load, data, job_id, what, segments).await }));
+        Ok(())
+    }
+}
+
+/// Loads a chunk; when that fails for good and the chunk holds several writers' rows, loads
+/// each writer's rows on its own and reports the writers whose rows still fail.
+async fn upload(
+    client: BqClient,
+    load: Json,
+    data: bytes::Bytes,
+    job_id: String,
+    what: String,
+    segments: Vec<(u64, usize)>,
+) -> Upload {
+    // A load that timed out is not in doubt the way a commit is: its staging table is dropped
+    // and nothing reads it.
+    let plain = |e: ConnectorError| ConnectorError::new(e.class(), e.message().to_string());
+    let error = match client.load(load.clone(), data.clone(), &job_id, &what).await {
+        Ok(_) => return (Ok(()), data, Vec::new()),
+        Err(e) => plain(e),
+    };
+    let mut writers: Vec<u64> = segments.iter().map(|(w, _)| *w).collect();
+    writers.sort_unstable();
+    writers.dedup();
+    if error.is_transient() || writers.len() < 2 {
+        return (Err(error), data, Vec::new());
+    }
+    tracing::warn!(%what, error = %error, writers = writers.len(), "a load failed; loading each tenant's rows of the chunk on its own");
+    let mut failures = Vec::new();
+    for writer in writers {
+        let mut own = Vec::new();
+        let mut start = 0;
+        for (w, end) in &segments {
+            if *w == writer {
+                own.extend_from_slice(&data[start..*end]);
+            }
+            start = *end;
+        }
+        let id = format!("{job_id}_w{writer}");
+        if let Err(e) = client.load(load.clone(), bytes::Bytes::from(own), &id, &what).await {
+            failures.push((writer, plain(e)));
+        }
+    }
+    (Ok(()), data, failures)
+}
+
+/// The allocation behind a chunk nothing else holds any more, emptied for reuse.
+pub(crate) fn reclaim(data: bytes::Bytes) -> Option<Vec<u8>> {
+    let mut buffer = Vec::from(data.try_into_mut().ok()?);
+    buffer.clear();
+    Some(buffer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_uploaded_chunk_gives_its_allocation_back() {
+        let mut chunk = Vec::with_capacity(1 << 20);
+        chunk.extend_from_slice(b"{\"a\":1}\n");
+        let address = chunk.as_ptr();
+        let data = bytes::Bytes::from(chunk);
+        let in_flight = data.clone();
+        assert!(reclaim(in_flight).is_none(), "a chunk still shared must not be reused");
+        let reused = reclaim(data).expect("the last holder gets the buffer back");
+        assert_eq!((reused.as_ptr(), reused.capacity(), reused.len()), (address, 1 << 20, 0));
+    }
+}

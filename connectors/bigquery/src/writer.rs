@@ -1,0 +1,298 @@
+//! One tenant's staging writer: rows encoded as NDJSON lines of the staging table and handed
+//! to the shared stage, the handle that says where they are, and the row hash of tables
+//! without a key.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::Utc;
+use connector_framework::{LogicalType, Result, RowBatch, Staged, StagingWriter, SyncMode, Value, WriteMode};
+use tokio::sync::Mutex;
+
+use crate::stage::{HANDOFF_BYTES, Stage};
+use crate::types::{encode_str, encode_value};
+
+/// Staging only: each staged row's number, so a chunk that was loaded twice counts once.
+pub(crate) const SEQ_FIELD: &str = "_seq";
+/// Staging only: which writer staged the row. Tenants share staging tables; a commit takes
+/// each tenant's rows from the writer that finished, never from an attempt that failed.
+pub(crate) const WRITER_FIELD: &str = "_writer";
+/// Staging only: the tenant's name.
+pub(crate) const TENANT_FIELD: &str = "_tenant";
+/// Staging only: the sync mode.
+pub(crate) const MODE_FIELD: &str = "_mode";
+/// Staging only: when the row was written.
+pub(crate) const SYNCED_FIELD: &str = "_synced";
+/// Staging only: the row hash (tables without a key).
+pub(crate) const HASH_FIELD: &str = "_hash";
+
+/// Where one tenant's staged rows are: a staging table, the writer staging them now, and, for
+/// a resumed full sync, the writers before it with the rows each made durable. Written as
+/// `<table>/<writer>[/<writer>:<rows>]...`.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct StageHandle {
+    pub table: String,
+    pub writer: u64,
+    /// Earlier writers of the same rows, each with its first `rows` rows (`_seq` below it).
+    pub earlier: Vec<(u64, u64)>,
+}
+
+impl StageHandle {
+    pub fn parse(text: &str) -> Option<Self> {
+        let mut parts = text.split('/');
+        let table = parts.next()?.to_string();
+        let writer = parts.next()?.parse().ok()?;
+        let earlier = parts
+            .map(|p| {
+                let (w, rows) = p.split_once(':')?;
+                Some((w.parse().ok()?, rows.parse().ok()?))
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(Self { table, writer, earlier })
+    }
+
+    /// The SQL condition that selects these rows of a staging table.
+    pub fn condition(&self) -> String {
+        let mut terms = vec![format!("{WRITER_FIELD} = {}", self.writer)];
+        terms.extend(self.earlier.iter().map(|(w, rows)| format!("({WRITER_FIELD} = {w} AND {SEQ_FIELD} < {rows})")));
+        terms.join(" OR ")
+    }
+}
+
+impl std::fmt::Display for StageHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.table, self.writer)?;
+        self.earlier.iter().try_for_each(|(w, rows)| write!(f, "/{w}:{rows}"))
+    }
+}
+
+/// The row hash of tables without a key, version 2: the xxh3-128 of the row's non-NULL
+/// values by column name (sorted, case-insensitive), each as `name` and a canonical form of the
+/// value (numbers as minimal decimals, floats by their bits, times as fixed-width text), each
+/// length-prefixed. It depends neither on column order nor on the load-file encoding, and a
+/// column added with NULLs does not change it. `v2.` in front names the version.
+pub(crate) fn row_hash(order: &[(usize, Vec<u8>)], row: &[Value]) -> String {
+    let mut bytes = Vec::with_capacity(256);
+    for (i, name) in order {
+        let Some(value) = row.get(*i).filter(|v| !v.is_null()) else { continue };
+        bytes.extend_from_slice(&(name.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(name);
+        let start = bytes.len();
+        bytes.extend_from_slice(&[0; 4]);
+        canonical(&mut bytes, value);
+        let len = (bytes.len() - start - 4) as u32;
+        bytes[start..start + 4].copy_from_slice(&len.to_le_bytes());
+    }
+    format!("v2.{:032x}", xxhash_rust::xxh3::xxh3_128(&bytes))
+}
+
+/// The hash order of a tenant's columns: (position, lower-case target name), by name.
+pub(crate) fn hash_order(names: &[String]) -> Vec<(usize, Vec<u8>)> {
+    let mut order: Vec<(usize, Vec<u8>)> =
+        names.iter().enumerate().map(|(i, n)| (i, n.to_lowercase().into_bytes())).collect();
+    order.sort_by(|a, b| a.1.cmp(&b.1));
+    order
+}
+
+fn canonical(out: &mut Vec<u8>, value: &Value) {
+    use std::io::Write;
+    match value {
+        Value::Null => {}
+        Value::Bool(b) => out.extend_from_slice(if *b { b"b1" } else { b"b0" }),
+        Value::Int(i) => {
+            let _ = write!(out, "n{i}");
+        }
+        Value::UInt(u) => {
+            let _ = write!(out, "n{u}");
+        }
+        Value::Decimal(d) => {
+            out.push(b'n');
+            let t = if d.contains('.') { d.trim_end_matches('0').trim_end_matches('.') } else { d.as_str() };
+            out.extend_from_slice(if t == "-0" || t.is_empty() { b"0" } else { t.as_bytes() });
+        }
+        Value::Float(f) => {
+            let _ = write!(out, "f{:016x}", f.to_bits());
+        }
+        Value::String(s) => {
+            out.push(b's');
+            out.extend_from_slice(s.as_bytes());
+        }
+        Value::Bytes(b) => {
+            out.push(b'x');
+            out.extend_from_slice(b);
+        }
+        Value::Date(d) => {
+            let _ = write!(out, "d{}", d.format("%Y-%m-%d"));
+        }
+        Value::DateTime(t) => {
+            let _ = write!(out, "t{}", connector_framework::state::watermark_text(t));
+        }
+        Value::Timestamp(t) => {
+            let _ = write!(out, "z{}", connector_framework::state::watermark_text(&t.naive_utc()));
+        }
+        Value::Time(us) => {
+            let _ = write!(out, "T{us}");
+        }
+        Value::Json(j) => {
+            out.push(b'j');
+            out.extend_from_slice(j.as_bytes());
+        }
+        Value::Geometry(g) => {
+            out.push(b'g');
+            out.extend_from_slice(g.as_bytes());
+        }
+    }
+}
+
+/// Encodes one tenant's rows as NDJSON and hands them to its stage: the table's shared stage,
+/// or, for a resumed full sync, a stage of its own on the staging table it began.
+pub(crate) struct BqStagingWriter {
+    pub stage: Arc<Mutex<Stage>>,
+    /// The stage is this writer's alone: `finish` loads its rows (a shared stage's last rows
+    /// are loaded by `commit`).
+    pub private: bool,
+    /// Where this tenant's rows are; `handle.writer` is in every row this writer stages.
+    pub handle: StageHandle,
+    pub tenant: String,
+    pub mode: SyncMode,
+    pub write: WriteMode,
+    /// The tenant's columns' target names.
+    pub columns: Vec<String>,
+    /// The staged BigQuery type of each column.
+    pub types: Vec<String>,
+    /// `{"_tenant":…,"_synced":…,"_mode":…,"_writer":…` for every line.
+    pub prefix: Vec<u8>,
+    /// `,"<staging column>":` and the column's type, per column.
+    pub keys: Vec<(Vec<u8>, LogicalType)>,
+    /// For tables without a key: the columns in hash order.
+    pub hash: Option<Vec<(usize, Vec<u8>)>>,
+    /// The next row's `_seq`.
+    pub seq: u64,
+    pub rows: u64,
+    pub bytes: u64,
+    /// Rows encoded and not yet handed to the stage.
+    pub local: Vec<u8>,
+}
+
+impl BqStagingWriter {
+    /// The line prefix shared by every row of this writer.
+    pub fn prefix(tenant: &str, mode: SyncMode, writer: u64) -> Vec<u8> {
+        let synced = Utc::now().format("%Y-%m-%d %H:%M:%S%.6f UTC").to_string();
+        let mut prefix = Vec::new();
+        prefix.extend_from_slice(format!("{{\"{TENANT_FIELD}\":").as_bytes());
+        encode_str(&mut prefix, tenant);
+        prefix.extend_from_slice(format!(",\"{SYNCED_FIELD}\":").as_bytes());
+        encode_str(&mut prefix, &synced);
+        prefix.extend_from_slice(format!(",\"{MODE_FIELD}\":").as_bytes());
+        encode_str(&mut prefix, mode.as_str());
+        prefix.extend_from_slice(format!(",\"{WRITER_FIELD}\":{writer}").as_bytes());
+        prefix
+    }
+
+    /// Appends one row as a line of NDJSON.
+    fn encode_row(&mut self, row: &[Value]) {
+        let out = &mut self.local;
+        out.extend_from_slice(&self.prefix);
+        for ((key, logical), value) in self.keys.iter().zip(row) {
+            out.extend_from_slice(key);
+            encode_value(out, value, logical);
+        }
+        if let Some(order) = &self.hash {
+            // The commit adds the occurrence number, so identical rows stay distinct.
+            let hash = row_hash(order, row);
+            out.extend_from_slice(format!(",\"{HASH_FIELD}\":\"{hash}\"").as_bytes());
+        }
+        out.extend_from_slice(format!(",\"{SEQ_FIELD}\":").as_bytes());
+        out.extend_from_slice(itoa::Buffer::new().format(self.seq).as_bytes());
+        self.seq += 1;
+        out.extend_from_slice(b"}\n");
+    }
+
+    /// Moves the encoded rows into the stage.
+    async fn hand_off(&mut self) -> Result<()> {
+        if !self.local.is_empty() {
+            self.stage.lock().await.append(self.handle.writer, &self.local).await?;
+            self.local.clear();
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl StagingWriter for BqStagingWriter {
+    async fn write(&mut self, batch: &RowBatch) -> Result<()> {
+        for row in &batch.rows {
+            self.encode_row(row);
+            if self.local.len() >= HANDOFF_BYTES {
+                self.hand_off().await?;
+            }
+        }
+        self.rows += batch.len() as u64;
+        self.bytes += batch.bytes as u64;
+        Ok(())
+    }
+
+    async fn checkpoint(&mut self) -> Result<()> {
+        self.hand_off().await?;
+        self.stage.lock().await.settle(Some(self.handle.writer)).await
+    }
+
+    fn handle(&self) -> Option<String> {
+        Some(self.handle.to_string())
+    }
+
+    async fn finish(mut self: Box<Self>) -> Result<Staged> {
+        self.hand_off().await?;
+        let mut stage = self.stage.lock().await;
+        if self.private {
+            stage.settle(Some(self.handle.writer)).await?
+        } else {
+            stage.check(self.handle.writer)?
+        }
+        drop(stage);
+        Ok(Staged {
+            tenant: self.tenant.clone(),
+            mode: self.mode,
+            write: self.write,
+            rows: self.rows,
+            bytes: self.bytes,
+            columns: self.columns.clone(),
+            types: self.types.clone(),
+            handle: Some(self.handle.to_string()),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stage_handles_round_trip_and_reject_other_versions() {
+        let h = StageHandle { table: "_stage_x".into(), writer: 42, earlier: vec![(7, 1_000_000), (9, 2_000_000)] };
+        assert_eq!(h.to_string(), "_stage_x/42/7:1000000/9:2000000");
+        assert_eq!(StageHandle::parse(&h.to_string()), Some(h));
+        assert_eq!(StageHandle::parse("_stage_x").map(|h| h.writer), None, "a handle of the per-tenant version");
+        assert_eq!(StageHandle::parse("_stage_x/1/2"), None);
+    }
+
+    #[test]
+    fn row_hashes_follow_values_by_name_not_order_encoding_or_null_columns() {
+        let names = |n: &[&str]| hash_order(&n.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        let a = row_hash(&names(&["path", "ref"]), &[Value::String("/x".into()), Value::Int(5)]);
+        let b = row_hash(&names(&["ref", "path"]), &[Value::Int(5), Value::String("/x".into())]);
+        assert_eq!(a, b, "column order does not matter");
+        let with_null =
+            row_hash(&names(&["path", "ref", "agent"]), &[Value::String("/x".into()), Value::Int(5), Value::Null]);
+        assert_eq!(a, with_null, "a column added with NULL does not change the hash");
+        let unsigned = row_hash(&names(&["path", "ref"]), &[Value::String("/x".into()), Value::UInt(5)]);
+        assert_eq!(a, unsigned, "5 is 5 whether signed or not");
+        let decimal = row_hash(&names(&["path", "ref"]), &[Value::String("/x".into()), Value::Decimal("5.00".into())]);
+        assert_eq!(a, decimal);
+        let other = row_hash(&names(&["path", "ref"]), &[Value::String("/x".into()), Value::Int(6)]);
+        assert_ne!(a, other);
+        let moved = row_hash(&names(&["path", "ref"]), &[Value::String("/x5".into()), Value::Null]);
+        assert_ne!(row_hash(&names(&["path", "ref"]), &[Value::String("/x".into()), Value::String("5".into())]), moved);
+        assert!(a.starts_with("v2."));
+    }
+}

@@ -1,0 +1,243 @@
+//! The runner: connects the stages of a run and holds no sync logic of its own.
+//!
+//! ```text
+//! check the selection ─► lock every target's state ─► list tables ─► group by table name
+//!   per table name (in parallel, `concurrency`):              table.rs
+//!     discover every tenant → union schema                    unify.rs
+//!     prepare each target, resolve writes in doubt            table.rs
+//!     per tenant (bounded by one read semaphore):
+//!        plan per target                                      plan.rs
+//!        read once ─► fan out to every target's writer        read.rs, fanout.rs
+//!          (big full syncs: key ranges + resume points)       resume.rs
+//!     per target: one commit of every staged tenant           table.rs
+//!     record each outcome                                     record.rs
+//! ```
+
+mod fanout;
+mod plan;
+mod read;
+mod record;
+mod resume;
+mod table;
+mod unify;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use tokio::sync::Semaphore;
+
+use crate::error::{ConnectorError, Result};
+use crate::events::{Event, EventListener};
+use crate::pipeline::{Settings, TableOptions};
+use crate::report::{RunReport, TableOutcome};
+use crate::schema::TableRef;
+use crate::sink::Sink;
+use crate::source::Source;
+use crate::state::StateStore;
+use crate::strategy::Strategy;
+
+pub use unify::fingerprint;
+
+/// One destination: a sink and the state that tracks what it holds.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub id: String,
+    pub sink: Arc<dyn Sink>,
+    pub state: Arc<dyn StateStore>,
+}
+
+/// Command-line choices for one run.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    pub force_full: bool,
+    pub dry_run: bool,
+    /// Restrict to these databases (must be configured ones).
+    pub databases: Option<Vec<String>>,
+    /// Restrict to these tables.
+    pub tables: Option<Vec<String>>,
+    /// Wait this long for another run's lock instead of failing at once.
+    pub wait_lock: Option<Duration>,
+    /// Benchmarks: read and stage, record nothing (the sinks discard what they are given).
+    pub record_nothing: bool,
+}
+
+/// A built pipeline, ready to run.
+#[derive(Debug)]
+pub struct Runner {
+    pub source: Arc<dyn Source>,
+    pub targets: Vec<Target>,
+    pub strategy: Arc<dyn Strategy>,
+    pub settings: Settings,
+    pub tables: Vec<String>,
+    pub table_options: BTreeMap<String, TableOptions>,
+    pub listeners: Vec<Arc<dyn EventListener>>,
+    /// Set to stop starting tables (SIGTERM); tables already started finish and commit.
+    pub stop: Arc<AtomicBool>,
+}
+
+/// What one run shares between its tables.
+struct RunContext<'a> {
+    runner: &'a Runner,
+    options: &'a RunOptions,
+    /// Bounds the tenant reads in flight over all tables.
+    reads: Semaphore,
+    /// Targets found unreachable in this run (after their retries), with the reason: the
+    /// rest of the run skips them at once instead of waiting on them table after table.
+    down: std::sync::Mutex<HashMap<String, String>>,
+}
+
+impl RunContext<'_> {
+    /// Marks `target` unreachable when `error` is transient: it outlasted the retries.
+    fn note_failure(&self, target: &Target, error: &ConnectorError) {
+        if error.is_transient() {
+            let mut down = self.down.lock().unwrap_or_else(|p| p.into_inner());
+            down.entry(target.id.clone()).or_insert_with(|| error.to_string());
+        }
+    }
+
+    /// Why `target` is skipped, when it is.
+    fn skip_reason(&self, target: &Target) -> Option<ConnectorError> {
+        let down = self.down.lock().unwrap_or_else(|p| p.into_inner());
+        down.get(&target.id).map(|why| {
+            ConnectorError::transient(format!(
+                "target `{}` was unreachable earlier in this run, so it was skipped ({why}); the next run \
+                 catches it up",
+                target.id
+            ))
+        })
+    }
+
+    fn listeners(&self) -> &[Arc<dyn EventListener>] {
+        &self.runner.listeners
+    }
+
+    /// Writes state, unless this is a dry run or a benchmark.
+    fn records(&self) -> bool {
+        !self.options.dry_run && !self.options.record_nothing
+    }
+}
+
+impl Runner {
+    /// Runs every selected table of every selected database and reports each outcome.
+    /// Fails as a whole only on problems no table can get past (lock held, bad selection); a
+    /// run that cannot start writes nothing.
+    pub async fn run(&self, options: &RunOptions) -> Result<RunReport> {
+        let started = Instant::now();
+        let databases = self.select_databases(options)?;
+        let _locks = if options.dry_run || options.record_nothing {
+            Vec::new()
+        } else {
+            let mut locks = Vec::new();
+            for t in &self.targets {
+                locks.push(t.state.lock(options.wait_lock).await?);
+            }
+            locks
+        };
+        let ctx = RunContext {
+            runner: self,
+            options,
+            reads: Semaphore::new(self.settings.concurrency),
+            down: std::sync::Mutex::default(),
+        };
+        let mut by_table: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let mut outcomes = Vec::new();
+        for db in &databases {
+            match self.select_tables(db, options).await {
+                Ok(tables) => {
+                    for t in tables {
+                        by_table.entry(t).or_default().push(db.clone());
+                    }
+                }
+                Err(e) => outcomes.extend(record::fail_everywhere(&ctx, &TableRef::new(db, "*"), &e).await),
+            }
+        }
+        let not_started = AtomicUsize::new(0);
+        let mut per_table = futures::stream::iter(by_table)
+            .map(|(table, dbs)| {
+                let ctx = &ctx;
+                let not_started = &not_started;
+                async move {
+                    if self.stop.load(Ordering::SeqCst) {
+                        not_started.fetch_add(dbs.len(), Ordering::SeqCst);
+                        return Vec::new();
+                    }
+                    table::sync_table(ctx, &table, &dbs).await
+                }
+            })
+            .buffer_unordered(self.settings.concurrency);
+        while let Some(mut o) = per_table.next().await {
+            outcomes.append(&mut o);
+        }
+        drop(per_table);
+        outcomes.sort_by(|a, b| (&a.database, &a.table, &a.target).cmp(&(&b.database, &b.table, &b.target)));
+        Ok(RunReport {
+            outcomes,
+            elapsed: started.elapsed(),
+            dry_run: options.dry_run,
+            not_started: not_started.into_inner(),
+        })
+    }
+
+    fn select_databases(&self, options: &RunOptions) -> Result<Vec<String>> {
+        let configured = self.source.databases();
+        let Some(wanted) = &options.databases else { return Ok(configured) };
+        let unknown: Vec<&String> = wanted.iter().filter(|w| !configured.contains(w)).collect();
+        if !unknown.is_empty() {
+            return Err(ConnectorError::config(format!(
+                "--databases: {} not in the pipeline's databases ({}); nothing was synced",
+                unknown.iter().map(|w| format!("`{w}` is")).collect::<Vec<_>>().join(", "),
+                configured.join(", ")
+            )));
+        }
+        Ok(configured.into_iter().filter(|d| wanted.contains(d)).collect())
+    }
+
+    async fn select_tables(&self, database: &str, options: &RunOptions) -> Result<Vec<String>> {
+        let mut tables = if self.tables.is_empty() {
+            self.retry(&format!("list tables of {database}"), || self.source.list_tables(database)).await?
+        } else {
+            self.tables.clone()
+        };
+        if let Some(wanted) = &options.tables {
+            tables.retain(|t| wanted.contains(t));
+        }
+        Ok(tables)
+    }
+
+    /// Retries a source call (sinks retry their own remote calls; retrying them here too would
+    /// multiply the waits).
+    async fn retry<T, F, Fut>(&self, what: &str, op: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        self.retry_counted(what, op).await.0
+    }
+
+    async fn retry_counted<T, F, Fut>(&self, what: &str, op: F) -> (Result<T>, u32)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        let mut retries = 0;
+        let out = self
+            .settings
+            .retry_policy()
+            .run(op, |attempt, e, wait| {
+                retries = attempt;
+                Event::RetryScheduled { what: what.to_string(), attempt, wait, error: e.to_string() }
+                    .emit(&self.listeners);
+            })
+            .await;
+        (out, retries)
+    }
+}
+
+/// The outcomes of a table name, for the report.
+type Outcomes = Vec<TableOutcome>;
+
+#[cfg(test)]
+mod tests;

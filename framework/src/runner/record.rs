@@ -1,0 +1,205 @@
+//! Recording outcomes: the state a success or a failure leaves (written only after the target
+//! committed), the report line, and the next watermark.
+
+use std::time::Duration;
+
+use chrono::Utc;
+
+use crate::error::ConnectorError;
+use crate::events::Event;
+use crate::report::{OutcomeStatus, TableOutcome};
+use crate::schema::{LogicalType, TableRef, TableSchema};
+use crate::source::ReadSummary;
+use crate::state::{SyncMode, SyncStatus, TableState, TargetStamp, Watermark, watermark_text};
+use crate::strategy::TablePlan;
+
+use super::{RunContext, Target, unify};
+
+/// What one tenant's successful commit to one target leaves behind.
+pub(super) struct Success<'a> {
+    pub schema: &'a TableSchema,
+    pub plan: &'a TablePlan,
+    pub read: &'a ReadSummary,
+    pub prior: Option<&'a TableState>,
+    pub stamp: &'a TargetStamp,
+    pub rows: u64,
+    pub elapsed: Duration,
+    pub retries: u32,
+}
+
+pub(super) async fn record_success(ctx: &RunContext<'_>, target: &Target, s: Success<'_>) -> TableOutcome {
+    let table = &s.schema.table;
+    let now = Utc::now().naive_utc();
+    let watermark = next_watermark(s.schema, s.plan, s.read, s.prior.and_then(|p| p.watermark.as_ref()));
+    let read_at = s.read.snapshot_time.unwrap_or(now);
+    let state = TableState {
+        table_name: table.table.clone(),
+        last_sync_time: Some(read_at),
+        sync_status: SyncStatus::Success,
+        sync_mode: s.plan.mode,
+        records_synced: s.rows,
+        error_message: None,
+        updated_at: now,
+        watermark,
+        last_success_at: Some(now),
+        duration_seconds: Some(s.elapsed.as_secs_f64()),
+        consecutive_failures: 0,
+        key: Some(s.schema.key.clone()),
+        resume: None,
+        target: Some(s.stamp.clone()),
+        schema_fingerprint: Some(unify::fingerprint(s.schema)),
+        last_full_at: if s.plan.mode == SyncMode::Full { Some(read_at) } else { s.prior.and_then(|p| p.last_full_at) },
+        in_doubt: None,
+    };
+    let mut outcome = TableOutcome::new(table, &target.id, OutcomeStatus::Success);
+    outcome.mode = Some(s.plan.mode);
+    outcome.rows = s.rows;
+    outcome.bytes = s.read.bytes;
+    outcome.seconds = s.elapsed.as_secs_f64();
+    outcome.retries = s.retries;
+    outcome.nulled_values = s.read.nulled_values.clone();
+    outcome.future_cursor_rows = s.read.future_cursor_rows;
+    outcome.null_cursor_rows_skipped = s.read.null_cursor_rows_skipped;
+    outcome.window = Some(s.read.window.clone().unwrap_or_else(|| s.plan.range.describe()));
+    outcome.detail = Some(s.plan.reason.clone());
+    outcome.warnings = s.plan.warnings.clone();
+    if !ctx.records() {
+        return outcome;
+    }
+    if let Err(e) = target.state.record(&table.database, state).await {
+        // The data is committed; only the checkpoint is missing. The next run re-reads from
+        // the older watermark, which the idempotent writes absorb.
+        outcome.status = OutcomeStatus::Failed;
+        outcome.error = Some(format!("data committed but state not saved: {e}"));
+    } else {
+        Event::CheckpointCommitted { table: table.clone(), target: target.id.clone() }.emit(ctx.listeners());
+    }
+    outcome
+}
+
+/// Records a failure: the last good watermark and times stay, so nothing already synced is
+/// lost and the next run picks up where the last success left off.
+pub(super) async fn record_failure(
+    ctx: &RunContext<'_>,
+    target: &Target,
+    table: &TableRef,
+    mode: Option<SyncMode>,
+    error: &ConnectorError,
+    retries: u32,
+    elapsed: Duration,
+) -> TableOutcome {
+    Event::ComponentError { table: table.clone(), target: target.id.clone(), error: error.to_string() }
+        .emit(ctx.listeners());
+    let mut outcome = TableOutcome::failed(table, &target.id, mode, error);
+    outcome.retries = retries;
+    outcome.seconds = elapsed.as_secs_f64();
+    if table.table == "*" || !ctx.records() {
+        return outcome;
+    }
+    let prior = target.state.load(&table.database).await.ok().and_then(|s| s.table(&table.table).cloned());
+    let state = TableState::failed(&table.table, prior.as_ref(), mode, error);
+    if let Err(e) = target.state.record(&table.database, state).await {
+        outcome.error = Some(format!("{error}; also failed to save state: {e}"));
+    }
+    outcome
+}
+
+/// The same failure for every target.
+pub(super) async fn fail_everywhere(
+    ctx: &RunContext<'_>,
+    table: &TableRef,
+    error: &ConnectorError,
+) -> Vec<TableOutcome> {
+    let mut out = Vec::new();
+    for target in &ctx.runner.targets {
+        out.push(record_failure(ctx, target, table, None, error, 0, Duration::ZERO).await);
+    }
+    out
+}
+
+/// The next watermark: the highest cursor value read that is not later than the source's
+/// clock (the source leaves future-dated rows out of it; the clock caps it again here), never
+/// behind the previous watermark of an incremental run. Its zone offset is the offset of the
+/// read that set it, so a later read in a smaller offset knows to widen its window.
+pub(super) fn next_watermark(
+    schema: &TableSchema,
+    plan: &TablePlan,
+    read: &ReadSummary,
+    prior: Option<&Watermark>,
+) -> Option<Watermark> {
+    let cursor = plan.cursor.as_ref()?;
+    let column = schema.column(cursor)?;
+    let column_type = crate::strategy::cursor_type_name(&column.logical)?;
+    let clock =
+        if matches!(column.logical, LogicalType::Timestamp { .. }) { read.snapshot_time } else { read.cursor_clock };
+    let read_max = read.max_cursor.as_ref().and_then(|v| v.cursor_instant());
+    let capped = match (read_max, clock) {
+        (Some(m), Some(c)) => Some(m.min(c)),
+        (m, _) => m,
+    };
+    let format = |t: chrono::NaiveDateTime| {
+        if column_type == "date" { t.format("%Y-%m-%d").to_string() } else { watermark_text(&t) }
+    };
+    let offset = if column_type == "timestamp" { None } else { read.cursor_utc_offset };
+    let new = capped.map(|t| Watermark {
+        column: column.name.clone(),
+        column_type: column_type.to_string(),
+        value: format(t),
+        utc_offset: offset,
+    });
+    let prior = prior.filter(|p| {
+        p.column.eq_ignore_ascii_case(cursor) && p.column_type == column_type && plan.mode == SyncMode::Incremental
+    });
+    match (new, prior) {
+        (Some(n), Some(p)) if p.value >= n.value => Some(p.clone()),
+        (Some(n), _) => Some(n),
+        (None, Some(p)) => Some(p.clone()),
+        (None, None) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sink::WriteMode;
+    use crate::source::ReadRange;
+    use crate::testkit::schema_of;
+
+    #[test]
+    fn watermark_is_capped_at_the_source_clock_and_never_moves_back() {
+        let s = schema_of(
+            "shop1",
+            "orders",
+            &[("id", LogicalType::Int64), ("updated_at", LogicalType::DateTime { fsp: 6 })],
+            &["id"],
+        );
+        let plan = TablePlan {
+            mode: SyncMode::Incremental,
+            write: WriteMode::Merge,
+            range: ReadRange::Full,
+            cursor: Some("updated_at".into()),
+            reason: String::new(),
+            warnings: Vec::new(),
+        };
+        let t = |s: &str| crate::state::parse_watermark_text(s).unwrap();
+        let read = ReadSummary {
+            max_cursor: Some(crate::Value::DateTime(t("2030-01-01 00:00:00"))),
+            cursor_clock: Some(t("2025-06-01 12:00:00.123456")),
+            cursor_utc_offset: Some(-4 * 3600),
+            ..Default::default()
+        };
+        let w = next_watermark(&s, &plan, &read, None).unwrap();
+        assert_eq!(w.value, "2025-06-01 12:00:00.123456");
+        assert_eq!(w.utc_offset, Some(-4 * 3600));
+        let prior = Watermark {
+            column: "updated_at".into(),
+            column_type: "datetime".into(),
+            value: "2026-01-01 00:00:00.000000".into(),
+            utc_offset: Some(-5 * 3600),
+        };
+        let w = next_watermark(&s, &plan, &read, Some(&prior)).unwrap();
+        assert_eq!(w, prior, "an older read keeps the prior value and its zone offset");
+        let empty = ReadSummary::default();
+        assert_eq!(next_watermark(&s, &plan, &empty, Some(&prior)).unwrap().value, prior.value);
+    }
+}

@@ -1,0 +1,386 @@
+//! One source table name, all its tenants: discover → unify → prepare each target → resolve
+//! writes in doubt → stage every tenant (one read each, fanned out) → one commit per target →
+//! record each outcome.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+
+use crate::error::{ConnectorError, Result};
+use crate::events::Event;
+use crate::pipeline::TableOptions;
+use crate::schema::{TableRef, TableSchema};
+use crate::sink::{Staged, TargetTable};
+use crate::source::{ReadRequest, ReadSummary};
+use crate::state::{TableState, TargetStamp};
+use crate::strategy::TablePlan;
+
+use super::record::{self, Success};
+use super::{Outcomes, RunContext, Target, plan, read, unify};
+
+/// A target that is ready for this table, with the stamp state records for it.
+struct Live<'a> {
+    target: &'a Target,
+    stamp: TargetStamp,
+}
+
+/// One tenant's prior state per target, loaded once.
+type Priors<'a> = Vec<(&'a Target, Result<Option<TableState>>)>;
+
+/// What one tenant's read and staging produced.
+struct TenantResult {
+    schema: Arc<TableSchema>,
+    read: Option<ReadSummary>,
+    elapsed: Duration,
+    retries: u32,
+    /// Per target id: the plan and the staged data, or why it failed.
+    per_target: HashMap<String, (Option<TablePlan>, Result<Staged>)>,
+    priors: HashMap<String, Option<TableState>>,
+}
+
+pub(super) async fn sync_table(ctx: &RunContext<'_>, name: &str, dbs: &[String]) -> Outcomes {
+    let runner = ctx.runner;
+    let table_options = runner.table_options.get(name).cloned().unwrap_or_default();
+    let mut outcomes = Vec::new();
+
+    let discovered = futures::future::join_all(dbs.iter().map(|db| async move {
+        let table = TableRef::new(db, name);
+        let found = runner.retry(&format!("discover {table}"), || runner.source.discover(&table)).await;
+        (table, found)
+    }))
+    .await;
+    let mut found = Vec::new();
+    for (table, result) in discovered {
+        match result {
+            Ok(schema) => found.push(schema),
+            Err(e) => outcomes.extend(record::fail_everywhere(ctx, &table, &e).await),
+        }
+    }
+    if let Some(e) = unify::unknown_option_columns(name, &found, &table_options) {
+        for s in &found {
+            outcomes.extend(record::fail_everywhere(ctx, &s.table, &e).await);
+        }
+        return outcomes;
+    }
+    let mut schemas = Vec::new();
+    for schema in found {
+        let table = schema.table.clone();
+        match unify::apply_table_options(schema, &table_options) {
+            Ok(s) => schemas.push(Arc::new(s)),
+            Err(e) => outcomes.extend(record::fail_everywhere(ctx, &table, &e).await),
+        }
+    }
+    let unified = unify::unify(name, schemas, &table_options, &runner.settings.system_columns);
+    for (table, e) in &unified.rejected {
+        outcomes.extend(record::fail_everywhere(ctx, table, e).await);
+    }
+    let Some(target_table) = unified.target else { return outcomes };
+    let tenants = unified.tenants;
+
+    // Prior state: loaded here, once per tenant and target, for every later stage.
+    let mut priors: Vec<Priors<'_>> = Vec::new();
+    for schema in &tenants {
+        let mut per_target = Vec::new();
+        for target in &runner.targets {
+            let loaded = target.state.load(&schema.table.database).await.map(|s| s.table(name).cloned());
+            per_target.push((target, loaded));
+        }
+        priors.push(per_target);
+    }
+    if ctx.options.dry_run {
+        for (schema, p) in tenants.iter().zip(&priors) {
+            outcomes.extend(plan::dry_run_outcomes(ctx, schema, &target_table, &table_options, p).await);
+        }
+        return outcomes;
+    }
+
+    let live = prepare_targets(ctx, &target_table, &tenants, &mut outcomes).await;
+    if live.is_empty() {
+        return outcomes;
+    }
+    // Which targets each tenant is staged for: the live ones whose prior state loaded and
+    // whose earlier writes in doubt are resolved.
+    let mut staged_for: Vec<Vec<(&Live<'_>, Option<TableState>)>> = vec![Vec::new(); tenants.len()];
+    for l in &live {
+        let unresolved = resolve_in_doubt(l, &priors).await;
+        for (i, schema) in tenants.iter().enumerate() {
+            let prior = priors[i].iter().find(|(t, _)| t.id == l.target.id).map(|(_, p)| p);
+            let failure = match prior {
+                Some(Err(e)) => Some(e.duplicate()),
+                Some(Ok(p)) => p
+                    .as_ref()
+                    .and_then(|p| p.in_doubt.as_ref())
+                    .and_then(|h| unresolved.get(h))
+                    .map(ConnectorError::duplicate),
+                None => None,
+            };
+            match failure {
+                Some(e) => outcomes
+                    .push(record::record_failure(ctx, l.target, &schema.table, None, &e, 0, Duration::ZERO).await),
+                None => staged_for[i].push((l, prior.and_then(|p| p.as_ref().ok().cloned().flatten()))),
+            }
+        }
+    }
+
+    let results: Vec<TenantResult> = futures::stream::iter(tenants.iter().cloned().zip(staged_for))
+        .map(|(schema, targets)| {
+            let target_table = &target_table;
+            let table_options = &table_options;
+            async move {
+                let _permit = ctx.reads.acquire().await;
+                stage_tenant(ctx, schema, targets, target_table, table_options).await
+            }
+        })
+        .buffer_unordered(runner.settings.concurrency)
+        .collect()
+        .await;
+
+    for l in &live {
+        outcomes.extend(commit_target(ctx, l, &target_table, &results).await);
+    }
+    outcomes
+}
+
+/// `prepare` on every target that is not down; a target that fails fails every tenant.
+async fn prepare_targets<'a>(
+    ctx: &RunContext<'a>,
+    target_table: &TargetTable,
+    tenants: &[Arc<TableSchema>],
+    outcomes: &mut Outcomes,
+) -> Vec<Live<'a>> {
+    let mut live = Vec::new();
+    for target in &ctx.runner.targets {
+        let prepared = match ctx.skip_reason(target) {
+            Some(e) => Err(e),
+            None => target.sink.prepare(target_table).await,
+        };
+        match prepared {
+            Ok(p) => {
+                for w in &p.warnings {
+                    tracing::warn!(table = %target_table.name, target = %target.id, "{w}");
+                }
+                let stamp = TargetStamp {
+                    destination: target.sink.destination(),
+                    table: target_table.name.clone(),
+                    generation: p.generation,
+                };
+                live.push(Live { target, stamp });
+            }
+            Err(e) => {
+                ctx.note_failure(target, &e);
+                for s in tenants {
+                    outcomes.push(record::record_failure(ctx, target, &s.table, None, &e, 0, Duration::ZERO).await);
+                }
+            }
+        }
+    }
+    live
+}
+
+/// Resolves every write in doubt that the tenants' state names for this target (each once);
+/// returns those that could not be resolved, with the reason.
+async fn resolve_in_doubt(l: &Live<'_>, priors: &[Priors<'_>]) -> HashMap<String, ConnectorError> {
+    let handles: BTreeSet<String> = priors
+        .iter()
+        .flat_map(|p| p.iter())
+        .filter(|(t, _)| t.id == l.target.id)
+        .filter_map(|(_, p)| p.as_ref().ok()?.as_ref()?.in_doubt.clone())
+        .collect();
+    let mut unresolved = HashMap::new();
+    for handle in handles {
+        match l.target.sink.resolve(&handle).await {
+            Ok(()) => tracing::info!(target = %l.target.id, %handle, "an earlier write in doubt is resolved"),
+            Err(e) => {
+                unresolved.insert(handle, e);
+            }
+        }
+    }
+    unresolved
+}
+
+/// Plans one tenant for each of its targets, reads it once, stages it in every one.
+async fn stage_tenant<'a>(
+    ctx: &RunContext<'_>,
+    schema: Arc<TableSchema>,
+    targets: Vec<(&'a Live<'a>, Option<TableState>)>,
+    target_table: &TargetTable,
+    table_options: &TableOptions,
+) -> TenantResult {
+    let runner = ctx.runner;
+    let started = Instant::now();
+    let table = schema.table.clone();
+    let mut per_target = HashMap::new();
+    let mut priors = HashMap::new();
+    let mut plans: Vec<(&Target, TablePlan)> = Vec::new();
+    for (l, prior) in &targets {
+        let plan = plan::plan_for(ctx, table_options, &schema, l.target, Some(&l.stamp), prior.as_ref());
+        plans.push((l.target, plan));
+        priors.insert(l.target.id.clone(), prior.clone());
+    }
+    let mut read = None;
+    let mut retries = 0;
+    if !plans.is_empty() {
+        // One read serves every target: the widest range any of them needs.
+        let mut request = ReadRequest::new(
+            schema.clone(),
+            plan::widest_range(plans.iter().map(|(_, p)| &p.range)),
+            runner.settings.batch_size,
+        );
+        request.track_cursor = plans.iter().find_map(|(_, p)| p.cursor.clone());
+        request.cursor_time_zone =
+            table_options.cursor_time_zone.clone().or_else(|| runner.settings.cursor_time_zone.clone());
+        let (result, r) =
+            runner.retry_counted(&format!("sync {table}"), || read::attempt(ctx, &request, target_table, &plans)).await;
+        retries = r;
+        match result {
+            Ok((summary, finished)) => {
+                read = Some(summary);
+                for (target, plan, staged) in finished {
+                    per_target.insert(target.id.clone(), (Some(plan), staged));
+                }
+            }
+            Err(e) => {
+                for (target, plan) in plans {
+                    per_target.insert(target.id.clone(), (Some(plan), Err(e.duplicate())));
+                }
+            }
+        }
+    }
+    TenantResult { schema, read, elapsed: started.elapsed(), retries, per_target, priors }
+}
+
+/// One target's commit of every tenant staged for it, then each tenant's record.
+async fn commit_target(
+    ctx: &RunContext<'_>,
+    l: &Live<'_>,
+    target_table: &TargetTable,
+    results: &[TenantResult],
+) -> Outcomes {
+    let target = l.target;
+    let mut outcomes = Vec::new();
+    let mut staged: Vec<(&TenantResult, &TablePlan, Staged)> = Vec::new();
+    for t in results {
+        let Some((plan, result)) = t.per_target.get(&target.id) else { continue };
+        match (plan, result) {
+            (Some(plan), Ok(s)) => staged.push((t, plan, s.clone())),
+            (plan, Err(e)) => {
+                outcomes.push(
+                    record::record_failure(
+                        ctx,
+                        target,
+                        &t.schema.table,
+                        plan.as_ref().map(|p| p.mode),
+                        e,
+                        t.retries,
+                        t.elapsed,
+                    )
+                    .await,
+                );
+            }
+            (None, Ok(_)) => {}
+        }
+    }
+    if staged.is_empty() {
+        return outcomes;
+    }
+    let started = Instant::now();
+    let all: Vec<Staged> = staged.iter().map(|(_, _, s)| s.clone()).collect();
+    let results_by_tenant = commit_isolating(target, target_table, all.clone()).await;
+    target.sink.discard(&all).await;
+    let committed: Vec<&Staged> =
+        all.iter().filter(|s| results_by_tenant.get(&s.tenant).is_some_and(|r| r.is_ok())).collect();
+    if !committed.is_empty() {
+        Event::TableCommitted {
+            table: target_table.name.clone(),
+            target: target.id.clone(),
+            tenants: committed.len(),
+            rows: committed.iter().map(|s| s.rows).sum(),
+            elapsed: started.elapsed(),
+        }
+        .emit(ctx.listeners());
+    }
+    for (t, plan, s) in staged {
+        let elapsed = t.elapsed + started.elapsed();
+        match results_by_tenant.get(&s.tenant) {
+            Some(Ok(())) => {
+                let read = t.read.clone().unwrap_or_default();
+                let success = Success {
+                    schema: &t.schema,
+                    plan,
+                    read: &read,
+                    prior: t.priors.get(&target.id).and_then(Option::as_ref),
+                    stamp: &l.stamp,
+                    rows: s.rows,
+                    elapsed,
+                    retries: t.retries,
+                };
+                outcomes.push(record::record_success(ctx, target, success).await);
+            }
+            Some(Err(e)) => {
+                ctx.note_failure(target, e);
+                outcomes.push(
+                    record::record_failure(ctx, target, &t.schema.table, Some(plan.mode), e, t.retries, elapsed).await,
+                );
+            }
+            None => {
+                let e = ConnectorError::permanent(format!("{}: the commit did not report this tenant", t.schema.table));
+                outcomes.push(
+                    record::record_failure(ctx, target, &t.schema.table, Some(plan.mode), &e, t.retries, elapsed).await,
+                );
+            }
+        }
+    }
+    outcomes
+}
+
+/// Commits the staged tenants; when a commit fails for a reason retrying cannot fix, the
+/// tenants are committed in halves, recursively, so one tenant's bad value fails that tenant
+/// alone. A failure whose outcome is in doubt is never split: it may have been applied.
+async fn commit_isolating(target: &Target, table: &TargetTable, staged: Vec<Staged>) -> HashMap<String, Result<()>> {
+    let mut results = HashMap::new();
+    let mut groups = vec![staged];
+    while let Some(group) = groups.pop() {
+        match target.sink.commit(table, &group).await {
+            Ok(outcome) => {
+                let rejected: HashMap<String, ConnectorError> = outcome.rejected.into_iter().collect();
+                // Rejected tenants were not applied; several of them rejected for one reason
+                // that is not in doubt are tried again in halves, as a failed commit is.
+                let splittable =
+                    rejected.len() > 1 && rejected.values().all(|e| !e.is_transient() && e.in_doubt().is_none());
+                let mut again = Vec::new();
+                for s in group {
+                    match rejected.get(&s.tenant) {
+                        Some(_) if splittable => again.push(s),
+                        Some(e) => {
+                            results.insert(s.tenant.clone(), Err(e.duplicate()));
+                        }
+                        None => {
+                            results.insert(s.tenant.clone(), Ok(()));
+                        }
+                    }
+                }
+                if !again.is_empty() {
+                    let second = again.split_off(again.len() / 2);
+                    groups.push(second);
+                    groups.push(again);
+                }
+            }
+            Err(e) if group.len() > 1 && !e.is_transient() && e.in_doubt().is_none() => {
+                tracing::warn!(table = %table.name, target = %target.id, tenants = group.len(), error = %e,
+                    "commit failed; committing the tenants in smaller groups to find the one that fails");
+                let mut group = group;
+                let second = group.split_off(group.len() / 2);
+                groups.push(second);
+                groups.push(group);
+            }
+            Err(e) => {
+                for s in &group {
+                    results.insert(s.tenant.clone(), Err(e.duplicate()));
+                }
+            }
+        }
+    }
+    results
+}

@@ -1,0 +1,230 @@
+//! Runner tests against the test kit's in-memory source, sink and state.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use super::*;
+use crate::report::OutcomeStatus;
+use crate::source::ReadRange;
+use crate::state::{SyncMode, SyncStatus};
+use crate::strategy::{CursorStrategy, PlanOptions};
+use crate::testkit::{
+    CollectingSink, MemorySource, MemoryStateStore, sample_table, sink_conformance, source_conformance,
+};
+
+fn runner(source: MemorySource, targets: Vec<(&str, CollectingSink, MemoryStateStore)>, settings: Settings) -> Runner {
+    Runner {
+        source: Arc::new(source),
+        targets: targets
+            .into_iter()
+            .map(|(id, sink, state)| Target { id: id.into(), sink: Arc::new(sink), state: Arc::new(state) })
+            .collect(),
+        strategy: Arc::new(CursorStrategy),
+        settings,
+        tables: vec!["orders".into()],
+        table_options: BTreeMap::new(),
+        listeners: Vec::new(),
+        stop: Arc::default(),
+    }
+}
+
+fn source_with(tenants: &[(&str, usize)]) -> MemorySource {
+    let source = MemorySource { databases: tenants.iter().map(|(d, _)| d.to_string()).collect(), ..Default::default() };
+    for (db, rows) in tenants {
+        let (schema, rows) = sample_table(db, "orders", *rows);
+        source.add_table(schema, rows);
+    }
+    source
+}
+
+#[tokio::test]
+async fn one_read_fans_out_to_every_target_and_a_failing_target_blocks_no_other() {
+    let source = source_with(&[("a", 7), ("b", 7)]);
+    let good = CollectingSink::new("good");
+    let bad = CollectingSink { fail_with: Some("target unreachable".into()), ..CollectingSink::new("bad") };
+    let (good_state, bad_state) = (MemoryStateStore::default(), MemoryStateStore::default());
+    let runner = runner(
+        source,
+        vec![("good", good.clone(), good_state.clone()), ("bad", bad, bad_state.clone())],
+        Settings { batch_size: 3, max_retries: 0, ..Default::default() },
+    );
+    let report = runner.run(&RunOptions::default()).await.unwrap();
+    assert_eq!(report.outcomes.len(), 4);
+    assert_eq!(good.committed_rows("orders", "a").len(), 7);
+    assert_eq!(good.commits.lock().unwrap().len(), 1, "one commit per table for all tenants");
+    for o in &report.outcomes {
+        assert_eq!(o.status == OutcomeStatus::Success, o.target == "good", "{o:?}");
+    }
+    let bad_entry = bad_state.load("a").await.unwrap().table("orders").cloned().unwrap();
+    assert_eq!(bad_entry.sync_status, SyncStatus::Failed);
+    assert!(bad_entry.error_message.unwrap().contains("target unreachable"));
+    let good_entry = good_state.load("b").await.unwrap().table("orders").cloned().unwrap();
+    assert_eq!(good_entry.sync_status, SyncStatus::Success);
+    assert_eq!(good_entry.records_synced, 7);
+    assert!(good_entry.watermark.is_some());
+    assert!(good_entry.target.is_some() && good_entry.schema_fingerprint.is_some(), "{good_entry:?}");
+
+    // The next run: the good target goes incremental.
+    let plan = runner.strategy.plan(
+        &sample_table("a", "orders", 0).0,
+        Some(&good_entry),
+        &PlanOptions { target: good_entry.target.clone(), ..Default::default() },
+    );
+    assert_eq!(plan.mode, SyncMode::Incremental);
+}
+
+#[tokio::test]
+async fn the_testkit_conformance_checks_pass_for_the_testkit_itself() {
+    let source = source_with(&[("a", 5)]);
+    let checks = source_conformance(&source, &TableRef::new("a", "orders")).await.unwrap();
+    assert_eq!(checks, ["full", "since", "key ranges"]);
+    let sink = CollectingSink::new("c");
+    assert_eq!(sink_conformance(&sink, "t").await.unwrap().len(), 5);
+    assert_eq!(sink.committed_rows("t", "tenant_b").len(), 3);
+}
+
+#[tokio::test]
+async fn a_full_sync_interrupted_mid_ranges_resumes_after_its_last_checkpoint() {
+    let source = source_with(&[("a", 10)]);
+    // The third key range fails, as a lost connection would, after two were checkpointed.
+    *source.fail_read.lock().unwrap() = Some(3);
+    let sink = CollectingSink::new("t");
+    let state = MemoryStateStore::default();
+    let settings = Settings { batch_size: 2, max_retries: 0, chunk_rows: 3, ..Default::default() };
+    let first = runner(source.clone(), vec![("t", sink.clone(), state.clone())], settings.clone());
+    let report = first.run(&RunOptions::default()).await.unwrap();
+    assert_eq!(report.failed(), 1);
+    assert!(sink.commits.lock().unwrap().is_empty(), "nothing visible before the commit");
+    let interrupted = state.load("a").await.unwrap().table("orders").cloned().unwrap();
+    let point = interrupted.resume.clone().expect("a resume point");
+    assert_eq!((point.after_key.as_str(), point.rows), ("5", 6));
+
+    *source.fail_read.lock().unwrap() = None;
+    source.requests.lock().unwrap().clear();
+    let second = runner(source.clone(), vec![("t", sink.clone(), state.clone())], settings);
+    let report = second.run(&RunOptions::default()).await.unwrap();
+    assert_eq!(report.failed(), 0, "{report:?}");
+    let requests = source.requests.lock().unwrap().clone();
+    assert_eq!(
+        requests[0],
+        ReadRange::KeyRange { key: "id".into(), after: Some("5".into()), limit: 3 },
+        "the rerun starts after the last checkpointed key"
+    );
+    assert_eq!(sink.resumes.lock().unwrap()[0].1, 6);
+    let mut ids: Vec<i64> = sink
+        .committed_rows("orders", "a")
+        .iter()
+        .map(|r| match r[0] {
+            crate::Value::Int(i) => i,
+            _ => -1,
+        })
+        .collect();
+    ids.sort();
+    assert_eq!(ids, (0..10).collect::<Vec<_>>(), "every row exactly once");
+    assert!(state.load("a").await.unwrap().table("orders").unwrap().resume.is_none());
+}
+
+#[tokio::test]
+async fn a_tenant_whose_commit_fails_fails_alone() {
+    let source = source_with(&[("a", 3), ("b", 3), ("c", 3), ("d", 3)]);
+    let sink = CollectingSink { fail_commit_of: Some("c".into()), ..CollectingSink::new("t") };
+    let state = MemoryStateStore::default();
+    let runner =
+        runner(source, vec![("t", sink.clone(), state.clone())], Settings { max_retries: 0, ..Default::default() });
+    let report = runner.run(&RunOptions::default()).await.unwrap();
+    let failed: Vec<&str> =
+        report.outcomes.iter().filter(|o| o.status == OutcomeStatus::Failed).map(|o| o.database.as_str()).collect();
+    assert_eq!(failed, ["c"]);
+    for t in ["a", "b", "d"] {
+        assert_eq!(sink.committed_rows("orders", t).len(), 3, "{t} committed");
+    }
+    assert!(
+        state
+            .load("c")
+            .await
+            .unwrap()
+            .table("orders")
+            .unwrap()
+            .error_message
+            .as_ref()
+            .unwrap()
+            .contains("cannot be stored")
+    );
+}
+
+#[tokio::test]
+async fn a_target_found_down_is_skipped_for_the_rest_of_the_run() {
+    #[derive(Debug, Clone)]
+    struct Down(CollectingSink, Arc<std::sync::atomic::AtomicUsize>);
+    #[async_trait::async_trait]
+    impl Sink for Down {
+        fn id(&self) -> &str {
+            "down"
+        }
+        fn destination(&self) -> String {
+            "down".into()
+        }
+        async fn plan(&self, t: &crate::sink::TargetTable) -> Result<crate::sink::TargetPlan> {
+            self.0.plan(t).await
+        }
+        async fn prepare(&self, _: &crate::sink::TargetTable) -> Result<crate::sink::Prepared> {
+            self.1.fetch_add(1, Ordering::SeqCst);
+            Err(ConnectorError::transient("connection refused"))
+        }
+        async fn stage(&self, r: crate::sink::StageRequest<'_>) -> Result<Box<dyn crate::sink::StagingWriter>> {
+            self.0.stage(r).await
+        }
+        async fn commit(
+            &self,
+            t: &crate::sink::TargetTable,
+            s: &[crate::sink::Staged],
+        ) -> Result<crate::sink::CommitOutcome> {
+            self.0.commit(t, s).await
+        }
+        async fn discard(&self, s: &[crate::sink::Staged]) {
+            self.0.discard(s).await
+        }
+    }
+    let source = MemorySource { databases: vec!["a".into()], ..Default::default() };
+    let mut tables = Vec::new();
+    for name in ["t1", "t2", "t3"] {
+        let (schema, rows) = sample_table("a", name, 2);
+        source.add_table(schema, rows);
+        tables.push(name.to_string());
+    }
+    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let good = CollectingSink::new("good");
+    let runner = Runner {
+        source: Arc::new(source),
+        targets: vec![
+            Target { id: "good".into(), sink: Arc::new(good.clone()), state: Arc::new(MemoryStateStore::default()) },
+            Target {
+                id: "down".into(),
+                sink: Arc::new(Down(CollectingSink::new("down"), calls.clone())),
+                state: Arc::new(MemoryStateStore::default()),
+            },
+        ],
+        strategy: Arc::new(CursorStrategy),
+        settings: Settings { concurrency: 1, ..Default::default() },
+        tables,
+        table_options: BTreeMap::new(),
+        listeners: Vec::new(),
+        stop: Arc::default(),
+    };
+    let report = runner.run(&RunOptions::default()).await.unwrap();
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "the down target is tried once, then skipped");
+    let skipped = report.outcomes.iter().filter(|o| o.error.as_deref().is_some_and(|e| e.contains("skipped"))).count();
+    assert_eq!(skipped, 2);
+    assert_eq!(good.commits.lock().unwrap().len(), 3, "the healthy target synced every table");
+}
+
+#[tokio::test]
+async fn a_selection_that_cannot_start_takes_no_lock() {
+    let state = MemoryStateStore::default();
+    let runner =
+        runner(source_with(&[("a", 1)]), vec![("t", CollectingSink::new("t"), state.clone())], Settings::default());
+    let options = RunOptions { databases: Some(vec!["a".into(), "nosuchdb".into()]), ..Default::default() };
+    let e = runner.run(&options).await.unwrap_err();
+    assert!(e.message().contains("`nosuchdb` is not in the pipeline's databases"), "{e}");
+    assert!(state.lock(None).await.is_ok(), "the lock was never taken");
+}

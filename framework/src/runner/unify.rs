@@ -1,0 +1,381 @@
+//! From the tenants' own schemas to one target table: per-table options applied to each
+//! tenant, tenants whose key or column types disagree with the others left out alone (the
+//! others still sync), and the union of the rest.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::error::{ConnectorError, Result};
+use crate::pipeline::TableOptions;
+use crate::schema::{Column, KeySource, LogicalType, TableRef, TableSchema};
+use crate::sink::{TargetOptions, TargetTable};
+use crate::system::SystemColumns;
+
+/// Applies the per-table `primary_key` and `exclude_columns` and checks `cursor_column`
+/// against one tenant's discovered columns.
+pub(super) fn apply_table_options(mut schema: TableSchema, options: &TableOptions) -> Result<TableSchema> {
+    let table = schema.table.clone();
+    let excluded = |name: &str| options.exclude_columns.iter().any(|e| e.eq_ignore_ascii_case(name));
+    schema.columns.retain(|c| !excluded(&c.name));
+    if let Some(cursor) = &options.cursor_column {
+        match schema.column(cursor) {
+            None if excluded(cursor) => {
+                return Err(ConnectorError::config(format!(
+                    "{table}: table_options.{}.cursor_column `{cursor}` is also in exclude_columns; a cursor must be read",
+                    table.table
+                )));
+            }
+            None => {
+                return Err(ConnectorError::config(format!(
+                    "{table}: table_options.{}.cursor_column names `{cursor}`, which the table does not have",
+                    table.table
+                )));
+            }
+            Some(c) if !crate::strategy::is_cursor_type(&c.logical) => {
+                return Err(ConnectorError::config(format!(
+                    "{table}: table_options.{}.cursor_column `{cursor}` is {}; a cursor must be DATE, DATETIME or \
+                     TIMESTAMP",
+                    table.table, c.source_type
+                )));
+            }
+            Some(_) => {}
+        }
+    }
+    if !options.primary_key.is_empty() {
+        let mut key = Vec::new();
+        for k in &options.primary_key {
+            let column = schema.column(k).ok_or_else(|| {
+                ConnectorError::config(format!(
+                    "{table}: table_options.{}.primary_key names column `{k}`, which the table does not have{}",
+                    table.table,
+                    if excluded(k) { " (it is excluded)" } else { "" }
+                ))
+            })?;
+            key.push(column.name.clone());
+        }
+        schema.key = key;
+        schema.key_source = KeySource::Configured;
+    } else if schema.key.iter().any(|k| excluded(k)) {
+        return Err(ConnectorError::config(format!(
+            "{table}: exclude_columns leaves out key column `{}`; the key is needed to merge rows (set \
+             table_options.{}.primary_key to other columns, or keep it)",
+            schema.key.iter().find(|k| excluded(k)).cloned().unwrap_or_default(),
+            table.table
+        )));
+    }
+    Ok(schema)
+}
+
+/// Column names of `exclude_columns` and `rename_columns` that no tenant has: a config error
+/// (a typo would otherwise leave a PII column in the data).
+pub(super) fn unknown_option_columns(
+    name: &str,
+    discovered: &[TableSchema],
+    options: &TableOptions,
+) -> Option<ConnectorError> {
+    if discovered.is_empty() {
+        return None;
+    }
+    let has = |c: &str| discovered.iter().any(|s| s.column(c).is_some());
+    let excluded_everywhere = |c: &str| options.exclude_columns.iter().any(|e| e.eq_ignore_ascii_case(c));
+    for (key, column) in options
+        .exclude_columns
+        .iter()
+        .map(|c| ("exclude_columns", c))
+        .chain(options.rename_columns.keys().map(|c| ("rename_columns", c)))
+    {
+        if !has(column) {
+            let known: Vec<&str> =
+                discovered.first().map(|s| s.columns.iter().map(|c| c.name.as_str()).collect()).unwrap_or_default();
+            let hint =
+                crate::config::closest(column, known).map(|n| format!("; did you mean `{n}`?")).unwrap_or_default();
+            return Some(ConnectorError::config(format!(
+                "table_options.{name}.{key} names column `{column}`, which no tenant's {name} has{hint}"
+            )));
+        }
+        if key == "rename_columns" && excluded_everywhere(column) {
+            return Some(ConnectorError::config(format!(
+                "table_options.{name}: column `{column}` is both renamed and excluded; keep one"
+            )));
+        }
+    }
+    None
+}
+
+/// The result of unifying the tenants of one table name.
+pub(super) struct Unified {
+    pub target: Option<TargetTable>,
+    /// The tenants that take part.
+    pub tenants: Vec<Arc<TableSchema>>,
+    /// Tenants left out, each with the reason.
+    pub rejected: Vec<(TableRef, ConnectorError)>,
+}
+
+/// Unifies the tenants' schemas: a tenant whose key or a column's type disagrees with the
+/// others' is left out with an error naming both (the others still sync); the target is the
+/// union of the rest.
+pub(super) fn unify(
+    name: &str,
+    schemas: Vec<Arc<TableSchema>>,
+    options: &TableOptions,
+    system: &SystemColumns,
+) -> Unified {
+    let (schemas, mut rejected) = split_by_key(name, schemas);
+    let (schemas, mismatched) = split_by_types(name, schemas, options);
+    rejected.extend(mismatched);
+    if schemas.is_empty() {
+        return Unified { target: None, tenants: schemas, rejected };
+    }
+    let target = union_target(name, &schemas, options, system);
+    Unified { target: Some(target), tenants: schemas, rejected }
+}
+
+/// Keeps the tenants that share the most common key (the first tenant's on a tie); the others
+/// fail with an error naming both keys, instead of silently turning the table keyless.
+pub(super) fn split_by_key(
+    name: &str,
+    schemas: Vec<Arc<TableSchema>>,
+) -> (Vec<Arc<TableSchema>>, Vec<(TableRef, ConnectorError)>) {
+    let norm = |k: &[String]| k.iter().map(|c| c.to_ascii_lowercase()).collect::<Vec<_>>();
+    let mut counts: Vec<(Vec<String>, usize)> = Vec::new();
+    for s in &schemas {
+        let k = norm(&s.key);
+        match counts.iter_mut().find(|(c, _)| *c == k) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((k, 1)),
+        }
+    }
+    let Some(best) = most_common(&counts) else { return (schemas, Vec::new()) };
+    let describe = |k: &[String]| if k.is_empty() { "no key".to_string() } else { format!("key ({})", k.join(", ")) };
+    let (keep, reject): (Vec<_>, Vec<_>) = schemas.into_iter().partition(|s| norm(&s.key) == best);
+    let errors = reject
+        .into_iter()
+        .map(|s| {
+            let e = ConnectorError::permanent(format!(
+                "{}: has {} but the other tenants' {name} has {}; this tenant is left out until they agree: align \
+                 the schemas, or set table_options.{name}.primary_key for every tenant",
+                s.table,
+                describe(&s.key),
+                describe(&best)
+            ));
+            (s.table.clone(), e)
+        })
+        .collect();
+    (keep, errors)
+}
+
+/// The entry with the highest count; the first one on a tie.
+fn most_common<T: Clone>(counts: &[(T, usize)]) -> Option<T> {
+    let mut best: Option<&(T, usize)> = None;
+    for c in counts {
+        if best.is_none_or(|b| c.1 > b.1) {
+            best = Some(c);
+        }
+    }
+    best.map(|b| b.0.clone())
+}
+
+/// Per column, the type most tenants have (widened over the compatible others) wins; a tenant
+/// whose type cannot be widened into it is left out, named with the column and both types.
+/// An explicit `column_types` target type settles any disagreement (the sink converts).
+fn split_by_types(
+    name: &str,
+    schemas: Vec<Arc<TableSchema>>,
+    options: &TableOptions,
+) -> (Vec<Arc<TableSchema>>, Vec<(TableRef, ConnectorError)>) {
+    // column (lower case) → (type, tenants having it, an example source type), first seen first
+    type Groups = Vec<(LogicalType, Vec<usize>, String)>;
+    let mut columns: Vec<(String, Groups)> = Vec::new();
+    for (i, s) in schemas.iter().enumerate() {
+        for c in &s.columns {
+            let lower = c.name.to_ascii_lowercase();
+            let groups = match columns.iter_mut().find(|(n, _)| *n == lower) {
+                Some((_, g)) => g,
+                None => {
+                    columns.push((lower, Vec::new()));
+                    &mut columns.last_mut().expect("just pushed").1
+                }
+            };
+            match groups.iter_mut().find(|(t, _, _)| *t == c.logical) {
+                Some((_, tenants, _)) => tenants.push(i),
+                None => groups.push((c.logical.clone(), vec![i], c.source_type.clone())),
+            }
+        }
+    }
+    let mut rejected: HashMap<usize, ConnectorError> = HashMap::new();
+    for (column, groups) in &columns {
+        if groups.len() < 2 || options.column_types.keys().any(|k| k.eq_ignore_ascii_case(column)) {
+            continue;
+        }
+        // Families of types that widen into each other: (widest type, tenants, a source type).
+        let mut families: Vec<(LogicalType, Vec<usize>, String)> = Vec::new();
+        for (ty, tenants, source_type) in groups {
+            match families.iter_mut().find_map(|f| widen(&f.0, ty).map(|w| (f, w))) {
+                Some((family, wide)) => {
+                    family.0 = wide;
+                    family.1.extend(tenants);
+                }
+                None => families.push((ty.clone(), tenants.clone(), source_type.clone())),
+            }
+        }
+        let counts: Vec<(usize, usize)> = families.iter().enumerate().map(|(f, (_, t, _))| (f, t.len())).collect();
+        let winner = most_common(&counts).unwrap_or(0);
+        let mut others: Vec<String> = families[winner].1.iter().map(|&i| schemas[i].table.database.clone()).collect();
+        others.sort();
+        for (f, (_, tenants, _)) in families.iter().enumerate() {
+            if f == winner {
+                continue;
+            }
+            for &i in tenants {
+                let c = schemas[i].column(column);
+                let original = c.map_or(column.as_str(), |c| c.name.as_str());
+                let source_type = c.map_or("", |c| c.source_type.as_str());
+                rejected.entry(i).or_insert_with(|| {
+                    ConnectorError::permanent(format!(
+                        "{}: column `{original}` is {source_type} here but {} in {}; this tenant is left out until they \
+                         agree: align the schemas, or set table_options.{name}.column_types.{original}",
+                        schemas[i].table,
+                        families[winner].2,
+                        others.join(", ")
+                    ))
+                });
+            }
+        }
+    }
+    let mut keep = Vec::new();
+    let mut errors = Vec::new();
+    for (i, s) in schemas.into_iter().enumerate() {
+        match rejected.remove(&i) {
+            Some(e) => errors.push((s.table.clone(), e)),
+            None => keep.push(s),
+        }
+    }
+    (keep, errors)
+}
+
+/// The target table for the tenants: the union of their columns (compatible types widened).
+fn union_target(
+    name: &str,
+    schemas: &[Arc<TableSchema>],
+    options: &TableOptions,
+    system: &SystemColumns,
+) -> TargetTable {
+    let mut columns: Vec<Column> = Vec::new();
+    for s in schemas {
+        for c in &s.columns {
+            match columns.iter_mut().find(|e| e.name.eq_ignore_ascii_case(&c.name)) {
+                None => columns.push(Column { nullable: true, ..c.clone() }),
+                Some(existing) if existing.logical == c.logical => {}
+                Some(existing) => {
+                    // Either widenable (split_by_types kept only those) or settled by an
+                    // explicit target type, which the sink converts each tenant's values into.
+                    if let Some(wider) = widen(&existing.logical, &c.logical) {
+                        existing.logical = wider;
+                    }
+                }
+            }
+        }
+    }
+    // Every tenant has the same key here (see split_by_key).
+    let key = schemas.first().map(|s| s.key.clone()).unwrap_or_default();
+    let key_nullable = schemas.iter().any(|s| s.key.iter().any(|k| s.column(k).is_none_or(|c| c.nullable)));
+    TargetTable {
+        name: name.to_string(),
+        columns,
+        key,
+        key_nullable,
+        options: TargetOptions {
+            partition_by: options.partition_by.clone(),
+            cluster_by: options.cluster_by.clone(),
+            column_types: options.column_types.clone(),
+            rename_columns: options.rename_columns.clone(),
+        },
+        system: system.clone(),
+    }
+}
+
+/// A type that holds every value of both, where one exists without changing representation.
+/// Exact types never widen into floating point.
+pub(super) fn widen(a: &LogicalType, b: &LogicalType) -> Option<LogicalType> {
+    use LogicalType::*;
+    match (a, b) {
+        (Int64, UInt64) | (UInt64, Int64) => Some(Decimal { precision: 20, scale: 0 }),
+        (Float32, Float64) | (Float64, Float32) => Some(Float64),
+        (Decimal { precision: p1, scale: s1 }, Decimal { precision: p2, scale: s2 }) => {
+            let scale = (*s1).max(*s2);
+            let int = (p1 - s1).max(p2 - s2);
+            Some(Decimal { precision: int.saturating_add(scale).min(76), scale })
+        }
+        (DateTime { fsp: a }, DateTime { fsp: b }) => Some(DateTime { fsp: (*a).max(*b) }),
+        (Timestamp { fsp: a }, Timestamp { fsp: b }) => Some(Timestamp { fsp: (*a).max(*b) }),
+        (Time { fsp: a }, Time { fsp: b }) => Some(Time { fsp: (*a).max(*b) }),
+        _ => None,
+    }
+}
+
+/// Identifies a tenant table's columns, types and key (as synced, after the table options):
+/// a resumed full sync notices schema changes by it, and a changed fingerprint re-reads the
+/// tenant's table in full.
+pub fn fingerprint(schema: &TableSchema) -> String {
+    let text = serde_json::to_string(&(&schema.columns, &schema.key)).unwrap_or_default();
+    let hash = text.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100000001b3));
+    format!("{hash:016x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testkit::column;
+
+    fn schema(db: &str, columns: Vec<Column>) -> Arc<TableSchema> {
+        Arc::new(TableSchema {
+            table: TableRef::new(db, "orders"),
+            columns,
+            key: vec!["id".into()],
+            key_source: KeySource::PrimaryKey,
+        })
+    }
+
+    #[test]
+    fn union_takes_every_tenants_columns_and_widens_compatible_types() {
+        let a = schema("shop1", vec![column("id", LogicalType::Int64), column("note", LogicalType::String)]);
+        let b =
+            schema("shop2", vec![column("id", LogicalType::UInt64), column("extra", LogicalType::DateTime { fsp: 3 })]);
+        let u = unify("orders", vec![a, b], &TableOptions::default(), &SystemColumns::default());
+        let t = u.target.unwrap();
+        let names: Vec<_> = t.columns.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["id", "note", "extra"]);
+        assert_eq!(t.columns[0].logical, LogicalType::Decimal { precision: 20, scale: 0 });
+        assert!(t.columns.iter().all(|c| c.nullable));
+        assert_eq!(t.key, ["id"]);
+        assert!(u.rejected.is_empty());
+    }
+
+    #[test]
+    fn a_tenant_whose_column_type_disagrees_is_left_out_alone() {
+        let a = schema(
+            "shop1",
+            vec![column("id", LogicalType::Int64), column("v", LogicalType::Decimal { precision: 10, scale: 2 })],
+        );
+        let b = schema("shop2", vec![column("id", LogicalType::Int64), column("v", LogicalType::String)]);
+        let c = schema(
+            "shop3",
+            vec![column("id", LogicalType::Int64), column("v", LogicalType::Decimal { precision: 12, scale: 2 })],
+        );
+        let u = unify("orders", vec![a, b, c], &TableOptions::default(), &SystemColumns::default());
+        let kept: Vec<&str> = u.tenants.iter().map(|s| s.table.database.as_str()).collect();
+        assert_eq!(kept, ["shop1", "shop3"]);
+        assert_eq!(u.rejected.len(), 1);
+        let (table, e) = &u.rejected[0];
+        assert_eq!(table.database, "shop2");
+        assert!(e.message().contains("column `v`") && e.message().contains("shop1, shop3"), "{e}");
+        assert!(e.message().contains("column_types.v"), "{e}");
+        assert_eq!(u.target.unwrap().columns[1].logical, LogicalType::Decimal { precision: 12, scale: 2 });
+    }
+
+    #[test]
+    fn exact_types_never_widen_into_floats() {
+        assert_eq!(widen(&LogicalType::Int64, &LogicalType::Float64), None);
+        assert_eq!(widen(&LogicalType::Decimal { precision: 10, scale: 2 }, &LogicalType::Float64), None);
+    }
+}

@@ -1,0 +1,207 @@
+//! The sink role: the target table a [`Sink`] is asked to hold, the staging protocol
+//! ([`Sink::stage`] → [`StagingWriter`] → [`Staged`]), and the atomic [`Sink::commit`].
+//!
+//! The contract, in the order the runner calls it for one source table name:
+//! 1. [`Sink::prepare`] once per run: create or evolve the target table so it can hold every
+//!    tenant's columns. It reports the table's [`Prepared::generation`], which the runner keeps
+//!    in state: a target table created anew (dropped, expired, another dataset) has another
+//!    generation, and every tenant is then synced in full into it.
+//! 2. [`Sink::stage`] per tenant: a writer whose rows are durable but invisible once
+//!    [`StagingWriter::finish`] returns (a sink whose writers share staging may leave the last
+//!    rows to `commit`, which makes them durable before it applies anything).
+//! 3. [`Sink::commit`] once per target table with every staged tenant: applied atomically
+//!    (all of them or none), except tenants the sink rejects before applying anything
+//!    ([`CommitOutcome::rejected`]).
+//! 4. [`Sink::discard`] after every commit attempt, successful or not, with the same staged
+//!    tenants: the staging is not needed any more either way (a failed commit stages again
+//!    next run). Best effort; staging the sink cannot remove must expire on its own.
+
+use async_trait::async_trait;
+use serde::Serialize;
+
+use crate::error::{ConnectorError, Result};
+use crate::schema::{Column, TableSchema};
+use crate::state::SyncMode;
+use crate::system::SystemColumns;
+use crate::value::RowBatch;
+
+/// How staged rows are applied to the target table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WriteMode {
+    /// Replace all of this tenant's rows (full sync).
+    ReplaceTenant,
+    /// Update rows matched on `(tenant, key)`, insert the rest.
+    Merge,
+    /// Insert rows whose content hash is not present yet (tables without a key).
+    AppendDedup,
+}
+
+impl WriteMode {
+    /// What the mode does, in a user's words (for `--dry-run`).
+    pub fn describe(self) -> &'static str {
+        match self {
+            WriteMode::ReplaceTenant => "replace the tenant's rows",
+            WriteMode::Merge => "upsert by key",
+            WriteMode::AppendDedup => "append rows not present yet (by row hash)",
+        }
+    }
+}
+
+/// Per-table target settings (from the pipeline config).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct TargetOptions {
+    /// Partition column; `None` uses the sink's default.
+    pub partition_by: Option<String>,
+    /// Clustering columns; `None` uses the sink's default.
+    pub cluster_by: Option<Vec<String>>,
+    /// Target type per column, overriding the sink's default mapping.
+    pub column_types: std::collections::BTreeMap<String, String>,
+    /// Source column → target column name.
+    pub rename_columns: std::collections::BTreeMap<String, String>,
+}
+
+impl TargetOptions {
+    /// The target name of a source column: its `rename_columns` entry, else its own name.
+    pub fn target_name<'a>(&'a self, source: &'a str) -> &'a str {
+        self.rename_columns.iter().find(|(k, _)| k.eq_ignore_ascii_case(source)).map_or(source, |(_, v)| v.as_str())
+    }
+}
+
+/// A target table shared by every tenant of one source table name.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TargetTable {
+    /// Source table name, also the target table's name.
+    pub name: String,
+    /// The union of the tenants' columns, in first-seen order.
+    pub columns: Vec<Column>,
+    /// Key columns (without the tenant column); empty when there is none.
+    pub key: Vec<String>,
+    /// Some tenant's key column allows NULL (possible only for a configured key).
+    pub key_nullable: bool,
+    pub options: TargetOptions,
+    /// The names of the columns every sink adds.
+    pub system: SystemColumns,
+}
+
+/// What `prepare` found or made.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Prepared {
+    /// Identifies this instance of the target table (BigQuery: its creation time). `None` when
+    /// the sink cannot tell instances apart.
+    pub generation: Option<String>,
+    /// The table was created by this `prepare`.
+    pub created: bool,
+    /// Things the operator should know (e.g. a dataset default expiration), logged as warnings.
+    pub warnings: Vec<String>,
+}
+
+/// Where an interrupted run left staged rows that a new writer may continue.
+#[derive(Debug, Clone, Copy)]
+pub struct ResumeFrom<'a> {
+    /// From [`StagingWriter::handle`] of the interrupted writer.
+    pub handle: &'a str,
+    /// The rows the interrupted writer had made durable (its last checkpoint).
+    pub rows: u64,
+}
+
+/// Everything `stage` needs to start one tenant's writer.
+#[derive(Debug, Clone, Copy)]
+pub struct StageRequest<'a> {
+    pub table: &'a TargetTable,
+    /// The tenant's own table (its columns are a subset of the target's).
+    pub tenant: &'a TableSchema,
+    pub mode: SyncMode,
+    pub write: WriteMode,
+    /// Continue the staging of an interrupted full sync instead of starting anew. A sink that
+    /// cannot resume returns an error, and the runner starts the table over.
+    pub resume: Option<ResumeFrom<'a>>,
+}
+
+/// One tenant's rows, staged and not yet visible.
+#[derive(Debug, Clone)]
+pub struct Staged {
+    pub tenant: String,
+    pub mode: SyncMode,
+    pub write: WriteMode,
+    /// Rows staged, including those of an interrupted writer this one resumed.
+    pub rows: u64,
+    pub bytes: u64,
+    /// The tenant's own columns (a subset of the target's).
+    pub columns: Vec<String>,
+    /// The staged type of each of `columns`, in the sink's type names.
+    pub types: Vec<String>,
+    /// Sink-specific location of the staged data (e.g. a staging table and writer).
+    pub handle: Option<String>,
+}
+
+/// What a commit changed.
+#[derive(Debug, Clone, Default)]
+pub struct CommitSummary {
+    pub rows_deleted: Option<u64>,
+    pub rows_inserted: Option<u64>,
+    /// Bytes the target billed for the commit, where it reports them.
+    pub bytes_billed: Option<u64>,
+}
+
+/// A commit's result: what was applied, and the tenants the sink refused before applying
+/// anything (their staged data is unusable, e.g. a load of their rows failed). The other
+/// tenants were committed.
+#[derive(Debug, Default)]
+pub struct CommitOutcome {
+    pub summary: CommitSummary,
+    pub rejected: Vec<(String, ConnectorError)>,
+}
+
+/// Receives one tenant's batches for one table.
+#[async_trait]
+pub trait StagingWriter: Send {
+    async fn write(&mut self, batch: &RowBatch) -> Result<()>;
+    /// Makes every row written so far durable in staging, so a later run can resume after it.
+    async fn checkpoint(&mut self) -> Result<()> {
+        Ok(())
+    }
+    /// The staging location a later run can resume into, if the sink supports resuming.
+    fn handle(&self) -> Option<String> {
+        None
+    }
+    /// Ends this writer. Every written row is durable in staging when it returns, or, where
+    /// writers share staging (the BigQuery sink: all tenants of a table), `Sink::commit` makes
+    /// the last ones durable before it applies anything.
+    async fn finish(self: Box<Self>) -> Result<Staged>;
+}
+
+/// How the target would look after `prepare`, for `--dry-run`.
+#[derive(Debug, Clone, Default)]
+pub struct TargetPlan {
+    /// `column TYPE` for every column the target will have.
+    pub columns: Vec<String>,
+    /// The schema changes `prepare` would make (`add column x NUMERIC`, …).
+    pub changes: Vec<String>,
+}
+
+/// Writes tables to a destination, atomically per commit.
+#[async_trait]
+pub trait Sink: Send + Sync + std::fmt::Debug {
+    /// Identifies this sink in state paths, reports and metrics.
+    fn id(&self) -> &str;
+    /// Where this sink writes (kind, endpoint, project, dataset…), with no secret in it. State
+    /// records it; state written for one destination is never used for another.
+    fn destination(&self) -> String;
+    /// How the target would look and what `prepare` would change, without changing anything.
+    async fn plan(&self, table: &TargetTable) -> Result<TargetPlan>;
+    /// Creates the target table, or adds and widens the columns it needs.
+    async fn prepare(&self, table: &TargetTable) -> Result<Prepared>;
+    /// Starts (or resumes) staging one tenant's rows.
+    async fn stage(&self, request: StageRequest<'_>) -> Result<Box<dyn StagingWriter>>;
+    /// Applies every staged tenant to the target in one atomic step.
+    async fn commit(&self, table: &TargetTable, staged: &[Staged]) -> Result<CommitOutcome>;
+    /// Drops the staging of these tenants after a commit attempt (best effort).
+    async fn discard(&self, staged: &[Staged]);
+    /// Settles a write whose outcome was unknown (`handle` from
+    /// [`ConnectorError::in_doubt`]): it returns once that write has ended, one way or the
+    /// other, and can no longer land after a newer one; an error leaves it in doubt.
+    async fn resolve(&self, _handle: &str) -> Result<()> {
+        Ok(())
+    }
+}
