@@ -5,10 +5,13 @@
 #   scripts/bq-emulator.sh start  [--port N] [--grpc-port N] [--project P] [--data-dir D] [--fresh]
 #   scripts/bq-emulator.sh stop   [--port N]
 #   scripts/bq-emulator.sh status [--port N]
+#   scripts/bq-emulator.sh kill   [--port N]   SIGKILL (it loses the jobs it was running)
+#   scripts/bq-emulator.sh stop-all     every emulator started with this BQ_EMULATOR_RUN_DIR
 #
-# Everything lives under ${BQ_EMULATOR_HOME:-$HOME/.cache/connector/bq-emulator}:
+# The installation lives under ${BQ_EMULATOR_HOME:-$HOME/.cache/connector/bq-emulator}:
 #   venv/                 Python venv with local-bigquery + duckdb 1.5.5 and its extensions
 #   home/                 HOME of the emulator process (DuckDB reads extensions from home/.duckdb)
+# Running emulators under ${BQ_EMULATOR_RUN_DIR:-the same folder}:
 #   data-PORT/            default data dir per port
 #   logs/emulator-PORT.log, run/emulator-PORT.pid
 #
@@ -39,14 +42,12 @@ EMU_HOME="$BQ_HOME/home"
 MARKER="$BQ_HOME/installed"
 MARKER_CONTENT="local-bigquery==$LOCAL_BIGQUERY_VERSION duckdb==$DUCKDB_VERSION extensions=${DUCKDB_EXTENSIONS[*]} pins=$PINS_REV"
 READY_TIMEOUT="${BQ_EMULATOR_READY_TIMEOUT:-60}"
+# Where running emulators keep their pid files, logs and data (tests use a folder of their own
+# and stop everything in it when they end: stop-all).
+RUN_HOME="${BQ_EMULATOR_RUN_DIR:-$BQ_HOME}"
 
-log() { echo "bq-emulator: $*" >&2; }
-die() { log "error: $*"; exit 1; }
-
-usage() {
-  sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//' >&2
-  exit 2
-}
+NAME=bq-emulator
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # ---------------------------------------------------------------- python discovery
 py_ok() {
@@ -171,9 +172,9 @@ parse_opts() {
   [ -n "$GRPC_PORT" ] || GRPC_PORT=$((PORT + 10))
   [[ "$GRPC_PORT" =~ ^[0-9]+$ ]] || die "bad --grpc-port: $GRPC_PORT"
   [[ "$PROJECT" =~ ^[a-z0-9][a-z0-9.:-]*$ ]] || die "bad --project: $PROJECT (lower-case letters, digits, '-')"
-  [ -n "$DATA_DIR" ] || DATA_DIR="$BQ_HOME/data-$PORT"
-  PID_FILE="$BQ_HOME/run/emulator-$PORT.pid"
-  LOG_FILE="$BQ_HOME/logs/emulator-$PORT.log"
+  [ -n "$DATA_DIR" ] || DATA_DIR="$RUN_HOME/data-$PORT"
+  PID_FILE="$RUN_HOME/run/emulator-$PORT.pid"
+  LOG_FILE="$RUN_HOME/logs/emulator-$PORT.log"
   URL="http://127.0.0.1:$PORT"
 }
 
@@ -216,11 +217,6 @@ running_pid() {
   echo "$pid"
 }
 
-port_busy() {
-  # something listens on 127.0.0.1:$1
-  (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
-}
-
 cmd_start() {
   parse_opts "$@"
   if ready; then
@@ -236,7 +232,7 @@ cmd_start() {
     port_busy "$PORT" && die "port $PORT is in use by something that is not a BigQuery emulator"
     port_busy "$GRPC_PORT" && die "gRPC port $GRPC_PORT is in use (pass --grpc-port)"
     [ "$FRESH" = 1 ] && rm -rf "$DATA_DIR"
-    mkdir -p "$DATA_DIR" "$BQ_HOME/run" "$BQ_HOME/logs"
+    mkdir -p "$DATA_DIR" "$RUN_HOME/run" "$RUN_HOME/logs"
     : >"$LOG_FILE"
     rm -f "$PID_FILE"
     # setsid: own session/process group so it survives this shell and stop can end the group
@@ -288,6 +284,17 @@ cmd_stop() {
   log "stopped pid $pid (port $PORT)"
 }
 
+# SIGKILL: the emulator dies without finishing what it runs (tests of lost jobs)
+cmd_kill() {
+  parse_opts "$@"
+  local pid
+  pid="$(running_pid)" || { log "not running on port $PORT"; return 0; }
+  kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
+  for _ in $(seq 50); do alive "$pid" || break; sleep 0.1; done
+  rm -f "$PID_FILE"
+  log "killed pid $pid (port $PORT)"
+}
+
 cmd_status() {
   parse_opts "$@"
   local pid=""
@@ -312,6 +319,13 @@ case "$cmd" in
     if is_installed; then log "already installed ($MARKER_CONTENT) in $BQ_HOME"; else do_install; fi ;;
   start) cmd_start "$@" ;;
   stop) cmd_stop "$@" ;;
+  kill) cmd_kill "$@" ;;
   status) cmd_status "$@" ;;
+  stop-all)
+    for f in "$RUN_HOME"/run/emulator-*.pid; do
+      [ -f "$f" ] || continue
+      p="${f##*/emulator-}"
+      cmd_stop --port "${p%.pid}"
+    done ;;
   *) usage ;;
 esac

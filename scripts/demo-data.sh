@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Demo / test data: three tenant databases shop1, shop2, shop3 on the local MariaDB.
+# Demo / test data: three tenant databases shop1, shop2, shop3 on a MariaDB (the demo's own).
 #
 #   scripts/demo-data.sh            (re)create shop1..shop3 and fill them, then print row counts
 #   scripts/demo-data.sh --print    only print the SQL (e.g. `scripts/demo-data.sh --print > x.sql`)
@@ -218,7 +218,7 @@ if [ "${1:-}" = "--print" ]; then
 fi
 [ $# -eq 0 ] || { echo "usage: $0 [--print]" >&2; exit 2; }
 
-MYSQL_CMD=(mariadb --default-character-set=utf8mb4 --protocol=TCP -h"${MYSQL_HOST:-127.0.0.1}"
+MYSQL_CMD=(mariadb --no-defaults --default-character-set=utf8mb4 --protocol=TCP -h"${MYSQL_HOST:-127.0.0.1}"
   -P"${MYSQL_PORT:-3306}" -u"${MYSQL_USER:-root}")
 command -v mariadb >/dev/null 2>&1 || { echo "demo-data: error: no mariadb client (run scripts/mariadb.sh ensure)" >&2; exit 1; }
 

@@ -3,20 +3,21 @@
 #
 #   scripts/demo.sh
 #
-# Steps: MariaDB (scripts/mariadb.sh ensure) -> BigQuery emulator on 127.0.0.1:$DEMO_BQ_PORT
-# (scripts/bq-emulator.sh) -> demo data (scripts/demo-data.sh) -> cargo build --release
-# -p connector-run -> demo-work/params.json -> target/release/connector-run --pipeline
-# demo-work/params.json -> read a few rows back from the emulator -> show the sync state.
+# Steps: a private MariaDB of its own (scripts/private-mariadb.sh: data in demo-work/mariadb, a
+# free port; the machine's own MariaDB and its databases are never touched) -> BigQuery
+# emulator on 127.0.0.1:$DEMO_BQ_PORT (scripts/bq-emulator.sh) -> demo data (scripts/demo-data.sh)
+# -> cargo build --release -p connector-run -> demo-work/params.json -> target/release/connector-run
+# --pipeline demo-work/params.json -> read a few rows back from the emulator -> show the sync
+# state -> stop the private MariaDB and the emulator.
 #
 # Env:
 #   DEMO_BQ_PORT       emulator REST port (9050; its gRPC port is DEMO_BQ_PORT + 10)
-#   DEMO_FRESH         1 (default): restart the emulator with an empty data dir and delete the old
-#                      demo-work state/log first, so every run starts from scratch and prints the
-#                      same thing. 0: keep both (the second run is then an incremental sync).
+#   DEMO_FRESH         1 (default): fresh data, emulator and state, so every run prints the same
+#                      thing. 0: keep them (with DEMO_KEEP=1 before: the second run is incremental)
+#   DEMO_KEEP          1: leave the MariaDB and the emulator running at the end, to look around
 #   DEMO_SCALE         row-count multiplier for the demo data (1)
 #   DEMO_SKIP_BUILD    1: use the existing target/release/connector-run, no cargo build
 #   CONNECTOR_RUN_ARGS extra arguments appended to the connector-run command line
-#   MYSQL_PORT         MariaDB port (3306)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -25,9 +26,8 @@ cd "$ROOT"
 BQ_PORT="${DEMO_BQ_PORT:-9050}"
 BQ_PROJECT="demo-project"
 BQ_DATASET="demo"
-MYSQL_PORT="${MYSQL_PORT:-3306}"
-export MYSQL_PORT
 FRESH="${DEMO_FRESH:-1}"
+KEEP="${DEMO_KEEP:-0}"
 WORK="demo-work"
 PARAMS="$WORK/params.json"
 STATUS_DIR="$WORK/sync_status"
@@ -47,8 +47,19 @@ for tool in curl python3; do command -v "$tool" >/dev/null 2>&1 || die "$tool is
 
 T0=$SECONDS
 
-step "MariaDB"
-bash scripts/mariadb.sh ensure
+step "MariaDB: a private server for the demo ($WORK/mariadb)"
+if [ "$FRESH" = 1 ]; then
+  bash scripts/private-mariadb.sh stop --dir "$WORK/mariadb" >/dev/null 2>&1 || true
+  rm -rf "$WORK/mariadb"
+fi
+MYSQL_PORT="$(bash scripts/private-mariadb.sh start --dir "$WORK/mariadb")"
+export MYSQL_PORT
+stop_servers() {
+  [ "$KEEP" = 1 ] && return 0
+  bash scripts/bq-emulator.sh stop --port "$BQ_PORT" >/dev/null 2>&1 || true
+  bash scripts/private-mariadb.sh stop --dir "$WORK/mariadb" >/dev/null 2>&1 || true
+}
+trap stop_servers EXIT
 
 step "BigQuery emulator on port $BQ_PORT"
 START_ARGS=(--port "$BQ_PORT" --project "$BQ_PROJECT")
@@ -179,14 +190,14 @@ bq_query() {
 
 step "Read back from BigQuery ($BQ_ENDPOINT, dataset $BQ_DATASET)"
 COUNTS_JSON="$(mktemp)"
-trap 'rm -f "$COUNTS_JSON"' EXIT
+trap 'rm -f "$COUNTS_JSON"; stop_servers' EXIT
 bq_query "SELECT tenant_id, COUNT(*) AS n FROM $BQ_DATASET.orders GROUP BY tenant_id ORDER BY tenant_id" "$COUNTS_JSON"
 echo
 bq_query "SELECT tenant_id, id, email, name, balance FROM $BQ_DATASET.users ORDER BY id, tenant_id LIMIT 5"
 
 # the orders counts must match the source databases
 SOURCE_COUNTS="$(for db in "${TENANTS[@]}"; do
-  printf '%s %s\n' "$db" "$(mariadb --protocol=TCP -h127.0.0.1 -P"$MYSQL_PORT" -uroot -N -B -e "SELECT COUNT(*) FROM \`$db\`.orders")"
+  printf '%s %s\n' "$db" "$(mariadb --no-defaults --protocol=TCP -h127.0.0.1 -P"$MYSQL_PORT" -uroot -N -B -e "SELECT COUNT(*) FROM \`$db\`.orders")"
 done)"
 echo
 python3 - "$COUNTS_JSON" <<PY
@@ -217,11 +228,14 @@ else
 fi
 
 step "Done in $((SECONDS - T0)) s"
-cat <<EOF
-  parameters:     $ROOT/$PARAMS
-  sync state:     $ROOT/$STATUS_DIR/ (one JSON file per tenant)
-  sync log:       $ROOT/$SYNC_LOG
-  emulator:       $BQ_ENDPOINT (project $BQ_PROJECT, dataset $BQ_DATASET); its log and data are under
-                  ${BQ_EMULATOR_HOME:-$HOME/.cache/connector/bq-emulator}/ (logs/emulator-$BQ_PORT.log, data-$BQ_PORT/)
-  stop it with:   scripts/bq-emulator.sh stop --port $BQ_PORT
-EOF
+echo "  parameters:     $ROOT/$PARAMS"
+echo "  sync state:     $ROOT/$STATUS_DIR/ (one JSON file per tenant)"
+echo "  sync log:       $ROOT/$SYNC_LOG"
+if [ "$KEEP" = 1 ]; then
+  echo "  MariaDB:        127.0.0.1:$MYSQL_PORT (root, no password; data in $ROOT/$WORK/mariadb)"
+  echo "                  stop it with: scripts/private-mariadb.sh stop --dir $WORK/mariadb"
+  echo "  emulator:       $BQ_ENDPOINT (project $BQ_PROJECT, dataset $BQ_DATASET)"
+  echo "                  stop it with: scripts/bq-emulator.sh stop --port $BQ_PORT"
+else
+  echo "  the demo's MariaDB and emulator are stopped again (DEMO_KEEP=1 leaves them running)"
+fi

@@ -22,30 +22,12 @@ RUNDIR="/run/mysqld"
 MARIADBD="/usr/sbin/mariadbd"
 INITIALISED=0
 
-log() { echo "mariadb: $*" >&2; }
-die() { log "error: $*"; exit 1; }
-
-usage() {
-  sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//' >&2
-  exit 2
-}
-
-# a client command: `mariadb` (10.5+), else the older `mysql` name
-client_bin() {
-  if command -v mariadb >/dev/null 2>&1; then echo mariadb
-  elif command -v mysql >/dev/null 2>&1; then echo mysql
-  else return 1; fi
-}
+NAME=mariadb
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 admin_bin() {
   if command -v mariadb-admin >/dev/null 2>&1; then echo mariadb-admin
   elif command -v mysqladmin >/dev/null 2>&1; then echo mysqladmin
-  else return 1; fi
-}
-
-server_bin() {
-  if [ -x "$MARIADBD" ]; then echo "$MARIADBD"
-  elif [ -x /usr/sbin/mysqld ]; then echo /usr/sbin/mysqld
   else return 1; fi
 }
 

@@ -1,36 +1,53 @@
 #!/usr/bin/env bash
 # Run the tests: the README's "run the tests" command, and what CI runs (.ci/run).
 #
-#   scripts/test.sh [ARGS...]      ARGS are appended to `cargo test --workspace` (e.g. a filter)
+#   scripts/test.sh [ARGS...]      ARGS are appended to the cargo test command (e.g. a filter)
 #
-# 1. scripts/mariadb.sh ensure     MariaDB on 127.0.0.1:${MYSQL_PORT:-3306}, root, empty password
-# 2. scripts/bq-emulator.sh install (the tests start their own emulators on free ports with
-#    `scripts/bq-emulator.sh start --port N --fresh`; BQ_EMULATOR_SCRIPT points them at it)
-# 3. cargo fmt --all -- --check
-# 4. cargo clippy --workspace --all-targets -- -D warnings
-# 5. cargo test --workspace
-# Steps 3-5 all run even when one fails (TEST_FAIL_FAST=1 stops at the first failure); the exit
-# code is non-zero when any step failed.
-# Exports for the tests: MYSQL_URL=mysql://root@127.0.0.1:PORT, BQ_EMULATOR_SCRIPT.
+# 1. a private MariaDB for the end-to-end tests (scripts/private-mariadb.sh: own port and data
+#    dir under target/test-servers, binary log and TLS on): the machine's own server is never
+#    modified. The machine's server on 3306 (scripts/mariadb.sh ensure) is only read, as the
+#    "binary log off" case.
+# 2. the BigQuery emulator installed (scripts/bq-emulator.sh install); the tests start their
+#    own emulators on free ports under target/test-servers/bq
+# 3. cargo fmt --check; cargo clippy --all-targets --all-features -D warnings; cargo doc with
+#    warnings denied; a build with the toolchain of the declared rust-version
+# 4. cargo test --workspace --features connector-run/e2e (unit tests, and the end-to-end tests
+#    against the servers above)
+# Every step runs even when one fails (TEST_FAIL_FAST=1 stops at the first failure); the exit
+# code is non-zero when any step failed. Everything the tests started is stopped at the end, and
+# the servers' folders removed (TEST_KEEP_SERVERS=1 keeps them running for a rerun).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
+NAME=test
+source scripts/lib.sh
 
-MYSQL_PORT="${MYSQL_PORT:-3306}"
-export MYSQL_PORT
-export MYSQL_URL="mysql://root@127.0.0.1:$MYSQL_PORT"
+SERVERS="$ROOT/target/test-servers"
 export BQ_EMULATOR_SCRIPT="$ROOT/scripts/bq-emulator.sh"
+export BQ_EMULATOR_RUN_DIR="$SERVERS/bq"
 
 step() { printf '\n==> %s\n' "$*"; }
 
+cleanup() {
+  [ "${TEST_KEEP_SERVERS:-0}" = 1 ] && return 0
+  bash scripts/bq-emulator.sh stop-all >/dev/null 2>&1 || true
+  bash scripts/private-mariadb.sh stop --dir "$SERVERS/mariadb" >/dev/null 2>&1 || true
+  rm -rf "$SERVERS"
+}
+trap cleanup EXIT
+
 T0=$SECONDS
-step "MariaDB"
-bash scripts/mariadb.sh ensure
+step "MariaDB: the machine's server (read only), and a private one for the tests"
+MYSQL_SHARED_PORT="${MYSQL_SHARED_PORT:-3306}"
+MYSQL_PORT="$MYSQL_SHARED_PORT" bash scripts/mariadb.sh ensure >/dev/null
+PRIVATE_PORT="$(bash scripts/private-mariadb.sh start --dir "$SERVERS/mariadb")"
+export MYSQL_URL="mysql://root@127.0.0.1:$PRIVATE_PORT"
+export MYSQL_SHARED_URL="mysql://root@127.0.0.1:$MYSQL_SHARED_PORT"
+export MYSQL_TLS_DIR="$SERVERS/mariadb/tls"
 step "BigQuery emulator (install only)"
 bash scripts/bq-emulator.sh install
-echo "MYSQL_URL=$MYSQL_URL"
-echo "BQ_EMULATOR_SCRIPT=$BQ_EMULATOR_SCRIPT"
+echo "MYSQL_URL=$MYSQL_URL (private)  MYSQL_SHARED_URL=$MYSQL_SHARED_URL  BQ_EMULATOR_RUN_DIR=$BQ_EMULATOR_RUN_DIR"
 
 FAILED=()
 SUMMARY=()
@@ -59,7 +76,24 @@ summary() {
   exit 0
 }
 
+# The toolchain the workspace declares (rust-version in Cargo.toml), installed by rustup.
+MSRV="$(sed -n 's/^rust-version = "\(.*\)"/\1/p' Cargo.toml)"
+msrv_check() {
+  local active
+  active="$(rustc --version | cut -d' ' -f2)"
+  if [ "${active%.*}" = "${MSRV%.*}" ] || [ "${active%.*}" = "$MSRV" ]; then
+    echo "the active toolchain is rustc $active: the builds above are the rust-version $MSRV build"
+  elif rustup toolchain list 2>/dev/null | grep -q "^$MSRV"; then
+    cargo "+$MSRV" check --workspace --all-targets --all-features --quiet
+  else
+    log "toolchain $MSRV (rust-version) is not installed: run rustup toolchain install $MSRV"
+    return 1
+  fi
+}
+
 run fmt cargo fmt --all -- --check
-run clippy cargo clippy --workspace --all-targets -- -D warnings
-run test cargo test --workspace "$@"
+run clippy cargo clippy --workspace --all-targets --all-features -- -D warnings
+run doc env RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --all-features --quiet
+run "rust-version $MSRV" msrv_check
+run test cargo test --workspace --features connector-run/e2e "$@"
 summary

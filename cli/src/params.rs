@@ -396,6 +396,16 @@ mod tests {
     }
 
     #[test]
+    fn the_docs_and_the_readme_name_every_flat_key() {
+        let docs = include_str!("../../docs/configuration.md");
+        let readme = include_str!("../../README.md");
+        for (name, _) in FLAT_KEYS.iter().chain([&("targets", &[][..])]) {
+            assert!(docs.contains(&format!("`{name}`")), "docs/configuration.md does not document `{name}`");
+            assert!(readme.contains(&format!("`{name}`")), "README.md does not name `{name}`");
+        }
+    }
+
+    #[test]
     fn every_flat_key_is_documented_by_what_it_maps_to() {
         crate::plugins::force_link();
         let fields = flat_fields();

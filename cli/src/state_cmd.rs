@@ -43,6 +43,7 @@ struct StatusRow {
     records_synced: Option<u64>,
     watermark: Option<String>,
     error: Option<String>,
+    notes: Vec<String>,
 }
 
 pub fn status(dirs: &[(String, PathBuf)], json: bool) -> Result<bool> {
@@ -63,6 +64,7 @@ pub fn status(dirs: &[(String, PathBuf)], json: bool) -> Result<bool> {
                     records_synced: None,
                     watermark: None,
                     error: Some(e.to_string()),
+                    notes: Vec::new(),
                 }),
                 Ok(state) => {
                     for (table, t) in state.tables {
@@ -78,6 +80,7 @@ pub fn status(dirs: &[(String, PathBuf)], json: bool) -> Result<bool> {
                             records_synced: Some(t.records_synced),
                             watermark: t.watermark.map(|w| format!("{} {}", w.column, w.value)),
                             error: t.error_message,
+                            notes: t.notes,
                         });
                     }
                 }
@@ -121,6 +124,9 @@ pub fn status(dirs: &[(String, PathBuf)], json: bool) -> Result<bool> {
             stale,
             r.error.as_deref().unwrap_or("")
         ));
+        for n in &r.notes {
+            text.push_str(&format!("    note: {n}\n"));
+        }
     }
     let failed = rows.iter().filter(|r| r.status != "SUCCESS").count();
     text.push_str(&format!("{} tables, {} not healthy\n", rows.len(), failed));

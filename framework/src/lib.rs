@@ -7,7 +7,7 @@
 //! [`ConnectorDescriptor`] with `inventory`, so that the `connector-run` binary can list them,
 //! describe them and build them from config:
 //!
-//! ```ignore
+//! ```text
 //! inventory::submit! {
 //!     connector_framework::ConnectorDescriptor {
 //!         kind: "ndjson",
@@ -16,9 +16,40 @@
 //!         details: "",
 //!         fields: FIELDS,
 //!         example: r#"{"kind": "ndjson", "path": "out"}"#,
+//!         types: &[],
 //!         factory: connector_framework::Factory::Sink(parse),
 //!     }
 //! }
+//! ```
+//!
+//! A whole pipeline, with the test kit's in-memory source, sink and state (feature `testkit`):
+//!
+//! ```
+//! use std::sync::Arc;
+//! use connector_framework::testkit::{CollectingSink, MemorySource, MemoryStateStore, sample_table};
+//! use connector_framework::{CursorStrategy, RunOptions, Runner, Settings, Target};
+//!
+//! let source = MemorySource { databases: vec!["shop1".into(), "shop2".into()], ..Default::default() };
+//! for shop in ["shop1", "shop2"] {
+//!     let (schema, rows) = sample_table(shop, "orders", 3);
+//!     source.add_table(schema, rows);
+//! }
+//! let sink = CollectingSink::new("warehouse");
+//! let target = Target { id: "warehouse".into(), sink: Arc::new(sink.clone()), state: Arc::new(MemoryStateStore::default()) };
+//! let runner = Runner {
+//!     source: Arc::new(source),
+//!     targets: vec![target],
+//!     strategy: Arc::new(CursorStrategy),
+//!     settings: Settings::default(),
+//!     tables: Vec::new(), // every table
+//!     table_options: Default::default(),
+//!     listeners: Vec::new(),
+//!     stop: Default::default(),
+//! };
+//! let run = tokio::runtime::Runtime::new().unwrap().block_on(runner.run(&RunOptions::default()));
+//! let report = run.unwrap();
+//! assert_eq!(report.failed(), 0);
+//! assert_eq!(sink.committed_rows("orders", "shop2").len(), 3);
 //! ```
 //!
 //! Data flows as [`RowBatch`]es of typed [`Value`]s described by a [`TableSchema`] in

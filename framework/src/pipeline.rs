@@ -1,8 +1,9 @@
 //! The general pipeline config: any registered source, sinks and state store.
 //!
-//! Config moves through three stages: [`PipelineSpec`] is the raw JSON shape; [`Pipeline`] is
-//! parsed and validated without any I/O (what `connector-run validate` checks); the runner then
-//! builds the components, which is where connections are made.
+//! Config moves through three stages: the raw JSON; [`Pipeline`], parsed and validated without
+//! any I/O (what `connector-run validate` checks; every mistake is reported at once, each under
+//! the key as the user wrote it, see [`KeyNames`]); then the built components, which is where
+//! connections are made.
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -127,6 +127,10 @@ pub struct TableState {
     /// old write can never land after a newer one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub in_doubt: Option<String>,
+    /// What the operator should know about how this table syncs (e.g. an insert-time cursor),
+    /// from the last plan; `status` shows it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 /// Where an interrupted full sync left off: everything up to `after_key` is durable in
@@ -177,6 +181,7 @@ impl TableState {
             schema_fingerprint: None,
             last_full_at: None,
             in_doubt: None,
+            notes: Vec::new(),
         }
     }
 

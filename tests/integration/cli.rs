@@ -1,3 +1,5 @@
+use std::time::Duration;
+
 use serde_json::{Value, json};
 
 use crate::support::*;
@@ -112,4 +114,64 @@ fn a_second_run_on_the_same_status_dir_exits_at_once() {
     let out = run_cli(&["--pipeline", "params.json"], dir.path());
     assert_eq!(out.code, 2, "{}", out.all());
     assert!(out.stderr.contains("another connector-run is already syncing"), "{}", out.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_that_cannot_start_writes_no_state() {
+    let emulator = &*EMULATOR;
+    let db = unique("nostart");
+    create_shop(&db, 5, 5).await;
+    let run = TestRun::new();
+    run.params(&flat_params(std::slice::from_ref(&db), &["orders"], &unique("nostart"), emulator, run.path()));
+    let selection = format!("{db},nosuchdb");
+    let out = run.run(&["--databases", &selection]).await;
+    assert_eq!(out.code, 2, "{}", out.all());
+    assert!(out.stderr.contains("`nosuchdb` is not in the pipeline's databases"), "{}", out.stderr);
+    assert!(!run.path().join("status").exists(), "no status folder, no lock file");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wait_lock_waits_for_the_other_run_instead_of_failing() {
+    let emulator = &*EMULATOR;
+    let db = unique("waitlock");
+    create_shop(&db, 5, 20).await;
+    let dataset = unique("waitlock");
+    let run = TestRun::new();
+    run.params(&flat_params(std::slice::from_ref(&db), &["orders"], &dataset, emulator, run.path()));
+    let status = run.path().join("status");
+    std::fs::create_dir_all(&status).unwrap();
+    let lock = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(status.join(".lock")).unwrap();
+    lock.try_lock().unwrap();
+    let out = run.run(&["--wait-lock", "1s"]).await;
+    assert_eq!(out.code, 2, "{}", out.all());
+    assert!(out.stderr.contains("waited 1 s (--wait-lock) and it is still running"), "{}", out.stderr);
+    let release = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        drop(lock);
+    });
+    let out = run.sync(&["--wait-lock", "60s"]).await;
+    release.await.unwrap();
+    assert!(out.stdout.contains("total: 1 table, 1 ok"), "{}", out.stdout);
+    assert_table_equal(emulator, &dataset, &db, "orders", "id").await;
+}
+
+#[test]
+fn validate_reports_every_mistake_at_once_naming_each_key() {
+    let dir = workdir();
+    let params = json!({"db_host": "db.invalid", "db_user": "u", "db_passwd": "x", "db_list": "shop1",
+                        "bq_project": "p", "bq_dataset": "d", "db_port": "abc", "lookback_minute": 5,
+                        "targets": [{"bq_dataset": "a"}, {"bq_datset": "b"}]});
+    write_json(&dir.path().join("params.json"), &params);
+    let out = run_cli(&["validate", "--pipeline", "params.json"], dir.path());
+    assert_eq!(out.code, 2, "{}", out.all());
+    for needle in [
+        "4 mistakes",
+        "`db_passwd`: unknown key; did you mean `db_pass`?",
+        "`lookback_minute`: unknown key; did you mean `lookback_minutes`?",
+        "`targets[1].bq_datset`: unknown key; did you mean `bq_dataset`?",
+        "`db_port`: expected a whole number from 0 to 65535, got \"abc\"",
+    ] {
+        assert!(out.stderr.contains(needle), "missing {needle}: {}", out.stderr);
+    }
+    assert!(!out.stderr.contains("NumOrString") && !out.stderr.contains("u16"), "{}", out.stderr);
 }

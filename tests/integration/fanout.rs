@@ -10,8 +10,7 @@ fn state(dir: &std::path::Path, target: &str, db: &str) -> Value {
 #[tokio::test(flavor = "multi_thread")]
 async fn two_targets_from_one_read_and_a_stopped_target_catches_up_later() {
     let a = &*EMULATOR;
-    let port_b = std::env::var("BQ_TEST_PORT_B").ok().and_then(|p| p.parse().ok()).unwrap_or(19070);
-    let b = start_emulator(port_b, "test-project-b", true);
+    let b = Emulator::fresh("test-project-b");
     let dbs: Vec<String> = (1..=2).map(|i| unique(&format!("fan{i}"))).collect();
     for db in &dbs {
         create_shop(db, 30, 120).await;
@@ -41,7 +40,7 @@ async fn two_targets_from_one_read_and_a_stopped_target_catches_up_later() {
     let backup_watermark = state(dir.path(), "backup", &dbs[0])["tables"]["orders"]["watermark"].clone();
 
     // The backup target goes down: the primary still syncs, the backup's state keeps its watermark.
-    stop_emulator(port_b);
+    b.stop();
     for db in &dbs {
         mysql_exec(&format!("UPDATE `{db}`.orders SET amount = amount + 5, updated_at = NOW(6) WHERE id % 4 = 0"))
             .await;
@@ -66,7 +65,7 @@ async fn two_targets_from_one_read_and_a_stopped_target_catches_up_later() {
     assert_eq!(backup["tables"]["orders"]["watermark"], backup_watermark, "a failure keeps the last good watermark");
 
     // Back up (its data kept): the next run catches it up from its own watermark.
-    start_emulator(port_b, "test-project-b", false);
+    b.restart();
     for db in &dbs {
         mysql_exec(&format!("UPDATE `{db}`.orders SET status = 'shipped', updated_at = NOW(6) WHERE id % 5 = 0")).await;
     }
@@ -78,7 +77,7 @@ async fn two_targets_from_one_read_and_a_stopped_target_catches_up_later() {
             assert_table_equal(emulator, &dataset, db, "users", "id").await;
         }
     }
-    stop_emulator(port_b);
+    b.stop();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -149,4 +148,111 @@ async fn two_targets_in_one_project_each_get_every_row() {
             assert_table_equal(emulator, dataset, &db, "page_views", "viewed_at, path, user_id").await;
         }
     }
+}
+
+/// Targets without ids keep their state when the list changes: the id comes from project and
+/// dataset, not from the position.
+#[tokio::test(flavor = "multi_thread")]
+async fn adding_a_target_at_the_top_hands_no_state_to_another_target() {
+    let emulator = &*EMULATOR;
+    let db = unique("order");
+    create_shop(&db, 20, 400).await;
+    let (a, b, new) = (unique("order_a"), unique("order_b"), unique("order_new"));
+    let run = TestRun::new();
+    let mut params = flat_params(std::slice::from_ref(&db), &["orders"], &a, emulator, run.path());
+    params["targets"] = json!([{"bq_dataset": a}, {"bq_dataset": b}]);
+    run.params(&params);
+    run.sync(&[]).await;
+    mysql_exec(&format!("UPDATE `{db}`.orders SET amount = amount + 1, updated_at = NOW(6) WHERE id % 7 = 0")).await;
+    params["targets"] = json!([{"bq_dataset": new}, {"bq_dataset": a}]);
+    run.params(&params);
+    let out = run.sync(&[]).await;
+    let line = |dataset: &str| {
+        out.stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("{db}.orders → {}.{dataset}", emulator.project)))
+            .unwrap_or_else(|| panic!("no line for {dataset}: {}", out.stdout))
+            .to_string()
+    };
+    assert!(line(&new).contains("FULL"), "the new target syncs in full: {}", out.stdout);
+    assert!(line(&a).contains("INCREMENTAL"), "the existing target keeps its own state: {}", out.stdout);
+    assert_table_equal(emulator, &new, &db, "orders", "id").await;
+    assert_table_equal(emulator, &a, &db, "orders", "id").await;
+}
+
+/// Once a target is found unreachable, the rest of the run skips it at once: the healthy
+/// target is not held up table after table by retries against the dead one.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_target_found_down_is_skipped_for_the_rest_of_the_run() {
+    let emulator = &*EMULATOR;
+    let dbs: Vec<String> = (1..=2).map(|i| unique(&format!("down{i}"))).collect();
+    for db in &dbs {
+        create_shop(db, 10, 30).await;
+    }
+    let dataset = unique("down");
+    let run = TestRun::new();
+    let mut params = flat_params(&dbs, &["orders", "users", "page_views"], &dataset, emulator, run.path());
+    params["pool_size"] = json!(1);
+    params["max_retries"] = json!(1);
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    params["targets"] =
+        json!([{"id": "up", "bq_dataset": dataset}, {"id": "dead", "bq_dataset": dataset, "bq_endpoint": dead}]);
+    run.params(&params);
+    let out = run.run(&[]).await;
+    assert_eq!(out.code, 1, "{}", out.all());
+    let report = run.report();
+    let dead_outcomes: Vec<&serde_json::Value> =
+        report["outcomes"].as_array().unwrap().iter().filter(|o| o["target"] == "dead").collect();
+    assert_eq!(dead_outcomes.len(), 6);
+    let skipped = dead_outcomes
+        .iter()
+        .filter(|o| o["error"].as_str().unwrap().contains("was unreachable earlier in this run"))
+        .count();
+    assert_eq!(skipped, 4, "after the first table, the dead target is skipped: {report}");
+    for db in &dbs {
+        for table in ["orders", "users"] {
+            assert_table_equal(emulator, &dataset, db, table, "id").await;
+        }
+    }
+}
+
+/// An endpoint taken from BIGQUERY_EMULATOR_HOST is logged and recorded in state; state written
+/// against one endpoint is not used for another.
+#[tokio::test(flavor = "multi_thread")]
+async fn state_written_for_one_endpoint_is_not_used_for_another() {
+    let first = &*EMULATOR;
+    let second = Emulator::fresh(&first.project);
+    let db = unique("endpoint");
+    create_shop(&db, 10, 200).await;
+    let dataset = unique("endpoint");
+    let run = TestRun::new();
+    let mut params = flat_params(std::slice::from_ref(&db), &["orders"], &dataset, first, run.path());
+    params.as_object_mut().unwrap().remove("bq_endpoint");
+    run.params(&params);
+    let with_host = |host: String| {
+        let dir = run.path().to_path_buf();
+        async move {
+            tokio::task::spawn_blocking(move || -> RunOutput {
+                std::process::Command::new(binary())
+                    .args(["--pipeline", "params.json"])
+                    .current_dir(dir)
+                    .env("BIGQUERY_EMULATOR_HOST", host)
+                    .output()
+                    .unwrap()
+                    .into()
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let out = with_host(format!("127.0.0.1:{}", first.port)).await;
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert!(out.stderr.contains("the BigQuery endpoint comes from BIGQUERY_EMULATOR_HOST"), "{}", out.stderr);
+    let destination = run.state(&db)["tables"]["orders"]["target"]["destination"].as_str().unwrap().to_string();
+    assert!(destination.contains(&format!("127.0.0.1:{}", first.port)), "{destination}");
+    let out = with_host(format!("127.0.0.1:{}", second.port)).await;
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert!(out.stdout.contains("full because the state was written for another target"), "{}", out.stdout);
+    assert_table_equal(&second, &dataset, &db, "orders", "id").await;
+    second.stop();
 }

@@ -29,10 +29,6 @@ fn spawn_run(dir: &std::path::Path) -> std::process::Child {
         .unwrap()
 }
 
-async fn wait(child: std::process::Child) -> RunOutput {
-    tokio::task::spawn_blocking(move || child.wait_with_output().unwrap().into()).await.unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn the_readers_connection_killed_mid_table_is_retried_to_equality() {
     let emulator = &*EMULATOR;
@@ -106,8 +102,7 @@ async fn bigquery_answering_503_and_429_for_a_while_is_retried_to_equality() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_emulator_stopped_and_restarted_during_a_run_ends_equal() {
-    let port = std::env::var("BQ_TEST_PORT_C").ok().and_then(|p| p.parse().ok()).unwrap_or(19090);
-    let emulator = start_emulator(port, "test-project-c", true);
+    let emulator = Emulator::fresh("test-project-c");
     let db = unique("restart");
     create_shop(&db, 30, 20_000).await;
     let dataset = unique("restart");
@@ -126,12 +121,99 @@ async fn the_emulator_stopped_and_restarted_during_a_run_ends_equal() {
         assert!(started.elapsed() < Duration::from_secs(60), "staging never started");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    stop_emulator(port);
+    emulator.stop();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let emulator = start_emulator(port, "test-project-c", false);
+    emulator.restart();
     let out = wait(child).await;
     assert_eq!(out.code, 0, "{}", out.all());
     assert_table_equal(&emulator, &dataset, &db, "orders", "id").await;
     assert_eq!(bq_count(&emulator, &dataset, "orders", &db).await, 20_000);
-    stop_emulator(port);
+    emulator.stop();
+}
+
+/// BigQuery going away while jobs run: the emulator loses jobs that were running when it
+/// stopped (they stay RUNNING for ever). Every wait is bounded by `job_timeout` and logged; the
+/// table fails naming the job, and the next run, with BigQuery healthy, ends equal.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_lost_by_bigquery_fails_its_table_at_job_timeout_and_the_next_run_ends_equal() {
+    let emulator = Emulator::fresh("test-project-lost");
+    let db = unique("lostjob");
+    create_shop(&db, 30, 60_000).await;
+    let dataset = unique("lostjob");
+    let run = TestRun::new();
+    let mut pipeline = general(&db, &dataset, &emulator.endpoint(), &emulator.project, run.path());
+    pipeline["sinks"][0]["job_timeout"] = json!(35);
+    run.params(&pipeline);
+    let child = run.spawn(&["--full"]);
+    // Kill the emulator the moment a load job runs: that job is lost.
+    let started = Instant::now();
+    loop {
+        let jobs = bq_get(&emulator, "jobs?maxResults=1000&stateFilter=running").await;
+        let loading = jobs["jobs"].as_array().is_some_and(|j| j.iter().any(|j| j["configuration"]["load"].is_object()));
+        if loading {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "no load job was seen running");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    emulator.kill();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    emulator.restart();
+    let out = wait(child).await;
+    assert_eq!(out.code, 1, "the table fails, the run ends: {}", out.all());
+    let report = run.report();
+    let error = report["outcomes"][0]["error"].as_str().unwrap_or_default().to_string();
+    assert!(error.contains("still running after job_timeout 35 s") && error.contains("BigQuery job load_"), "{error}");
+    assert!(run.log().contains("waiting for a BigQuery job"), "every wait says what it waits for");
+    run.sync(&[]).await;
+    assert_table_equal(&emulator, &dataset, &db, "orders", "id").await;
+    emulator.stop();
+}
+
+/// A MERGE whose outcome is unknown (BigQuery answers "running" past `job_timeout`) is left in
+/// doubt: the next run cancels it and waits for it to end before it writes the table again, so
+/// an old MERGE can never land after a newer one.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_commit_in_doubt_is_resolved_before_the_table_is_written_again() {
+    let emulator = &*EMULATOR;
+    let db = unique("indoubt");
+    create_shop(&db, 20, 300).await;
+    let dataset = unique("indoubt");
+    let run = TestRun::new();
+    let hang = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let cancels = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (h, c) = (hang.clone(), cancels.clone());
+    let rule: Rule = std::sync::Arc::new(move |method: &str, path: &str| {
+        let commit = path.contains("/jobs/commit_");
+        if commit && method == "POST" && path.contains("/cancel") {
+            c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        (commit && h.load(std::sync::atomic::Ordering::SeqCst))
+            .then(|| (200, r#"{"jobReference": {"jobId": "x"}, "status": {"state": "RUNNING"}}"#.to_string()))
+    });
+    let proxy = FaultProxy::start_with(emulator.endpoint(), Vec::new(), rule).await;
+    let mut pipeline = general(&db, &dataset, &proxy.endpoint(), &emulator.project, run.path());
+    pipeline["sinks"][0]["job_timeout"] = json!(3);
+    run.params(&pipeline);
+
+    let out = run.run(&[]).await;
+    assert_eq!(out.code, 1, "{}", out.all());
+    let state = run.state(&db);
+    let handle = state["tables"]["orders"]["in_doubt"].as_str().expect("the commit is recorded in doubt").to_string();
+    assert!(handle.starts_with("commit_"), "{handle}");
+
+    // Still "running": cancelled, waited for, and the table is not written.
+    let merges_before = bq_job_counts(emulator, &dataset).await.1;
+    let out = run.run(&[]).await;
+    assert_eq!(out.code, 1, "{}", out.all());
+    assert!(out.stdout.contains("still running after it was cancelled"), "{}", out.stdout);
+    assert!(cancels.load(std::sync::atomic::Ordering::SeqCst) >= 1, "the job in doubt was cancelled");
+    assert_eq!(bq_job_counts(emulator, &dataset).await.1, merges_before, "no new MERGE while one is in doubt");
+
+    // It has ended: the table is written again, and nothing is in doubt any more.
+    hang.store(false, std::sync::atomic::Ordering::SeqCst);
+    mysql_exec(&format!("UPDATE `{db}`.orders SET amount = 5, updated_at = NOW(6) WHERE id < 10")).await;
+    run.sync(&[]).await;
+    assert!(run.state(&db)["tables"]["orders"].get("in_doubt").is_none());
+    assert_table_equal(emulator, &dataset, &db, "orders", "id").await;
 }

@@ -325,3 +325,87 @@ async fn a_big_full_sync_killed_mid_way_resumes_from_its_last_range() {
     sync(dir.path(), &[]).await;
     assert_table_equal(emulator, &dataset, &db, "orders", "id").await;
 }
+
+/// A target table created anew (dropped by hand here; an expired table or another dataset is
+/// the same) is filled in full, not with the lookback window only.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_target_table_dropped_between_runs_is_filled_in_full_again() {
+    let emulator = &*EMULATOR;
+    let db = unique("dropped");
+    create_shop(&db, 20, 500).await;
+    let dataset = unique("dropped");
+    let run = TestRun::new();
+    run.params(&flat_params(std::slice::from_ref(&db), &["orders"], &dataset, emulator, run.path()));
+    run.sync(&[]).await;
+    let client = reqwest::Client::new();
+    let url =
+        format!("{}/bigquery/v2/projects/{}/datasets/{dataset}/tables/orders", emulator.endpoint(), emulator.project);
+    assert!(client.delete(url).send().await.unwrap().status().is_success());
+    mysql_exec(&format!("UPDATE `{db}`.orders SET amount = 1, updated_at = NOW(6) WHERE id <= 3")).await;
+    let out = run.sync(&[]).await;
+    assert!(out.stdout.contains("full because the target table is new"), "{}", out.stdout);
+    assert_eq!(bq_count(emulator, &dataset, "orders", &db).await, 500);
+    assert_table_equal(emulator, &dataset, &db, "orders", "id").await;
+}
+
+/// An insert-time cursor is named as such wherever the plan shows; `full_every` gives such a
+/// table a full sync on schedule.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_insert_time_cursor_is_named_and_full_every_resyncs_it() {
+    let emulator = &*EMULATOR;
+    let db = unique("inserttime");
+    mysql_exec(&format!(
+        "DROP DATABASE IF EXISTS `{db}`; CREATE DATABASE `{db}`;
+         CREATE TABLE `{db}`.events (id INT PRIMARY KEY, v INT, created_at DATETIME(6) NOT NULL);
+         INSERT INTO `{db}`.events VALUES (1, 1, '2024-01-01'), (2, 2, '2024-01-02');"
+    ))
+    .await;
+    let dataset = unique("inserttime");
+    let run = TestRun::new();
+    let mut params = flat_params(std::slice::from_ref(&db), &["events"], &dataset, emulator, run.path());
+    run.params(&params);
+    let note = "cursor created_at is an insert time: updates of older rows are not seen";
+    let dry = run.sync(&["--dry-run"]).await;
+    assert!(dry.stdout.contains(note), "{}", dry.stdout);
+    let out = run.sync(&[]).await;
+    assert!(out.stdout.contains(note), "{}", out.stdout);
+    let status = run_cli(&["status", "--pipeline", "params.json"], run.path());
+    assert!(status.stdout.contains(note), "{}", status.stdout);
+
+    // An update of an old row: an incremental run cannot see it ...
+    mysql_exec(&format!("UPDATE `{db}`.events SET v = 10 WHERE id = 1")).await;
+    let out = run.sync(&[]).await;
+    assert!(out.stdout.contains("INCREMENTAL"), "{}", out.stdout);
+    let v = bq_query(emulator, &format!("SELECT v FROM `{dataset}`.events WHERE id = 1")).await;
+    assert_eq!(v[0][0].as_deref(), Some("1"));
+    // ... a scheduled full sync does.
+    params["table_options"] = json!({"events": {"full_every": "1s"}});
+    run.params(&params);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let out = run.sync(&[]).await;
+    assert!(out.stdout.contains("full because full_every 1s is due"), "{}", out.stdout);
+    assert_table_equal(emulator, &dataset, &db, "events", "id").await;
+}
+
+/// A keyless table whose schema changes is re-read in full, and its rows keep their count (the
+/// row hash does not depend on column order or on added NULL columns).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_keyless_table_whose_schema_changes_keeps_its_row_count() {
+    let emulator = &*EMULATOR;
+    let db = unique("keylessalter");
+    create_shop(&db, 60, 5).await;
+    let dataset = unique("keylessalter");
+    let run = TestRun::new();
+    let mut params = flat_params(std::slice::from_ref(&db), &["page_views"], &dataset, emulator, run.path());
+    params["lookback_minutes"] = json!(50_000_000);
+    params["table_options"] = json!({"page_views": {"cursor_column": "viewed_at"}});
+    run.params(&params);
+    run.sync(&[]).await;
+    let expected = mysql_count(&db, "page_views").await;
+    mysql_exec(&format!("ALTER TABLE `{db}`.page_views ADD COLUMN agent VARCHAR(50) NULL")).await;
+    for _ in 0..2 {
+        run.sync(&[]).await;
+        assert_eq!(bq_count(emulator, &dataset, "page_views", &db).await, expected);
+    }
+    assert_table_equal(emulator, &dataset, &db, "page_views", "viewed_at, path, user_id").await;
+}

@@ -21,5 +21,7 @@ mod incremental;
 mod ops;
 /// Schema changes between runs and tenants on different schema versions.
 mod schema;
+/// DATETIME cursors and time zones: application zones, future-dated rows, clock changes.
+mod timezones;
 /// Every column type with edge values, and the zero-date policy.
 mod types;

@@ -1,4 +1,4 @@
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::support::*;
 
@@ -145,4 +145,109 @@ async fn a_tenant_whose_key_differs_fails_alone_and_the_table_keeps_its_key() {
         format!("{}/bigquery/v2/projects/{}/datasets/{dataset}/tables/items", emulator.endpoint(), emulator.project);
     let t: Value = reqwest::get(url).await.unwrap().json().await.unwrap();
     assert_eq!(t["tableConstraints"]["primaryKey"]["columns"], serde_json::json!(["tenant_id", "id"]));
+}
+
+/// A column added with a default (the existing rows get it without their cursor moving) makes
+/// that tenant's table sync in full in the same run.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_column_added_with_a_default_is_filled_for_every_existing_row() {
+    let emulator = &*EMULATOR;
+    let (a, b) = (unique("default_a"), unique("default_b"));
+    create_shop(&a, 300, 5).await;
+    create_shop(&b, 300, 5).await;
+    let dataset = unique("default");
+    let run = TestRun::new();
+    run.params(&flat_params(&[a.clone(), b.clone()], &["users"], &dataset, emulator, run.path()));
+    run.sync(&[]).await;
+    mysql_exec(&format!("ALTER TABLE `{a}`.users ADD COLUMN tier VARCHAR(10) NOT NULL DEFAULT 'basic'")).await;
+    let out = run.sync(&[]).await;
+    let line = out.stdout.lines().find(|l| l.starts_with(&format!("{a}.users "))).unwrap();
+    assert!(line.contains("FULL"), "{}", out.stdout);
+    assert!(out.stdout.contains("full because the table's schema changed"), "{}", out.stdout);
+    assert!(
+        out.stdout.lines().any(|l| l.starts_with(&format!("{b}.users ")) && l.contains("INCREMENTAL")),
+        "{}",
+        out.stdout
+    );
+    assert_table_equal(emulator, &dataset, &a, "users", "id").await;
+    let tiers = bq_query(
+        emulator,
+        &format!("SELECT COUNT(*) FROM `{dataset}`.users WHERE tenant_id = '{a}' AND tier = 'basic'"),
+    )
+    .await;
+    assert_eq!(tiers[0][0].as_deref(), Some("300"));
+}
+
+/// One tenant's bad data fails that tenant alone: a column whose type disagrees with the
+/// other tenants', or a value the MERGE cannot convert.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tenant_with_bad_data_is_quarantined_and_the_others_commit() {
+    let emulator = &*EMULATOR;
+    let dbs: Vec<String> = (1..=3).map(|i| unique(&format!("quarantine{i}"))).collect();
+    for db in &dbs {
+        items(db).await;
+    }
+    let dataset = unique("quarantine");
+    let run = TestRun::new();
+    let mut params = flat_params(&dbs, &["items"], &dataset, emulator, run.path());
+    run.params(&params);
+    run.sync(&[]).await;
+    // shop2's price becomes text holding 'N/A'; the others change their rows.
+    mysql_exec(&format!(
+        "ALTER TABLE `{}`.items MODIFY price VARCHAR(10); UPDATE `{}`.items SET price = 'N/A', updated_at = NOW(6)",
+        dbs[1], dbs[1]
+    ))
+    .await;
+    for db in [&dbs[0], &dbs[2]] {
+        mysql_exec(&format!("UPDATE `{db}`.items SET qty = qty + 10, updated_at = NOW(6)")).await;
+    }
+    let out = run.run(&[]).await;
+    assert_eq!(out.code, 1, "{}", out.all());
+    let failed = out.stdout.lines().find(|l| l.starts_with(&format!("{}.items ", dbs[1]))).unwrap();
+    assert!(failed.contains("column `price` is varchar(10) here but decimal(10,2) in"), "{failed}");
+    for db in [&dbs[0], &dbs[2]] {
+        assert_table_equal(emulator, &dataset, db, "items", "id").await;
+    }
+    // With an explicit STRING target type shop2 takes part again, but its 'N/A' cannot be a
+    // NUMERIC: the MERGE fails for it alone.
+    params["table_options"] = json!({"items": {"column_types": {"price": "NUMERIC"}}});
+    run.params(&params);
+    mysql_exec(&format!("UPDATE `{}`.items SET qty = qty + 1, updated_at = NOW(6)", dbs[0])).await;
+    let out = run.run(&[]).await;
+    assert_eq!(out.code, 1, "{}", out.all());
+    let failed: Vec<&str> = out.stdout.lines().filter(|l| l.contains("FAILED")).collect();
+    assert_eq!(failed.len(), 1, "{}", out.stdout);
+    assert!(failed[0].starts_with(&format!("{}.items ", dbs[1])), "{}", out.stdout);
+    assert_table_equal(emulator, &dataset, &dbs[0], "items", "id").await;
+}
+
+/// A DECIMAL never goes into an existing FLOAT64 column, where it would be rounded.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_exact_type_into_an_existing_float_column_fails_with_the_fix() {
+    let emulator = &*EMULATOR;
+    let db = unique("floatcol");
+    mysql_exec(&format!(
+        "DROP DATABASE IF EXISTS `{db}`; CREATE DATABASE `{db}`;
+         CREATE TABLE `{db}`.prices (id INT PRIMARY KEY, price DOUBLE);
+         INSERT INTO `{db}`.prices VALUES (1, 1.5);"
+    ))
+    .await;
+    let dataset = unique("floatcol");
+    let run = TestRun::new();
+    run.params(&flat_params(std::slice::from_ref(&db), &["prices"], &dataset, emulator, run.path()));
+    run.sync(&[]).await;
+    mysql_exec(&format!(
+        "ALTER TABLE `{db}`.prices MODIFY price DECIMAL(19,4); UPDATE `{db}`.prices SET price = 12345678901234.5678"
+    ))
+    .await;
+    let out = run.run(&[]).await;
+    assert_eq!(out.code, 1, "{}", out.all());
+    assert!(
+        out.stdout.contains("column `price` is FLOAT64 in BigQuery but the source now maps it to NUMERIC")
+            && out.stdout.contains("column_types.price to \"STRING\""),
+        "{}",
+        out.stdout
+    );
+    let v = bq_query(emulator, &format!("SELECT CAST(price AS STRING) FROM `{dataset}`.prices")).await;
+    assert_eq!(v[0][0].as_deref(), Some("1.5"), "nothing was rounded into the column");
 }

@@ -126,3 +126,32 @@ async fn zero_dates_can_fail_the_table_instead() {
     assert_eq!(out.code, 1, "{}", out.all());
     assert!(out.stdout.contains(&format!("{db}.d, column `happened` (date): an invalid date")), "{}", out.stdout);
 }
+
+/// JSON `null` is a document, not SQL NULL; scalar documents stay what they are.
+#[tokio::test(flavor = "multi_thread")]
+async fn json_null_scalar_documents_and_sql_null_stay_apart() {
+    let emulator = &*EMULATOR;
+    let db = unique("jsonnull");
+    mysql_exec(&format!(
+        r#"DROP DATABASE IF EXISTS `{db}`; CREATE DATABASE `{db}` CHARACTER SET utf8mb4;
+           CREATE TABLE `{db}`.docs (id INT PRIMARY KEY, doc JSON NULL);
+           INSERT INTO `{db}`.docs VALUES (1, 'null'), (2, '1'), (3, '"x"'), (4, 'true'), (5, '{{"a": null}}'),
+             (6, NULL), (7, '[null]'), (8, '  null  ');"#
+    ))
+    .await;
+    let dataset = unique("jsonnull");
+    let run = TestRun::new();
+    run.params(&flat_params(std::slice::from_ref(&db), &["docs"], &dataset, emulator, run.path()));
+    run.sync(&[]).await;
+    assert_table_equal(emulator, &dataset, &db, "docs", "id").await;
+    let nulls = bq_query(emulator, &format!("SELECT id FROM `{dataset}`.docs WHERE doc IS NULL ORDER BY id")).await;
+    assert_eq!(nulls, [[Some("6".to_string())]], "only the SQL NULL is NULL in BigQuery");
+    let json_nulls = bq_query(
+        emulator,
+        &format!("SELECT id FROM `{dataset}`.docs WHERE doc IS NOT NULL AND TO_JSON_STRING(doc) = 'null' ORDER BY id"),
+    )
+    .await;
+    assert_eq!(json_nulls, [[Some("1".to_string())], [Some("8".to_string())]], "JSON null documents are JSON null");
+    let scalar = bq_query(emulator, &format!("SELECT TO_JSON_STRING(doc) FROM `{dataset}`.docs WHERE id = 3")).await;
+    assert_eq!(scalar[0][0].as_deref(), Some("\"x\""), "a string document stays a JSON string");
+}

@@ -326,8 +326,9 @@ impl BqClient {
             let elapsed = started.elapsed();
             if elapsed >= self.options.job_timeout {
                 let handle = job_handle(job_id, self.location().as_deref());
+                // Not retried in this run: another wait would take as long. The next run retries.
                 return Err(TimedOut(
-                    ConnectorError::transient(format!(
+                    ConnectorError::permanent(format!(
                         "BigQuery job {job_id} ({what}) is still {} after job_timeout {} s; this table failed and \
                          the next run retries it once the job has ended. If BigQuery is only slow, raise \
                          job_timeout; see the job with `bq show -j {job_id}`",
@@ -382,5 +383,120 @@ impl BqClient {
                 Some(_) => tokio::time::sleep(Duration::from_millis(500)).await,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use async_trait::async_trait;
+    use std::sync::Mutex;
+
+    /// A transport that records every call and answers `get_job` from a script: the job's
+    /// state for each lookup (the last one repeats).
+    #[derive(Debug, Default)]
+    struct Scripted {
+        calls: Mutex<Vec<String>>,
+        states: Mutex<Vec<&'static str>>,
+    }
+
+    #[async_trait]
+    impl Transport for Scripted {
+        async fn get_dataset(&self, _: &str, d: &str) -> Result<Option<Json>> {
+            self.calls.lock().unwrap().push(format!("get_dataset {d}"));
+            Ok(Some(json!({"location": "asia-east1", "defaultTableExpirationMs": "5184000000"})))
+        }
+        async fn insert_dataset(&self, _: &str, _: Json) -> Result<()> {
+            Ok(())
+        }
+        async fn get_table(&self, _: &str, _: &str, _: &str) -> Result<Option<Json>> {
+            Ok(None)
+        }
+        async fn insert_table(&self, _: &str, _: &str, r: Json) -> Result<Option<Json>> {
+            Ok(Some(r))
+        }
+        async fn patch_table(&self, _: &str, _: &str, _: &str, _: Json) -> Result<()> {
+            Ok(())
+        }
+        async fn delete_table(&self, _: &str, _: &str, _: &str) -> Result<()> {
+            Ok(())
+        }
+        async fn insert_job(&self, _: &str, job: Json) -> Result<Option<Json>> {
+            self.calls.lock().unwrap().push(format!("insert_job location={}", job["jobReference"]["location"]));
+            Ok(Some(job))
+        }
+        async fn upload_job(&self, _: &str, _: Json, _: bytes::Bytes) -> Result<()> {
+            Ok(())
+        }
+        async fn get_job(&self, _: &str, id: &str, location: Option<&str>) -> Result<Option<Json>> {
+            self.calls.lock().unwrap().push(format!("get_job location={location:?}"));
+            let mut states = self.states.lock().unwrap();
+            let state = if states.len() > 1 { states.remove(0) } else { states.first().copied().unwrap_or("DONE") };
+            Ok(Some(json!({"jobReference": {"jobId": id}, "status": {"state": state}})))
+        }
+        async fn cancel_job(&self, _: &str, id: &str, _: Option<&str>) -> Result<()> {
+            self.calls.lock().unwrap().push(format!("cancel_job {id}"));
+            Ok(())
+        }
+        fn endpoint(&self) -> &str {
+            "scripted"
+        }
+    }
+
+    fn client(transport: Arc<Scripted>, timeout: Duration) -> BqClient {
+        let options = ClientOptions {
+            project: "p".into(),
+            location: None,
+            retry: RetryPolicy { max_retries: 0, ..Default::default() },
+            job_timeout: timeout,
+            max_concurrent_jobs: 2,
+        };
+        BqClient::new(options, transport)
+    }
+
+    #[tokio::test]
+    async fn every_job_call_names_the_location_learned_from_the_dataset() {
+        let t = Arc::new(Scripted::default());
+        let c = client(t.clone(), Duration::from_secs(5));
+        let info = c.ensure_dataset("d").await.unwrap();
+        assert_eq!(info.default_table_expiration_ms.as_deref(), Some("5184000000"));
+        c.query("SELECT 1", json!([]), "q1", "a test query").await.unwrap();
+        let calls = t.calls.lock().unwrap().clone();
+        assert!(calls.contains(&"insert_job location=\"asia-east1\"".to_string()), "{calls:?}");
+        assert!(calls.contains(&"get_job location=Some(\"asia-east1\")".to_string()), "{calls:?}");
+    }
+
+    #[tokio::test]
+    async fn a_job_still_running_at_job_timeout_fails_in_doubt_naming_it() {
+        let t = Arc::new(Scripted { states: Mutex::new(vec!["RUNNING"]), ..Default::default() });
+        let c = client(t.clone(), Duration::from_millis(300));
+        let e = c.query("MERGE ...", json!([]), "commit_x", "MERGE of 3 tenants into orders").await.unwrap_err();
+        assert!(
+            e.message().contains(
+                "BigQuery job commit_x_0 (MERGE of 3 tenants into orders) is still running after job_timeout"
+            ),
+            "{e}"
+        );
+        assert_eq!(e.in_doubt(), Some("commit_x_0"), "the job is left in doubt, for the next run to resolve");
+        let inserts = t.calls.lock().unwrap().iter().filter(|c| c.starts_with("insert_job")).count();
+        assert_eq!(inserts, 1, "a timed-out job is never started a second time");
+    }
+
+    #[tokio::test]
+    async fn a_job_in_doubt_is_cancelled_and_waited_for_before_the_table_is_written_again() {
+        let t = Arc::new(Scripted { states: Mutex::new(vec!["RUNNING", "RUNNING", "DONE"]), ..Default::default() });
+        let c = client(t.clone(), Duration::from_secs(10));
+        c.resolve("commit_x_0@EU").await.unwrap();
+        let calls = t.calls.lock().unwrap().clone();
+        assert!(calls.contains(&"cancel_job commit_x_0".to_string()), "{calls:?}");
+        assert!(calls.contains(&"get_job location=Some(\"EU\")".to_string()), "{calls:?}");
+
+        let stuck = Arc::new(Scripted { states: Mutex::new(vec!["RUNNING"]), ..Default::default() });
+        let c = client(stuck, Duration::from_millis(600));
+        let e = c.resolve("commit_y_0").await.unwrap_err();
+        assert!(
+            e.message().contains("still running after it was cancelled") && e.in_doubt() == Some("commit_y_0"),
+            "{e}"
+        );
     }
 }

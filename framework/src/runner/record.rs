@@ -50,6 +50,7 @@ pub(super) async fn record_success(ctx: &RunContext<'_>, target: &Target, s: Suc
         schema_fingerprint: Some(unify::fingerprint(s.schema)),
         last_full_at: if s.plan.mode == SyncMode::Full { Some(read_at) } else { s.prior.and_then(|p| p.last_full_at) },
         in_doubt: None,
+        notes: s.plan.warnings.clone(),
     };
     let mut outcome = TableOutcome::new(table, &target.id, OutcomeStatus::Success);
     outcome.mode = Some(s.plan.mode);

@@ -1,0 +1,54 @@
+# Shared helpers of the scripts in this folder; sourced, never run.
+#
+#   NAME=mariadb source scripts/lib.sh   then   log "…"; die "…"; usage
+#
+# usage prints the calling script's header: its leading comment block after the shebang.
+
+log() { echo "${NAME:-script}: $*" >&2; }
+die() {
+  log "error: $*"
+  exit 1
+}
+
+usage() {
+  awk 'NR == 1 { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "$0" >&2
+  exit 2
+}
+
+# something listens on 127.0.0.1:$1
+port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# a TCP port nothing listens on, from the ephemeral range
+free_port() {
+  local p
+  for _ in $(seq 50); do
+    p=$((20000 + RANDOM % 30000))
+    port_busy "$p" || { echo "$p"; return 0; }
+  done
+  die "no free port found"
+}
+
+# the MariaDB client and server binaries (10.5+ names, else the older mysql ones)
+client_bin() {
+  if command -v mariadb >/dev/null 2>&1; then echo mariadb
+  elif command -v mysql >/dev/null 2>&1; then echo mysql
+  else return 1; fi
+}
+server_bin() {
+  if [ -x /usr/sbin/mariadbd ]; then echo /usr/sbin/mariadbd
+  elif [ -x /usr/sbin/mysqld ]; then echo /usr/sbin/mysqld
+  else return 1; fi
+}
+
+# installs Debian packages when the named command is missing: need CMD PACKAGE...
+need() {
+  local cmd="$1"
+  shift
+  command -v "$cmd" >/dev/null 2>&1 && return 0
+  [ "$(id -u)" = 0 ] || die "$cmd is not installed and this is not root: install $*"
+  command -v apt-get >/dev/null 2>&1 || die "$cmd is not installed and there is no apt-get: install $*"
+  log "$cmd not found: installing $* from Debian"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" </dev/null >/dev/null
+  command -v "$cmd" >/dev/null 2>&1 || die "installed $* but $cmd is still missing"
+}

@@ -1,0 +1,129 @@
+#!/usr/bin/env bash
+# A private MariaDB server for the tests and the demo: its own data dir and port, so the
+# machine's own server (and its databases) is never touched.
+#
+#   scripts/private-mariadb.sh start --dir DIR [--port N]   start (or reuse) it; prints the port
+#   scripts/private-mariadb.sh stop --dir DIR               stop it
+#   scripts/private-mariadb.sh status --dir DIR             exit 0 when it answers, 3 when not
+#
+# The server: root over TCP on 127.0.0.1 with an empty password; binary log on in the form
+# binlog CDC needs (ROW, FULL images, FULL metadata, GTID strict mode, server id 11); the time
+# zone tables loaded from /usr/share/zoneinfo; TLS with a CA and a server certificate for
+# localhost/127.0.0.1 made with openssl at first start (DIR/tls/ca.pem; never committed).
+# Installs mariadb-server, tzdata and openssl from Debian when missing (needs root).
+# DIR/port holds the port, DIR/error.log the server's log.
+set -euo pipefail
+NAME=private-mariadb
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+DIR=""
+PORT=""
+while [ $# -gt 1 ]; do
+  case "$2" in
+    --dir) DIR="${3:?--dir needs a value}"; set -- "$1" "${@:4}" ;;
+    --port) PORT="${3:?--port needs a value}"; set -- "$1" "${@:4}" ;;
+    *) die "unknown option: $2" ;;
+  esac
+done
+CMD="${1:-}"
+[ -n "$CMD" ] || usage
+[ -n "$DIR" ] || die "give --dir DIR"
+mkdir -p "$DIR"
+DIR="$(cd "$DIR" && pwd)"
+SOCK="$DIR/mysqld.sock"
+PID_FILE="$DIR/mysqld.pid"
+
+sql() { "$(client_bin)" --no-defaults --protocol=SOCKET -S "$SOCK" -uroot -N -B "$@"; }
+tcp_ok() {
+  [ -f "$DIR/port" ] && "$(client_bin)" --no-defaults --protocol=TCP -h127.0.0.1 -P"$(cat "$DIR/port")" -uroot --password= \
+    --connect-timeout=2 -N -B -e 'select 1' >/dev/null 2>&1
+}
+
+make_tls() {
+  [ -f "$DIR/tls/server-key.pem" ] && return 0
+  need openssl openssl
+  mkdir -p "$DIR/tls"
+  (
+    cd "$DIR/tls"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj "/CN=connector test CA" \
+      -keyout ca-key.pem -out ca.pem 2>/dev/null
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" -keyout server-key.pem -out server.csr 2>/dev/null
+    printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' >san.ext
+    openssl x509 -req -in server.csr -CA ca.pem -CAkey ca-key.pem -CAcreateserial -days 30 \
+      -extfile san.ext -out server.pem 2>/dev/null
+    # A second CA that signed nothing here: "a wrong CA" for the TLS tests.
+    openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj "/CN=another CA" \
+      -keyout other-ca-key.pem -out other-ca.pem 2>/dev/null
+    chmod 600 ./*-key.pem
+  )
+}
+
+cmd_start() {
+  if tcp_ok; then
+    cat "$DIR/port"
+    return 0
+  fi
+  need "$(client_bin 2>/dev/null || echo mariadb)" mariadb-server mariadb-client
+  server_bin >/dev/null || need mariadbd mariadb-server
+  need mariadb-tzinfo-to-sql mariadb-server
+  [ -d /usr/share/zoneinfo/America ] || need tzselect tzdata
+  make_tls
+  [ -n "$PORT" ] || PORT="$(free_port)"
+  port_busy "$PORT" && die "port $PORT is in use"
+  local user=()
+  [ "$(id -u)" = 0 ] && user=(--user=root)
+  if [ ! -d "$DIR/data/mysql" ]; then
+    mkdir -p "$DIR/data"
+    mariadb-install-db --no-defaults "${user[@]}" --datadir="$DIR/data" --auth-root-authentication-method=normal \
+      --skip-test-db >"$DIR/install.log" 2>&1 || { tail -20 "$DIR/install.log" >&2; die "mariadb-install-db failed"; }
+    touch "$DIR/.fresh"
+  fi
+  echo "$PORT" >"$DIR/port"
+  nohup setsid "$(server_bin)" --no-defaults "${user[@]}" --datadir="$DIR/data" --port="$PORT" \
+    --bind-address=127.0.0.1 --socket="$SOCK" --pid-file="$PID_FILE" --log-error="$DIR/error.log" \
+    --log-bin=mariadb-bin --server-id=11 --binlog-format=ROW --binlog-row-image=FULL --binlog-row-metadata=FULL \
+    --gtid-strict-mode=ON --gtid-domain-id=0 --max-binlog-size=64M \
+    --character-set-server=utf8mb4 --collation-server=utf8mb4_general_ci --max-connections=500 \
+    --innodb-buffer-pool-size=256M --innodb-flush-log-at-trx-commit=2 --skip-name-resolve \
+    --ssl-ca="$DIR/tls/ca.pem" --ssl-cert="$DIR/tls/server.pem" --ssl-key="$DIR/tls/server-key.pem" \
+    </dev/null >/dev/null 2>&1 &
+  local deadline=$((SECONDS + 60))
+  until sql -e 'select 1' >/dev/null 2>&1; do
+    [ "$SECONDS" -lt "$deadline" ] || { tail -30 "$DIR/error.log" >&2; die "the server did not start within 60 s"; }
+    sleep 0.3
+  done
+  if [ -f "$DIR/.fresh" ]; then
+    # root over TCP from 127.0.0.1 (skip-name-resolve: no 'localhost' mapping), no anonymous users
+    sql <<'SQL'
+CREATE USER IF NOT EXISTS 'root'@'127.0.0.1' IDENTIFIED BY '';
+GRANT ALL PRIVILEGES ON *.* TO 'root'@'127.0.0.1' WITH GRANT OPTION;
+DELETE FROM mysql.global_priv WHERE User = '';
+FLUSH PRIVILEGES;
+SQL
+    { echo 'SET SESSION sql_log_bin = 0;'; mariadb-tzinfo-to-sql /usr/share/zoneinfo 2>/dev/null; } | sql mysql
+    rm -f "$DIR/.fresh"
+  fi
+  tcp_ok || die "started, but root cannot log in over TCP 127.0.0.1:$PORT"
+  log "MariaDB $(sql -e 'select version()') on 127.0.0.1:$PORT (data $DIR/data, binlog on, TLS CA $DIR/tls/ca.pem)"
+  echo "$PORT"
+}
+
+cmd_stop() {
+  local pid=""
+  [ -f "$PID_FILE" ] && pid="$(cat "$PID_FILE" 2>/dev/null || true)"
+  if [ -z "$pid" ] || ! kill -0 "$pid" 2>/dev/null; then
+    log "not running ($DIR)"
+    return 0
+  fi
+  kill -TERM "$pid"
+  for _ in $(seq 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+  kill -0 "$pid" 2>/dev/null && kill -KILL "$pid"
+  log "stopped pid $pid ($DIR)"
+}
+
+case "$CMD" in
+  start) cmd_start ;;
+  stop) cmd_stop ;;
+  status) if tcp_ok; then echo "running on 127.0.0.1:$(cat "$DIR/port")"; else echo "not running"; exit 3; fi ;;
+  *) usage ;;
+esac

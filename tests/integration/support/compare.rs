@@ -1,0 +1,129 @@
+//! An independent, row-by-row comparison of MySQL and BigQuery through a canonical text form
+//! per type.
+
+use serde_json::Value;
+
+use super::{Emulator, bq_query_with_schema, mysql_rows};
+
+/// Canonical text of a MySQL value fetched by [`mysql_expression`], for comparison.
+fn canonical_mysql(data_type: &str, v: Option<String>) -> Option<String> {
+    let v = v?;
+    Some(match data_type {
+        "date" | "datetime" if v.starts_with("0000-00-00") || v.contains("-00-") => return None,
+        // The lowest valid TIMESTAMP is second 1; 0 is MySQL's zero date.
+        "timestamp" if v == "0" => return None,
+        "decimal" | "bigint_unsigned" => trim_decimal(&v),
+        "double" => v.parse::<f64>().map(|f| f.to_string()).unwrap_or(v),
+        // FLOAT is single precision: compare the float the value rounds to.
+        "float" => v.parse::<f64>().map(|f| (f as f32).to_string()).unwrap_or(v),
+        "binary" => v.replace(['\n', '\r'], ""),
+        "json" => serde_json::from_str::<Value>(&v).map(|j| j.to_string()).unwrap_or(v),
+        _ => v,
+    })
+}
+
+/// Canonical text of a BigQuery value of type `bq_type`, as the emulator returned it.
+fn canonical_bq(bq_type: &str, v: Option<String>) -> Option<String> {
+    let v = v?;
+    Some(match bq_type {
+        "NUMERIC" | "BIGNUMERIC" => trim_decimal(&v),
+        "FLOAT" | "FLOAT64" => v.parse::<f64>().map(|f| f.to_string()).unwrap_or(v),
+        "DATETIME" => {
+            let v = v.replace('T', " ");
+            if v.contains('.') { v } else { format!("{v}.000000") }
+        }
+        "JSON" => serde_json::from_str::<Value>(&v).map(|j| j.to_string()).unwrap_or(v),
+        _ => v,
+    })
+}
+
+fn trim_decimal(v: &str) -> String {
+    if !v.contains('.') {
+        return v.to_string();
+    }
+    let t = v.trim_end_matches('0').trim_end_matches('.');
+    if t == "-0" { "0".into() } else { t.to_string() }
+}
+
+/// The SQL expression that renders a MySQL column the way the comparison expects.
+async fn mysql_expression(database: &str, table: &str) -> Vec<(String, String, String)> {
+    let cols = mysql_rows(&format!(
+        "SELECT COLUMN_NAME, DATA_TYPE, COLUMN_TYPE FROM information_schema.COLUMNS \
+         WHERE TABLE_SCHEMA = '{database}' AND TABLE_NAME = '{table}' ORDER BY ORDINAL_POSITION"
+    ))
+    .await;
+    cols.into_iter()
+        .map(|r| {
+            let name = r[0].clone().unwrap();
+            let dt = r[1].clone().unwrap().to_lowercase();
+            let ct = r[2].clone().unwrap().to_lowercase();
+            let q = format!("`{name}`");
+            let (kind, expr) = match dt.as_str() {
+                "datetime" => ("datetime", format!("DATE_FORMAT({q}, '%Y-%m-%d %H:%i:%s.%f')")),
+                "timestamp" => ("timestamp", format!("CAST(UNIX_TIMESTAMP({q}) * 1000000 AS DECIMAL(30,0))")),
+                "date" => ("date", format!("DATE_FORMAT({q}, '%Y-%m-%d')")),
+                "decimal" => ("decimal", format!("CAST({q} AS CHAR)")),
+                "bigint" if ct.contains("unsigned") => ("bigint_unsigned", format!("CAST({q} AS CHAR)")),
+                "double" | "real" => ("double", format!("CAST({q} AS CHAR)")),
+                "float" => ("float", format!("CAST({q} AS DOUBLE)")),
+                "bit" => ("text", format!("CAST({q} AS UNSIGNED)")),
+                "year" => ("text", format!("CAST({q} AS SIGNED)")),
+                "geometry" | "point" | "linestring" | "polygon" | "multipoint" | "multilinestring" | "multipolygon"
+                | "geometrycollection" => ("text", format!("ST_AsText({q})")),
+                "binary" | "varbinary" | "blob" | "tinyblob" | "mediumblob" | "longblob" => {
+                    ("binary", format!("TO_BASE64({q})"))
+                }
+                "json" => ("json", q.clone()),
+                "longtext" if ct == "longtext" => ("json_or_text", q.clone()),
+                _ => ("text", format!("CAST({q} AS CHAR)")),
+            };
+            (name, kind.to_string(), expr)
+        })
+        .collect()
+}
+
+/// Asserts that BigQuery's rows for `database` in `dataset.table` equal MySQL's `database.table`,
+/// row by row (ordered by `order_by`), for every source column. Returns the row count.
+pub async fn assert_table_equal(
+    emulator: &Emulator,
+    dataset: &str,
+    database: &str,
+    table: &str,
+    order_by: &str,
+) -> usize {
+    let columns = mysql_expression(database, table).await;
+    let exprs: Vec<&str> = columns.iter().map(|c| c.2.as_str()).collect();
+    let mysql =
+        mysql_rows(&format!("SELECT {} FROM `{database}`.`{table}` ORDER BY {order_by}", exprs.join(", "))).await;
+    let names: Vec<String> = columns.iter().map(|c| format!("`{}`", c.0)).collect();
+    let (schema, bq) = bq_query_with_schema(
+        emulator,
+        &format!(
+            "SELECT {} FROM `{dataset}`.`{table}` WHERE tenant_id = '{database}' ORDER BY {order_by}",
+            names.join(", ")
+        ),
+    )
+    .await;
+    assert_eq!(mysql.len(), bq.len(), "{database}.{table}: {} rows in MySQL, {} in BigQuery", mysql.len(), bq.len());
+    for (i, (m, b)) in mysql.into_iter().zip(bq).enumerate() {
+        for (j, ((name, kind, _), (mv, bv))) in columns.iter().zip(m.into_iter().zip(b)).enumerate() {
+            let bq_type = schema[j].1.as_str();
+            let kind = if kind == "json_or_text" && bq_type == "JSON" { "json" } else { kind.as_str() };
+            let mut expected = canonical_mysql(kind, mv.clone());
+            let mut got = canonical_bq(bq_type, bv.clone());
+            match (kind, bq_type) {
+                // Decimals too wide for BIGNUMERIC are kept as text.
+                ("decimal", "STRING") => got = got.map(|g| trim_decimal(&g)),
+                ("float", _) => got = got.map(|g| g.parse::<f64>().map(|f| (f as f32).to_string()).unwrap_or(g)),
+                // An integer stored as BOOL (column_types override): nonzero is true.
+                (_, "BOOL" | "BOOLEAN") => expected = expected.map(|e| (e != "0").to_string()),
+                _ => {}
+            }
+            assert_eq!(
+                expected, got,
+                "{database}.{table} row {i} column `{name}` ({bq_type}): MySQL {mv:?} vs BigQuery {bv:?}"
+            );
+        }
+    }
+    columns.len()
+}
