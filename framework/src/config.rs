@@ -251,8 +251,9 @@ impl Secret {
     }
     pub fn from_env(name: &str, what: &str) -> Result<Self> {
         std::env::var(name).map(Self).map_err(|_| {
+            let prefix = if what.is_empty() { String::new() } else { format!("{what}: ") };
             ConnectorError::config(format!(
-                "{what}: environment variable `{name}` is not set; export it before running"
+                "{prefix}environment variable `{name}` is not set; export it before running"
             ))
         })
     }
@@ -279,7 +280,7 @@ impl<'de> Deserialize<'de> for Secret {
             serde_json::Value::Null => String::new(),
             _ => return Err(de::Error::custom("a password must be a string")),
         };
-        Secret::resolve(&raw, "password").map_err(de::Error::custom)
+        Secret::resolve(&raw, "").map_err(de::Error::custom)
     }
 }
 

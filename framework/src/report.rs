@@ -62,6 +62,10 @@ pub struct PlanDetail {
     pub source_types: Vec<String>,
     /// Schema changes the target needs.
     pub changes: Vec<String>,
+    /// Source columns never read (`exclude_columns`).
+    pub excluded: Vec<String>,
+    /// `source → target` column names (`rename_columns`).
+    pub renamed: Vec<String>,
 }
 
 impl TableOutcome {
@@ -229,6 +233,12 @@ impl RunReport {
             ));
             out.push_str(&format!("    columns: {}\n", p.columns.join(", ")));
             out.push_str(&format!("    source types: {}\n", p.source_types.join(", ")));
+            if !p.excluded.is_empty() {
+                out.push_str(&format!("    never read (exclude_columns): {}\n", p.excluded.join(", ")));
+            }
+            if !p.renamed.is_empty() {
+                out.push_str(&format!("    renamed (rename_columns): {}\n", p.renamed.join(", ")));
+            }
             out.push_str(&format!("    schema changes: {}\n", p.changes.join("; ")));
             for w in &o.warnings {
                 out.push_str(&format!("    note: {w}\n"));

@@ -4,10 +4,6 @@ use serde_json::{Value, json};
 
 use crate::support::*;
 
-fn report(dir: &std::path::Path) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap()
-}
-
 fn total_retries(report: &Value) -> u64 {
     report["outcomes"].as_array().unwrap().iter().map(|o| o["retries"].as_u64().unwrap()).sum()
 }
@@ -19,16 +15,6 @@ fn general(db: &str, dataset: &str, endpoint: &str, project: &str, dir: &std::pa
     pipeline
 }
 
-fn spawn_run(dir: &std::path::Path) -> std::process::Child {
-    std::process::Command::new(binary())
-        .args(["--pipeline", "params.json", "--report-json", "report.json", "-q"])
-        .current_dir(dir)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn the_readers_connection_killed_mid_table_is_retried_to_equality() {
     let emulator = &*EMULATOR;
@@ -37,12 +23,9 @@ async fn the_readers_connection_killed_mid_table_is_retried_to_equality() {
     // staging and encoding.
     create_shop(&db, 30, 60_000).await;
     let dataset = unique("killconn");
-    let dir = workdir();
-    write_json(
-        &dir.path().join("params.json"),
-        &general(&db, &dataset, &emulator.endpoint(), &emulator.project, dir.path()),
-    );
-    let child = spawn_run(dir.path());
+    let run = TestRun::new();
+    run.params(&general(&db, &dataset, &emulator.endpoint(), &emulator.project, run.path()));
+    let child = run.spawn(&[]);
     let started = Instant::now();
     let mut killed = false;
     while started.elapsed() < Duration::from_secs(60) {
@@ -61,7 +44,7 @@ async fn the_readers_connection_killed_mid_table_is_retried_to_equality() {
     assert!(killed, "the reader's query was never seen running");
     let out = wait(child).await;
     assert_eq!(out.code, 0, "{}", out.all());
-    assert!(total_retries(&report(dir.path())) >= 1, "the lost connection was retried");
+    assert!(total_retries(&run.report()) >= 1, "the lost connection was retried");
     assert_table_equal(emulator, &dataset, &db, "orders", "id").await;
     assert_eq!(bq_count(emulator, &dataset, "orders", &db).await, 60_000);
 }
@@ -72,13 +55,10 @@ async fn bigquery_answering_503_and_429_for_a_while_is_retried_to_equality() {
     let db = unique("proxy");
     create_shop(&db, 30, 3_000).await;
     let dataset = unique("proxy");
-    let dir = workdir();
+    let run = TestRun::new();
     let proxy = FaultProxy::start(emulator.endpoint(), vec![503, 503, 429, 503, 429, 429]).await;
-    write_json(
-        &dir.path().join("params.json"),
-        &general(&db, &dataset, &proxy.endpoint(), &emulator.project, dir.path()),
-    );
-    let out = wait(spawn_run(dir.path())).await;
+    run.params(&general(&db, &dataset, &proxy.endpoint(), &emulator.project, run.path()));
+    let out = wait(run.spawn(&[])).await;
     assert_eq!(out.code, 0, "{}", out.all());
     assert_eq!(proxy.faults_served.load(std::sync::atomic::Ordering::SeqCst), 6);
     assert_table_equal(emulator, &dataset, &db, "orders", "id").await;
@@ -87,14 +67,12 @@ async fn bigquery_answering_503_and_429_for_a_while_is_retried_to_equality() {
     // A second run through a proxy that keeps failing ends with a clear error and no changes.
     mysql_exec(&format!("UPDATE `{db}`.orders SET amount = 0, updated_at = NOW(6) WHERE id <= 10")).await;
     let broken = FaultProxy::start(emulator.endpoint(), vec![503; 1000]).await;
-    let mut params = general(&db, &dataset, &broken.endpoint(), &emulator.project, dir.path());
+    let mut params = general(&db, &dataset, &broken.endpoint(), &emulator.project, run.path());
     params["max_retries"] = json!(2);
-    write_json(&dir.path().join("params.json"), &params);
-    let out = wait(spawn_run(dir.path())).await;
+    run.params(&params);
+    let out = wait(run.spawn(&[])).await;
     assert_eq!(out.code, 1, "{}", out.all());
-    let state: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("status").join(format!("{db}.json"))).unwrap())
-            .unwrap();
+    let state = run.state(&db);
     assert_eq!(state["tables"]["orders"]["sync_status"], "FAILED");
     assert!(state["tables"]["orders"]["error_message"].as_str().unwrap().contains("503"), "{state}");
     assert!(state["tables"]["orders"]["watermark"].is_object(), "the last good watermark is kept");
@@ -106,12 +84,9 @@ async fn the_emulator_stopped_and_restarted_during_a_run_ends_equal() {
     let db = unique("restart");
     create_shop(&db, 30, 20_000).await;
     let dataset = unique("restart");
-    let dir = workdir();
-    write_json(
-        &dir.path().join("params.json"),
-        &general(&db, &dataset, &emulator.endpoint(), &emulator.project, dir.path()),
-    );
-    let child = spawn_run(dir.path());
+    let run = TestRun::new();
+    run.params(&general(&db, &dataset, &emulator.endpoint(), &emulator.project, run.path()));
+    let child = run.spawn(&[]);
     // Wait until staging has started, then take BigQuery away for a few seconds.
     let started = Instant::now();
     loop {

@@ -251,3 +251,87 @@ async fn an_exact_type_into_an_existing_float_column_fails_with_the_fix() {
     let v = bq_query(emulator, &format!("SELECT CAST(price AS STRING) FROM `{dataset}`.prices")).await;
     assert_eq!(v[0][0].as_deref(), Some("1.5"), "nothing was rounded into the column");
 }
+
+/// Column names as applications have them: kept in BigQuery under their own names (spaces,
+/// dashes, other scripts, reserved words), a clash with a system column resolved by
+/// `system_columns`, a column left out never read from MySQL.
+#[tokio::test(flavor = "multi_thread")]
+async fn column_names_are_kept_system_columns_renamed_and_excluded_columns_never_read() {
+    let emulator = &*EMULATOR;
+    let db = unique("names");
+    let long = format!("c{}", "x".repeat(63));
+    mysql_exec(&format!(
+        "DROP DATABASE IF EXISTS `{db}`; CREATE DATABASE `{db}` CHARACTER SET utf8mb4;
+         CREATE TABLE `{db}`.accounts (id INT PRIMARY KEY, tenant_id VARCHAR(20), sync_mode VARCHAR(10), `group` INT,
+           `select` VARCHAR(10), `my col` VARCHAR(10), `a-b` INT, `a_b` INT, `Δ` VARCHAR(10), `{long}` INT,
+           password_hash VARCHAR(64), updated_at DATETIME(6) NOT NULL);
+         INSERT INTO `{db}`.accounts VALUES
+           (1, 'acme', 'live', 1, 'x', 'mine', 1, 2, 'δ', 64, 'secret-hash-1', NOW(6)),
+           (2, 'acme', 'test', 2, 'y', NULL, 3, 4, 'ε', 65, 'secret-hash-2', NOW(6));"
+    ))
+    .await;
+    let dataset = unique("names");
+    let run = TestRun::new();
+    let mut params = flat_params(std::slice::from_ref(&db), &["accounts"], &dataset, emulator, run.path());
+    run.params(&params);
+    let out = run.run(&[]).await;
+    assert_eq!(out.code, 1, "the default configuration cannot hold a column named tenant_id: {}", out.all());
+    assert!(
+        out.stdout.contains("column `tenant_id` has the name of the system column `tenant_id`")
+            && out.stdout.contains("system_columns.tenant_id"),
+        "{}",
+        out.stdout
+    );
+
+    params["system_columns"] = json!({"tenant_id": "_tenant_id", "sync_mode": "_sync_mode"});
+    params["table_options"] = json!({"accounts": {"exclude_columns": ["nope"]}});
+    run.params(&params);
+    let out = run.run(&[]).await;
+    assert!(
+        out.stdout.contains("exclude_columns names column `nope`, which no tenant's accounts has"),
+        "{}",
+        out.stdout
+    );
+
+    params["table_options"] = json!({"accounts": {"exclude_columns": ["password_hash"]}});
+    run.params(&params);
+    let dry = run.sync(&["--dry-run"]).await;
+    assert!(dry.stdout.contains("never read (exclude_columns): password_hash"), "{}", dry.stdout);
+    mysql_exec("SET GLOBAL log_output = 'TABLE'; SET GLOBAL general_log = 1").await;
+    run.sync(&[]).await;
+    mysql_exec(&format!(
+        "UPDATE `{db}`.accounts SET `my col` = 'changed', `Δ` = 'ζ', updated_at = NOW(6) WHERE id = 2"
+    ))
+    .await;
+    run.sync(&[]).await;
+    let seen = mysql_rows(&format!(
+        "SELECT CONVERT(argument USING utf8mb4) FROM mysql.general_log WHERE argument LIKE '%FROM `{db}`.`accounts`%'"
+    ))
+    .await;
+    mysql_exec("SET GLOBAL general_log = 0").await;
+    assert!(!seen.is_empty(), "the server logged the reads");
+    for statement in &seen {
+        assert!(!statement[0].as_deref().unwrap_or("").contains("password_hash"), "{statement:?}");
+    }
+    let how = Compared { tenant_column: Some("_tenant_id"), excluded: &["password_hash"], renamed: &[] };
+    assert_table_equal_as(emulator, &dataset, &db, "accounts", "id", &how).await;
+    let table = bq_get(emulator, &format!("datasets/{dataset}/tables/accounts")).await;
+    let names: Vec<&str> =
+        table["schema"]["fields"].as_array().unwrap().iter().map(|f| f["name"].as_str().unwrap()).collect();
+    for name in [
+        "_tenant_id",
+        "_sync_mode",
+        "tenant_id",
+        "sync_mode",
+        "group",
+        "select",
+        "my col",
+        "a-b",
+        "a_b",
+        "Δ",
+        long.as_str(),
+    ] {
+        assert!(names.contains(&name), "{name} missing from {names:?}");
+    }
+    assert!(!names.contains(&"password_hash"), "{names:?}");
+}

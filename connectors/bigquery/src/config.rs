@@ -306,3 +306,12 @@ _row_hash column. Other tenants are never touched.",
         factory: Factory::Sink(parse),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_documented_keys_are_the_configs_keys() {
+        let d = connector_framework::registry::find(connector_framework::registry::Role::Sink, "bigquery").unwrap();
+        connector_framework::testkit::documented_fields_match(d).unwrap();
+    }
+}

@@ -65,3 +65,12 @@ second concurrent run.",
         factory: Factory::State(parse),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_documented_keys_are_the_configs_keys() {
+        let d = connector_framework::registry::find(connector_framework::registry::Role::State, "json").unwrap();
+        connector_framework::testkit::documented_fields_match(d).unwrap();
+    }
+}

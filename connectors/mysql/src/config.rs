@@ -177,3 +177,12 @@ SNAPSHOT, READ ONLY at UTC; the user needs SELECT only.",
         factory: Factory::Source(parse),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_documented_keys_are_the_configs_keys() {
+        let d = connector_framework::registry::find(connector_framework::registry::Role::Source, "mysql").unwrap();
+        connector_framework::testkit::documented_fields_match(d).unwrap();
+    }
+}

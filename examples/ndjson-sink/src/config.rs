@@ -68,3 +68,12 @@ incremental syncs merge by key. Values: numbers beyond 64 bits and decimals as s
         factory: Factory::Sink(parse),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_documented_keys_are_the_configs_keys() {
+        let d = connector_framework::registry::find(connector_framework::registry::Role::Sink, "ndjson").unwrap();
+        connector_framework::testkit::documented_fields_match(d).unwrap();
+    }
+}

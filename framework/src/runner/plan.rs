@@ -128,6 +128,8 @@ pub(super) async fn dry_run_outcomes(
             columns,
             source_types: schema.columns.iter().map(|c| format!("{} {}", c.name, c.source_type)).collect(),
             changes,
+            excluded: table_options.exclude_columns.clone(),
+            renamed: table_options.rename_columns.iter().map(|(s, t)| format!("{s} → {t}")).collect(),
         });
         out.push(o);
     }

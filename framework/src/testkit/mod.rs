@@ -71,3 +71,60 @@ pub fn sample_table(database: &str, table: &str, rows: usize) -> (TableSchema, V
         .collect();
     (schema, rows)
 }
+
+/// Checks that a connector's documented keys are its config's keys: its example parses, and
+/// the parsed config has exactly the documented keys (`kind` aside), with each documented
+/// default that is a plain value (`3306`, `16`, `false`) equal to what a config without that key
+/// gets.
+pub fn documented_fields_match(d: &crate::registry::ConnectorDescriptor) -> crate::error::Result<()> {
+    use crate::error::ConnectorError;
+    use crate::registry::Factory;
+    let fail = |what: String| Err(ConnectorError::permanent(format!("{}: {what}", d.kind)));
+    let mut example: serde_json::Value = serde_json::from_str(d.example)
+        .map_err(|e| ConnectorError::permanent(format!("{}: the example is not JSON: {e}", d.kind)))?;
+    // `${VAR}` secrets in examples: a literal stands in (no environment needed).
+    if let Some(map) = example.as_object_mut() {
+        for v in map.values_mut() {
+            if v.as_str().is_some_and(|s| s.starts_with("${")) {
+                *v = serde_json::json!("example-secret");
+            }
+        }
+    }
+    let to_json = |raw: &serde_json::Value| -> crate::error::Result<serde_json::Value> {
+        let value = match d.factory {
+            Factory::Source(parse) => serde_json::to_value(&*parse(raw)?),
+            Factory::Sink(parse) => serde_json::to_value(&*parse(raw)?),
+            Factory::State(parse) => serde_json::to_value(&*parse(raw)?),
+        };
+        value.map_err(|e| ConnectorError::permanent(e.to_string()))
+    };
+    let parsed = to_json(&example)?;
+    let keys: Vec<&String> = parsed.as_object().map(|m| m.keys().collect()).unwrap_or_default();
+    for k in &keys {
+        if !d.fields.iter().any(|f| f.name == k.as_str()) {
+            return fail(format!("the config has key `{k}`, which its documentation does not list"));
+        }
+    }
+    for f in d.fields {
+        if !keys.iter().any(|k| k.as_str() == f.name) {
+            return fail(format!("the documentation lists `{}`, which the config does not have", f.name));
+        }
+    }
+    // Defaults: the example with only the required keys.
+    let mut minimal = serde_json::Map::new();
+    minimal.insert("kind".into(), serde_json::json!(d.kind));
+    for f in d.fields.iter().filter(|f| f.required) {
+        minimal.insert(f.name.into(), example[f.name].clone());
+    }
+    let defaults = to_json(&serde_json::Value::Object(minimal))?;
+    for f in d.fields.iter().filter(|f| !f.required) {
+        if let Ok(documented) = serde_json::from_str::<serde_json::Value>(f.default)
+            && !documented.is_object()
+            && defaults[f.name] != documented
+            && defaults[f.name].as_str() != Some(f.default)
+        {
+            return fail(format!("`{}` defaults to {}, documented as {}", f.name, defaults[f.name], f.default));
+        }
+    }
+    Ok(())
+}

@@ -91,16 +91,49 @@ pub async fn assert_table_equal(
     table: &str,
     order_by: &str,
 ) -> usize {
-    let columns = mysql_expression(database, table).await;
+    assert_table_equal_as(emulator, dataset, database, table, order_by, &Compared::default()).await
+}
+
+/// How a comparison differs from the default: the tenant column's name, source columns left out
+/// (excluded), and renamed ones (source name → BigQuery name).
+#[derive(Default)]
+pub struct Compared<'a> {
+    pub tenant_column: Option<&'a str>,
+    pub excluded: &'a [&'a str],
+    pub renamed: &'a [(&'a str, &'a str)],
+}
+
+/// [`assert_table_equal`] for tables synced with `system_columns`, `exclude_columns` or
+/// `rename_columns`.
+pub async fn assert_table_equal_as(
+    emulator: &Emulator,
+    dataset: &str,
+    database: &str,
+    table: &str,
+    order_by: &str,
+    how: &Compared<'_>,
+) -> usize {
+    let mut columns = mysql_expression(database, table).await;
+    columns.retain(|c| !how.excluded.contains(&c.0.as_str()));
+    let tenant = how.tenant_column.unwrap_or("tenant_id");
     let exprs: Vec<&str> = columns.iter().map(|c| c.2.as_str()).collect();
     let mysql =
         mysql_rows(&format!("SELECT {} FROM `{database}`.`{table}` ORDER BY {order_by}", exprs.join(", "))).await;
-    let names: Vec<String> = columns.iter().map(|c| format!("`{}`", c.0)).collect();
+    let target_name = |n: &str| how.renamed.iter().find(|(s, _)| *s == n).map_or(n.to_string(), |(_, t)| t.to_string());
+    let names: Vec<String> = columns.iter().map(|c| format!("`{}`", target_name(&c.0))).collect();
+    let bq_order: Vec<String> = order_by
+        .split(',')
+        .map(|c| {
+            let c = c.trim().trim_matches('`');
+            format!("`{}`", target_name(c))
+        })
+        .collect();
     let (schema, bq) = bq_query_with_schema(
         emulator,
         &format!(
-            "SELECT {} FROM `{dataset}`.`{table}` WHERE tenant_id = '{database}' ORDER BY {order_by}",
-            names.join(", ")
+            "SELECT {} FROM `{dataset}`.`{table}` WHERE `{tenant}` = '{database}' ORDER BY {}",
+            names.join(", "),
+            bq_order.join(", ")
         ),
     )
     .await;
