@@ -8,15 +8,19 @@
 # On the same data it measures:
 #   1. the ceiling: mariadb-dump --quick of bench_shop1.orders to /dev/null;
 #   2. connector-run full sync of bench_shop1.orders through the BigQuery sink's own encoding into
-#      load chunks, the chunks discarded (CONNECTOR_BENCH_DISCARD_UPLOADS=1: no BigQuery upload);
+#      load chunks, the chunks discarded (--bench-discard-uploads: no BigQuery upload, no state);
 #      1 and 2 alternate BENCH_REPEAT times (default 3) and the medians are compared, so that a
 #      noisy neighbour on the shared cores hits both alike;
 #   3. the same for bench_shop2.orders (half the rows): peak memory must not grow with the table;
-#   4. an incremental run after 1 % of bench_shop1.orders changed (same discard mode), beside the
-#      bare incremental SELECT in the mariadb client (the server's own share of that cost);
-#   5. end to end into the local emulator: every tenant x every table, a full sync and then an
-#      incremental one after 1 % of each tenant's orders changed, with the BigQuery jobs of each
-#      run counted per target table (the emulator's own ingest is slow: reported separately).
+#   4. end to end into the local emulator: every tenant x every table, a full sync (which also
+#      records the watermarks the next step reads from), with its BigQuery jobs counted per target
+#      table (the emulator's own ingest is slow: reported separately);
+#   5. an incremental run of bench_shop1.orders after 1 % of every tenant's orders changed (same
+#      discard mode, after one recorded run that moves the watermark to the change: the timed
+#      runs record nothing, so every repeat reads the same window), beside the bare
+#      incremental SELECT in the mariadb client (the server's own share of that cost);
+#   6. the same incremental change end to end into the emulator, every tenant and table, with
+#      its jobs.
 # Prints rows/s, MB/s, CPU seconds (the tool's; the server's beside it), peak RSS, the ratio to
 # the ceiling, and the jobs.
 #
@@ -131,8 +135,7 @@ BYTES_PER_ROW=$("${MYSQL[@]}" -N -e "SELECT AVG(LENGTH(JSON_OBJECT('id', id, 'us
 N1=$ROWS
 N2=$((ROWS / 2))
 DUMP=(mariadb-dump -h127.0.0.1 -P"$MYSQL_PORT" -uroot --quick --single-transaction bench_shop1 orders --result-file=/dev/null)
-export CONNECTOR_BENCH_DISCARD_UPLOADS=1
-FULL=("$BIN" --pipeline "$WORK/params.json" --full -q --tables orders)
+FULL=("$BIN" --pipeline "$WORK/params.json" --bench-discard-uploads --full -q --tables orders)
 
 echo "==> full sync vs the ceiling: $REPEAT alternating runs each, medians ($(nproc) cores shared by MariaDB and the tool)"
 "${DUMP[@]}" # warms the buffer pool: every run below reads from memory
@@ -162,32 +165,6 @@ line "connector-run full, half the rows" "$N2" "$(med "$WORK/half.txt" 1)" "$(me
 RSS_HALF=$(med "$WORK/half.txt" 4)
 awk -v a="$RSS_FULL" -v b="$RSS_HALF" 'BEGIN { printf "    peak RSS at 2x the rows: %.1f MB vs %.1f MB (%+.1f %%)\n", a, b, 100 * (a - b) / b }'
 
-echo "==> incremental after 1 % of bench_shop1.orders changed"
-CHANGED=$((N1 / 100))
-# One untimed run after the change moves the watermark to it; every timed run then reads the
-# rows changed within lookback_minutes of the watermark: exactly the changed 1 %.
-"${MYSQL[@]}" -e "UPDATE bench_shop1.orders SET amount = amount + 1, updated_at = NOW(3) WHERE id % 100 = 7"
-run_timed incremental-setup "$BIN" --pipeline "$WORK/params.json" -q --databases bench_shop1 --tables orders
-run_timed incremental-window "$BIN" --pipeline "$WORK/params.json" --dry-run --databases bench_shop1 --tables orders
-SINCE=$(grep -o "updated_at >= '[^']*'" "$WORK/incremental-window.out" | head -1 | cut -d"'" -f2)
-[ -n "$SINCE" ] || { echo "no incremental window in the dry run:"; cat "$WORK/incremental-window.out"; exit 1; }
-: >"$WORK/select.txt"
-: >"$WORK/incremental.txt"
-for i in $(seq "$REPEAT"); do
-  # The same window connector-run reads: from the watermark minus lookback_minutes (10).
-  run_timed select "${MYSQL[@]}" --quick -e "SELECT * FROM bench_shop1.orders WHERE updated_at >= '$SINCE'"
-  echo "$ELAPSED $CPU $SERVER $RSS_MB" >>"$WORK/select.txt"
-  run_timed incremental "$BIN" --pipeline "$WORK/params.json" -q --databases bench_shop1 --tables orders
-  echo "$ELAPSED $CPU $SERVER $RSS_MB" >>"$WORK/incremental.txt"
-done
-grep -q "INCREMENTAL *$CHANGED " "$WORK/incremental.out" || {
-  echo "the incremental run did not read exactly the $CHANGED changed rows:"; cat "$WORK/incremental.out"; exit 1; }
-line "the same window, mariadb client" "$CHANGED" "$(med "$WORK/select.txt" 1)" "$(med "$WORK/select.txt" 2)" "$(med "$WORK/select.txt" 3)" "$(med "$WORK/select.txt" 4)"
-INCR_TIME=$(med "$WORK/incremental.txt" 1)
-line "connector-run incremental, 1 % changed" "$CHANGED" "$INCR_TIME" "$(med "$WORK/incremental.txt" 2)" "$(med "$WORK/incremental.txt" 3)" "$(med "$WORK/incremental.txt" 4)"
-awk -v i="$INCR_TIME" -v s="$(med "$WORK/select.txt" 1)" -v f="$FULL_TIME" \
-  'BEGIN { printf "    incremental / full time: %.1f %% (the bare SELECT alone: %.1f %%)\n", 100 * i / f, 100 * s / f }'
-unset CONNECTOR_BENCH_DISCARD_UPLOADS
 
 # jobs RUN_ID: the BigQuery jobs of one run, per target table (from the emulator's job list).
 jobs() {
@@ -231,9 +208,36 @@ run_timed e2e-full "$BIN" --pipeline "$WORK/params.json" --full -q
 ROWS_SYNCED=$(rows_synced "$WORK/e2e-full.out")
 BYTES_PER_ROW=0 line "full sync, every tenant and table" "${ROWS_SYNCED:-0}" "$ELAPSED" "$CPU" "$SERVER" "$RSS_MB"
 jobs "$(run_id)"
+echo "==> incremental after 1 % of every tenant's orders changed (bench_shop1.orders timed)"
+CHANGED=$((N1 / 100))
 for i in 1 2 3; do
   "${MYSQL[@]}" -e "UPDATE bench_shop$i.orders SET amount = amount + 1, updated_at = NOW(3) WHERE id % 100 = 7"
 done
+INCREMENTAL=("$BIN" --pipeline "$WORK/params.json" --bench-discard-uploads -q --databases bench_shop1 --tables orders)
+# One recorded run moves bench_shop1.orders' watermark to the change; every timed run (which
+# records nothing) then reads the rows changed within lookback_minutes of it: exactly the 1 %.
+run_timed incremental-setup "$BIN" --pipeline "$WORK/params.json" -q --databases bench_shop1 --tables orders
+run_timed incremental-window "$BIN" --pipeline "$WORK/params.json" --dry-run --databases bench_shop1 --tables orders
+SINCE=$(grep -o "updated_at >= '[^']*'" "$WORK/incremental-window.out" | head -1 | cut -d"'" -f2)
+[ -n "$SINCE" ] || { echo "no incremental window in the dry run:"; cat "$WORK/incremental-window.out"; exit 1; }
+: >"$WORK/select.txt"
+: >"$WORK/incremental.txt"
+for i in $(seq "$REPEAT"); do
+  # The same window connector-run reads: from the watermark minus lookback_minutes (10).
+  run_timed select "${MYSQL[@]}" --quick -e "SELECT * FROM bench_shop1.orders WHERE updated_at >= '$SINCE'"
+  echo "$ELAPSED $CPU $SERVER $RSS_MB" >>"$WORK/select.txt"
+  run_timed incremental "${INCREMENTAL[@]}"
+  echo "$ELAPSED $CPU $SERVER $RSS_MB" >>"$WORK/incremental.txt"
+done
+grep -q "INCREMENTAL *$CHANGED " "$WORK/incremental.out" || {
+  echo "the incremental run did not read exactly the $CHANGED changed rows:"; cat "$WORK/incremental.out"; exit 1; }
+line "the same window, mariadb client" "$CHANGED" "$(med "$WORK/select.txt" 1)" "$(med "$WORK/select.txt" 2)" "$(med "$WORK/select.txt" 3)" "$(med "$WORK/select.txt" 4)"
+INCR_TIME=$(med "$WORK/incremental.txt" 1)
+line "connector-run incremental, 1 % changed" "$CHANGED" "$INCR_TIME" "$(med "$WORK/incremental.txt" 2)" "$(med "$WORK/incremental.txt" 3)" "$(med "$WORK/incremental.txt" 4)"
+awk -v i="$INCR_TIME" -v s="$(med "$WORK/select.txt" 1)" -v f="$FULL_TIME" \
+  'BEGIN { printf "    incremental / full time: %.1f %% (the bare SELECT alone: %.1f %%)\n", 100 * i / f, 100 * s / f }'
+
+echo "==> the same change end to end into the local emulator"
 run_timed e2e-incremental "$BIN" --pipeline "$WORK/params.json" -q
 ROWS_SYNCED=$(rows_synced "$WORK/e2e-incremental.out")
 BYTES_PER_ROW=0 line "incremental, 1 % of orders changed" "${ROWS_SYNCED:-0}" "$ELAPSED" "$CPU" "$SERVER" "$RSS_MB"
