@@ -88,6 +88,15 @@ struct RunArgs {
     /// instead of exiting with code 2.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     wait_lock: Option<std::time::Duration>,
+    /// Stream the source's binlog into the targets (docs/cdc.md): tables the stream does not
+    /// carry yet are snapshotted, then every insert, update and delete is applied every
+    /// cdc_flush_seconds, until SIGTERM or Ctrl-C (which apply what was read first). With
+    /// --full, every table is snapshotted anew.
+    #[arg(long, conflicts_with_all = ["dry_run", "every"])]
+    cdc: bool,
+    /// With --cdc: stop once every change committed before the start is applied.
+    #[arg(long, requires = "cdc")]
+    catch_up: bool,
     /// Benchmarks only: read and encode everything, send nothing to the targets, record no
     /// state.
     #[arg(long, hide = true)]
@@ -354,6 +363,9 @@ async fn run_loop(pipeline: Pipeline, args: RunArgs) -> Result<ExitCode> {
     if args.json {
         listeners.push(Arc::new(observe::JsonEvents));
     }
+    if args.cdc {
+        listeners.push(Arc::new(observe::StreamMetrics));
+    }
     loop {
         let started = tokio::time::Instant::now();
         let code = run_once(&pipeline, &args, &listeners, &metrics, &stop).await?;
@@ -436,7 +448,31 @@ async fn run_once(
         tables: args.tables.clone(),
         wait_lock: args.wait_lock,
         record_nothing: args.bench_discard_uploads,
+        cdc: None,
     };
+    if args.cdc {
+        let cdc = connector_framework::CdcOptions { catch_up: args.catch_up };
+        let report = runner.run_cdc(&options, &cdc).await;
+        source.close().await;
+        let report = report.map_err(|e| anyhow::anyhow!("{e}"))?;
+        let text = report.render();
+        if args.json {
+            out(&format!("{}\n", serde_json::to_string(&serde_json::json!({"event": "report", "report": report}))?));
+        } else {
+            out(&text);
+        }
+        for line in text.lines() {
+            tracing::info!(target: "report", "{line}");
+        }
+        if let Some(path) = &args.report_json {
+            std::fs::write(path, serde_json::to_vec_pretty(&report)?)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+        }
+        if let Some(path) = &args.metrics_file {
+            metrics.write_file(path)?;
+        }
+        return Ok(if report.failed() { ExitCode::from(EXIT_TABLE_FAILED) } else { ExitCode::SUCCESS });
+    }
     let report = runner.run(&options).await;
     source.close().await;
     let report = report.map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -70,6 +70,38 @@ impl EventListener for Progress {
     }
 }
 
+/// Change-stream metrics, as the stream works (a `--cdc` run has no end to record them at).
+#[derive(Debug)]
+pub struct StreamMetrics;
+
+impl EventListener for StreamMetrics {
+    fn on_event(&self, event: &Event) {
+        match event {
+            Event::ChangesApplied { table, target, upserts, deletes, elapsed, .. } => {
+                for (op, n) in [("upsert", upserts), ("delete", deletes)] {
+                    let labels = [("table", table.clone()), ("target", target.clone()), ("op", op.to_string())];
+                    metrics::counter!("connector_cdc_rows_applied_total", &labels).increment(*n);
+                }
+                let labels = [("table", table.clone()), ("target", target.clone())];
+                metrics::histogram!("connector_cdc_apply_seconds", &labels).record(elapsed.as_secs_f64());
+            }
+            Event::StreamCheckpointed { target, events, lag_seconds, .. } => {
+                let labels = [("target", target.clone())];
+                metrics::counter!("connector_cdc_events_total", &labels).increment(*events);
+                metrics::gauge!("connector_cdc_lag_seconds", &labels).set(*lag_seconds);
+                metrics::gauge!("connector_cdc_last_checkpoint_timestamp_seconds", &labels)
+                    .set(chrono::Utc::now().timestamp() as f64);
+            }
+            Event::StreamTableStopped { table, target, .. } => {
+                let labels =
+                    [("database", table.database.clone()), ("table", table.table.clone()), ("target", target.clone())];
+                metrics::counter!("connector_cdc_tables_stopped_total", &labels).increment(1);
+            }
+            _ => {}
+        }
+    }
+}
+
 /// Every event as one JSON line on stdout (`--json`).
 #[derive(Debug)]
 pub struct JsonEvents;

@@ -67,6 +67,9 @@ pub const FLAT_KEYS: &[(&str, &[Dest])] = &[
     ("chunk_rows", &[Dest::Top("chunk_rows")]),
     ("null_cursor", &[Dest::Top("null_cursor")]),
     ("cursor_time_zone", &[Dest::Top("cursor_time_zone")]),
+    ("cdc_flush_seconds", &[Dest::Top("cdc_flush_seconds")]),
+    ("cdc_server_id", &[Dest::Top("cdc_server_id")]),
+    ("cdc_deletes", &[Dest::Top("cdc_deletes")]),
     ("system_columns", &[Dest::Top("system_columns")]),
     ("table_options", &[Dest::Top("table_options")]),
 ];

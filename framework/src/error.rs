@@ -42,11 +42,21 @@ pub struct ConnectorError {
     /// Config errors: each mistake with the key it is about, so the caller can name the key
     /// the way the user wrote it (the flat `params.json` names keys differently).
     problems: Vec<crate::config::Problem>,
+    /// A change stream cannot start where asked: the server no longer has that part of its log
+    /// (purged), or it is another server. The tables behind the position need a new snapshot.
+    position_lost: bool,
 }
 
 impl ConnectorError {
     pub fn new(class: ErrorClass, message: impl Into<String>) -> Self {
-        Self { class, message: message.into(), source: None, in_doubt: None, problems: Vec::new() }
+        Self {
+            class,
+            message: message.into(),
+            source: None,
+            in_doubt: None,
+            problems: Vec::new(),
+            position_lost: false,
+        }
     }
     pub fn config(message: impl Into<String>) -> Self {
         Self::new(ErrorClass::Config, message)
@@ -65,6 +75,15 @@ impl ConnectorError {
     /// The mistakes of a config error, each with its key (empty for other errors).
     pub fn problems(&self) -> &[crate::config::Problem] {
         &self.problems
+    }
+    /// A change-log position the server cannot stream from any more (see `is_position_lost`).
+    pub fn position_lost(message: impl Into<String>) -> Self {
+        let mut e = Self::new(ErrorClass::Permanent, message);
+        e.position_lost = true;
+        e
+    }
+    pub fn is_position_lost(&self) -> bool {
+        self.position_lost
     }
     pub fn transient(message: impl Into<String>) -> Self {
         Self::new(ErrorClass::Transient, message)
@@ -94,6 +113,7 @@ impl ConnectorError {
             source: None,
             in_doubt: self.in_doubt.clone(),
             problems: self.problems.clone(),
+            position_lost: self.position_lost,
         }
     }
     /// Prefix the message with where it happened, e.g. `shop1.orders`.

@@ -62,6 +62,32 @@ pub enum Event {
         target: String,
         error: String,
     },
+    /// A change stream applied a batch to one target table.
+    ChangesApplied {
+        table: String,
+        target: String,
+        tenants: usize,
+        upserts: u64,
+        deletes: u64,
+        #[serde(serialize_with = "secs")]
+        elapsed: Duration,
+    },
+    /// A change stream recorded how far it has applied the log.
+    StreamCheckpointed {
+        target: String,
+        position: String,
+        /// Log events read since the previous checkpoint.
+        events: u64,
+        /// Seconds between the last applied commit in the source and now (0 when caught up).
+        lag_seconds: f64,
+    },
+    /// A table stopped streaming (dropped, renamed, or refused by the target); a new snapshot
+    /// takes it up again.
+    StreamTableStopped {
+        table: TableRef,
+        target: String,
+        reason: String,
+    },
 }
 
 impl Event {
@@ -84,6 +110,15 @@ impl Event {
                 tracing::warn!(%what, attempt, wait_secs = wait.as_secs_f64(), %error, "retrying after a transient error");
             }
             Event::ComponentError { table, target, error } => tracing::error!(%table, %target, %error, "table failed"),
+            Event::ChangesApplied { table, target, tenants, upserts, deletes, elapsed } => {
+                tracing::info!(%table, %target, tenants, upserts, deletes, secs = elapsed.as_secs_f64(), "changes applied");
+            }
+            Event::StreamCheckpointed { target, position, events, lag_seconds } => {
+                tracing::info!(%target, %position, events, lag_seconds, "stream position saved");
+            }
+            Event::StreamTableStopped { table, target, reason } => {
+                tracing::warn!(%table, %target, %reason, "table stopped streaming");
+            }
         }
         for l in listeners {
             l.on_event(&self);

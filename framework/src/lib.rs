@@ -57,6 +57,8 @@
 //! [`ConnectorError`] classified as config, transient or permanent; only transient ones are
 //! retried, by a jittered [`RetryPolicy`]. See `docs/ARCHITECTURE.md` for the flow of a run.
 
+pub mod cdc;
+pub mod change;
 pub mod config;
 pub mod error;
 pub mod events;
@@ -75,22 +77,28 @@ pub mod system;
 pub mod testkit;
 pub mod value;
 
+pub use cdc::{CdcOptions, CdcReport, StreamReport};
+pub use change::{
+    ChangeEvent, ChangeLog, ChangeLogStatus, ChangeMeta, ChangeOp, ChangePosition, ChangeRequest, ChangeSeq,
+    ChangeStream, ChangeTable, RowChange,
+};
 pub use config::{FieldDoc, Secret};
 pub use error::{ConnectorError, ErrorClass, Result};
 pub use events::{Event, EventListener};
-pub use pipeline::{Pipeline, Settings, TableOptions};
+pub use pipeline::{CdcDeletes, Pipeline, Settings, TableOptions};
 pub use registry::{BuildContext, ConnectorDescriptor, Factory, Role, SinkConfig, SourceConfig, StateConfig, TypeRow};
 pub use report::{OutcomeStatus, RunReport, TableOutcome};
 pub use retry::RetryPolicy;
-pub use runner::{RunOptions, Runner, Target};
+pub use runner::{CdcSnapshots, RunOptions, Runner, Target};
 pub use schema::{Column, KeySource, LogicalType, TableRef, TableSchema};
 pub use sink::{
-    CommitOutcome, CommitSummary, Prepared, ResumeFrom, Sink, StageRequest, Staged, StagingWriter, TargetOptions,
-    TargetPlan, TargetTable, WriteMode,
+    ChangeTracking, CommitOutcome, CommitSummary, Prepared, ResumeFrom, Sink, StageRequest, Staged, StagingWriter,
+    TargetOptions, TargetPlan, TargetTable, WriteMode,
 };
 pub use source::{BatchSender, ReadRange, ReadRequest, ReadSummary, Source};
 pub use state::{
-    DatabaseState, ResumePoint, StateLock, StateStore, SyncMode, SyncStatus, TableState, TargetStamp, Watermark,
+    CdcTableState, DatabaseState, ResumePoint, StateLock, StateStore, StreamState, SyncMode, SyncStatus, TableState,
+    TargetStamp, Watermark,
 };
 pub use strategy::{CursorStrategy, NullCursorPolicy, PlanOptions, Strategy, TablePlan};
 pub use system::SystemColumns;

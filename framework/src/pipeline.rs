@@ -224,10 +224,31 @@ pub const SETTINGS_FIELDS: &[FieldDoc] = &[
         doc: "zone DATETIME cursors are stamped in: an IANA name (America/New_York) or an offset (-05:00)",
     },
     FieldDoc {
+        name: "cdc_flush_seconds",
+        ty: "seconds",
+        required: false,
+        default: "30",
+        doc: "--cdc applies what it read at most this often (each apply is a load and a MERGE per changed table; docs/cdc.md)",
+    },
+    FieldDoc {
+        name: "cdc_server_id",
+        ty: "integer",
+        required: false,
+        default: "3141590000",
+        doc: "--cdc registers with MySQL as a replica with this server id (target i: this + i); unique on the server",
+    },
+    FieldDoc {
+        name: "cdc_deletes",
+        ty: "delete | soft",
+        required: false,
+        default: "delete",
+        doc: "--cdc: a deleted row leaves BigQuery, or stays with _deleted_at set",
+    },
+    FieldDoc {
         name: "system_columns",
         ty: "object",
         required: false,
-        default: "tenant_id, sync_timestamp, sync_mode, _row_hash, _deleted_at",
+        default: "tenant_id, sync_timestamp, sync_mode, _row_hash, _deleted_at, _change_seq",
         doc: "names of the columns the sinks add, e.g. {\"tenant_id\": \"_tenant_id\"}",
     },
 ];
@@ -256,8 +277,30 @@ pub struct Settings {
     #[serde(deserialize_with = "config::duration_secs::deserialize")]
     pub full_every: Option<u64>,
     pub cursor_time_zone: Option<String>,
+    /// `--cdc`: seconds between applies.
+    #[serde(deserialize_with = "lenient::deserialize")]
+    pub cdc_flush_seconds: f64,
+    /// `--cdc`: the replica id of the first target's stream.
+    #[serde(deserialize_with = "lenient::deserialize")]
+    pub cdc_server_id: u32,
+    pub cdc_deletes: CdcDeletes,
     pub system_columns: SystemColumns,
 }
+
+/// What `--cdc` does in the target with a row deleted in the source.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CdcDeletes {
+    /// The row is deleted.
+    #[default]
+    Delete,
+    /// The row stays, with `_deleted_at` set to when it was deleted (tables with a key; rows
+    /// of tables without one are deleted).
+    Soft,
+}
+
+/// The default `cdc_server_id`: far above the ids people give servers and replicas.
+pub const DEFAULT_CDC_SERVER_ID: u32 = 3_141_590_000;
 
 impl Default for Settings {
     fn default() -> Self {
@@ -273,6 +316,9 @@ impl Default for Settings {
             log_file: Some("sync_incremental.log".into()),
             full_every: None,
             cursor_time_zone: None,
+            cdc_flush_seconds: 30.0,
+            cdc_server_id: DEFAULT_CDC_SERVER_ID,
+            cdc_deletes: CdcDeletes::Delete,
             system_columns: SystemColumns::default(),
         }
     }
@@ -305,6 +351,15 @@ impl Settings {
         }
         if !self.retry_delay.is_finite() || self.retry_delay < 0.0 || self.retry_delay > 3600.0 {
             out.push(Problem::at("retry_delay", format!("between 0 and 3600 seconds, got {}", self.retry_delay)));
+        }
+        if !self.cdc_flush_seconds.is_finite() || self.cdc_flush_seconds < 0.2 || self.cdc_flush_seconds > 86_400.0 {
+            out.push(Problem::at(
+                "cdc_flush_seconds",
+                format!("between 0.2 and 86400 seconds, got {}", self.cdc_flush_seconds),
+            ));
+        }
+        if self.cdc_server_id == 0 {
+            out.push(Problem::at("cdc_server_id", "must not be 0 (MySQL refuses replicas with server id 0)"));
         }
         if self.max_retries > 100 {
             out.push(Problem::at("max_retries", format!("at most 100, got {}", self.max_retries)));

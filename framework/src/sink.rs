@@ -19,7 +19,9 @@
 use async_trait::async_trait;
 use serde::Serialize;
 
+use crate::change::ChangeSeq;
 use crate::error::{ConnectorError, Result};
+use crate::pipeline::CdcDeletes;
 use crate::schema::{Column, TableSchema};
 use crate::state::SyncMode;
 use crate::system::SystemColumns;
@@ -35,6 +37,11 @@ pub enum WriteMode {
     Merge,
     /// Insert rows whose content hash is not present yet (tables without a key).
     AppendDedup,
+    /// Apply a change stream's batch ([`RowBatch::changes`]): per key the newest change wins,
+    /// and only over a row an older change (or snapshot) wrote, so applying a batch again
+    /// changes nothing. Tables without a key: each change adds or removes one copy of its row,
+    /// exactly once.
+    ApplyChanges,
 }
 
 impl WriteMode {
@@ -44,6 +51,7 @@ impl WriteMode {
             WriteMode::ReplaceTenant => "replace the tenant's rows",
             WriteMode::Merge => "upsert by key",
             WriteMode::AppendDedup => "append rows not present yet (by row hash)",
+            WriteMode::ApplyChanges => "apply the change stream (newest change per key wins)",
         }
     }
 }
@@ -82,6 +90,15 @@ pub struct TargetTable {
     pub options: TargetOptions,
     /// The names of the columns every sink adds.
     pub system: SystemColumns,
+    /// Written by a change stream (`--cdc`): rows carry the log position that wrote them
+    /// (`_change_seq`), and with soft deletes the time they were deleted (`_deleted_at`).
+    pub changes: Option<ChangeTracking>,
+}
+
+/// How a change stream writes a target table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ChangeTracking {
+    pub deletes: CdcDeletes,
 }
 
 /// What `prepare` found or made.
@@ -203,5 +220,14 @@ pub trait Sink: Send + Sync + std::fmt::Debug {
     /// other, and can no longer land after a newer one; an error leaves it in doubt.
     async fn resolve(&self, _handle: &str) -> Result<()> {
         Ok(())
+    }
+    /// A change stream's `TRUNCATE`: removes (or, with soft deletes, marks deleted) every row of
+    /// `tenant` that a change or snapshot before `before` wrote; rows of later changes stay.
+    async fn truncate(&self, table: &TargetTable, tenant: &str, _before: &ChangeSeq) -> Result<()> {
+        Err(ConnectorError::permanent(format!(
+            "{tenant}.{}: sink `{}` cannot apply a TRUNCATE from a change stream",
+            table.name,
+            self.id()
+        )))
     }
 }

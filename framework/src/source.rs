@@ -12,6 +12,7 @@ use chrono::NaiveDateTime;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
+use crate::change::{ChangeLog, ChangePosition, ChangeSeq};
 use crate::error::Result;
 use crate::schema::{TableRef, TableSchema};
 use crate::value::{RowBatch, Value};
@@ -91,12 +92,26 @@ pub struct ReadRequest {
     pub cursor_time_zone: Option<String>,
     /// Columns to leave out of the read entirely (they never leave the source).
     pub excluded_columns: Vec<String>,
+    /// Read for a change stream: take the change-log position of each consistent snapshot
+    /// (exactly the boundary between the transactions it sees and those it does not), stamp
+    /// every batch with it ([`RowBatch::snapshot_seq`]) and report it
+    /// ([`ReadSummary::change_position`]). A source that cannot tell the position exactly for a
+    /// table whose rows could then be applied twice (no key) fails the read.
+    pub capture_position: bool,
 }
 
 impl ReadRequest {
     /// A request for `range` of `schema` with the defaults for everything else.
     pub fn new(schema: Arc<TableSchema>, range: ReadRange, batch_size: usize) -> Self {
-        Self { schema, range, batch_size, track_cursor: None, cursor_time_zone: None, excluded_columns: Vec::new() }
+        Self {
+            schema,
+            range,
+            batch_size,
+            track_cursor: None,
+            cursor_time_zone: None,
+            excluded_columns: Vec::new(),
+            capture_position: false,
+        }
     }
 }
 
@@ -128,6 +143,14 @@ pub struct ReadSummary {
     pub last_key: Option<String>,
     /// How the rows were read, when it differs from the plan (key ranges, a resume).
     pub window: Option<String>,
+    /// With `capture_position`: the change-log position of the (first) snapshot. A stream
+    /// applies the table's changes after it.
+    pub change_position: Option<ChangePosition>,
+    /// With `capture_position`, for a read in several snapshots (key ranges): the position of
+    /// the last one. Until a stream has passed it, rows of later ranges may still be older
+    /// than changes it applies (the sequence guard orders them; a batch ending before it could
+    /// briefly show a deleted row again).
+    pub change_settled: Option<ChangeSeq>,
 }
 
 impl ReadSummary {
@@ -151,6 +174,12 @@ impl ReadSummary {
             self.max_cursor = Some(m);
         }
         self.last_key = part.last_key;
+        if self.change_position.is_none() {
+            self.change_position = part.change_position;
+        }
+        if part.change_settled.is_some() {
+            self.change_settled = part.change_settled;
+        }
     }
 }
 
@@ -165,6 +194,10 @@ pub trait Source: Send + Sync + std::fmt::Debug {
     async fn discover(&self, table: &TableRef) -> Result<TableSchema>;
     /// Streams the requested rows into `output` from one consistent snapshot.
     async fn read(&self, request: ReadRequest, output: BatchSender) -> Result<ReadSummary>;
+    /// The source's change log, when it has one that `--cdc` can stream.
+    fn change_log(&self) -> Option<Arc<dyn ChangeLog>> {
+        None
+    }
     /// Releases connections.
     async fn close(&self) {}
 }

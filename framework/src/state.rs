@@ -7,9 +7,10 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::{NaiveDateTime, Utc};
+use chrono::{DateTime, NaiveDateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::change::{ChangePosition, ChangeSeq};
 use crate::error::{ConnectorError, Result};
 
 /// How a table was (or will be) synced.
@@ -18,6 +19,8 @@ use crate::error::{ConnectorError, Result};
 pub enum SyncMode {
     Full,
     Incremental,
+    /// Streamed from the source's change log (`--cdc`), after a snapshot.
+    Cdc,
 }
 
 impl SyncMode {
@@ -25,6 +28,7 @@ impl SyncMode {
         match self {
             SyncMode::Full => "FULL",
             SyncMode::Incremental => "INCREMENTAL",
+            SyncMode::Cdc => "CDC",
         }
     }
 }
@@ -131,6 +135,49 @@ pub struct TableState {
     /// from the last plan; `status` shows it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
+    /// Streamed by `--cdc`: the snapshot the target's rows of this table come from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cdc: Option<CdcTableState>,
+}
+
+/// A table's place in the change stream: its rows in the target are those of `snapshot`, plus
+/// every change after it that the target's stream has applied ([`StreamState::applied`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CdcTableState {
+    pub snapshot: ChangePosition,
+    /// For a snapshot read in key ranges: the last range's position (see
+    /// [`crate::source::ReadSummary::change_settled`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settled: Option<ChangeSeq>,
+    /// How deletes were applied since the snapshot; another setting takes a new snapshot.
+    pub deletes: crate::pipeline::CdcDeletes,
+}
+
+/// One target's change stream: how far it has applied the source's change log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StreamState {
+    /// Every change before this position, of every table streaming then, is in the target.
+    pub applied: Option<ChangePosition>,
+    /// When the last applied transaction was committed in the source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_commit_at: Option<DateTime<Utc>>,
+    /// A batch that was being applied when this was written, up to this position: a stream
+    /// that starts again applies its first batch at least this far, so a row a later change
+    /// deleted is never shown again in between.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applying_to: Option<ChangeSeq>,
+    /// The head of the source's log when last seen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head: Option<ChangePosition>,
+    /// Seconds between the last applied commit and the moment it was applied (0 when the
+    /// stream had caught up with the head).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag_seconds: Option<f64>,
+    /// `streaming`, `stopped` or `failed`.
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub updated_at: NaiveDateTime,
 }
 
 /// Where an interrupted full sync left off: everything up to `after_key` is durable in
@@ -182,6 +229,7 @@ impl TableState {
             last_full_at: None,
             in_doubt: None,
             notes: Vec::new(),
+            cdc: None,
         }
     }
 
@@ -227,6 +275,17 @@ pub trait StateStore: Send + Sync + std::fmt::Debug {
     async fn record(&self, database: &str, state: TableState) -> Result<()>;
     /// Where the state lives, for messages.
     fn location(&self) -> String;
+    /// The change stream's state (`--cdc`), if one was recorded.
+    async fn load_stream(&self) -> Result<Option<StreamState>> {
+        Ok(None)
+    }
+    /// Records the change stream's state durably (atomic replace).
+    async fn record_stream(&self, _state: StreamState) -> Result<()> {
+        Err(ConnectorError::config(format!(
+            "the state store at {} cannot keep a change stream's position",
+            self.location()
+        )))
+    }
 }
 
 /// Held for the duration of a run; released on drop.

@@ -14,6 +14,8 @@ pub const DEFAULT_MODE: &str = "sync_mode";
 pub const DEFAULT_ROW_HASH: &str = "_row_hash";
 /// Soft-deleted rows (CDC with `cdc_deletes: soft`) carry the deletion time here.
 pub const DEFAULT_DELETED_AT: &str = "_deleted_at";
+/// Rows written by a change stream carry the log position of the change that wrote them.
+pub const DEFAULT_CHANGE_SEQ: &str = "_change_seq";
 
 /// The names of the columns the sinks add.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,6 +36,9 @@ pub struct SystemColumns {
     /// CDC soft deletes: when the row was deleted in the source.
     #[serde(default = "deleted_at", rename = "_deleted_at")]
     pub deleted_at: String,
+    /// CDC: the change-log position of the change (or snapshot) that wrote the row.
+    #[serde(default = "change_seq", rename = "_change_seq")]
+    pub change_seq: String,
 }
 
 fn tenant() -> String {
@@ -51,22 +56,33 @@ fn row_hash() -> String {
 fn deleted_at() -> String {
     DEFAULT_DELETED_AT.into()
 }
+fn change_seq() -> String {
+    DEFAULT_CHANGE_SEQ.into()
+}
 
 impl Default for SystemColumns {
     fn default() -> Self {
-        Self { tenant: tenant(), synced_at: synced_at(), mode: mode(), row_hash: row_hash(), deleted_at: deleted_at() }
+        Self {
+            tenant: tenant(),
+            synced_at: synced_at(),
+            mode: mode(),
+            row_hash: row_hash(),
+            deleted_at: deleted_at(),
+            change_seq: change_seq(),
+        }
     }
 }
 
 impl SystemColumns {
     /// Every system column name with the config key that sets it.
-    pub fn all(&self) -> [(&'static str, &str); 5] {
+    pub fn all(&self) -> [(&'static str, &str); 6] {
         [
             ("tenant_id", &self.tenant),
             ("sync_timestamp", &self.synced_at),
             ("sync_mode", &self.mode),
             ("_row_hash", &self.row_hash),
             ("_deleted_at", &self.deleted_at),
+            ("_change_seq", &self.change_seq),
         ]
     }
 

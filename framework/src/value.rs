@@ -2,6 +2,8 @@
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 
+use crate::change::{ChangeMeta, ChangeSeq};
+
 /// One value of a row. The variant follows the column's [`LogicalType`](crate::LogicalType).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
@@ -136,15 +138,26 @@ pub struct RowBatch {
     pub rows: Vec<Row>,
     /// Approximate payload size, for throughput and memory accounting.
     pub bytes: usize,
+    /// Rows of a snapshot read for a change stream: the change-log position of the snapshot
+    /// they come from (every row of the batch).
+    pub snapshot_seq: Option<ChangeSeq>,
+    /// Rows of a change stream: per row (same length as `rows`), what the change does and
+    /// where it is in the log. Empty for rows read from tables.
+    pub changes: Vec<ChangeMeta>,
 }
 
 impl RowBatch {
     pub fn with_capacity(rows: usize) -> Self {
-        Self { rows: Vec::with_capacity(rows), bytes: 0 }
+        Self { rows: Vec::with_capacity(rows), ..Default::default() }
     }
     pub fn push(&mut self, row: Row) {
         self.bytes += row.iter().map(Value::approx_size).sum::<usize>();
         self.rows.push(row);
+    }
+    /// Adds one change of a change stream.
+    pub fn push_change(&mut self, row: Row, meta: ChangeMeta) {
+        self.push(row);
+        self.changes.push(meta);
     }
     /// Whether the batch is ready to send: `max_rows` rows, or [`MAX_BATCH_BYTES`] of values.
     pub fn is_full(&self, max_rows: usize) -> bool {

@@ -4,12 +4,35 @@
 //! the source. Other tenants' rows are never touched. One DML statement per table per run also
 //! keeps BigQuery's per-table modification quota free. Plus the SQL quoting and id helpers.
 
-use connector_framework::{Staged, SystemColumns, WriteMode};
+use connector_framework::{CdcDeletes, ChangeTracking, Staged, SystemColumns, WriteMode};
 use serde_json::{Value as Json, json};
 
 use crate::schema::convert;
 use crate::types::staging_name;
-use crate::writer::{HASH_FIELD, MODE_FIELD, SEQ_FIELD, SYNCED_FIELD, StageHandle, TENANT_FIELD, WRITER_FIELD};
+use crate::writer::{
+    CHANGE_SEQ_FIELD, CHANGED_AT_FIELD, HASH_FIELD, MODE_FIELD, OP_FIELD, SEQ_FIELD, SYNCED_FIELD, StageHandle,
+    TENANT_FIELD, WRITER_FIELD,
+};
+
+/// The table that records, per target table and tenant, how far a change stream has applied
+/// changes to a table without a key (their copies are counted, so each change must apply
+/// exactly once: the record commits with the changes, in one transaction).
+pub(crate) const PROGRESS_TABLE: &str = "_connector_cdc_progress";
+
+/// Aliases of the change fields in a commit's source rows (never a target column's name).
+const OP: &str = "_connector_op";
+const BASE_HASH: &str = "_connector_hash";
+
+/// What the source SELECT of a commit delivers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    /// Rows of a table: full or incremental syncs, snapshots.
+    Rows,
+    /// A change batch of a table with a key.
+    Changes,
+    /// A change batch of a table without a key: the row hash without its occurrence number.
+    KeylessChanges,
+}
 
 /// Backtick-quoted `project.dataset.table`.
 pub(crate) fn qualified(project: &str, dataset: &str, table: &str) -> String {
@@ -51,6 +74,12 @@ pub(crate) struct CommitPlan {
     /// Some key column may hold NULL (a configured key): match NULLs to each other.
     pub key_nullable: bool,
     pub system: SystemColumns,
+    /// Written by a change stream (see [`connector_framework::TargetTable::changes`]).
+    pub changes: Option<ChangeTracking>,
+    /// The target table's own name (progress records of tables without a key).
+    pub table_name: String,
+    /// [`PROGRESS_TABLE`], qualified.
+    pub progress: String,
 }
 
 impl CommitPlan {
@@ -58,7 +87,12 @@ impl CommitPlan {
         self.key.is_empty()
     }
 
-    /// System fields, then the target's columns, then the row hash for keyless tables.
+    fn soft_deletes(&self) -> bool {
+        self.changes.is_some_and(|c| c.deletes == CdcDeletes::Soft) && !self.keyless()
+    }
+
+    /// System fields, then the target's columns, then the row hash for keyless tables, then
+    /// the change stream's columns.
     fn insert_columns(&self) -> Vec<String> {
         let s = &self.system;
         let mut cols = vec![s.tenant.clone(), s.synced_at.clone(), s.mode.clone()];
@@ -66,12 +100,22 @@ impl CommitPlan {
         if self.keyless() {
             cols.push(s.row_hash.clone());
         }
+        if self.changes.is_some() {
+            cols.push(s.change_seq.clone());
+        }
+        if self.soft_deletes() {
+            cols.push(s.deleted_at.clone());
+        }
         cols
     }
 
     /// One SELECT per staging table and column set, shaped like the target (missing columns
     /// NULL, types cast, staging names mapped to target names).
     pub fn source_query(&self, staged: &[&Staged]) -> Option<String> {
+        self.source_query_shaped(staged, Shape::Rows)
+    }
+
+    fn source_query_shaped(&self, staged: &[&Staged], shape: Shape) -> Option<String> {
         // Tenants staged in one table with the same columns are read by one SELECT, so the
         // staging table is scanned (and billed) once, not once per tenant.
         // (the group's first tenant, the handle of each of its tenants)
@@ -106,13 +150,29 @@ impl CommitPlan {
                     };
                     exprs.push(format!("{expr} AS {}", quote_column(name)));
                 }
-                if self.keyless() {
+                if shape == Shape::KeylessChanges {
+                    exprs.push(format!("{HASH_FIELD} AS {BASE_HASH}"));
+                } else if self.keyless() {
                     // Identical rows of a tenant share a hash; numbering them keeps each one, and
                     // the same rows read again get the same numbers.
                     exprs.push(format!(
                         "CONCAT({HASH_FIELD}, ':', CAST(ROW_NUMBER() OVER (PARTITION BY {TENANT_FIELD}, {HASH_FIELD}) AS STRING)) AS {}",
                         quote_column(&sys.row_hash)
                     ));
+                }
+                if self.changes.is_some() {
+                    exprs.push(format!("{CHANGE_SEQ_FIELD} AS {}", quote_column(&sys.change_seq)));
+                }
+                if self.soft_deletes() {
+                    let deleted = if shape == Shape::Rows {
+                        "CAST(NULL AS TIMESTAMP)".to_string()
+                    } else {
+                        format!("IF({OP_FIELD} = 'D', {CHANGED_AT_FIELD}, NULL)")
+                    };
+                    exprs.push(format!("{deleted} AS {}", quote_column(&sys.deleted_at)));
+                }
+                if shape != Shape::Rows {
+                    exprs.push(format!("{OP_FIELD} AS {OP}"));
                 }
                 // Each tenant's rows from the writer that finished (and the durable part of any
                 // writer it resumed); writer numbers are unique. A chunk loaded twice (a job lost
@@ -142,6 +202,151 @@ impl CommitPlan {
 
     /// The statement and its parameters; an empty statement when there is nothing to do.
     pub fn statement(&self, staged: &[Staged]) -> (String, Json) {
+        if staged.iter().any(|s| s.write == WriteMode::ApplyChanges) {
+            return if self.keyless() { self.apply_keyless(staged) } else { self.apply_keyed(staged) };
+        }
+        let (sql, params) = self.rows_statement(staged);
+        // A snapshot of a table without a key for a change stream starts its tenants' change
+        // counting over (the stream applies the changes after the snapshot).
+        let full: Vec<&Staged> = staged.iter().filter(|s| s.write == WriteMode::ReplaceTenant).collect();
+        if self.changes.is_some() && self.keyless() && !full.is_empty() && !sql.is_empty() {
+            let reset = format!(
+                "DELETE FROM {} WHERE target_table = @target_table AND tenant IN UNNEST(@full_tenants)",
+                self.progress
+            );
+            let mut params = params.as_array().cloned().unwrap_or_default();
+            params.push(Self::string_param("target_table", &self.table_name));
+            return (format!("{sql};\n{reset};"), Json::Array(params));
+        }
+        (sql, params)
+    }
+
+    fn string_param(name: &str, value: &str) -> Json {
+        json!({"name": name, "parameterType": {"type": "STRING"}, "parameterValue": {"value": value}})
+    }
+
+    /// `T.k = S.k` for every key column (NULL-safe for a configured key that allows NULL).
+    fn key_match(&self) -> Vec<String> {
+        self.key
+            .iter()
+            .map(|k| {
+                let k = quote_column(k);
+                if self.key_nullable {
+                    format!("(T.{k} = S.{k} OR (T.{k} IS NULL AND S.{k} IS NULL))")
+                } else {
+                    format!("T.{k} = S.{k}")
+                }
+            })
+            .collect()
+    }
+
+    /// A change batch of a table with a key: per key the newest change, applied only over a
+    /// row an older change or snapshot wrote (so a batch applied again changes nothing).
+    fn apply_keyed(&self, staged: &[Staged]) -> (String, Json) {
+        let all: Vec<&Staged> = staged.iter().collect();
+        let params = Json::Array(vec![Self::tenants_param("tenants", &all)]);
+        let Some(source) = self.source_query_shaped(&all, Shape::Changes) else { return (String::new(), params) };
+        let sys = &self.system;
+        let tenant = quote_column(&sys.tenant);
+        let seq = quote_column(&sys.change_seq);
+        let partition: Vec<String> =
+            std::iter::once(tenant.clone()).chain(self.key.iter().map(|k| quote_column(k))).collect();
+        let cols = self.insert_columns();
+        let col_list = cols.iter().map(|c| quote_column(c)).collect::<Vec<_>>().join(", ");
+        let values = cols.iter().map(|c| format!("S.{}", quote_column(c))).collect::<Vec<_>>().join(", ");
+        let set: Vec<String> = cols
+            .iter()
+            .filter(|c| **c != sys.tenant && !self.key.contains(c))
+            .map(|c| format!("{q} = S.{q}", q = quote_column(c)))
+            .collect();
+        let mut on = vec![format!("T.{tenant} IN UNNEST(@tenants)"), format!("T.{tenant} = S.{tenant}")];
+        on.extend(self.key_match());
+        let newer = format!("(T.{seq} IS NULL OR T.{seq} < S.{seq})");
+        let mut sql = format!(
+            "MERGE {} T\nUSING (\nSELECT * FROM (\n{source}\n) WHERE TRUE\nQUALIFY ROW_NUMBER() OVER (PARTITION BY {} ORDER BY {seq} DESC) = 1\n) S\nON {}\n",
+            self.target,
+            partition.join(", "),
+            on.join(" AND ")
+        );
+        if self.soft_deletes() {
+            // A delete keeps the row (its last values) with _deleted_at set; an upsert clears it.
+            sql.push_str(&format!("WHEN MATCHED AND {newer} THEN UPDATE SET {}\n", set.join(", ")));
+            sql.push_str(&format!("WHEN NOT MATCHED THEN INSERT ({col_list}) VALUES ({values})"));
+        } else {
+            sql.push_str(&format!("WHEN MATCHED AND S.{OP} = 'D' AND {newer} THEN DELETE\n"));
+            sql.push_str(&format!("WHEN MATCHED AND {newer} THEN UPDATE SET {}\n", set.join(", ")));
+            sql.push_str(&format!("WHEN NOT MATCHED AND S.{OP} = 'U' THEN INSERT ({col_list}) VALUES ({values})"));
+        }
+        (sql, params)
+    }
+
+    /// A change batch of a table without a key: each change adds or removes one copy of its
+    /// row. Per tenant and row hash the batch's net count is applied to the copies there
+    /// (numbered 1..n in the row hash column), and the tenant's progress mark moves on, in one
+    /// transaction: a batch applied again finds its changes at or below the mark.
+    fn apply_keyless(&self, staged: &[Staged]) -> (String, Json) {
+        let all: Vec<&Staged> = staged.iter().collect();
+        let params = Json::Array(vec![
+            Self::tenants_param("tenants", &all),
+            Self::string_param("target_table", &self.table_name),
+        ]);
+        let Some(source) = self.source_query_shaped(&all, Shape::KeylessChanges) else {
+            return (String::new(), params);
+        };
+        let sys = &self.system;
+        let tenant = quote_column(&sys.tenant);
+        let seq = quote_column(&sys.change_seq);
+        let hash = quote_column(&sys.row_hash);
+        let progress = &self.progress;
+        let target = &self.target;
+        // The changes not applied yet: after the tenant's progress mark.
+        let pending = format!(
+            "(SELECT S.* FROM (\n{source}\n) S LEFT JOIN {progress} P ON P.target_table = @target_table AND P.tenant = S.{tenant} \
+             WHERE P.applied_seq IS NULL OR S.{seq} > P.applied_seq)"
+        );
+        let base = format!("SPLIT(T.{hash}, ':')[OFFSET(0)]");
+        let number = format!("CAST(SPLIT(T.{hash}, ':')[OFFSET(1)] AS INT64)");
+        // Per tenant and hash: the net change and the copies the target has.
+        let delta = format!(
+            "(SELECT D.tenant, D.base, D.net, IFNULL(C.m, 0) AS m FROM (\
+             SELECT {tenant} AS tenant, {BASE_HASH} AS base, SUM(IF({OP} = 'U', 1, -1)) AS net FROM {pending} GROUP BY 1, 2) D \
+             LEFT JOIN (SELECT T.{tenant} AS tenant, {base} AS base, COUNT(*) AS m FROM {target} T \
+             WHERE T.{tenant} IN UNNEST(@tenants) GROUP BY 1, 2) C ON C.tenant = D.tenant AND C.base = D.base)"
+        );
+        let cols = self.insert_columns();
+        let col_list = cols.iter().map(|c| quote_column(c)).collect::<Vec<_>>().join(", ");
+        let values: Vec<String> = cols
+            .iter()
+            .map(|c| {
+                if *c == sys.row_hash {
+                    "CONCAT(X.base, ':', CAST(X.m + R._connector_copy AS STRING))".to_string()
+                } else {
+                    format!("R.{}", quote_column(c))
+                }
+            })
+            .collect();
+        let sql = format!(
+            "BEGIN TRANSACTION;\n\
+             DELETE FROM {target} T WHERE T.{tenant} IN UNNEST(@tenants) AND EXISTS (SELECT 1 FROM {delta} X \
+             WHERE X.tenant = T.{tenant} AND X.base = {base} AND X.net < 0 AND {number} > X.m + X.net);\n\
+             INSERT INTO {target} ({col_list})\n\
+             SELECT {} FROM {delta} X JOIN (SELECT *, ROW_NUMBER() OVER (PARTITION BY {tenant}, {BASE_HASH} ORDER BY {seq}) \
+             AS _connector_copy FROM {pending} WHERE {OP} = 'U') R ON R.{tenant} = X.tenant AND R.{BASE_HASH} = X.base \
+             WHERE X.net > 0 AND R._connector_copy <= X.net;\n\
+             UPDATE {progress} P SET applied_seq = M.applied_seq, updated_at = CURRENT_TIMESTAMP() FROM \
+             (SELECT {tenant} AS tenant, MAX({seq}) AS applied_seq FROM (\n{source}\n) GROUP BY 1) M \
+             WHERE P.target_table = @target_table AND P.tenant = M.tenant AND M.applied_seq > P.applied_seq;\n\
+             INSERT INTO {progress} (target_table, tenant, applied_seq, updated_at) \
+             SELECT @target_table, {tenant}, MAX({seq}), CURRENT_TIMESTAMP() FROM (\n{source}\n) S WHERE NOT EXISTS \
+             (SELECT 1 FROM {progress} P WHERE P.target_table = @target_table AND P.tenant = S.{tenant}) GROUP BY 2;\n\
+             COMMIT TRANSACTION;",
+            values.join(", ")
+        );
+        (sql, params)
+    }
+
+    /// Rows of full and incremental syncs (and snapshots): one MERGE.
+    fn rows_statement(&self, staged: &[Staged]) -> (String, Json) {
         let all: Vec<&Staged> = staged.iter().collect();
         let full: Vec<&Staged> = staged.iter().filter(|s| s.write == WriteMode::ReplaceTenant).collect();
         let target = &self.target;
@@ -160,6 +365,26 @@ impl CommitPlan {
         let values = cols.iter().map(|c| format!("S.{}", quote_column(c))).collect::<Vec<_>>().join(", ");
         // The tenant filter lets BigQuery prune by the tenant clustering.
         let mut on = vec![format!("T.{tenant} IN UNNEST(@tenants)"), format!("T.{tenant} = S.{tenant}")];
+        if self.soft_deletes() && !full.is_empty() {
+            // A snapshot with soft deletes: rows it has are updated (and undeleted), rows it
+            // lacks are marked deleted, never removed.
+            on.extend(self.key_match());
+            let set: Vec<String> = cols
+                .iter()
+                .filter(|c| **c != self.system.tenant && !self.key.contains(c))
+                .map(|c| format!("{q} = S.{q}", q = quote_column(c)))
+                .collect();
+            let deleted = quote_column(&self.system.deleted_at);
+            let sql = format!(
+                "MERGE {target} T\nUSING (\n{source}\n) S\nON {}\nWHEN MATCHED THEN UPDATE SET {}\n\
+                 WHEN NOT MATCHED THEN INSERT ({col_list}) VALUES ({values})\n\
+                 WHEN NOT MATCHED BY SOURCE AND T.{tenant} IN UNNEST(@full_tenants) AND T.{deleted} IS NULL THEN \
+                 UPDATE SET {deleted} = CURRENT_TIMESTAMP()",
+                on.join(" AND "),
+                set.join(", ")
+            );
+            return (sql, Json::Array(params));
+        }
         if !full.is_empty() {
             // A full sync replaces: its tenants' rows never match, so all of them are deleted
             // and the staged ones inserted, in this one statement (any strays go too).
@@ -218,6 +443,9 @@ mod tests {
             key: Vec::new(),
             key_nullable: false,
             system: SystemColumns::default(),
+            changes: None,
+            table_name: "views".into(),
+            progress: "`p.d._connector_cdc_progress`".into(),
         };
         let all = [
             staged("shop1", "_stage_a/3", &["path"]),
@@ -250,6 +478,9 @@ mod tests {
             key: vec!["id".into()],
             key_nullable: false,
             system: SystemColumns { tenant: "_tenant_id".into(), ..Default::default() },
+            changes: None,
+            table_name: "t".into(),
+            progress: "`p.d._connector_cdc_progress`".into(),
         };
         let staged = Staged {
             tenant: "shop1".into(),
@@ -267,5 +498,59 @@ mod tests {
             sql.contains("WHEN NOT MATCHED BY SOURCE AND T.`_tenant_id` IN UNNEST(@full_tenants) THEN DELETE"),
             "{sql}"
         );
+    }
+
+    fn change_plan(key: &[&str], deletes: CdcDeletes) -> CommitPlan {
+        CommitPlan {
+            target: "`p.d.orders`".into(),
+            project: "p".into(),
+            staging_dataset: "d".into(),
+            columns: vec![("id".into(), "INT64".into()), ("v".into(), "STRING".into())],
+            key: key.iter().map(|k| k.to_string()).collect(),
+            key_nullable: false,
+            system: SystemColumns::default(),
+            changes: Some(ChangeTracking { deletes }),
+            table_name: "orders".into(),
+            progress: "`p.d._connector_cdc_progress`".into(),
+        }
+    }
+
+    fn change_batch(tenant: &str) -> Staged {
+        Staged {
+            tenant: tenant.into(),
+            mode: SyncMode::Cdc,
+            write: WriteMode::ApplyChanges,
+            rows: 3,
+            bytes: 1,
+            columns: vec!["id".into(), "v".into()],
+            types: vec!["INT64".into(), "STRING".into()],
+            handle: Some("_stage_c/4".into()),
+        }
+    }
+
+    #[test]
+    fn a_change_batch_applies_the_newest_change_per_key_only_over_older_rows() {
+        let (sql, _) = change_plan(&["id"], CdcDeletes::Delete).statement(&[change_batch("shop1")]);
+        assert!(
+            sql.contains("QUALIFY ROW_NUMBER() OVER (PARTITION BY `tenant_id`, `id` ORDER BY `_change_seq` DESC) = 1"),
+            "{sql}"
+        );
+        let newer = "(T.`_change_seq` IS NULL OR T.`_change_seq` < S.`_change_seq`)";
+        assert!(sql.contains(&format!("WHEN MATCHED AND S._connector_op = 'D' AND {newer} THEN DELETE")), "{sql}");
+        assert!(sql.contains(&format!("WHEN MATCHED AND {newer} THEN UPDATE SET")), "{sql}");
+        assert!(sql.contains("WHEN NOT MATCHED AND S._connector_op = 'U' THEN INSERT"), "{sql}");
+        assert!(!sql.contains("_deleted_at"), "{sql}");
+        let (soft, _) = change_plan(&["id"], CdcDeletes::Soft).statement(&[change_batch("shop1")]);
+        assert!(soft.contains("IF(_op = 'D', _at, NULL) AS `_deleted_at`") && !soft.contains("THEN DELETE"), "{soft}");
+    }
+
+    #[test]
+    fn a_keyless_change_batch_counts_copies_and_moves_the_progress_mark_in_one_transaction() {
+        let (sql, params) = change_plan(&[], CdcDeletes::Soft).statement(&[change_batch("shop1")]);
+        assert!(sql.starts_with("BEGIN TRANSACTION;") && sql.trim_end().ends_with("COMMIT TRANSACTION;"), "{sql}");
+        assert!(sql.contains("S.`_change_seq` > P.applied_seq"), "only changes after the mark: {sql}");
+        assert!(sql.contains("UPDATE `p.d._connector_cdc_progress` P SET applied_seq"), "{sql}");
+        assert!(!sql.contains("_deleted_at"), "keyless tables delete: {sql}");
+        assert!(params.to_string().contains("\"orders\""), "{params}");
     }
 }

@@ -2,14 +2,14 @@
 //! `rename_columns` and `column_types`), how an existing table must change, and the table
 //! resource a new one is created with.
 
-use connector_framework::{Column, ConnectorError, Result, SystemColumns, TargetTable};
+use connector_framework::{CdcDeletes, ChangeTracking, Column, ConnectorError, Result, SystemColumns, TargetTable};
 use serde_json::{Value as Json, json};
 
 use crate::types::{bigquery_type, can_widen, canonical_type, column_name};
 
 /// The fields the sink adds to every table; tables without a key also get the row hash, the
 /// content hash that makes re-reading a window idempotent.
-pub(crate) fn system_fields(system: &SystemColumns, keyless: bool) -> Vec<Json> {
+pub(crate) fn system_fields(system: &SystemColumns, keyless: bool, changes: Option<ChangeTracking>) -> Vec<Json> {
     let mut fields = vec![
         json!({"name": system.tenant, "type": "STRING", "mode": "REQUIRED", "description": "source database (tenant)"}),
         json!({"name": system.synced_at, "type": "TIMESTAMP", "mode": "REQUIRED", "description": "when connector-run wrote the row"}),
@@ -19,12 +19,40 @@ pub(crate) fn system_fields(system: &SystemColumns, keyless: bool) -> Vec<Json> 
         fields.push(json!({"name": system.row_hash, "type": "STRING", "mode": "NULLABLE",
                            "description": "hash of the row's values and its occurrence number (tables without a key)"}));
     }
+    fields.extend(
+        change_fields(system, keyless, changes)
+            .into_iter()
+            .map(|(name, ty, doc)| json!({"name": name, "type": ty, "mode": "NULLABLE", "description": doc})),
+    );
     fields
 }
 
+/// The columns a change stream needs in a target table: the log position of the change that
+/// wrote each row, and, with soft deletes (tables with a key), when the row was deleted.
+pub(crate) fn change_fields(
+    system: &SystemColumns,
+    keyless: bool,
+    changes: Option<ChangeTracking>,
+) -> Vec<(String, &'static str, &'static str)> {
+    let Some(changes) = changes else { return Vec::new() };
+    let mut out = vec![(
+        system.change_seq.clone(),
+        "STRING",
+        "binlog position of the change (or snapshot) that wrote the row (--cdc)",
+    )];
+    if changes.deletes == CdcDeletes::Soft && !keyless {
+        out.push((
+            system.deleted_at.clone(),
+            "TIMESTAMP",
+            "when the row was deleted in the source (cdc_deletes: soft)",
+        ));
+    }
+    out
+}
+
 /// The system column names that may appear in a table.
-pub(crate) fn system_names(system: &SystemColumns) -> [&str; 4] {
-    [&system.tenant, &system.synced_at, &system.mode, &system.row_hash]
+pub(crate) fn system_names(system: &SystemColumns) -> [&str; 6] {
+    [&system.tenant, &system.synced_at, &system.mode, &system.row_hash, &system.change_seq, &system.deleted_at]
 }
 
 /// One column in BigQuery: its source name, BigQuery name and BigQuery type.
@@ -163,6 +191,11 @@ impl SchemaDiff {
         if table.key.is_empty() && !current.iter().any(|(n, _)| n == row_hash) {
             diff.added.push((row_hash.clone(), "STRING".to_string()));
         }
+        for (name, ty, _) in change_fields(&table.system, table.key.is_empty(), table.changes) {
+            if !current.iter().any(|(n, _)| n.eq_ignore_ascii_case(&name)) {
+                diff.added.push((name, ty.to_string()));
+            }
+        }
         for (name, ty) in &desired {
             match current.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)) {
                 None => {
@@ -267,11 +300,12 @@ mod tests {
             key_nullable: false,
             options: Default::default(),
             system: SystemColumns::default(),
+            changes: None,
         }
     }
 
     fn existing(fields: &[(&str, &str)]) -> Json {
-        let mut all = system_fields(&SystemColumns::default(), false);
+        let mut all = system_fields(&SystemColumns::default(), false, None);
         all.extend(fields.iter().map(|(n, t)| json!({"name": n, "type": t})));
         json!({"schema": {"fields": all}})
     }

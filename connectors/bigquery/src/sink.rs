@@ -7,22 +7,30 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use async_trait::async_trait;
 use chrono::Utc;
 use connector_framework::{
-    BuildContext, CommitOutcome, CommitSummary, ConnectorError, Prepared, Result, Sink, StageRequest, Staged,
-    StagingWriter, TableSchema, TargetPlan, TargetTable,
+    BuildContext, CdcDeletes, ChangeSeq, CommitOutcome, CommitSummary, ConnectorError, Prepared, Result, Sink,
+    StageRequest, Staged, StagingWriter, TableSchema, TargetPlan, TargetTable,
 };
 use serde_json::{Value as Json, json};
 use tokio::sync::{Mutex, OnceCell};
 
 use crate::client::{BqClient, DatasetInfo};
 use crate::config::BigQuerySinkConfig;
-use crate::merge::{CommitPlan, qualified, quote_column, unique_id};
+use crate::merge::{CommitPlan, PROGRESS_TABLE, qualified, quote_column, unique_id};
 use crate::schema::{MappedColumn, SchemaDiff, desired_columns, mapped_columns, system_fields, table_resource};
 use crate::stage::{SharedStage, Stage};
 use crate::types::{column_name, encode_str, staging_name, staging_type};
 use crate::writer::{
-    BqStagingWriter, HASH_FIELD, MODE_FIELD, SEQ_FIELD, SYNCED_FIELD, StageHandle, TENANT_FIELD, WRITER_FIELD,
-    hash_order,
+    BqStagingWriter, CHANGE_SEQ_FIELD, CHANGED_AT_FIELD, ChangeFields, HASH_FIELD, MODE_FIELD, OP_FIELD, SEQ_FIELD,
+    SYNCED_FIELD, StageHandle, TENANT_FIELD, WRITER_FIELD, hash_order,
 };
+
+/// The change-stream fields of a writer's staging rows.
+fn change_fields(request: &StageRequest<'_>) -> ChangeFields {
+    ChangeFields {
+        seq: request.table.changes.is_some(),
+        ops: request.write == connector_framework::WriteMode::ApplyChanges,
+    }
+}
 
 /// Staging tables expire on their own if a run dies before dropping them.
 const STAGING_TTL_MS: i64 = 7 * 24 * 3600 * 1000;
@@ -135,7 +143,11 @@ impl BigQuerySink {
 
     /// The staging columns of one tenant's rows: its columns (target names and types), and
     /// the staging table's fields (fixed ASCII names: see `types::staging_name`).
-    fn staging_fields(table: &TargetTable, tenant: &TableSchema) -> Result<(Vec<MappedColumn>, Vec<Json>)> {
+    fn staging_fields(
+        table: &TargetTable,
+        tenant: &TableSchema,
+        changes: ChangeFields,
+    ) -> Result<(Vec<MappedColumn>, Vec<Json>)> {
         let mut columns = mapped_columns(table, &tenant.columns, &tenant.table.to_string())?;
         for (c, source) in columns.iter_mut().zip(&tenant.columns) {
             c.ty = staging_type(&source.logical).to_string();
@@ -149,6 +161,13 @@ impl BigQuerySink {
             fields.push(json!({"name": HASH_FIELD, "type": "STRING", "mode": "NULLABLE"}));
         }
         fields.extend(columns.iter().map(|c| json!({"name": staging_name(&c.name), "type": c.ty, "mode": "NULLABLE"})));
+        if changes.seq {
+            fields.push(json!({"name": CHANGE_SEQ_FIELD, "type": "STRING", "mode": "NULLABLE"}));
+        }
+        if changes.ops {
+            fields.push(json!({"name": OP_FIELD, "type": "STRING", "mode": "NULLABLE"}));
+            fields.push(json!({"name": CHANGED_AT_FIELD, "type": "TIMESTAMP", "mode": "NULLABLE"}));
+        }
         fields.push(json!({"name": SEQ_FIELD, "type": "INT64", "mode": "NULLABLE"}));
         fields.push(json!({"name": WRITER_FIELD, "type": "INT64", "mode": "NULLABLE"}));
         Ok((columns, fields))
@@ -185,6 +204,7 @@ impl BigQuerySink {
             write: request.write,
             types: columns.iter().map(|c| c.ty.clone()).collect(),
             hash: request.table.key.is_empty().then(|| hash_order(&names)),
+            change_fields: change_fields(request),
             columns: names,
             keys,
             seq,
@@ -245,6 +265,23 @@ impl BigQuerySink {
         out
     }
 
+    /// The change stream's progress records of tables without a key (see
+    /// [`crate::merge::PROGRESS_TABLE`]), made once.
+    async fn ensure_progress_table(&self) -> Result<()> {
+        let fields = json!([
+            {"name": "target_table", "type": "STRING", "mode": "REQUIRED"},
+            {"name": "tenant", "type": "STRING", "mode": "REQUIRED"},
+            {"name": "applied_seq", "type": "STRING", "mode": "REQUIRED"},
+            {"name": "updated_at", "type": "TIMESTAMP", "mode": "NULLABLE"},
+        ]);
+        let resource = json!({
+            "tableReference": {"projectId": self.client.project(), "datasetId": self.dataset, "tableId": PROGRESS_TABLE},
+            "schema": {"fields": fields},
+            "description": "connector-run --cdc: how far each table without a key has applied the change stream, per tenant",
+        });
+        self.client.create_table(&self.dataset, resource).await.map(|_| ())
+    }
+
     /// The commit of one group of tenants.
     async fn commit_group(&self, table: &TargetTable, plan: &CommitPlan, group: &[Staged]) -> Result<u64> {
         let (sql, params) = plan.statement(group);
@@ -286,7 +323,7 @@ impl Sink for BigQuerySink {
         let diff = SchemaDiff::new(table, existing.as_ref())?;
         let (resource, created) = match existing {
             None => {
-                let mut fields = system_fields(&table.system, table.key.is_empty());
+                let mut fields = system_fields(&table.system, table.key.is_empty(), table.changes);
                 fields.extend(diff.columns.iter().map(|(n, t)| json!({"name": n, "type": t, "mode": "NULLABLE"})));
                 let resource = table_resource(self.client.project(), &self.dataset, table, fields)?;
                 (self.client.create_table(&self.dataset, resource).await?, true)
@@ -322,6 +359,9 @@ impl Sink for BigQuerySink {
             }
         };
         self.targets.lock().await.insert(table.name.clone(), diff.columns);
+        if table.changes.is_some() && table.key.is_empty() {
+            self.ensure_progress_table().await?;
+        }
         // The table's creation time tells its instances apart: a table dropped and created
         // again (by hand, by an expiration, in another dataset) is another generation.
         let created_at = resource["creationTime"]
@@ -333,7 +373,7 @@ impl Sink for BigQuerySink {
     }
 
     async fn stage(&self, request: StageRequest<'_>) -> Result<Box<dyn StagingWriter>> {
-        let (columns, fields) = Self::staging_fields(request.table, request.tenant)?;
+        let (columns, fields) = Self::staging_fields(request.table, request.tenant, change_fields(&request))?;
         let Some(resume) = request.resume else {
             let shared = self.shared_stage(&request.table.name, &fields).await?;
             let handle = StageHandle { table: shared.table.clone(), writer: self.new_writer_id(), earlier: Vec::new() };
@@ -409,6 +449,9 @@ impl Sink for BigQuerySink {
             key: table.key.iter().map(|k| column_name(table.options.target_name(k))).collect(),
             key_nullable: table.key_nullable,
             system: table.system.clone(),
+            changes: table.changes,
+            table_name: table.name.clone(),
+            progress: qualified(self.client.project(), &self.dataset, PROGRESS_TABLE),
         };
         let mut summary = CommitSummary { rows_inserted: Some(0), bytes_billed: Some(0), ..Default::default() };
         // One MERGE per table per run; only very large fleets are split into groups. A group
@@ -445,5 +488,30 @@ impl Sink for BigQuerySink {
 
     async fn resolve(&self, handle: &str) -> Result<()> {
         self.client.resolve(handle).await
+    }
+
+    async fn truncate(&self, table: &TargetTable, tenant: &str, before: &ChangeSeq) -> Result<()> {
+        let target = qualified(self.client.project(), &self.dataset, &table.name);
+        let sys = &table.system;
+        let (t, seq) = (quote_column(&sys.tenant), quote_column(&sys.change_seq));
+        let older = format!("{t} = @tenant AND ({seq} IS NULL OR {seq} < @before)");
+        let soft = table.changes.is_some_and(|c| c.deletes == CdcDeletes::Soft) && !table.key.is_empty();
+        let sql = if soft {
+            let deleted = quote_column(&sys.deleted_at);
+            format!(
+                "UPDATE {target} SET {deleted} = CURRENT_TIMESTAMP(), {seq} = @before WHERE {older} AND {deleted} IS NULL"
+            )
+        } else {
+            format!("DELETE FROM {target} WHERE {older}")
+        };
+        let params = json!([
+            {"name": "tenant", "parameterType": {"type": "STRING"}, "parameterValue": {"value": tenant}},
+            {"name": "before", "parameterType": {"type": "STRING"}, "parameterValue": {"value": before.as_str()}},
+        ]);
+        let job = unique_id("truncate", &[&self.id, &self.dataset, &table.name, tenant, before.as_str()]);
+        self.client
+            .query(&sql, params, &job, &format!("TRUNCATE of {tenant}.{} from the change stream", table.name))
+            .await?;
+        Ok(())
     }
 }

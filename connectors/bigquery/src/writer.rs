@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::Utc;
-use connector_framework::{LogicalType, Result, RowBatch, Staged, StagingWriter, SyncMode, Value, WriteMode};
+use connector_framework::{
+    ChangeMeta, ChangeOp, ChangeSeq, LogicalType, Result, RowBatch, Staged, StagingWriter, SyncMode, Value, WriteMode,
+};
 use tokio::sync::Mutex;
 
 use crate::stage::{HANDOFF_BYTES, Stage};
@@ -25,6 +27,22 @@ pub(crate) const MODE_FIELD: &str = "_mode";
 pub(crate) const SYNCED_FIELD: &str = "_synced";
 /// Staging only: the row hash (tables without a key).
 pub(crate) const HASH_FIELD: &str = "_hash";
+/// Staging only (tables a change stream writes): the log position of the change or snapshot
+/// the row comes from.
+pub(crate) const CHANGE_SEQ_FIELD: &str = "_cseq";
+/// Staging only (change batches): `U` (upsert) or `D` (delete).
+pub(crate) const OP_FIELD: &str = "_op";
+/// Staging only (change batches): when the source made the change.
+pub(crate) const CHANGED_AT_FIELD: &str = "_at";
+
+/// Which change-stream fields a writer's rows carry.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct ChangeFields {
+    /// `_cseq`: the target table is written by a change stream.
+    pub seq: bool,
+    /// `_op` and `_at`: the rows are a change batch.
+    pub ops: bool,
+}
 
 /// Where one tenant's staged rows are: a staging table, the writer staging them now, and, for
 /// a resumed full sync, the writers before it with the rows each made durable. Written as
@@ -166,6 +184,7 @@ pub(crate) struct BqStagingWriter {
     pub keys: Vec<(Vec<u8>, LogicalType)>,
     /// For tables without a key: the columns in hash order.
     pub hash: Option<Vec<(usize, Vec<u8>)>>,
+    pub change_fields: ChangeFields,
     /// The next row's `_seq`.
     pub seq: u64,
     pub rows: u64,
@@ -190,7 +209,7 @@ impl BqStagingWriter {
     }
 
     /// Appends one row as a line of NDJSON.
-    fn encode_row(&mut self, row: &[Value]) {
+    fn encode_row(&mut self, row: &[Value], snapshot: Option<&ChangeSeq>, change: Option<&ChangeMeta>) {
         let out = &mut self.local;
         out.extend_from_slice(&self.prefix);
         for ((key, logical), value) in self.keys.iter().zip(row) {
@@ -201,6 +220,21 @@ impl BqStagingWriter {
             // The commit adds the occurrence number, so identical rows stay distinct.
             let hash = row_hash(order, row);
             out.extend_from_slice(format!(",\"{HASH_FIELD}\":\"{hash}\"").as_bytes());
+        }
+        if self.change_fields.seq {
+            out.extend_from_slice(format!(",\"{CHANGE_SEQ_FIELD}\":").as_bytes());
+            match change.map(|c| &c.seq).or(snapshot) {
+                Some(seq) => encode_str(out, seq.as_str()),
+                None => out.extend_from_slice(b"null"),
+            }
+        }
+        if self.change_fields.ops
+            && let Some(c) = change
+        {
+            out.extend_from_slice(format!(",\"{OP_FIELD}\":").as_bytes());
+            out.extend_from_slice(if c.op == ChangeOp::Delete { b"\"D\"" } else { b"\"U\"" });
+            out.extend_from_slice(format!(",\"{CHANGED_AT_FIELD}\":").as_bytes());
+            encode_str(out, &c.at.format("%Y-%m-%d %H:%M:%S%.6f UTC").to_string());
         }
         out.extend_from_slice(format!(",\"{SEQ_FIELD}\":").as_bytes());
         out.extend_from_slice(itoa::Buffer::new().format(self.seq).as_bytes());
@@ -221,8 +255,14 @@ impl BqStagingWriter {
 #[async_trait]
 impl StagingWriter for BqStagingWriter {
     async fn write(&mut self, batch: &RowBatch) -> Result<()> {
-        for row in &batch.rows {
-            self.encode_row(row);
+        if self.change_fields.ops && batch.changes.len() != batch.rows.len() {
+            return Err(connector_framework::ConnectorError::permanent(format!(
+                "{}: a change batch without a change per row (a bug in the runner)",
+                self.tenant
+            )));
+        }
+        for (i, row) in batch.rows.iter().enumerate() {
+            self.encode_row(row, batch.snapshot_seq.as_ref(), batch.changes.get(i));
             if self.local.len() >= HANDOFF_BYTES {
                 self.hand_off().await?;
             }

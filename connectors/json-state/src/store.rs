@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use chrono::{NaiveDateTime, Utc};
-use connector_framework::{ConnectorError, DatabaseState, Result, StateLock, StateStore, TableState};
+use connector_framework::{ConnectorError, DatabaseState, Result, StateLock, StateStore, StreamState, TableState};
 use serde::{Deserialize, Serialize};
 
 /// The on-disk layout of one database's file.
@@ -195,6 +195,40 @@ impl StateStore for JsonStateStore {
 
     fn location(&self) -> String {
         self.dir.display().to_string()
+    }
+
+    async fn load_stream(&self) -> Result<Option<StreamState>> {
+        let path = self.stream_path();
+        match fs::read_to_string(&path) {
+            Ok(text) => serde_json::from_str(&text).map(Some).map_err(|e| {
+                ConnectorError::permanent(format!(
+                    "change stream state {} is corrupt ({e}); it was left untouched. Restore it, or move it away \
+                     to stream again from each table's snapshot position",
+                    path.display()
+                ))
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err("cannot read", &path, e)),
+        }
+    }
+
+    async fn record_stream(&self, state: StreamState) -> Result<()> {
+        let path = self.stream_path();
+        let dir = self.dir.join(STREAM_DIR);
+        fs::create_dir_all(&dir).map_err(|e| io_err("cannot create", &dir, e))?;
+        let bytes = serde_json::to_vec_pretty(&state).map_err(|e| ConnectorError::permanent(e.to_string()))?;
+        Self::write_atomic(&path, &bytes).map_err(|e| io_err("cannot write change stream state", &path, e))
+    }
+}
+
+/// The change stream's state lives in `<status_dir>/cdc/stream.json`: a folder, so it can never
+/// be taken for a database's file.
+pub const STREAM_DIR: &str = "cdc";
+
+impl JsonStateStore {
+    /// Where the change stream's state is.
+    pub fn stream_path(&self) -> PathBuf {
+        self.dir.join(STREAM_DIR).join("stream.json")
     }
 }
 

@@ -8,11 +8,13 @@
 //! - [`types`]: the one place where MySQL column types map to logical types, with the
 //!   documented table `connector-run describe mysql` prints.
 
+mod binlog;
 mod config;
 mod error;
 mod source;
 pub mod types;
 
+pub use binlog::MySqlChangeLog;
 pub use config::MySqlSourceConfig;
 pub use source::MySqlSource;
 

@@ -1,5 +1,6 @@
 //! The `mysql` source: discovery from `information_schema`, consistent-snapshot reads.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -11,6 +12,7 @@ use connector_framework::{
 use mysql_async::prelude::Queryable;
 use mysql_async::{Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts};
 
+use crate::binlog::MySqlChangeLog;
 use crate::config::{MySqlSourceConfig, validate_identifier};
 use crate::error::wrap;
 use crate::types::{ColumnInfo, Decoder, decode_or_null, map_column, quote_ident};
@@ -19,6 +21,7 @@ use crate::types::{ColumnInfo, Decoder, decode_or_null, map_column, quote_ident}
 pub struct MySqlSource {
     config: MySqlSourceConfig,
     pool: Pool,
+    change_log: Arc<MySqlChangeLog>,
 }
 
 // By hand: the pool's options hold the password.
@@ -54,7 +57,11 @@ impl MySqlSource {
             .prefer_socket(false)
             .tcp_keepalive(Some(Duration::from_secs(30)))
             .into();
-        let source = Self { config, pool: Pool::new(opts) };
+        let pool = Pool::new(opts.clone());
+        let endpoint = format!("MySQL at {}:{}", config.host, config.port);
+        let change_log =
+            Arc::new(MySqlChangeLog::new(pool.clone(), opts, endpoint, config.user.clone(), config.zero_dates));
+        let source = Self { config, pool, change_log };
         let timeout = Duration::from_secs(source.config.connect_timeout.max(1));
         let endpoint = format!("MySQL at {}:{} as {}", source.config.host, source.config.port, source.config.user);
         match tokio::time::timeout(timeout, source.pool.get_conn()).await {
@@ -289,9 +296,30 @@ impl Source for MySqlSource {
         }
 
         let mut conn = self.conn(table).await?;
+        // For a change stream: the log's end before the snapshot, in case the server cannot
+        // tell the snapshot's own position (MySQL without Percona's binlog_snapshot_*).
+        let before = if request.capture_position { Some(self.change_log.head_on(&mut conn).await?) } else { None };
         conn.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
             .await
             .map_err(|e| wrap(e, format!("{table}: starting a snapshot")))?;
+        let change_position = match before {
+            None => None,
+            Some(before) => match self.change_log.snapshot_position(&mut conn).await? {
+                Some(exact) => Some(exact),
+                // Changes between `before` and the snapshot are applied again over rows that
+                // have them: harmless by key, but a table without one would count them twice.
+                None if schema.key.is_empty() => {
+                    return Err(ConnectorError::config(format!(
+                        "{table} has no primary key, and this server cannot tell a snapshot's exact binlog position \
+                         (MariaDB and Percona Server can); give the table a key (or table_options.{}.primary_key), or \
+                         sync it by cursor",
+                        table.table
+                    )));
+                }
+                None => Some(before),
+            },
+        };
+        let snapshot_seq = change_position.as_ref().map(|p| p.seq.clone());
         // The source clock, in the snapshot: UTC, and the zone DATETIME cursors are stamped in
         // (the server's default zone unless cursor_time_zone says otherwise).
         let zone = request.cursor_time_zone.clone().unwrap_or_else(|| "@@global.time_zone".to_string());
@@ -320,6 +348,8 @@ impl Source for MySqlSource {
             snapshot_time: Some(utc),
             cursor_clock: Some(local),
             cursor_utc_offset: Some(offset),
+            change_settled: snapshot_seq.clone(),
+            change_position,
             ..Default::default()
         };
         // After a daylight-saving fall-back an hour of wall-clock times repeats: rows stamped in
@@ -393,7 +423,8 @@ impl Source for MySqlSource {
             if batch.is_full(request.batch_size) {
                 summary.rows += batch.len() as u64;
                 summary.bytes += batch.bytes as u64;
-                let full = std::mem::replace(&mut batch, RowBatch::with_capacity(request.batch_size));
+                let mut full = std::mem::replace(&mut batch, RowBatch::with_capacity(request.batch_size));
+                full.snapshot_seq = snapshot_seq.clone();
                 if output.send(full).await.is_err() {
                     return Err(ConnectorError::permanent(format!("{table}: every target stopped accepting rows")));
                 }
@@ -401,6 +432,7 @@ impl Source for MySqlSource {
         }
         drop(result);
         if !batch.is_empty() {
+            batch.snapshot_seq = snapshot_seq.clone();
             summary.rows += batch.len() as u64;
             summary.bytes += batch.bytes as u64;
             if output.send(batch).await.is_err() {
@@ -414,6 +446,10 @@ impl Source for MySqlSource {
             summary.nulled_values.insert("invalid dates".to_string(), zero_dates);
         }
         Ok(summary)
+    }
+
+    fn change_log(&self) -> Option<Arc<dyn connector_framework::ChangeLog>> {
+        Some(self.change_log.clone())
     }
 
     async fn close(&self) {

@@ -162,6 +162,11 @@ impl Sink for NdjsonSink {
         if request.resume.is_some() {
             return Err(ConnectorError::permanent("the ndjson sink cannot resume staging; the table starts over"));
         }
+        if request.write == WriteMode::ApplyChanges {
+            return Err(ConnectorError::config(
+                "the ndjson sink does not apply change streams (--cdc); use it with cursor syncs",
+            ));
+        }
         let (table, tenant, mode, write) = (request.table, request.tenant, request.mode, request.write);
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let path = self.table_dir(&table.name).join(".staging").join(format!(
@@ -191,7 +196,7 @@ impl Sink for NdjsonSink {
                 WriteMode::ReplaceTenant => {
                     std::fs::rename(&staged_path, &target).map_err(|e| io("cannot replace", &target, e))?;
                 }
-                WriteMode::Merge | WriteMode::AppendDedup => {
+                WriteMode::Merge | WriteMode::AppendDedup | WriteMode::ApplyChanges => {
                     let mut rows: BTreeMap<String, Map<String, Json>> = BTreeMap::new();
                     for r in read_lines(&target)?.into_iter().chain(read_lines(&staged_path)?) {
                         rows.insert(row_id(&r, &table.key, &table.system), r);

@@ -39,7 +39,9 @@ use crate::source::Source;
 use crate::state::StateStore;
 use crate::strategy::Strategy;
 
+pub(crate) use table::commit_isolating;
 pub use unify::fingerprint;
+pub(crate) use unify::{apply_table_options, unify};
 
 /// One destination: a sink and the state that tracks what it holds.
 #[derive(Debug, Clone)]
@@ -62,10 +64,22 @@ pub struct RunOptions {
     pub wait_lock: Option<Duration>,
     /// Benchmarks: read and stage, record nothing (the sinks discard what they are given).
     pub record_nothing: bool,
+    /// Snapshots for a change stream (`--cdc`): instead of the strategy's plan, every table a
+    /// target's stream does not carry yet is read in full at a captured log position.
+    pub cdc: Option<CdcSnapshots>,
+}
+
+/// What a run that snapshots tables for a change stream needs to know.
+#[derive(Debug, Clone)]
+pub struct CdcSnapshots {
+    pub tracking: crate::sink::ChangeTracking,
+    /// (target id, table) → why it needs a new snapshot although its state says it streams
+    /// (its position was purged from the log, it was dropped and created again, …).
+    pub resnapshot: HashMap<(String, TableRef), String>,
 }
 
 /// A built pipeline, ready to run.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Runner {
     pub source: Arc<dyn Source>,
     pub targets: Vec<Target>,
@@ -125,17 +139,24 @@ impl Runner {
     /// Fails as a whole only on problems no table can get past (lock held, bad selection); a
     /// run that cannot start writes nothing.
     pub async fn run(&self, options: &RunOptions) -> Result<RunReport> {
+        self.select_databases(options)?;
+        let _locks = if options.dry_run || options.record_nothing { Vec::new() } else { self.lock(options).await? };
+        self.run_locked(options).await
+    }
+
+    /// Takes every target's run lock.
+    pub(crate) async fn lock(&self, options: &RunOptions) -> Result<Vec<Box<dyn crate::state::StateLock>>> {
+        let mut locks = Vec::new();
+        for t in &self.targets {
+            locks.push(t.state.lock(options.wait_lock).await?);
+        }
+        Ok(locks)
+    }
+
+    /// A run by a caller that holds the locks already.
+    pub(crate) async fn run_locked(&self, options: &RunOptions) -> Result<RunReport> {
         let started = Instant::now();
         let databases = self.select_databases(options)?;
-        let _locks = if options.dry_run || options.record_nothing {
-            Vec::new()
-        } else {
-            let mut locks = Vec::new();
-            for t in &self.targets {
-                locks.push(t.state.lock(options.wait_lock).await?);
-            }
-            locks
-        };
         let ctx = RunContext {
             runner: self,
             options,
@@ -181,7 +202,7 @@ impl Runner {
         })
     }
 
-    fn select_databases(&self, options: &RunOptions) -> Result<Vec<String>> {
+    pub(crate) fn select_databases(&self, options: &RunOptions) -> Result<Vec<String>> {
         let configured = self.source.databases();
         let Some(wanted) = &options.databases else { return Ok(configured) };
         let unknown: Vec<&String> = wanted.iter().filter(|w| !configured.contains(w)).collect();
@@ -195,7 +216,7 @@ impl Runner {
         Ok(configured.into_iter().filter(|d| wanted.contains(d)).collect())
     }
 
-    async fn select_tables(&self, database: &str, options: &RunOptions) -> Result<Vec<String>> {
+    pub(crate) async fn select_tables(&self, database: &str, options: &RunOptions) -> Result<Vec<String>> {
         let mut tables = if self.tables.is_empty() {
             self.retry(&format!("list tables of {database}"), || self.source.list_tables(database)).await?
         } else {
@@ -209,7 +230,7 @@ impl Runner {
 
     /// Retries a source call (sinks retry their own remote calls; retrying them here too would
     /// multiply the waits).
-    async fn retry<T, F, Fut>(&self, what: &str, op: F) -> Result<T>
+    pub(crate) async fn retry<T, F, Fut>(&self, what: &str, op: F) -> Result<T>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T>>,

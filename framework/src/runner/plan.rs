@@ -48,6 +48,12 @@ pub(super) fn plan_for(
 ) -> TablePlan {
     let options = plan_options(ctx, table_options, schema, stamp);
     let plan = ctx.runner.strategy.plan(schema, prior, &options);
+    announce(ctx, schema, target, &plan);
+    plan
+}
+
+/// Tells the listeners (and the log) what a tenant × target will do.
+pub(super) fn announce(ctx: &RunContext<'_>, schema: &TableSchema, target: &Target, plan: &TablePlan) {
     Event::TablePlanned {
         table: schema.table.clone(),
         target: target.id.clone(),
@@ -58,7 +64,6 @@ pub(super) fn plan_for(
     for w in &plan.warnings {
         tracing::warn!(table = %schema.table, target = %target.id, "{w}");
     }
-    plan
 }
 
 /// The union of read ranges: full if any is full, else the earliest lower bound (and the

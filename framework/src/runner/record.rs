@@ -10,7 +10,7 @@ use crate::events::Event;
 use crate::report::{OutcomeStatus, TableOutcome};
 use crate::schema::{LogicalType, TableRef, TableSchema};
 use crate::source::ReadSummary;
-use crate::state::{SyncMode, SyncStatus, TableState, TargetStamp, Watermark, watermark_text};
+use crate::state::{CdcTableState, SyncMode, SyncStatus, TableState, TargetStamp, Watermark, watermark_text};
 use crate::strategy::TablePlan;
 
 use super::{RunContext, Target, unify};
@@ -30,13 +30,35 @@ pub(super) struct Success<'a> {
 pub(super) async fn record_success(ctx: &RunContext<'_>, target: &Target, s: Success<'_>) -> TableOutcome {
     let table = &s.schema.table;
     let now = Utc::now().naive_utc();
-    let watermark = next_watermark(s.schema, s.plan, s.read, s.prior.and_then(|p| p.watermark.as_ref()));
     let read_at = s.read.snapshot_time.unwrap_or(now);
+    // A snapshot for a change stream: the stream carries the table from its position on.
+    let cdc = match &ctx.options.cdc {
+        None => None,
+        Some(cdc) => match &s.read.change_position {
+            Some(position) => Some(CdcTableState {
+                snapshot: position.clone(),
+                settled: s.read.change_settled.clone(),
+                deletes: cdc.tracking.deletes,
+            }),
+            None => {
+                let e = ConnectorError::permanent(format!(
+                    "{table}: the source did not report the change-log position of its snapshot, so the change \
+                     stream cannot take over from it; report this as a bug"
+                ));
+                return record_failure(ctx, target, table, Some(s.plan.mode), &e, s.retries, s.elapsed).await;
+            }
+        },
+    };
+    let watermark = if cdc.is_some() {
+        None
+    } else {
+        next_watermark(s.schema, s.plan, s.read, s.prior.and_then(|p| p.watermark.as_ref()))
+    };
     let state = TableState {
         table_name: table.table.clone(),
         last_sync_time: Some(read_at),
         sync_status: SyncStatus::Success,
-        sync_mode: s.plan.mode,
+        sync_mode: if cdc.is_some() { SyncMode::Cdc } else { s.plan.mode },
         records_synced: s.rows,
         error_message: None,
         updated_at: now,
@@ -51,6 +73,7 @@ pub(super) async fn record_success(ctx: &RunContext<'_>, target: &Target, s: Suc
         last_full_at: if s.plan.mode == SyncMode::Full { Some(read_at) } else { s.prior.and_then(|p| p.last_full_at) },
         in_doubt: None,
         notes: s.plan.warnings.clone(),
+        cdc,
     };
     let mut outcome = TableOutcome::new(table, &target.id, OutcomeStatus::Success);
     outcome.mode = Some(s.plan.mode);

@@ -76,7 +76,8 @@ pub(super) async fn sync_table(ctx: &RunContext<'_>, name: &str, dbs: &[String])
     for (table, e) in &unified.rejected {
         outcomes.extend(record::fail_everywhere(ctx, table, e).await);
     }
-    let Some(target_table) = unified.target else { return outcomes };
+    let Some(mut target_table) = unified.target else { return outcomes };
+    target_table.changes = ctx.options.cdc.as_ref().map(|c| c.tracking);
     let tenants = unified.tenants;
 
     // Prior state: loaded here, once per tenant and target, for every later stage.
@@ -215,7 +216,19 @@ async fn stage_tenant<'a>(
     let mut priors = HashMap::new();
     let mut plans: Vec<(&Target, TablePlan)> = Vec::new();
     for (l, prior) in &targets {
-        let plan = plan::plan_for(ctx, table_options, &schema, l.target, Some(&l.stamp), prior.as_ref());
+        let plan = match &ctx.options.cdc {
+            None => plan::plan_for(ctx, table_options, &schema, l.target, Some(&l.stamp), prior.as_ref()),
+            Some(cdc) => {
+                let forced = cdc.resnapshot.get(&(l.target.id.clone(), table.clone())).map(String::as_str);
+                // A table the stream already carries needs no snapshot.
+                let Some(plan) = crate::cdc::snapshot_plan(&schema, prior.as_ref(), &l.stamp, cdc.tracking, forced)
+                else {
+                    continue;
+                };
+                plan::announce(ctx, &schema, l.target, &plan);
+                plan
+            }
+        };
         plans.push((l.target, plan));
         priors.insert(l.target.id.clone(), prior.clone());
     }
@@ -231,6 +244,7 @@ async fn stage_tenant<'a>(
         request.track_cursor = plans.iter().find_map(|(_, p)| p.cursor.clone());
         request.cursor_time_zone =
             table_options.cursor_time_zone.clone().or_else(|| runner.settings.cursor_time_zone.clone());
+        request.capture_position = ctx.options.cdc.is_some();
         let (result, r) =
             runner.retry_counted(&format!("sync {table}"), || read::attempt(ctx, &request, target_table, &plans)).await;
         retries = r;
@@ -338,7 +352,11 @@ async fn commit_target(
 /// Commits the staged tenants; when a commit fails for a reason retrying cannot fix, the
 /// tenants are committed in halves, recursively, so one tenant's bad value fails that tenant
 /// alone. A failure whose outcome is in doubt is never split: it may have been applied.
-async fn commit_isolating(target: &Target, table: &TargetTable, staged: Vec<Staged>) -> HashMap<String, Result<()>> {
+pub(crate) async fn commit_isolating(
+    target: &Target,
+    table: &TargetTable,
+    staged: Vec<Staged>,
+) -> HashMap<String, Result<()>> {
     let mut results = HashMap::new();
     let mut groups = vec![staged];
     while let Some(group) = groups.pop() {

@@ -13,7 +13,7 @@ use crate::system::SystemColumns;
 
 /// Applies the per-table `primary_key` and `exclude_columns` and checks `cursor_column`
 /// against one tenant's discovered columns.
-pub(super) fn apply_table_options(mut schema: TableSchema, options: &TableOptions) -> Result<TableSchema> {
+pub(crate) fn apply_table_options(mut schema: TableSchema, options: &TableOptions) -> Result<TableSchema> {
     let table = schema.table.clone();
     let excluded = |name: &str| options.exclude_columns.iter().any(|e| e.eq_ignore_ascii_case(name));
     schema.columns.retain(|c| !excluded(&c.name));
@@ -103,7 +103,7 @@ pub(super) fn unknown_option_columns(
 }
 
 /// The result of unifying the tenants of one table name.
-pub(super) struct Unified {
+pub(crate) struct Unified {
     pub target: Option<TargetTable>,
     /// The tenants that take part.
     pub tenants: Vec<Arc<TableSchema>>,
@@ -114,7 +114,7 @@ pub(super) struct Unified {
 /// Unifies the tenants' schemas: a tenant whose key or a column's type disagrees with the
 /// others' is left out with an error naming both (the others still sync); the target is the
 /// union of the rest.
-pub(super) fn unify(
+pub(crate) fn unify(
     name: &str,
     schemas: Vec<Arc<TableSchema>>,
     options: &TableOptions,
@@ -291,6 +291,7 @@ fn union_target(
             rename_columns: options.rename_columns.clone(),
         },
         system: system.clone(),
+        changes: None,
     }
 }
 

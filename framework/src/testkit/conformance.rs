@@ -189,6 +189,7 @@ pub async fn sink_conformance(sink: &dyn Sink, table: &str) -> Result<Vec<&'stat
         key_nullable: false,
         options: TargetOptions::default(),
         system: SystemColumns::default(),
+        changes: None,
     };
     sink.prepare(&target).await?;
     sink.prepare(&target).await?;
@@ -197,7 +198,7 @@ pub async fn sink_conformance(sink: &dyn Sink, table: &str) -> Result<Vec<&'stat
     let mut staged = Vec::new();
     for (schema, rows) in [(&schema_a, &rows_a), (&schema_b, &rows_b)] {
         let mut w = sink.stage(fresh(&target, schema, SyncMode::Full, WriteMode::ReplaceTenant)).await?;
-        w.write(&RowBatch { rows: rows.clone(), bytes: 0 }).await?;
+        w.write(&RowBatch { rows: rows.clone(), ..Default::default() }).await?;
         let s = w.finish().await?;
         if s.rows != rows.len() as u64 || s.tenant != schema.table.database {
             return Err(ConnectorError::permanent(format!(
@@ -219,7 +220,7 @@ pub async fn sink_conformance(sink: &dyn Sink, table: &str) -> Result<Vec<&'stat
     let mut w = sink.stage(fresh(&target, &schema_a, SyncMode::Incremental, WriteMode::Merge)).await?;
     let mut changed = rows_a[..2].to_vec();
     changed[0][1] = Value::String("changed".into());
-    w.write(&RowBatch { rows: changed, bytes: 0 }).await?;
+    w.write(&RowBatch { rows: changed, ..Default::default() }).await?;
     let s = w.finish().await?;
     sink.commit(&target, std::slice::from_ref(&s)).await?;
     sink.discard(std::slice::from_ref(&s)).await;
@@ -230,14 +231,14 @@ pub async fn sink_conformance(sink: &dyn Sink, table: &str) -> Result<Vec<&'stat
     keyless_schema.key.clear();
     sink.prepare(&keyless).await?;
     let mut w = sink.stage(fresh(&keyless, &keyless_schema, SyncMode::Incremental, WriteMode::AppendDedup)).await?;
-    w.write(&RowBatch { rows: rows_a.clone(), bytes: 0 }).await?;
+    w.write(&RowBatch { rows: rows_a.clone(), ..Default::default() }).await?;
     let s = w.finish().await?;
     sink.commit(&keyless, std::slice::from_ref(&s)).await?;
     sink.discard(std::slice::from_ref(&s)).await;
     steps.push("keyless append");
 
     let mut w = sink.stage(fresh(&target, &schema_b, SyncMode::Full, WriteMode::ReplaceTenant)).await?;
-    w.write(&RowBatch { rows: rows_b.clone(), bytes: 0 }).await?;
+    w.write(&RowBatch { rows: rows_b.clone(), ..Default::default() }).await?;
     let s = w.finish().await?;
     sink.discard(std::slice::from_ref(&s)).await;
     steps.push("discard");

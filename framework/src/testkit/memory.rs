@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use crate::error::{ConnectorError, Result};
 use crate::schema::{TableRef, TableSchema};
 use crate::source::{BatchSender, ReadRange, ReadRequest, ReadSummary, Source};
-use crate::state::{DatabaseState, StateLock, StateStore, TableState};
+use crate::state::{DatabaseState, StateLock, StateStore, StreamState, TableState};
 use crate::value::{Row, RowBatch, Value};
 
 /// Schema and rows per table.
@@ -137,6 +137,7 @@ impl Source for MemorySource {
 #[derive(Debug, Default, Clone)]
 pub struct MemoryStateStore {
     pub databases: Arc<Mutex<HashMap<String, DatabaseState>>>,
+    pub stream: Arc<Mutex<Option<StreamState>>>,
     locked: Arc<tokio::sync::Mutex<()>>,
 }
 
@@ -171,5 +172,12 @@ impl StateStore for MemoryStateStore {
     }
     fn location(&self) -> String {
         "memory".into()
+    }
+    async fn load_stream(&self) -> Result<Option<StreamState>> {
+        Ok(self.stream.lock().unwrap_or_else(|p| p.into_inner()).clone())
+    }
+    async fn record_stream(&self, state: StreamState) -> Result<()> {
+        *self.stream.lock().unwrap_or_else(|p| p.into_inner()) = Some(state);
+        Ok(())
     }
 }
