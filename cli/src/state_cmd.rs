@@ -28,9 +28,11 @@ pub fn status_dirs(pipeline: Option<&Pipeline>, status_dir: Option<&Path>) -> Re
     })
 }
 
-/// One row of the overview.
+/// One row of the overview: a table, or a target's change stream.
 #[derive(Debug, serde::Serialize)]
 struct StatusRow {
+    /// `table` or `stream`.
+    kind: &'static str,
     target: String,
     database: String,
     table: Option<String>,
@@ -44,6 +46,25 @@ struct StatusRow {
     watermark: Option<String>,
     error: Option<String>,
     notes: Vec<String>,
+    /// Streams: how far the target has applied the log, the log's head, and the lag.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    position: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    head: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lag_seconds: Option<f64>,
+}
+
+/// A table's mode as `status` shows it: `CDC`, `SNAPSHOT 37%` while a snapshot for the
+/// change stream is under way, else the sync mode.
+fn mode_of(t: &connector_framework::TableState) -> String {
+    if let Some(r) = t.resume.as_ref().filter(|r| r.change_position.is_some()) {
+        return match r.estimated_rows.filter(|n| *n > 0) {
+            Some(n) => format!("SNAPSHOT {}%", (r.rows.saturating_mul(100) / n).min(99)),
+            None => "SNAPSHOT".to_string(),
+        };
+    }
+    t.sync_mode.as_str().to_string()
 }
 
 pub fn status(dirs: &[(String, PathBuf)], json: bool) -> Result<bool> {
@@ -53,6 +74,7 @@ pub fn status(dirs: &[(String, PathBuf)], json: bool) -> Result<bool> {
         for (database, state) in tools::overview(dir).map_err(|e| anyhow!("{e}"))? {
             match state {
                 Err(e) => rows.push(StatusRow {
+                    kind: "table",
                     target: target.clone(),
                     database,
                     table: None,
@@ -65,15 +87,19 @@ pub fn status(dirs: &[(String, PathBuf)], json: bool) -> Result<bool> {
                     watermark: None,
                     error: Some(e.to_string()),
                     notes: Vec::new(),
+                    position: None,
+                    head: None,
+                    lag_seconds: None,
                 }),
                 Ok(state) => {
                     for (table, t) in state.tables {
                         rows.push(StatusRow {
+                            kind: "table",
                             target: target.clone(),
                             database: database.clone(),
                             table: Some(table),
                             status: if t.sync_status == SyncStatus::Success { "SUCCESS" } else { "FAILED" }.into(),
-                            mode: Some(t.sync_mode.as_str().into()),
+                            mode: Some(mode_of(&t)),
                             last_sync_time: t.last_sync_time.map(|d| d.format("%Y-%m-%d %H:%M:%S").to_string()),
                             last_success_at: t.last_success_at.map(|d| d.format("%Y-%m-%d %H:%M:%S").to_string()),
                             stale_seconds: t.last_success_at.map(|d| (now - d).num_seconds()),
@@ -81,13 +107,69 @@ pub fn status(dirs: &[(String, PathBuf)], json: bool) -> Result<bool> {
                             watermark: t.watermark.map(|w| format!("{} {}", w.column, w.value)),
                             error: t.error_message,
                             notes: t.notes,
+                            position: None,
+                            head: None,
+                            lag_seconds: None,
                         });
                     }
                 }
             }
         }
+        match tools::stream_state(dir) {
+            Ok(None) => {}
+            Ok(Some(s)) => rows.push(StatusRow {
+                kind: "stream",
+                target: target.clone(),
+                database: "*".into(),
+                table: None,
+                status: if s.status == "failed" { "FAILED".into() } else { s.status.to_uppercase() },
+                mode: Some("CDC".into()),
+                last_sync_time: Some(s.updated_at.format("%Y-%m-%d %H:%M:%S").to_string()),
+                last_success_at: None,
+                stale_seconds: Some((now - s.updated_at).num_seconds()),
+                records_synced: None,
+                watermark: None,
+                error: s.error,
+                notes: Vec::new(),
+                position: s.applied.map(|p| p.to_string()),
+                head: s.head.map(|p| p.to_string()),
+                lag_seconds: s.lag_seconds,
+            }),
+            Err(e) => rows.push(StatusRow {
+                kind: "stream",
+                target: target.clone(),
+                database: "*".into(),
+                table: None,
+                status: "CORRUPT".into(),
+                mode: Some("CDC".into()),
+                last_sync_time: None,
+                last_success_at: None,
+                stale_seconds: None,
+                records_synced: None,
+                watermark: None,
+                error: Some(e.to_string()),
+                notes: Vec::new(),
+                position: None,
+                head: None,
+                lag_seconds: None,
+            }),
+        }
     }
-    let unhealthy = rows.iter().any(|r| r.status != "SUCCESS");
+    // A streaming table is as fresh as its target's stream.
+    let streams: Vec<(String, Option<i64>, Option<String>)> = rows
+        .iter()
+        .filter(|r| r.kind == "stream")
+        .map(|r| (r.target.clone(), r.stale_seconds, r.last_sync_time.clone()))
+        .collect();
+    for r in rows.iter_mut().filter(|r| r.kind == "table" && r.mode.as_deref() == Some("CDC") && r.status == "SUCCESS")
+    {
+        if let Some((_, stale, at)) = streams.iter().find(|(t, _, _)| *t == r.target) {
+            r.stale_seconds = *stale;
+            r.last_sync_time = at.clone();
+        }
+    }
+    let healthy = |r: &StatusRow| matches!(r.status.as_str(), "SUCCESS" | "STREAMING" | "STOPPED" | "STARTING");
+    let unhealthy = rows.iter().any(|r| !healthy(r));
     if json {
         crate::out(&format!("{}\n", serde_json::to_string_pretty(&rows)?));
         return Ok(!unhealthy);
@@ -109,7 +191,7 @@ pub fn status(dirs: &[(String, PathBuf)], json: bool) -> Result<bool> {
         "{:width$}  {:8}  {:11}  {:19}  {:>10}  {:>10}  error\n",
         "table", "status", "mode", "last sync", "rows", "stale"
     );
-    for r in &rows {
+    for r in rows.iter().filter(|r| r.kind == "table") {
         let stale = r.stale_seconds.map_or("never".to_string(), |s| {
             humantime::format_duration(std::time::Duration::from_secs(s.max(0) as u64)).to_string()
         });
@@ -128,8 +210,21 @@ pub fn status(dirs: &[(String, PathBuf)], json: bool) -> Result<bool> {
             text.push_str(&format!("    note: {n}\n"));
         }
     }
-    let failed = rows.iter().filter(|r| r.status != "SUCCESS").count();
-    text.push_str(&format!("{} tables, {} not healthy\n", rows.len(), failed));
+    for r in rows.iter().filter(|r| r.kind == "stream") {
+        let target = if multi { format!(" → {}", r.target) } else { String::new() };
+        text.push_str(&format!(
+            "change stream{target}: {}, applied up to {}, log head {}, lag {}, updated {} s ago{}\n",
+            r.status.to_lowercase(),
+            r.position.as_deref().unwrap_or("nothing yet"),
+            r.head.as_deref().unwrap_or("unknown"),
+            r.lag_seconds.map_or("unknown".to_string(), |l| format!("{l:.1} s")),
+            r.stale_seconds.unwrap_or(0),
+            r.error.as_deref().map(|e| format!("; last error: {e}")).unwrap_or_default()
+        ));
+    }
+    let tables = rows.iter().filter(|r| r.kind == "table").count();
+    let failed = rows.iter().filter(|r| !healthy(r)).count();
+    text.push_str(&format!("{tables} tables, {failed} not healthy\n"));
     crate::out(&text);
     Ok(!unhealthy)
 }

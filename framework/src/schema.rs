@@ -93,6 +93,9 @@ pub struct TableSchema {
     /// Key columns in key order; empty when the table has no usable key.
     pub key: Vec<String>,
     pub key_source: KeySource,
+    /// The source's estimate of the row count (for progress), when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub estimated_rows: Option<u64>,
 }
 
 impl TableSchema {

@@ -199,6 +199,13 @@ pub struct ResumePoint {
     pub max_cursor: Option<String>,
     /// The table's columns and key when staging began; a schema change starts over.
     pub schema_fingerprint: String,
+    /// A snapshot for a change stream: the change-log position of its first range (the
+    /// stream applies the table's changes after it, so a resumed snapshot keeps it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change_position: Option<ChangePosition>,
+    /// The source's estimate of the table's rows when staging began (for progress).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub estimated_rows: Option<u64>,
 }
 
 fn is_zero(n: &u32) -> bool {

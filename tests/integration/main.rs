@@ -6,6 +6,9 @@
 
 mod support;
 
+/// Binlog CDC: snapshots under writers, every change kind, DDL, crashes, purges, restarts,
+/// new tenants, several targets, and refused servers.
+mod cdc;
 /// The command line: list, describe, validate, config errors, secrets, the run lock.
 mod cli;
 /// Several targets from one read, and the example connector crate.

@@ -313,7 +313,12 @@ async fn column_names_are_kept_system_columns_renamed_and_excluded_columns_never
     for statement in &seen {
         assert!(!statement[0].as_deref().unwrap_or("").contains("password_hash"), "{statement:?}");
     }
-    let how = Compared { tenant_column: Some("_tenant_id"), excluded: &["password_hash"], renamed: &[] };
+    let how = Compared {
+        tenant_column: Some("_tenant_id"),
+        excluded: &["password_hash"],
+        renamed: &[],
+        ..Default::default()
+    };
     assert_table_equal_as(emulator, &dataset, &db, "accounts", "id", &how).await;
     let table = bq_get(emulator, &format!("datasets/{dataset}/tables/accounts")).await;
     let names: Vec<&str> =

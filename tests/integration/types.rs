@@ -2,13 +2,11 @@ use serde_json::json;
 
 use crate::support::*;
 
-/// Every MySQL / MariaDB type family with its edge values, synced and read back; each value is
-/// compared per type with what MySQL itself prints for it.
-#[tokio::test(flavor = "multi_thread")]
-async fn every_type_round_trips_with_edge_values() {
-    let emulator = &*EMULATOR;
-    let db = unique("types");
-    mysql_exec(&format!(
+/// The all-types fixture: a fresh database `db` with table `all_types` (41 columns, every
+/// MySQL / MariaDB type family), and with `rows` its four rows of edge values, NULLs and
+/// invalid dates. CDC tests insert the rows through the binlog instead.
+pub(crate) fn all_types_sql(db: &str, rows: bool) -> String {
+    let create = format!(
         r#"DROP DATABASE IF EXISTS `{db}`;
 CREATE DATABASE `{db}` CHARACTER SET utf8mb4;
 SET SESSION sql_mode = '';
@@ -34,6 +32,18 @@ CREATE TABLE `{db}`.all_types (
   js JSON,
   geo GEOMETRY, pt POINT
 );
+"#
+    );
+    if !rows {
+        return create;
+    }
+    format!("{create}\n{}", all_types_rows(db))
+}
+
+/// The four rows of [`all_types_sql`], as an INSERT.
+pub(crate) fn all_types_rows(db: &str) -> String {
+    format!(
+        r#"SET SESSION sql_mode = '';
 INSERT INTO `{db}`.all_types VALUES
 (1, -128, 0, -32768, -8388608, -2147483648, 0, -9223372036854775808, 0, 0, 0,
  -99999999.99, -99999999999999999999999999999.999999999, -999999999999999999.999999999999,
@@ -67,8 +77,16 @@ INSERT INTO `{db}`.all_types VALUES
  X'7F000001', X'00', X'',
  'b', 'y', b'1', b'1000000000000000000000000000000000000000000000000000000000000000',
  '"just a string"', ST_GeomFromText('POLYGON((0 0,1 0,1 1,0 0))'), ST_GeomFromText('POINT(1.5 -2.25)'));"#
-    ))
-    .await;
+    )
+}
+
+/// Every MySQL / MariaDB type family with its edge values, synced and read back; each value is
+/// compared per type with what MySQL itself prints for it.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_type_round_trips_with_edge_values() {
+    let emulator = &*EMULATOR;
+    let db = unique("types");
+    mysql_exec(&all_types_sql(&db, true)).await;
     let dataset = unique("types");
     let dir = workdir();
     let mut params = flat_params(std::slice::from_ref(&db), &["all_types"], &dataset, emulator, dir.path());

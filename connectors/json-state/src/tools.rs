@@ -37,6 +37,18 @@ pub fn overview(dir: &Path) -> Result<Vec<(String, std::result::Result<DatabaseS
     Ok(out)
 }
 
+/// The change stream's state in a status folder (`cdc/stream.json`), if `--cdc` ran there.
+pub fn stream_state(dir: &Path) -> Result<Option<connector_framework::StreamState>> {
+    let path = JsonStateStore::new(dir).stream_path();
+    match fs::read_to_string(&path) {
+        Ok(text) => serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| ConnectorError::permanent(format!("{} is corrupt: {e}", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(ConnectorError::permanent(format!("cannot read {}: {e}", path.display()))),
+    }
+}
+
 /// A per-database file has `database_info` and `tables` (or cannot be parsed at all, which the
 /// overview then reports).
 fn is_database_file(path: &Path) -> bool {

@@ -240,7 +240,16 @@ impl Source for MySqlSource {
             })
             .collect();
         let (key, key_source) = self.key(table, &nullable).await?;
-        Ok(TableSchema { table: table.clone(), columns, key, key_source })
+        let mut conn = self.conn(table).await?;
+        let estimated_rows: Option<u64> = conn
+            .exec_first(
+                "SELECT TABLE_ROWS FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
+                (&table.database, &table.table),
+            )
+            .await
+            .map_err(|e| wrap(e, format!("{table}: reading information_schema.TABLES")))?
+            .flatten();
+        Ok(TableSchema { table: table.clone(), columns, key, key_source, estimated_rows })
     }
 
     async fn read(&self, request: ReadRequest, output: BatchSender) -> Result<ReadSummary> {

@@ -127,7 +127,11 @@ impl Batch {
     ) -> Result<Applied> {
         let mut applied = Applied { refused: self.refused, ..Default::default() };
         for (name, tenants) in self.tables {
-            let Some(target_table) = target_tables.get(&name) else { continue };
+            let Some(target_table) = target_tables.get(&name) else {
+                return Err(ConnectorError::permanent(format!(
+                    "changes staged for {name} have no target table (a bug in connector-run; nothing was applied)"
+                )));
+            };
             let started = Instant::now();
             let mut staged: Vec<Staged> = Vec::new();
             let mut counts: HashMap<String, (TableRef, u64, u64)> = HashMap::new();

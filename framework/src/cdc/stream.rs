@@ -89,6 +89,10 @@ pub(super) struct TargetStream<'a> {
     report: StreamReport,
     /// Log events read since the last checkpoint.
     events_since_checkpoint: u64,
+    /// When the stream's state was last saved.
+    saved_at: Instant,
+    /// Catching up: the log's head when the run started; the run ends once it is applied.
+    catch_up_to: Option<ChangePosition>,
 }
 
 impl<'a> TargetStream<'a> {
@@ -124,6 +128,8 @@ impl<'a> TargetStream<'a> {
             state,
             report: StreamReport { target: target.id.clone(), ..Default::default() },
             events_since_checkpoint: 0,
+            saved_at: Instant::now(),
+            catch_up_to: None,
         }
     }
 
@@ -136,15 +142,31 @@ impl<'a> TargetStream<'a> {
         let mut refresh = Refresh::All;
         let mut failures = 0u32;
         let policy = self.runner.settings.retry_policy();
+        if self.config.catch_up {
+            match self.log.status().await {
+                Ok(status) => self.catch_up_to = Some(status.head),
+                Err(e) => {
+                    self.report.error = Some(e.to_string());
+                    return self.report;
+                }
+            }
+        }
         loop {
             if self.stopping() {
                 break;
             }
-            let attempt = async {
-                self.refresh(std::mem::replace(&mut refresh, Refresh::Nothing)).await?;
-                self.stream_once().await
+            let pending = std::mem::replace(&mut refresh, Refresh::Nothing);
+            let attempt = match self.refresh(pending).await {
+                Ok(()) => self.stream_once().await,
+                Err(e) => {
+                    // A refresh that failed half way leaves no half-known tables behind: the
+                    // next attempt starts from the state again.
+                    self.tracked.clear();
+                    self.target_tables.clear();
+                    Err(e)
+                }
             };
-            match attempt.await {
+            match attempt {
                 Ok(End::Stopped) | Ok(End::CaughtUp) => break,
                 Ok(End::Snapshot(tables)) => {
                     failures = 0;
@@ -233,6 +255,10 @@ impl<'a> TargetStream<'a> {
 
     /// Snapshots what needs it in the scope, then loads the scope's tables and positions.
     async fn refresh(&mut self, refresh: Refresh) -> Result<()> {
+        self.refresh_at(refresh, 0).await
+    }
+
+    async fn refresh_at(&mut self, refresh: Refresh, depth: u8) -> Result<()> {
         let (scope, mut forced): (BTreeSet<TableRef>, BTreeMap<TableRef, String>) = match refresh {
             Refresh::Nothing => return Ok(()),
             Refresh::All => (self.scope().await?, BTreeMap::new()),
@@ -259,15 +285,23 @@ impl<'a> TargetStream<'a> {
                 );
             }
         }
+        // Tables the stream carries already take no snapshot (and need no target to be up).
+        let mut needs: BTreeSet<TableRef> = BTreeSet::new();
         for t in &scope {
             self.tracked.remove(t);
-            if let Some(h) = self.halted.get(t).filter(|h| h.retry_at <= Instant::now()) {
+            if let Some(h) = self.halted.get(t) {
+                if h.retry_at > Instant::now() {
+                    continue;
+                }
                 forced.entry(t.clone()).or_insert_with(|| format!("trying again after: {}", h.reason));
             }
+            if forced.contains_key(t) || !self.track(t, false).await? {
+                needs.insert(t.clone());
+            }
         }
-        // One snapshot run per table name, for the tenants in scope.
+        // One snapshot run per table name, for the tenants that need one.
         let mut by_name: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for t in &scope {
+        for t in &needs {
             by_name.entry(t.table.clone()).or_default().push(t.database.clone());
         }
         for (name, dbs) in &by_name {
@@ -286,13 +320,24 @@ impl<'a> TargetStream<'a> {
                 ..self.selection.clone()
             };
             let report = self.runner.run_locked(&options).await?;
-            self.report.snapshots.extend(report.outcomes);
+            // The report keeps each table's latest snapshot: one that failed and then worked
+            // (a tenant created later) is not a failure.
+            for o in report.outcomes {
+                self.report.snapshots.retain(|s| (&s.database, &s.table) != (&o.database, &o.table));
+                self.report.snapshots.push(o);
+            }
         }
-        for t in &scope {
-            self.track(t).await?;
+        for t in &needs {
+            self.track(t, true).await?;
         }
-        for name in by_name.keys() {
-            self.rebuild_target_table(name).await;
+        let names: BTreeSet<String> = scope.iter().map(|t| t.table.clone()).collect();
+        let mut renew = BTreeMap::new();
+        for name in &names {
+            renew.append(&mut self.rebuild_target_table(name).await?);
+        }
+        if !renew.is_empty() && depth < 2 {
+            // Once more for those: their snapshot goes into the target table as it is now.
+            return Box::pin(self.refresh_at(Refresh::Only(renew), depth + 1)).await;
         }
         Ok(())
     }
@@ -309,20 +354,24 @@ impl<'a> TargetStream<'a> {
         }
     }
 
-    /// Starts carrying `table` if its state says a snapshot for this stream is in the target.
-    async fn track(&mut self, table: &TableRef) -> Result<()> {
-        let Some(prior) = self.load_state(table).await? else { return Ok(()) };
+    /// Starts carrying `table` if its state says a snapshot for this stream is in the target;
+    /// whether it does. After a snapshot attempt, a table that still cannot stream is held
+    /// back (and tried again later).
+    async fn track(&mut self, table: &TableRef, after_snapshot: bool) -> Result<bool> {
+        let Some(prior) = self.load_state(table).await? else { return Ok(false) };
         let options = self.runner.table_options.get(&table.table).cloned().unwrap_or_default();
         let discovered = self.runner.retry(&format!("discover {table}"), || self.runner.source.discover(table)).await;
         let schema = match discovered.and_then(|s| crate::runner::apply_table_options(s, &options)) {
             Ok(s) => Arc::new(s),
             Err(e) => {
-                tracing::warn!(%table, error = %e, "cannot discover the table; it does not stream");
-                return Ok(());
+                if after_snapshot {
+                    tracing::warn!(%table, error = %e, "cannot discover the table; it does not stream");
+                }
+                return Ok(false);
             }
         };
         if let Some(reason) = snapshot_reason(&schema, Some(&prior), None, self.config.tracking) {
-            if prior.cdc.is_some() || prior.sync_status == crate::state::SyncStatus::Failed {
+            if after_snapshot && (prior.cdc.is_some() || prior.sync_status == crate::state::SyncStatus::Failed) {
                 let why = prior.error_message.clone().unwrap_or(reason);
                 self.halted.entry(table.clone()).or_insert_with(|| Halted {
                     reason: why,
@@ -330,10 +379,11 @@ impl<'a> TargetStream<'a> {
                     backoff: Duration::from_secs(60),
                 });
             }
-            return Ok(());
+            return Ok(false);
         }
-        let Some(cdc) = prior.cdc else { return Ok(()) };
+        let Some(cdc) = prior.cdc else { return Ok(false) };
         self.halted.remove(table);
+        self.report.stopped_tables.retain(|(t, _)| t != table);
         self.tracked.insert(
             table.clone(),
             Tracked {
@@ -344,31 +394,51 @@ impl<'a> TargetStream<'a> {
                 paused: false,
             },
         );
-        Ok(())
+        Ok(true)
     }
 
-    /// The target table of a table name from its tracked tenants.
-    async fn rebuild_target_table(&mut self, name: &str) {
+    /// The target table of a table name from its tracked tenants, prepared in the target
+    /// (created or evolved as needed). Returns the tenants whose state belongs to another
+    /// instance of the target table (dropped and created again since): they need a snapshot.
+    async fn rebuild_target_table(&mut self, name: &str) -> Result<BTreeMap<TableRef, String>> {
+        let mut renew = BTreeMap::new();
         let schemas: Vec<Arc<TableSchema>> =
             self.tracked.iter().filter(|(t, _)| t.table == name).map(|(_, t)| t.schema.clone()).collect();
         if schemas.is_empty() {
             self.target_tables.remove(name);
-            return;
+            return Ok(renew);
         }
         let options = self.runner.table_options.get(name).cloned().unwrap_or_default();
         let unified = crate::runner::unify(name, schemas, &options, &self.runner.settings.system_columns);
         for (table, e) in unified.rejected {
             self.halt(&table, &e).await;
         }
-        match unified.target {
-            Some(mut t) => {
-                t.changes = Some(self.config.tracking);
-                self.target_tables.insert(name.to_string(), t);
-            }
-            None => {
-                self.target_tables.remove(name);
+        let Some(mut target_table) = unified.target else {
+            self.target_tables.remove(name);
+            return Ok(renew);
+        };
+        target_table.changes = Some(self.config.tracking);
+        let prepared = self.target.sink.prepare(&target_table).await?;
+        for w in &prepared.warnings {
+            tracing::warn!(table = %name, target = %self.target.id, "{w}");
+        }
+        let tenants: Vec<TableRef> = self.tracked.keys().filter(|t| t.table == name).cloned().collect();
+        for t in tenants {
+            let stamp = self.load_state(&t).await?.and_then(|s| s.target);
+            let same = match (&stamp, &prepared.generation) {
+                (Some(s), Some(g)) => {
+                    s.generation.as_ref() == Some(g) && s.destination == self.target.sink.destination()
+                }
+                (Some(s), None) => s.destination == self.target.sink.destination(),
+                (None, _) => false,
+            };
+            if !same {
+                self.tracked.remove(&t);
+                renew.insert(t, "the target table is new (created, or dropped and recreated)".to_string());
             }
         }
+        self.target_tables.insert(name.to_string(), target_table);
+        Ok(renew)
     }
 
     /// Stops streaming a table: its state says why, and a later snapshot takes it up again.
@@ -474,7 +544,7 @@ impl<'a> TargetStream<'a> {
         let mut boundary = from;
         let mut boundary_at: Option<DateTime<Utc>> = None;
         let mut in_txn = false;
-        let mut flush_due_at = Instant::now() + self.config.flush_every;
+        let mut cadence = Cadence::new(self.config.flush_every);
         let mut pending: BTreeMap<TableRef, String> = BTreeMap::new();
         let mut truncates: Vec<(TableRef, ChangeSeq)> = Vec::new();
         let mut stop_requested_at: Option<Instant> = None;
@@ -497,9 +567,12 @@ impl<'a> TargetStream<'a> {
                             batch.abandon(&self.target).await;
                             return Ok(End::Stopped);
                         }
-                    } else if !in_txn && Instant::now() >= flush_due_at && floor.as_ref().is_none_or(|f| boundary.seq >= *f) {
+                    } else if !in_txn
+                        && cadence.due(batch.changes, behind(boundary_at, caught_up, self.config.flush_every))
+                        && floor.as_ref().is_none_or(|f| boundary.seq >= *f)
+                    {
                         self.flush(&mut batch, &boundary, boundary_at, caught_up).await?;
-                        flush_due_at = Instant::now() + self.config.flush_every;
+                        cadence.applied();
                     }
                     continue;
                 }
@@ -523,8 +596,14 @@ impl<'a> TargetStream<'a> {
                     in_txn = true;
                     caught_up = false;
                     let Some(t) = self.tracked.get(&table).filter(|t| !t.paused) else { continue };
-                    let Some(target_table) = self.target_tables.get(&table.table) else { continue };
+                    let Some(target_table) = self.target_tables.get(&table.table) else {
+                        batch.abandon(&self.target).await;
+                        return Err(ConnectorError::permanent(format!(
+                            "{table} streams without a target table (a bug in connector-run; nothing was applied)"
+                        )));
+                    };
                     let (schema, after) = (t.schema.clone(), t.after.seq.clone());
+                    cadence.staging();
                     for change in changes {
                         if change.seq > after
                             && let Err(e) = batch.push(&self.target, target_table, &schema, change, at).await
@@ -594,8 +673,13 @@ impl<'a> TargetStream<'a> {
                     if !truncates.is_empty() {
                         // Everything before the TRUNCATE first, then the TRUNCATE itself.
                         self.flush(&mut batch, &boundary, boundary_at, false).await?;
+                        cadence.applied();
                         for (table, seq) in std::mem::take(&mut truncates) {
-                            let Some(target_table) = self.target_tables.get(&table.table) else { continue };
+                            let Some(target_table) = self.target_tables.get(&table.table) else {
+                                return Err(ConnectorError::permanent(format!(
+                                    "{table} streams without a target table (a bug in connector-run)"
+                                )));
+                            };
                             match self.target.sink.truncate(target_table, &table.database, &seq).await {
                                 Ok(()) => self.report.truncates += 1,
                                 Err(e) if e.is_transient() => return Err(e),
@@ -623,9 +707,16 @@ impl<'a> TargetStream<'a> {
                         self.flush(&mut batch, &boundary, boundary_at, false).await?;
                         return Ok(End::Snapshot(pending));
                     }
-                    if Instant::now() >= flush_due_at && floor.as_ref().is_none_or(|f| boundary.seq >= *f) {
+                    if self.catch_up_to.as_ref().is_some_and(|h| boundary.seq >= h.seq) {
+                        // Every change committed before the run started is read: apply, end.
                         self.flush(&mut batch, &boundary, boundary_at, false).await?;
-                        flush_due_at = Instant::now() + self.config.flush_every;
+                        return Ok(End::CaughtUp);
+                    }
+                    if cadence.due(batch.changes, behind(boundary_at, false, self.config.flush_every))
+                        && floor.as_ref().is_none_or(|f| boundary.seq >= *f)
+                    {
+                        self.flush(&mut batch, &boundary, boundary_at, false).await?;
+                        cadence.applied();
                     }
                     if stop_requested_at.is_some() {
                         self.flush(&mut batch, &boundary, boundary_at, false).await?;
@@ -638,9 +729,13 @@ impl<'a> TargetStream<'a> {
                     if position.seq >= boundary.seq {
                         boundary = position;
                     }
-                    if Instant::now() >= flush_due_at {
+                    if self.catch_up_to.as_ref().is_some_and(|h| boundary.seq >= h.seq) {
                         self.flush(&mut batch, &boundary, boundary_at, true).await?;
-                        flush_due_at = Instant::now() + self.config.flush_every;
+                        return Ok(End::CaughtUp);
+                    }
+                    if cadence.due(batch.changes, false) {
+                        self.flush(&mut batch, &boundary, boundary_at, true).await?;
+                        cadence.applied();
                     }
                 }
             }
@@ -679,7 +774,9 @@ impl<'a> TargetStream<'a> {
             for (table, e) in applied.refused {
                 self.halt(&table, &e).await;
             }
-        } else if self.state.applied.as_ref() == Some(position) {
+        } else if self.state.applied.as_ref() == Some(position) && self.saved_at.elapsed() < Duration::from_secs(30) {
+            // Nothing new: the state is saved again only now and then, so `status` can tell a
+            // live stream from a dead one.
             return Ok(());
         }
         self.checkpoint(position, commit_at, caught_up).await
@@ -728,6 +825,7 @@ impl<'a> TargetStream<'a> {
         self.state.error = None;
         self.state.updated_at = now.naive_utc();
         self.target.state.record_stream(self.state.clone()).await?;
+        self.saved_at = Instant::now();
         // Tables whose own position is older now follow the stream's.
         for t in self.tracked.values_mut() {
             if t.after.seq < position.seq && t.after.server == position.server {
@@ -744,6 +842,49 @@ impl<'a> TargetStream<'a> {
         .emit(&self.runner.listeners);
         Ok(())
     }
+}
+
+/// When to apply. While the stream keeps up, a batch is applied once it is
+/// `cdc_flush_seconds` old (a batch with nothing in it only records the position, as often).
+/// While it reads a backlog (its changes are older than that), batches are applied every
+/// 30 s at the least, or at 100,000 changes: an apply costs about the same whatever its size.
+struct Cadence {
+    every: Duration,
+    last: Instant,
+    /// When the open batch took its first change.
+    opened: Option<Instant>,
+}
+
+impl Cadence {
+    fn new(every: Duration) -> Self {
+        Self { every, last: Instant::now(), opened: None }
+    }
+
+    /// A change is being staged.
+    fn staging(&mut self) {
+        self.opened.get_or_insert_with(Instant::now);
+    }
+
+    fn due(&self, changes: u64, behind: bool) -> bool {
+        match self.opened {
+            None => self.last.elapsed() >= self.every,
+            Some(opened) if behind => opened.elapsed() >= self.every.max(Duration::from_secs(30)) || changes >= 100_000,
+            Some(opened) => opened.elapsed() >= self.every,
+        }
+    }
+
+    fn applied(&mut self) {
+        self.last = Instant::now();
+        self.opened = None;
+    }
+}
+
+/// Whether the stream reads a backlog: the last commit it read is older than one apply
+/// interval (and at least 5 s).
+fn behind(last_commit: Option<DateTime<Utc>>, caught_up: bool, every: Duration) -> bool {
+    let Some(at) = last_commit else { return false };
+    let lag = (Utc::now() - at).to_std().unwrap_or_default();
+    !caught_up && lag > every.max(Duration::from_secs(5))
 }
 
 /// A statement for a message: its first line, at most 120 characters.

@@ -59,7 +59,9 @@ pub(super) async fn usable_point(request: &ReadRequest, plans: &[(&Target, Table
     let first = points.first()?.clone();
     let usable = points.iter().all(|r| r.after_key == first.after_key && r.rows == first.rows)
         && first.key == key
-        && first.schema_fingerprint == fingerprint;
+        && first.schema_fingerprint == fingerprint
+        // A snapshot for a change stream continues only one that recorded its log position.
+        && (!request.capture_position || first.change_position.is_some());
     usable.then(|| Resume { handles: points.iter().map(|p| p.staging.clone()).collect(), point: first })
 }
 
@@ -87,6 +89,8 @@ pub(super) async fn read_in_ranges(
         total.cursor_utc_offset = point.started_utc_offset;
         total.max_cursor =
             point.max_cursor.as_deref().zip(cursor_logical.as_ref()).and_then(|(s, l)| Value::from_cursor_text(s, l));
+        // The staged rows of the first ranges are as old as the first range's position.
+        total.change_position = point.change_position.clone();
         after = Some(point.after_key.clone());
     }
     total.window = Some(ReadRange::KeyRange { key: key.to_string(), after: after.clone(), limit }.describe());
@@ -114,6 +118,8 @@ pub(super) async fn read_in_ranges(
                 started_utc_offset: total.cursor_utc_offset,
                 max_cursor: total.max_cursor.as_ref().and_then(Value::cursor_text),
                 schema_fingerprint: fingerprint.clone(),
+                change_position: total.change_position.clone(),
+                estimated_rows: request.schema.estimated_rows,
             };
             record_point(runner, target, request, point).await;
         }

@@ -334,6 +334,7 @@ mod tests {
             columns,
             key: vec!["id".into()],
             key_source: KeySource::PrimaryKey,
+            estimated_rows: None,
         })
     }
 

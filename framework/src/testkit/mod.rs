@@ -29,6 +29,7 @@ pub fn schema_of(database: &str, table: &str, columns: &[(&str, LogicalType)], k
         columns: columns.iter().map(|(n, t)| column(n, t.clone())).collect(),
         key: key.iter().map(|k| k.to_string()).collect(),
         key_source: if key.is_empty() { KeySource::None } else { KeySource::PrimaryKey },
+        estimated_rows: None,
     }
 }
 

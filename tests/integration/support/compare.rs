@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use super::{Emulator, bq_query_with_schema, mysql_rows};
+use super::{Emulator, bq_query_with_schema, mysql_rows_at, mysql_url};
 
 /// Canonical text of a MySQL value fetched by [`mysql_expression`], for comparison.
 fn canonical_mysql(data_type: &str, v: Option<String>) -> Option<String> {
@@ -46,11 +46,14 @@ fn trim_decimal(v: &str) -> String {
 }
 
 /// The SQL expression that renders a MySQL column the way the comparison expects.
-async fn mysql_expression(database: &str, table: &str) -> Vec<(String, String, String)> {
-    let cols = mysql_rows(&format!(
-        "SELECT COLUMN_NAME, DATA_TYPE, COLUMN_TYPE FROM information_schema.COLUMNS \
+async fn mysql_expression(url: &str, database: &str, table: &str) -> Vec<(String, String, String)> {
+    let cols = mysql_rows_at(
+        url,
+        &format!(
+            "SELECT COLUMN_NAME, DATA_TYPE, COLUMN_TYPE FROM information_schema.COLUMNS \
          WHERE TABLE_SCHEMA = '{database}' AND TABLE_NAME = '{table}' ORDER BY ORDINAL_POSITION"
-    ))
+        ),
+    )
     .await;
     cols.into_iter()
         .map(|r| {
@@ -101,6 +104,10 @@ pub struct Compared<'a> {
     pub tenant_column: Option<&'a str>,
     pub excluded: &'a [&'a str],
     pub renamed: &'a [(&'a str, &'a str)],
+    /// Another MySQL server than the tests' (`MYSQL_URL`).
+    pub mysql_url: Option<&'a str>,
+    /// A condition on the BigQuery rows compared (e.g. soft-deleted rows left out).
+    pub bq_filter: Option<&'a str>,
 }
 
 /// [`assert_table_equal`] for tables synced with `system_columns`, `exclude_columns` or
@@ -113,12 +120,14 @@ pub async fn assert_table_equal_as(
     order_by: &str,
     how: &Compared<'_>,
 ) -> usize {
-    let mut columns = mysql_expression(database, table).await;
+    let url = how.mysql_url.map_or_else(mysql_url, str::to_string);
+    let mut columns = mysql_expression(&url, database, table).await;
     columns.retain(|c| !how.excluded.contains(&c.0.as_str()));
     let tenant = how.tenant_column.unwrap_or("tenant_id");
     let exprs: Vec<&str> = columns.iter().map(|c| c.2.as_str()).collect();
     let mysql =
-        mysql_rows(&format!("SELECT {} FROM `{database}`.`{table}` ORDER BY {order_by}", exprs.join(", "))).await;
+        mysql_rows_at(&url, &format!("SELECT {} FROM `{database}`.`{table}` ORDER BY {order_by}", exprs.join(", ")))
+            .await;
     let target_name = |n: &str| how.renamed.iter().find(|(s, _)| *s == n).map_or(n.to_string(), |(_, t)| t.to_string());
     let names: Vec<String> = columns.iter().map(|c| format!("`{}`", target_name(&c.0))).collect();
     let bq_order: Vec<String> = order_by
@@ -131,8 +140,9 @@ pub async fn assert_table_equal_as(
     let (schema, bq) = bq_query_with_schema(
         emulator,
         &format!(
-            "SELECT {} FROM `{dataset}`.`{table}` WHERE `{tenant}` = '{database}' ORDER BY {}",
+            "SELECT {} FROM `{dataset}`.`{table}` WHERE `{tenant}` = '{database}'{} ORDER BY {}",
             names.join(", "),
+            how.bq_filter.map(|f| format!(" AND ({f})")).unwrap_or_default(),
             bq_order.join(", ")
         ),
     )

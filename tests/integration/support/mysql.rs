@@ -17,7 +17,12 @@ pub fn mysql_host_port() -> (String, u16) {
 
 /// Runs SQL statements (separated by `;` at line ends) on the test server.
 pub async fn mysql_exec(sql: &str) {
-    let pool = mysql_async::Pool::new(mysql_url().as_str());
+    mysql_exec_at(&mysql_url(), sql).await
+}
+
+/// [`mysql_exec`] on the server at `url`.
+pub async fn mysql_exec_at(url: &str, sql: &str) {
+    let pool = mysql_async::Pool::new(url);
     let mut conn = pool.get_conn().await.expect("connect to the test MariaDB (run scripts/mariadb.sh ensure)");
     conn.query_drop("SET NAMES utf8mb4").await.unwrap();
     conn.query_drop(sql).await.unwrap_or_else(|e| panic!("{e}\n{sql}"));
@@ -27,7 +32,12 @@ pub async fn mysql_exec(sql: &str) {
 
 /// Rows of a query as strings (NULL as None), through the text protocol.
 pub async fn mysql_rows(sql: &str) -> Vec<Vec<Option<String>>> {
-    let pool = mysql_async::Pool::new(mysql_url().as_str());
+    mysql_rows_at(&mysql_url(), sql).await
+}
+
+/// [`mysql_rows`] on the server at `url`.
+pub async fn mysql_rows_at(url: &str, sql: &str) -> Vec<Vec<Option<String>>> {
+    let pool = mysql_async::Pool::new(url);
     let mut conn = pool.get_conn().await.unwrap();
     conn.query_drop("SET NAMES utf8mb4, time_zone = '+00:00'").await.unwrap();
     let rows: Vec<mysql_async::Row> = conn.query(sql).await.unwrap_or_else(|e| panic!("{e}\n{sql}"));
@@ -61,7 +71,12 @@ pub async fn mysql_count(database: &str, table: &str) -> u64 {
 
 /// Creates one tenant database with the shop schema and `scale`-dependent rows.
 pub async fn create_shop(database: &str, users: u32, orders: u32) {
-    mysql_exec(&format!(
+    create_shop_at(&mysql_url(), database, users, orders).await
+}
+
+/// [`create_shop`] on the server at `url`.
+pub async fn create_shop_at(url: &str, database: &str, users: u32, orders: u32) {
+    mysql_exec_at(url, &format!(
         "DROP DATABASE IF EXISTS `{database}`;
 CREATE DATABASE `{database}` CHARACTER SET utf8mb4;
 CREATE TABLE `{database}`.users (
@@ -125,4 +140,58 @@ WITH RECURSIVE seq(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM seq WHERE n < {us
 SELECT IF(n % 10 = 0, NULL, n), CONCAT('/p/', n % 17), TIMESTAMP('2024-05-01') + INTERVAL n SECOND FROM seq WHERE n <= {users};"
     ))
     .await;
+}
+
+/// A MariaDB server of one test's own (its own data folder and port, binlog as `--cdc` needs
+/// it), for tests that restart the server or purge its binlog. Stopped when dropped.
+pub struct PrivateServer {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+}
+
+impl PrivateServer {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = super::free_port();
+        let server = Self { dir, port };
+        server.run("start");
+        server
+    }
+
+    fn run(&self, command: &str) {
+        let out = std::process::Command::new("bash")
+            .arg(super::repo_root().join("scripts/private-mariadb.sh"))
+            .args([command, "--dir", &self.dir.path().display().to_string(), "--port", &self.port.to_string()])
+            .output()
+            .expect("run scripts/private-mariadb.sh");
+        assert!(
+            out.status.success(),
+            "private-mariadb.sh {command}: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    pub fn url(&self) -> String {
+        format!("mysql://root@127.0.0.1:{}", self.port)
+    }
+
+    pub fn stop(&self) {
+        self.run("stop");
+    }
+
+    /// Stops it and starts it again with its data, on the same port.
+    pub fn restart(&self) {
+        self.stop();
+        self.run("start");
+    }
+}
+
+impl Drop for PrivateServer {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("bash")
+            .arg(super::repo_root().join("scripts/private-mariadb.sh"))
+            .args(["stop", "--dir", &self.dir.path().display().to_string()])
+            .output();
+    }
 }

@@ -287,6 +287,12 @@ impl Layout {
             let value = if column.ty == ColumnType::MYSQL_TYPE_TIME2 {
                 let dec = column.meta.first().copied().unwrap_or(0);
                 Binlog::Time(read_time2(buf, dec).ok_or_else(|| self.truncated())?)
+            } else if column.ty == ColumnType::MYSQL_TYPE_INT24 {
+                // mysql_common does not sign-extend MEDIUMINT.
+                let b = buf.checked_eat(3).ok_or_else(|| self.truncated())?;
+                let raw = i64::from(b[0]) | (i64::from(b[1]) << 8) | (i64::from(b[2]) << 16);
+                let v = if !column.unsigned && raw & 0x80_0000 != 0 { raw - 0x100_0000 } else { raw };
+                Binlog::Value(BinlogValue::Value(mysql_async::Value::Int(v)))
             } else {
                 let ctx = (column.ty, column.meta.as_slice(), column.unsigned, false);
                 // A buffer of this value's own lifetime (the metadata lives in the layout).

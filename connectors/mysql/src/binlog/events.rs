@@ -56,6 +56,8 @@ pub(crate) struct BinlogChanges {
     zero_dates: ZeroDatePolicy,
     /// MariaDB's table maps differ from MySQL's in small ways.
     mariadb: bool,
+    /// A format description event arrived (events after it are read with its checksum).
+    seen_format: bool,
     layouts: HashMap<u64, Option<Arc<Layout>>>,
     /// Tables already reported (seen, changed, unreadable), so each is reported once.
     reported: HashSet<TableRef>,
@@ -106,6 +108,7 @@ impl BinlogChanges {
             collations,
             zero_dates,
             mariadb,
+            seen_format: false,
             layouts: HashMap::new(),
             reported: HashSet::new(),
             group: None,
@@ -158,7 +161,9 @@ impl BinlogChanges {
             }
         };
         match next {
-            None => Ok(None),
+            None if self.request.stop_at_end => Ok(None),
+            // A dump that waits for more never ends by itself: the server went away.
+            None => Err(ConnectorError::transient("the server closed the binlog stream (restarting?)")),
             Some(Ok(e)) => Ok(Some(e)),
             Some(Err(e)) => Err(dump_error(e, &self.file, 0)),
         }
@@ -171,20 +176,26 @@ impl BinlogChanges {
         let end = u64::from(header.log_pos());
         let at = DateTime::from_timestamp(i64::from(header.timestamp()), 0).unwrap_or_default();
         match kind {
-            // ROTATE: a real one (in the file, with a position) names the next file; the fake
-            // one a dump starts with is ignored (its name is unreliable, and we know the file).
+            // ROTATE names the next file: a real one at the end of a file, a fake one when the
+            // dump moves on by itself (after a server restart the old file ends in STOP). The
+            // fake one a dump starts with comes before any format description, and its name
+            // carries the checksum bytes (blackbeam/mysql_async#189): that one is ignored, the
+            // file is the one requested.
             4 => {
-                if end != 0
-                    && header.timestamp() != 0
+                if self.seen_format
                     && let Ok(Some(EventData::RotateEvent(r))) = event.read_data()
                 {
-                    self.file = r.name().into_owned();
-                    self.file_no = file_number(&self.file).ok_or_else(|| {
-                        ConnectorError::permanent(format!("binlog file name `{}` does not end in a number", self.file))
-                    })?;
-                    self.layouts.clear();
+                    let name = r.name().into_owned();
+                    if name != self.file {
+                        self.file_no = file_number(&name).ok_or_else(|| {
+                            ConnectorError::permanent(format!("binlog file name `{name}` does not end in a number"))
+                        })?;
+                        self.file = name;
+                        self.layouts.clear();
+                    }
                 }
             }
+            15 => self.seen_format = true,
             // MariaDB GTID: sequence (u64), domain (u32), flags (u8), in the body.
             162 => {
                 let body = event.data();
@@ -245,7 +256,7 @@ impl BinlogChanges {
             // Known and carrying nothing for us: STOP, INTVAR, RAND, USER_VAR, FORMAT_DESCRIPTION,
             // ROWS_QUERY, PREVIOUS_GTIDS, HEARTBEAT_V2, ANNOTATE_ROWS, BINLOG_CHECKPOINT,
             // GTID_LIST.
-            3 | 5 | 13 | 14 | 15 | 29 | 35 | 41 | 160 | 161 | 163 => {}
+            3 | 5 | 13 | 14 | 29 | 35 | 41 | 160 | 161 | 163 => {}
             other => {
                 return Err(
                     self.fatal(end, &format!("binlog event type {other}, which connector-run does not understand"))

@@ -63,6 +63,13 @@ pub(crate) fn position(file: &str, offset: u64, server: &str, gtid: Option<Strin
     })
 }
 
+/// Whether the GTIDs recorded with a position (`d-s-n[,d-s-n…]`; a stream records the last
+/// transaction's, a snapshot every domain's) are all in the server's GTID state there.
+fn same_gtid_position(recorded: &str, found: &str) -> bool {
+    let found: Vec<&str> = found.split(',').map(str::trim).collect();
+    recorded.split(',').map(str::trim).filter(|g| !g.is_empty()).all(|g| found.contains(&g))
+}
+
 /// `mariadb-bin.000003:3054` → (file, offset).
 pub(crate) fn parse_coordinates(text: &str) -> Option<(String, u64)> {
     let (file, offset) = text.rsplit_once(':')?;
@@ -266,6 +273,20 @@ impl ChangeLog for MySqlChangeLog {
                 files.last().map_or("none", String::as_str)
             )));
         }
+        // The same coordinates in a log that was reset (RESET MASTER) are another place: on
+        // MariaDB the GTID at the position tells.
+        if let Some(expected) = &request.from.gtid {
+            let found: Option<String> =
+                conn.exec_first("SELECT BINLOG_GTID_POS(?, ?)", (&file, offset)).await.ok().flatten();
+            if let Some(found) = found.filter(|f| !f.is_empty())
+                && !same_gtid_position(expected, &found)
+            {
+                return Err(ConnectorError::position_lost(format!(
+                    "the binlog at {file}:{offset} is at GTID {found}, not {expected} as when it was read: the log was \
+                     reset or rewritten"
+                )));
+            }
+        }
         drop(conn);
         let collations = self.collations().await?;
         let stream = events::BinlogChanges::open(
@@ -286,6 +307,14 @@ impl ChangeLog for MySqlChangeLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_position_matches_the_gtid_state_that_contains_its_gtids() {
+        assert!(same_gtid_position("0-11-13", "0-11-13"));
+        assert!(same_gtid_position("0-11-13", "1-12-5,0-11-13"));
+        assert!(!same_gtid_position("0-11-13", "0-11-2"));
+        assert!(!same_gtid_position("0-11-13,1-12-5", "0-11-13"));
+    }
 
     #[test]
     fn positions_sort_by_file_then_offset() {
