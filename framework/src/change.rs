@@ -142,7 +142,7 @@ pub enum ChangeEvent {
 #[derive(Debug, Clone)]
 pub struct ChangeRequest {
     /// Where to start: a boundary from an earlier [`ChangeEvent::Commit`], a snapshot, or
-    /// [`ChangeLog::head`].
+    /// the head from [`ChangeLog::status`].
     pub from: ChangePosition,
     /// Events of other databases are skipped without decoding.
     pub databases: BTreeSet<String>,
