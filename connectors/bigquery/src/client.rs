@@ -88,6 +88,17 @@ pub fn job_handle(job_id: &str, location: Option<&str>) -> String {
     }
 }
 
+/// The error for a job whose state BigQuery did not tell after every retry: its outcome is
+/// unknown, so it is in doubt (`handle`) and the table fails this run.
+fn job_unreachable(error: ConnectorError, job_id: &str, what: &str, location: Option<&str>) -> ConnectorError {
+    ConnectorError::permanent(format!(
+        "the state of BigQuery job {job_id} ({what}) could not be learned: {}; this table failed and the next run \
+         settles the job (waits for it or cancels it) before writing the table again",
+        error.message()
+    ))
+    .with_in_doubt(job_handle(job_id, location))
+}
+
 fn parse_job_handle(handle: &str) -> (&str, Option<&str>) {
     match handle.split_once('@') {
         Some((id, loc)) => (id, Some(loc)),
@@ -95,8 +106,9 @@ fn parse_job_handle(handle: &str) -> (&str, Option<&str>) {
     }
 }
 
-/// The error of a wait that ran out of time: the job's outcome is unknown.
-struct TimedOut(ConnectorError);
+/// The error of a wait that ended without the job's outcome: it ran out of time, or BigQuery
+/// stopped answering about the job. The error carries the job's handle as in doubt.
+struct InDoubt(ConnectorError);
 
 impl BqClient {
     pub fn new(options: ClientOptions, transport: Arc<dyn Transport>) -> Self {
@@ -137,6 +149,14 @@ impl BqClient {
                 tracing::warn!(attempt, wait_secs = wait.as_secs_f64(), error = %e, "BigQuery call failed; retrying");
             })
             .await
+    }
+
+    /// Whether BigQuery answers about `dataset` (present or not), with two quick retries
+    /// instead of the configured ones: see `Sink::probe`.
+    pub async fn probe(&self, dataset: &str) -> Result<()> {
+        let quick =
+            RetryPolicy { max_retries: 2, base_delay: Duration::from_secs(1), max_delay: Duration::from_secs(2) };
+        quick.run(|| self.transport.get_dataset(self.project(), dataset), |_, _, _| {}).await.map(|_| ())
     }
 
     /// Creates the dataset when missing; returns its settings (and learns its location, which
@@ -256,7 +276,7 @@ impl BqClient {
                 Err(e) => Ok(Err(e)),
             };
             let error = match result {
-                Err(TimedOut(e)) => return Err(e),
+                Err(InDoubt(e)) => return Err(e),
                 Ok(Ok(outcome)) => return Ok(outcome),
                 Ok(Err(e)) if e.is_transient() && retries < policy.max_retries => e,
                 Ok(Err(e)) => return Err(e),
@@ -268,7 +288,9 @@ impl BqClient {
             // The lookup is retried too: the service that just failed the job may still be
             // unreachable for a while, and without the job's fate nothing may be started again.
             let location = self.location();
-            match self.retry(|| self.transport.get_job(self.project(), &id, location.as_deref())).await? {
+            let looked_up = self.retry(|| self.transport.get_job(self.project(), &id, location.as_deref())).await;
+            // Unanswered, the failed start may still have created the job: it is in doubt.
+            match looked_up.map_err(|e| job_unreachable(e, &id, what, location.as_deref()))? {
                 None => {}
                 Some(job) if job["status"]["state"] != "DONE" => {}
                 Some(job) if job["status"].get("errorResult").is_none_or(Json::is_null) => {
@@ -282,7 +304,7 @@ impl BqClient {
     /// Polls a job until it is done (a failed job becomes an error classified by its reason),
     /// logging what it waits for at least every 30 s. At `job_timeout` it gives up with an
     /// error that names the job and leaves it in doubt.
-    async fn wait_job(&self, job_id: &str, what: &str) -> std::result::Result<Result<JobOutcome>, TimedOut> {
+    async fn wait_job(&self, job_id: &str, what: &str) -> std::result::Result<Result<JobOutcome>, InDoubt> {
         let started = Instant::now();
         let mut last_log = Instant::now();
         let mut wait = Duration::from_millis(100);
@@ -296,7 +318,9 @@ impl BqClient {
                         if location.is_none() { "; set bq_location to the dataset's location" } else { "" }
                     ))));
                 }
-                Err(e) => return Ok(Err(e)),
+                // The job may still run and land later: never retried in this run, resolved
+                // (cancelled or waited for) by the next one before the table is written again.
+                Err(e) => return Err(InDoubt(job_unreachable(e, job_id, what, location.as_deref()))),
             };
             self.learn_location(job["jobReference"]["location"].as_str());
             if job["status"]["state"] == "DONE" {
@@ -327,7 +351,7 @@ impl BqClient {
             if elapsed >= self.options.job_timeout {
                 let handle = job_handle(job_id, self.location().as_deref());
                 // Not retried in this run: another wait would take as long. The next run retries.
-                return Err(TimedOut(
+                return Err(InDoubt(
                     ConnectorError::permanent(format!(
                         "BigQuery job {job_id} ({what}) is still {} after job_timeout {} s; this table failed and \
                          the next run retries it once the job has ended. If BigQuery is only slow, raise \
@@ -387,7 +411,7 @@ impl BqClient {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use async_trait::async_trait;
     use std::sync::Mutex;
@@ -395,9 +419,11 @@ mod tests {
     /// A transport that records every call and answers `get_job` from a script: the job's
     /// state for each lookup (the last one repeats).
     #[derive(Debug, Default)]
-    struct Scripted {
-        calls: Mutex<Vec<String>>,
-        states: Mutex<Vec<&'static str>>,
+    pub(crate) struct Scripted {
+        pub calls: Mutex<Vec<String>>,
+        pub states: Mutex<Vec<&'static str>>,
+        /// Fields a created table gets from its dataset (e.g. an inherited expiration).
+        pub created_with: Json,
     }
 
     #[async_trait]
@@ -412,7 +438,8 @@ mod tests {
         async fn get_table(&self, _: &str, _: &str, _: &str) -> Result<Option<Json>> {
             Ok(None)
         }
-        async fn insert_table(&self, _: &str, _: &str, r: Json) -> Result<Option<Json>> {
+        async fn insert_table(&self, _: &str, _: &str, mut r: Json) -> Result<Option<Json>> {
+            json_merge(&mut r, &self.created_with);
             Ok(Some(r))
         }
         async fn patch_table(&self, _: &str, _: &str, _: &str, _: Json) -> Result<()> {
@@ -423,6 +450,9 @@ mod tests {
         }
         async fn insert_job(&self, _: &str, job: Json) -> Result<Option<Json>> {
             self.calls.lock().unwrap().push(format!("insert_job location={}", job["jobReference"]["location"]));
+            if let Some(sql) = job["configuration"]["query"]["query"].as_str() {
+                self.calls.lock().unwrap().push(format!("query {sql}"));
+            }
             Ok(Some(job))
         }
         async fn upload_job(&self, _: &str, _: Json, _: bytes::Bytes) -> Result<()> {
@@ -432,6 +462,9 @@ mod tests {
             self.calls.lock().unwrap().push(format!("get_job location={location:?}"));
             let mut states = self.states.lock().unwrap();
             let state = if states.len() > 1 { states.remove(0) } else { states.first().copied().unwrap_or("DONE") };
+            if state == "UNREACHABLE" {
+                return Err(ConnectorError::transient("connection refused"));
+            }
             Ok(Some(json!({"jobReference": {"jobId": id}, "status": {"state": state}})))
         }
         async fn cancel_job(&self, _: &str, id: &str, _: Option<&str>) -> Result<()> {
@@ -443,7 +476,20 @@ mod tests {
         }
     }
 
-    fn client(transport: Arc<Scripted>, timeout: Duration) -> BqClient {
+    fn json_merge(into: &mut Json, from: &Json) {
+        if let (Some(into), Some(from)) = (into.as_object_mut(), from.as_object()) {
+            for (k, v) in from {
+                match into.get_mut(k) {
+                    Some(existing) if existing.is_object() && v.is_object() => json_merge(existing, v),
+                    _ => {
+                        into.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+        }
+    }
+
+    pub(crate) fn client(transport: Arc<Scripted>, timeout: Duration) -> BqClient {
         let options = ClientOptions {
             project: "p".into(),
             location: None,
@@ -480,6 +526,17 @@ mod tests {
         assert_eq!(e.in_doubt(), Some("commit_x_0"), "the job is left in doubt, for the next run to resolve");
         let inserts = t.calls.lock().unwrap().iter().filter(|c| c.starts_with("insert_job")).count();
         assert_eq!(inserts, 1, "a timed-out job is never started a second time");
+    }
+
+    #[tokio::test]
+    async fn a_job_whose_state_cannot_be_learned_fails_in_doubt_and_is_not_started_again() {
+        let t = Arc::new(Scripted { states: Mutex::new(vec!["RUNNING", "UNREACHABLE"]), ..Default::default() });
+        let c = client(t.clone(), Duration::from_secs(10));
+        let e = c.query("MERGE ...", json!([]), "commit_z", "MERGE of 2 tenants into users").await.unwrap_err();
+        assert!(e.message().contains("state of BigQuery job commit_z_0 (MERGE of 2 tenants into users)"), "{e}");
+        assert_eq!(e.in_doubt(), Some("commit_z_0"), "the next run must settle the job before writing again");
+        let inserts = t.calls.lock().unwrap().iter().filter(|c| c.starts_with("insert_job")).count();
+        assert_eq!(inserts, 1, "a job in doubt is never started a second time");
     }
 
     #[tokio::test]
