@@ -244,12 +244,21 @@ async fn an_exact_type_into_an_existing_float_column_fails_with_the_fix() {
     assert_eq!(out.code, 1, "{}", out.all());
     assert!(
         out.stdout.contains("column `price` is FLOAT64 in BigQuery but the source now maps it to NUMERIC")
-            && out.stdout.contains("column_types.price to \"STRING\""),
+            && out.stdout.contains("rename_columns = {\"price\": \"price_numeric\"}"),
         "{}",
         out.stdout
     );
     let v = bq_query(emulator, &format!("SELECT CAST(price AS STRING) FROM `{dataset}`.prices")).await;
     assert_eq!(v[0][0].as_deref(), Some("1.5"), "nothing was rounded into the column");
+
+    // The fix the message offers works: the exact values land in a new column.
+    let mut params = flat_params(std::slice::from_ref(&db), &["prices"], &dataset, emulator, run.path());
+    params["table_options"] = serde_json::json!({"prices": {"rename_columns": {"price": "price_numeric"}}});
+    run.params(&params);
+    let out = run.run(&[]).await;
+    assert_eq!(out.code, 0, "{}", out.all());
+    let v = bq_query(emulator, &format!("SELECT CAST(price_numeric AS STRING), price FROM `{dataset}`.prices")).await;
+    assert!(v[0][0].as_deref().is_some_and(|p| p.starts_with("12345678901234.5678")), "{v:?}");
 }
 
 /// Column names as applications have them: kept in BigQuery under their own names (spaces,

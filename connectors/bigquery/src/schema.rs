@@ -212,14 +212,16 @@ impl SchemaDiff {
                     diff.columns.push((n.clone(), ty.clone()));
                 }
                 Some((n, cur)) => {
+                    // The fixes offered both work: a new column is created with the new type
+                    // (the old one keeps its values), or the column is rebuilt from scratch.
                     return Err(ConnectorError::permanent(format!(
-                        "{}: column `{n}` is {cur} in BigQuery but the source now maps it to {ty}, which BigQuery \
-                         cannot hold without changing values. Either set table_options.{}.column_types.{n} to \
-                         \"{}\" to keep a BigQuery type that holds it, or drop the BigQuery column (or table) and \
-                         run with --full",
+                        "{}: column `{n}` is {cur} in BigQuery but the source now maps it to {ty}, which the \
+                         {cur} column cannot hold without changing values. Either write it to a new BigQuery \
+                         column with table_options.{}.rename_columns = {{\"{n}\": \"{n}_{}\"}} (the {cur} \
+                         column keeps its values), or drop the BigQuery column (or table) and run with --full",
                         table.name,
                         table.name,
-                        if cur == "FLOAT64" { "STRING" } else { cur.as_str() }
+                        ty.to_ascii_lowercase()
                     )));
                 }
             }
@@ -287,7 +289,7 @@ pub(crate) fn table_resource(project: &str, dataset: &str, table: &TargetTable, 
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use connector_framework::LogicalType;
     use connector_framework::testkit::column;
@@ -345,7 +347,13 @@ mod tests {
             err.message().contains("`price` is FLOAT64 in BigQuery but the source now maps it to NUMERIC"),
             "{err}"
         );
-        assert!(err.message().contains("column_types.price to \"STRING\""), "{err}");
+        assert!(err.message().contains("rename_columns = {\"price\": \"price_numeric\"}"), "{err}");
+        // The fix offered works: the values go to a new NUMERIC column, the FLOAT64 one is kept.
+        let mut fixed = t.clone();
+        fixed.options.rename_columns.insert("price".into(), "price_numeric".into());
+        let diff = SchemaDiff::new(&fixed, Some(&existing(&[("id", "INTEGER"), ("price", "FLOAT")]))).unwrap();
+        assert!(diff.added.contains(&("price_numeric".to_string(), "NUMERIC".to_string())), "{:?}", diff.added);
+        assert!(diff.columns.contains(&("price".to_string(), "FLOAT64".to_string())), "{:?}", diff.columns);
         let t = target(&[("id", LogicalType::Int64), ("big", LogicalType::Int64)], &["id"]);
         assert!(SchemaDiff::new(&t, Some(&existing(&[("id", "INTEGER"), ("big", "FLOAT")]))).is_err());
     }
