@@ -226,14 +226,43 @@ impl BigQuerySink {
             .await
     }
 
+    /// A table created in a dataset with default expirations inherits them, and BigQuery would
+    /// delete synced rows (the table, or old partitions) without anyone asking: they are
+    /// removed from the new table. Returns the resource as it now is.
+    async fn clear_inherited_expirations(&self, table: &str, mut resource: Json) -> Result<Json> {
+        let mut options = Vec::new();
+        if resource.get("expirationTime").is_some_and(|v| !v.is_null()) {
+            options.push("expiration_timestamp = NULL");
+            resource["expirationTime"] = Json::Null;
+        }
+        if resource["timePartitioning"].get("expirationMs").is_some_and(|v| !v.is_null()) {
+            options.push("partition_expiration_days = NULL");
+            resource["timePartitioning"]["expirationMs"] = Json::Null;
+        }
+        if options.is_empty() {
+            return Ok(resource);
+        }
+        let sql = format!(
+            "ALTER TABLE {} SET OPTIONS ({})",
+            qualified(self.client.project(), &self.dataset, table),
+            options.join(", ")
+        );
+        let job = unique_id("noexpiry", &[&self.id, &self.dataset, &self.run_id, table]);
+        let what = format!("removing the expiration {table} inherited from dataset {}", self.dataset);
+        self.client.query(&sql, json!([]), &job, &what).await?;
+        tracing::info!(table, dataset = %self.dataset, "removed the expiration the new table inherited from its dataset");
+        Ok(resource)
+    }
+
     /// Warnings about expirations that would delete synced rows without telling anyone.
     fn expiration_warnings(&self, dataset: &DatasetInfo, table: &Json) -> Vec<String> {
         let mut out = Vec::new();
         let name = table["tableReference"]["tableId"].as_str().unwrap_or("?");
         if let Some(ms) = &dataset.default_table_expiration_ms {
             out.push(format!(
-                "dataset {} has a default table expiration ({} days): new tables, staging aside, get it too; remove it \
-                 (bq update --default_table_expiration 0 {}) so synced tables do not vanish",
+                "dataset {} has a default table expiration ({} days): connector-run removes it from the tables it \
+                 creates, but tables made otherwise (or recreated by hand) vanish after that; remove it \
+                 (bq update --default_table_expiration 0 {})",
                 self.dataset,
                 ms.parse::<u64>().unwrap_or(0) / 86_400_000,
                 self.dataset
@@ -241,8 +270,9 @@ impl BigQuerySink {
         }
         if let Some(ms) = &dataset.default_partition_expiration_ms {
             out.push(format!(
-                "dataset {} has a default partition expiration ({} days): partitions of synced tables older than that \
-                 are deleted by BigQuery; remove it (bq update --default_partition_expiration 0 {})",
+                "dataset {} has a default partition expiration ({} days): connector-run removes it from the tables it \
+                 creates, but partitions of tables made otherwise are deleted by BigQuery after that; remove it \
+                 (bq update --default_partition_expiration 0 {})",
                 self.dataset,
                 ms.parse::<u64>().unwrap_or(0) / 86_400_000,
                 self.dataset
@@ -307,6 +337,10 @@ impl Sink for BigQuerySink {
         self.destination.clone()
     }
 
+    async fn probe(&self) -> Result<()> {
+        self.client.probe(&self.dataset).await
+    }
+
     async fn plan(&self, table: &TargetTable) -> Result<TargetPlan> {
         let desired = desired_columns(table)?;
         let columns = desired.iter().map(|c| format!("{} {}", c.name, c.ty)).collect();
@@ -326,7 +360,8 @@ impl Sink for BigQuerySink {
                 let mut fields = system_fields(&table.system, table.key.is_empty(), table.changes);
                 fields.extend(diff.columns.iter().map(|(n, t)| json!({"name": n, "type": t, "mode": "NULLABLE"})));
                 let resource = table_resource(self.client.project(), &self.dataset, table, fields)?;
-                (self.client.create_table(&self.dataset, resource).await?, true)
+                let created = self.client.create_table(&self.dataset, resource).await?;
+                (self.clear_inherited_expirations(&table.name, created).await?, true)
             }
             Some(resource) => {
                 if !diff.added.is_empty() {
@@ -513,5 +548,53 @@ impl Sink for BigQuerySink {
             .query(&sql, params, &job, &format!("TRUNCATE of {tenant}.{} from the change stream", table.name))
             .await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use connector_framework::LogicalType;
+
+    use super::*;
+    use crate::client::tests::{Scripted, client};
+
+    fn sink(transport: Arc<Scripted>) -> BigQuerySink {
+        let ctx = BuildContext {
+            run_id: "run1".into(),
+            target_id: "default".into(),
+            state_subdir: None,
+            retry: Default::default(),
+            discard_writes: false,
+        };
+        let config: BigQuerySinkConfig =
+            serde_json::from_value(json!({"project": "p", "dataset": "shops"})).expect("config");
+        BigQuerySink::new(&ctx, &config, client(transport, Duration::from_secs(5)))
+    }
+
+    #[tokio::test]
+    async fn a_new_table_never_keeps_an_expiration_inherited_from_its_dataset() {
+        let transport = Arc::new(Scripted {
+            created_with: json!({"expirationTime": "1767225600000", "timePartitioning": {"expirationMs": "5184000000"}}),
+            ..Default::default()
+        });
+        let table = crate::schema::tests::target(&[("id", LogicalType::Int64)], &["id"]);
+        let prepared = sink(transport.clone()).prepare(&table).await.expect("prepare");
+        let calls = transport.calls.lock().expect("calls").clone();
+        assert!(
+            calls.iter().any(|c| c.starts_with("query ALTER TABLE `p.shops.orders` SET OPTIONS (expiration_timestamp = NULL, partition_expiration_days = NULL)")),
+            "{calls:?}"
+        );
+        assert!(
+            prepared.warnings.iter().all(|w| !w.contains("table shops.orders expires")),
+            "the expiration is gone: {:?}",
+            prepared.warnings
+        );
+        assert!(prepared.warnings.iter().any(|w| w.contains("default table expiration")), "{:?}", prepared.warnings);
+
+        let plain = Arc::new(Scripted::default());
+        sink(plain.clone()).prepare(&table).await.expect("prepare");
+        assert!(!plain.calls.lock().expect("calls").iter().any(|c| c.contains("SET OPTIONS")), "nothing to remove");
     }
 }
