@@ -215,6 +215,13 @@ pub trait Sink: Send + Sync + std::fmt::Debug {
     async fn commit(&self, table: &TargetTable, staged: &[Staged]) -> Result<CommitOutcome>;
     /// Drops the staging of these tenants after a commit attempt (best effort).
     async fn discard(&self, staged: &[Staged]);
+    /// Whether the destination answers now: asked once at the start of a run with several
+    /// targets, with few and short retries. A target that does not answer is skipped for that
+    /// whole run (its tables fail, its state stays, the next run catches it up), so the healthy
+    /// targets do not wait on its retries table after table.
+    async fn probe(&self) -> Result<()> {
+        Ok(())
+    }
     /// Settles a write whose outcome was unknown (`handle` from
     /// [`ConnectorError::in_doubt`]): it returns once that write has ended, one way or the
     /// other, and can no longer land after a newer one; an error leaves it in doubt.

@@ -62,8 +62,6 @@ pub struct RunOptions {
     pub tables: Option<Vec<String>>,
     /// Wait this long for another run's lock instead of failing at once.
     pub wait_lock: Option<Duration>,
-    /// Benchmarks: read and stage, record nothing (the sinks discard what they are given).
-    pub record_nothing: bool,
     /// Snapshots for a change stream (`--cdc`): instead of the strategy's plan, every table a
     /// target's stream does not carry yet is read in full at a captured log position.
     pub cdc: Option<CdcSnapshots>,
@@ -112,6 +110,19 @@ impl RunContext<'_> {
         }
     }
 
+    /// Asks every target at once whether it answers ([`crate::sink::Sink::probe`]); those
+    /// that do not are down for the whole run.
+    async fn probe_targets(&self) {
+        let probes = self.runner.targets.iter().map(|t| async move { (t, t.sink.probe().await) });
+        for (target, result) in futures::future::join_all(probes).await {
+            if let Err(e) = result {
+                tracing::warn!(target = %target.id, error = %e, "target does not answer; skipped for this run");
+                let mut down = self.down.lock().unwrap_or_else(|p| p.into_inner());
+                down.insert(target.id.clone(), format!("it did not answer at the start of the run: {e}"));
+            }
+        }
+    }
+
     /// Why `target` is skipped, when it is.
     fn skip_reason(&self, target: &Target) -> Option<ConnectorError> {
         let down = self.down.lock().unwrap_or_else(|p| p.into_inner());
@@ -128,9 +139,10 @@ impl RunContext<'_> {
         &self.runner.listeners
     }
 
-    /// Writes state, unless this is a dry run or a benchmark.
+    /// Writes state, unless this is a dry run. (A benchmark writes into a
+    /// [`crate::state::ScratchState`] its pipeline was built with, never the real store.)
     fn records(&self) -> bool {
-        !self.options.dry_run && !self.options.record_nothing
+        !self.options.dry_run
     }
 }
 
@@ -140,7 +152,7 @@ impl Runner {
     /// run that cannot start writes nothing.
     pub async fn run(&self, options: &RunOptions) -> Result<RunReport> {
         self.select_databases(options)?;
-        let _locks = if options.dry_run || options.record_nothing { Vec::new() } else { self.lock(options).await? };
+        let _locks = if options.dry_run { Vec::new() } else { self.lock(options).await? };
         self.run_locked(options).await
     }
 
@@ -163,6 +175,9 @@ impl Runner {
             reads: Semaphore::new(self.settings.concurrency),
             down: std::sync::Mutex::default(),
         };
+        if self.targets.len() > 1 && !options.dry_run {
+            ctx.probe_targets().await;
+        }
         let mut by_table: BTreeMap<String, Vec<String>> = BTreeMap::new();
         let mut outcomes = Vec::new();
         for db in &databases {
