@@ -97,8 +97,8 @@ struct RunArgs {
     /// With --cdc: stop once every change committed before the start is applied.
     #[arg(long, requires = "cdc")]
     catch_up: bool,
-    /// Benchmarks only: read and encode everything, send nothing to the targets, record no
-    /// state.
+    /// Benchmarks only: read and encode everything, send nothing to the targets; the state is
+    /// read but never written.
     #[arg(long, hide = true)]
     bench_discard_uploads: bool,
 }
@@ -428,7 +428,12 @@ async fn run_once(
             ..base_ctx.clone()
         };
         let sink = spec.config.build(&ctx).await.map_err(|e| anyhow::anyhow!("target `{}`: {e}", spec.id))?;
-        let state = pipeline.state.build(&ctx).await.map_err(|e| anyhow::anyhow!("state: {e}"))?;
+        let mut state = pipeline.state.build(&ctx).await.map_err(|e| anyhow::anyhow!("state: {e}"))?;
+        if args.bench_discard_uploads {
+            // The targets receive nothing, so their real state must not move (resume points
+            // and stream positions included): the run reads it and writes to memory.
+            state = Arc::new(connector_framework::ScratchState::over(state));
+        }
         targets.push(Target { id: spec.id.clone(), sink, state });
     }
     let runner = Runner {
@@ -447,7 +452,6 @@ async fn run_once(
         databases: args.databases.clone(),
         tables: args.tables.clone(),
         wait_lock: args.wait_lock,
-        record_nothing: args.bench_discard_uploads,
         cdc: None,
     };
     if args.cdc {
@@ -489,7 +493,7 @@ async fn run_once(
         std::fs::write(path, serde_json::to_vec_pretty(&report)?)
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
-    if !options.dry_run && !options.record_nothing {
+    if !options.dry_run && !args.bench_discard_uploads {
         metrics.record(&report);
     }
     if let Some(path) = &args.metrics_file {

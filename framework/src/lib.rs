@@ -97,8 +97,8 @@ pub use sink::{
 };
 pub use source::{BatchSender, ReadRange, ReadRequest, ReadSummary, Source};
 pub use state::{
-    CdcTableState, DatabaseState, ResumePoint, StateLock, StateStore, StreamState, SyncMode, SyncStatus, TableState,
-    TargetStamp, Watermark,
+    CdcTableState, DatabaseState, MemoryStateStore, ResumePoint, ScratchState, StateLock, StateStore, StreamState,
+    SyncMode, SyncStatus, TableState, TargetStamp, Watermark,
 };
 pub use strategy::{CursorStrategy, NullCursorPolicy, PlanOptions, Strategy, TablePlan};
 pub use system::SystemColumns;

@@ -13,6 +13,12 @@ use serde::{Deserialize, Serialize};
 use crate::change::{ChangePosition, ChangeSeq};
 use crate::error::{ConnectorError, Result};
 
+mod memory;
+mod scratch;
+
+pub use memory::MemoryStateStore;
+pub use scratch::ScratchState;
+
 /// How a table was (or will be) synced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]

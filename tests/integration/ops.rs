@@ -110,3 +110,41 @@ async fn status_reset_and_migrate_work_on_a_real_status_folder() {
     assert_eq!(out.code, 1, "a corrupt state file makes status unhealthy: {}", out.stdout);
     assert!(out.stdout.contains("CORRUPT") && out.stdout.contains("legacy_db.users"), "{}", out.stdout);
 }
+
+/// `--bench-discard-uploads` sends nothing to BigQuery, so it must leave no state behind on
+/// any path: outcomes, the resume points of a full sync read in key ranges, a change
+/// stream's positions.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_benchmark_run_reads_state_but_never_writes_it() {
+    let emulator = &*EMULATOR;
+    let db = unique("benchnostate");
+    create_shop(&db, 20, 600).await;
+    mysql_exec(&format!("ANALYZE TABLE `{db}`.orders")).await;
+    let run = TestRun::new();
+    let mut params = flat_params(std::slice::from_ref(&db), &["orders"], "bench_nostate", emulator, run.path());
+    params["chunk_rows"] = serde_json::json!(100);
+    run.params(&params);
+    let state_files = || {
+        let mut found = Vec::new();
+        let mut dirs = vec![run.path().join("status")];
+        while let Some(d) = dirs.pop() {
+            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                if e.path().is_dir() {
+                    dirs.push(e.path());
+                } else if e.path().extension().is_some_and(|x| x == "json") {
+                    found.push(e.path());
+                }
+            }
+        }
+        found
+    };
+
+    let out = run.run(&["--bench-discard-uploads", "--full"]).await;
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert!(out.stdout.contains("600"), "every row was read: {}", out.stdout);
+    assert!(state_files().is_empty(), "a key-range benchmark wrote state: {:?}", state_files());
+
+    let out = run.run(&["--bench-discard-uploads", "--cdc", "--catch-up"]).await;
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert!(state_files().is_empty(), "a --cdc benchmark wrote state: {:?}", state_files());
+}

@@ -1,15 +1,13 @@
-//! Tables and state held in memory.
+//! Tables held in memory.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use async_trait::async_trait;
 
 use crate::error::{ConnectorError, Result};
 use crate::schema::{TableRef, TableSchema};
 use crate::source::{BatchSender, ReadRange, ReadRequest, ReadSummary, Source};
-use crate::state::{DatabaseState, StateLock, StateStore, StreamState, TableState};
 use crate::value::{Row, RowBatch, Value};
 
 /// Schema and rows per table.
@@ -130,54 +128,5 @@ impl Source for MemorySource {
         }
         summary.last_key = last_key;
         Ok(summary)
-    }
-}
-
-/// State in memory, with a lock that refuses (or waits for) a second holder.
-#[derive(Debug, Default, Clone)]
-pub struct MemoryStateStore {
-    pub databases: Arc<Mutex<HashMap<String, DatabaseState>>>,
-    pub stream: Arc<Mutex<Option<StreamState>>>,
-    locked: Arc<tokio::sync::Mutex<()>>,
-}
-
-#[derive(Debug)]
-struct MemoryLock(#[allow(dead_code)] tokio::sync::OwnedMutexGuard<()>);
-impl StateLock for MemoryLock {}
-
-#[async_trait]
-impl StateStore for MemoryStateStore {
-    async fn lock(&self, wait: Option<Duration>) -> Result<Box<dyn StateLock>> {
-        let busy = || ConnectorError::config("another run holds the lock of this memory state");
-        let guard = match wait {
-            None => self.locked.clone().try_lock_owned().map_err(|_| busy())?,
-            Some(w) => tokio::time::timeout(w, self.locked.clone().lock_owned()).await.map_err(|_| busy())?,
-        };
-        Ok(Box::new(MemoryLock(guard)))
-    }
-    async fn load(&self, database: &str) -> Result<DatabaseState> {
-        let dbs = self.databases.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(dbs
-            .get(database)
-            .cloned()
-            .unwrap_or_else(|| DatabaseState { database: database.into(), ..Default::default() }))
-    }
-    async fn record(&self, database: &str, state: TableState) -> Result<()> {
-        let mut dbs = self.databases.lock().unwrap_or_else(|p| p.into_inner());
-        let db = dbs
-            .entry(database.to_string())
-            .or_insert_with(|| DatabaseState { database: database.into(), ..Default::default() });
-        db.tables.insert(state.table_name.clone(), state);
-        Ok(())
-    }
-    fn location(&self) -> String {
-        "memory".into()
-    }
-    async fn load_stream(&self) -> Result<Option<StreamState>> {
-        Ok(self.stream.lock().unwrap_or_else(|p| p.into_inner()).clone())
-    }
-    async fn record_stream(&self, state: StreamState) -> Result<()> {
-        *self.stream.lock().unwrap_or_else(|p| p.into_inner()) = Some(state);
-        Ok(())
     }
 }

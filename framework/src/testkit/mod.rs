@@ -7,9 +7,10 @@ mod collecting_sink;
 mod conformance;
 mod memory;
 
+pub use crate::state::MemoryStateStore;
 pub use collecting_sink::{CollectingSink, Commit};
 pub use conformance::{sink_conformance, source_conformance};
-pub use memory::{MemorySource, MemoryStateStore, MemoryTables};
+pub use memory::{MemorySource, MemoryTables};
 
 use chrono::NaiveDateTime;
 
