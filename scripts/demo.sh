@@ -40,7 +40,8 @@ if [ -t 1 ]; then
 else
   step() { printf '\n==> %s\n' "$*"; }
 fi
-die() { echo "demo: error: $*" >&2; exit 1; }
+NAME=demo
+source scripts/lib.sh
 
 [[ "$BQ_PORT" =~ ^[0-9]+$ ]] || die "DEMO_BQ_PORT must be a port number (got '$BQ_PORT')"
 for tool in curl python3; do command -v "$tool" >/dev/null 2>&1 || die "$tool is needed"; done

@@ -400,6 +400,24 @@ fn spawn_signal_handler(stop: Arc<AtomicBool>, stopped: Arc<tokio::sync::Notify>
     });
 }
 
+/// A finished run's report: on stdout (as text, or a JSON line with `--json`), in the log
+/// file, and in the `--report-json` file.
+fn publish_report(args: &RunArgs, text: &str, report: &impl serde::Serialize) -> Result<()> {
+    if args.json {
+        out(&format!("{}\n", serde_json::to_string(&serde_json::json!({"event": "report", "report": report}))?));
+    } else {
+        out(text);
+    }
+    for line in text.lines() {
+        tracing::info!(target: "report", "{line}");
+    }
+    if let Some(path) = &args.report_json {
+        std::fs::write(path, serde_json::to_vec_pretty(report)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
+}
+
 /// One run: build the components (fresh connections and run id), run, report.
 async fn run_once(
     pipeline: &Pipeline,
@@ -459,19 +477,7 @@ async fn run_once(
         let report = runner.run_cdc(&options, &cdc).await;
         source.close().await;
         let report = report.map_err(|e| anyhow::anyhow!("{e}"))?;
-        let text = report.render();
-        if args.json {
-            out(&format!("{}\n", serde_json::to_string(&serde_json::json!({"event": "report", "report": report}))?));
-        } else {
-            out(&text);
-        }
-        for line in text.lines() {
-            tracing::info!(target: "report", "{line}");
-        }
-        if let Some(path) = &args.report_json {
-            std::fs::write(path, serde_json::to_vec_pretty(&report)?)
-                .with_context(|| format!("cannot write {}", path.display()))?;
-        }
+        publish_report(args, &report.render(), &report)?;
         if let Some(path) = &args.metrics_file {
             metrics.write_file(path)?;
         }
@@ -480,19 +486,7 @@ async fn run_once(
     let report = runner.run(&options).await;
     source.close().await;
     let report = report.map_err(|e| anyhow::anyhow!("{e}"))?;
-    let text = report.render();
-    if args.json {
-        out(&format!("{}\n", serde_json::to_string(&serde_json::json!({"event": "report", "report": report}))?));
-    } else {
-        out(&text);
-    }
-    for line in text.lines() {
-        tracing::info!(target: "report", "{line}");
-    }
-    if let Some(path) = &args.report_json {
-        std::fs::write(path, serde_json::to_vec_pretty(&report)?)
-            .with_context(|| format!("cannot write {}", path.display()))?;
-    }
+    publish_report(args, &report.render(), &report)?;
     if !options.dry_run && !args.bench_discard_uploads {
         metrics.record(&report);
     }

@@ -55,6 +55,36 @@ struct StatusRow {
     lag_seconds: Option<f64>,
 }
 
+impl StatusRow {
+    /// A state file that cannot be read: shown, never skipped.
+    fn corrupt(
+        kind: &'static str,
+        target: &str,
+        database: String,
+        mode: Option<&str>,
+        error: &impl std::fmt::Display,
+    ) -> Self {
+        Self {
+            kind,
+            target: target.to_string(),
+            database,
+            table: None,
+            status: "CORRUPT".into(),
+            mode: mode.map(str::to_string),
+            last_sync_time: None,
+            last_success_at: None,
+            stale_seconds: None,
+            records_synced: None,
+            watermark: None,
+            error: Some(error.to_string()),
+            notes: Vec::new(),
+            position: None,
+            head: None,
+            lag_seconds: None,
+        }
+    }
+}
+
 /// A table's mode as `status` shows it: `CDC`, `SNAPSHOT 37%` while a snapshot for the
 /// change stream is under way, else the sync mode.
 fn mode_of(t: &connector_framework::TableState) -> String {
@@ -73,24 +103,7 @@ pub fn status(dirs: &[(String, PathBuf)], json: bool) -> Result<bool> {
     for (target, dir) in dirs {
         for (database, state) in tools::overview(dir).map_err(|e| anyhow!("{e}"))? {
             match state {
-                Err(e) => rows.push(StatusRow {
-                    kind: "table",
-                    target: target.clone(),
-                    database,
-                    table: None,
-                    status: "CORRUPT".into(),
-                    mode: None,
-                    last_sync_time: None,
-                    last_success_at: None,
-                    stale_seconds: None,
-                    records_synced: None,
-                    watermark: None,
-                    error: Some(e.to_string()),
-                    notes: Vec::new(),
-                    position: None,
-                    head: None,
-                    lag_seconds: None,
-                }),
+                Err(e) => rows.push(StatusRow::corrupt("table", target, database, None, &e)),
                 Ok(state) => {
                     for (table, t) in state.tables {
                         rows.push(StatusRow {
@@ -135,24 +148,7 @@ pub fn status(dirs: &[(String, PathBuf)], json: bool) -> Result<bool> {
                 head: s.head.map(|p| p.to_string()),
                 lag_seconds: s.lag_seconds,
             }),
-            Err(e) => rows.push(StatusRow {
-                kind: "stream",
-                target: target.clone(),
-                database: "*".into(),
-                table: None,
-                status: "CORRUPT".into(),
-                mode: Some("CDC".into()),
-                last_sync_time: None,
-                last_success_at: None,
-                stale_seconds: None,
-                records_synced: None,
-                watermark: None,
-                error: Some(e.to_string()),
-                notes: Vec::new(),
-                position: None,
-                head: None,
-                lag_seconds: None,
-            }),
+            Err(e) => rows.push(StatusRow::corrupt("stream", target, "*".into(), Some("CDC"), &e)),
         }
     }
     // A streaming table is as fresh as its target's stream.

@@ -68,6 +68,7 @@ pub mod report;
 pub mod retry;
 pub mod runner;
 pub mod schema;
+pub mod settings;
 pub mod sink;
 pub mod source;
 pub mod state;

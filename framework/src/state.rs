@@ -246,6 +246,22 @@ impl TableState {
         }
     }
 
+    /// A success in `mode` that synced `rows` from a read at `read_at` (the source's clock);
+    /// the caller adds what it knows beyond that (watermark, key, target, fingerprint…).
+    pub fn succeeded(table: &str, mode: SyncMode, rows: u64, read_at: NaiveDateTime) -> Self {
+        let now = Utc::now().naive_utc();
+        Self {
+            last_sync_time: Some(read_at),
+            sync_status: SyncStatus::Success,
+            sync_mode: mode,
+            records_synced: rows,
+            error_message: None,
+            last_success_at: Some(now),
+            last_full_at: (mode == SyncMode::Full).then_some(read_at),
+            ..Self::in_progress(table)
+        }
+    }
+
     /// A failure: keeps everything the prior state knew that is still true (the last good
     /// watermark, times, key, resume point, target), so nothing already synced is lost.
     pub fn failed(table: &str, prior: Option<&TableState>, mode: Option<SyncMode>, error: &ConnectorError) -> Self {

@@ -10,7 +10,7 @@ use crate::events::Event;
 use crate::report::{OutcomeStatus, TableOutcome};
 use crate::schema::{LogicalType, TableRef, TableSchema};
 use crate::source::ReadSummary;
-use crate::state::{CdcTableState, SyncMode, SyncStatus, TableState, TargetStamp, Watermark, watermark_text};
+use crate::state::{CdcTableState, SyncMode, TableState, TargetStamp, Watermark, watermark_text};
 use crate::strategy::TablePlan;
 
 use super::{RunContext, Target, unify};
@@ -54,26 +54,17 @@ pub(super) async fn record_success(ctx: &RunContext<'_>, target: &Target, s: Suc
     } else {
         next_watermark(s.schema, s.plan, s.read, s.prior.and_then(|p| p.watermark.as_ref()))
     };
+    let mode = if cdc.is_some() { SyncMode::Cdc } else { s.plan.mode };
     let state = TableState {
-        table_name: table.table.clone(),
-        last_sync_time: Some(read_at),
-        sync_status: SyncStatus::Success,
-        sync_mode: if cdc.is_some() { SyncMode::Cdc } else { s.plan.mode },
-        records_synced: s.rows,
-        error_message: None,
-        updated_at: now,
         watermark,
-        last_success_at: Some(now),
         duration_seconds: Some(s.elapsed.as_secs_f64()),
-        consecutive_failures: 0,
         key: Some(s.schema.key.clone()),
-        resume: None,
         target: Some(s.stamp.clone()),
         schema_fingerprint: Some(unify::fingerprint(s.schema)),
         last_full_at: if s.plan.mode == SyncMode::Full { Some(read_at) } else { s.prior.and_then(|p| p.last_full_at) },
-        in_doubt: None,
         notes: s.plan.warnings.clone(),
         cdc,
+        ..TableState::succeeded(&table.table, mode, s.rows, read_at)
     };
     let mut outcome = TableOutcome::new(table, &target.id, OutcomeStatus::Success);
     outcome.mode = Some(s.plan.mode);

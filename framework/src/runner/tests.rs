@@ -78,6 +78,14 @@ async fn the_testkit_conformance_checks_pass_for_the_testkit_itself() {
     let source = source_with(&[("a", 5)]);
     let checks = source_conformance(&source, &TableRef::new("a", "orders")).await.unwrap();
     assert_eq!(checks, ["full", "since", "key ranges"]);
+    // NULL cursors: `Since` returns them only when asked and counts them when not.
+    let with_nulls = MemorySource { databases: vec!["n".into()], ..Default::default() };
+    let (schema, mut rows) = sample_table("n", "orders", 6);
+    rows[1][2] = crate::value::Value::Null;
+    rows[4][2] = crate::value::Value::Null;
+    with_nulls.add_table(schema, rows);
+    let checks = source_conformance(&with_nulls, &TableRef::new("n", "orders")).await.unwrap();
+    assert_eq!(checks, ["full", "since", "key ranges"]);
     let sink = CollectingSink::new("c");
     assert_eq!(sink_conformance(&sink, "t").await.unwrap().len(), 5);
     assert_eq!(sink.committed_rows("t", "tenant_b").len(), 3);
