@@ -256,6 +256,12 @@ impl Pipeline {
                     );
                 }
             }
+            if opts.target_table.as_ref().is_some_and(|t| t.trim().is_empty()) {
+                problems.add(
+                    Scope::Pipeline,
+                    vec![Problem::at(format!("table_options.{table}.target_table"), "the name is empty")],
+                );
+            }
             for (from, to) in &opts.rename_columns {
                 if to.trim().is_empty() {
                     problems.add(

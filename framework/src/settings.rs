@@ -36,6 +36,9 @@ pub struct TableOptions {
     /// Source column → target column name.
     #[serde(default)]
     pub rename_columns: BTreeMap<String, String>,
+    /// The target table's name (default: the source table's, as far as the target can hold it).
+    #[serde(default)]
+    pub target_table: Option<String>,
     /// Sync this table in full when its last full sync is older than this (seconds; written
     /// as `"24h"`, `"7d"`, …).
     #[serde(default, deserialize_with = "config::duration_secs::deserialize")]
@@ -95,6 +98,13 @@ pub const TABLE_OPTION_FIELDS: &[FieldDoc] = &[
         required: false,
         default: "{}",
         doc: "source column → target column name",
+    },
+    FieldDoc {
+        name: "target_table",
+        ty: "string",
+        required: false,
+        default: "the source table's name",
+        doc: "the name of the target table",
     },
     FieldDoc {
         name: "full_every",

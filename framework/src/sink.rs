@@ -67,9 +67,29 @@ pub struct TargetOptions {
     pub column_types: std::collections::BTreeMap<String, String>,
     /// Source column → target column name.
     pub rename_columns: std::collections::BTreeMap<String, String>,
+    /// The target table's name, when configured (`table_options.<table>.target_table`).
+    pub target_table: Option<String>,
+}
+
+impl From<&crate::settings::TableOptions> for TargetOptions {
+    fn from(options: &crate::settings::TableOptions) -> Self {
+        Self {
+            partition_by: options.partition_by.clone(),
+            cluster_by: options.cluster_by.clone(),
+            column_types: options.column_types.clone(),
+            rename_columns: options.rename_columns.clone(),
+            target_table: options.target_table.clone(),
+        }
+    }
 }
 
 impl TargetOptions {
+    /// The target table's name as configured, else the source table's (`source`); a sink may
+    /// still map it to a name it can hold ([`Sink::target_name`]).
+    pub fn table_name<'a>(&'a self, source: &'a str) -> &'a str {
+        self.target_table.as_deref().unwrap_or(source)
+    }
+
     /// The target name of a source column: its `rename_columns` entry, else its own name.
     pub fn target_name<'a>(&'a self, source: &'a str) -> &'a str {
         self.rename_columns.iter().find(|(k, _)| k.eq_ignore_ascii_case(source)).map_or(source, |(_, v)| v.as_str())
@@ -79,7 +99,8 @@ impl TargetOptions {
 /// A target table shared by every tenant of one source table name.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TargetTable {
-    /// Source table name, also the target table's name.
+    /// The source table's name (the target table's too, unless `options.target_table` says
+    /// otherwise: see [`Sink::target_name`]).
     pub name: String,
     /// The union of the tenants' columns, in first-seen order.
     pub columns: Vec<Column>,
@@ -215,6 +236,12 @@ pub trait Sink: Send + Sync + std::fmt::Debug {
     async fn commit(&self, table: &TargetTable, staged: &[Staged]) -> Result<CommitOutcome>;
     /// Drops the staging of these tenants after a commit attempt (best effort).
     async fn discard(&self, staged: &[Staged]);
+    /// The name this sink gives the target table of source table `source` with `options`:
+    /// the configured or source name, mapped to one the destination can hold. The runner
+    /// refuses two source tables whose target names are the same.
+    fn target_name(&self, source: &str, options: &TargetOptions) -> String {
+        options.table_name(source).to_string()
+    }
     /// Whether the destination answers now: asked once at the start of a run with several
     /// targets, with few and short retries. A target that does not answer is skipped for that
     /// whole run (its tables fail, its state stays, the next run catches it up), so the healthy

@@ -349,3 +349,43 @@ async fn column_names_are_kept_system_columns_renamed_and_excluded_columns_never
     }
     assert!(!names.contains(&"password_hash"), "{names:?}");
 }
+
+/// Table names as applications have them: kept where BigQuery allows (`my table`), mapped
+/// where not (`a$b` → `a_b`); two source tables that would land in one BigQuery table both
+/// fail naming each other, and `target_table` tells them apart.
+#[tokio::test(flavor = "multi_thread")]
+async fn table_names_are_kept_mapped_and_never_share_a_target_table() {
+    let emulator = &*EMULATOR;
+    let db = unique("tnames");
+    mysql_exec(&format!(
+        "DROP DATABASE IF EXISTS `{db}`; CREATE DATABASE `{db}` CHARACTER SET utf8mb4;
+         CREATE TABLE `{db}`.`a$b` (id INT PRIMARY KEY, v VARCHAR(10));
+         CREATE TABLE `{db}`.`a_b` (id INT PRIMARY KEY, v VARCHAR(10));
+         CREATE TABLE `{db}`.`my table` (id INT PRIMARY KEY, v VARCHAR(10));
+         INSERT INTO `{db}`.`a$b` VALUES (1, 'dollar'), (2, 'dollar2');
+         INSERT INTO `{db}`.`a_b` VALUES (1, 'under');
+         INSERT INTO `{db}`.`my table` VALUES (1, 'space');"
+    ))
+    .await;
+    let dataset = unique("tnames");
+    let run = TestRun::new();
+    let mut params = flat_params(std::slice::from_ref(&db), &[], &dataset, emulator, run.path());
+    run.params(&params);
+    let out = run.run(&[]).await;
+    assert_eq!(out.code, 1, "{}", out.all());
+    assert!(
+        out.stdout.contains("source tables `a$b` and `a_b` would both be written to table `a_b`")
+            && out.stdout.contains("table_options.a$b.target_table"),
+        "{}",
+        out.stdout
+    );
+    assert_table_equal(emulator, &dataset, &db, "my table", "id").await;
+    assert!(!list_tables(emulator, &dataset).await.contains(&"a_b".to_string()), "nothing was written to `a_b`");
+
+    params["table_options"] = serde_json::json!({"a$b": {"target_table": "a_dollar_b"}});
+    run.params(&params);
+    run.sync(&[]).await;
+    assert_table_equal(emulator, &dataset, &db, "a_b", "id").await;
+    let how = Compared { bq_table: Some("a_dollar_b"), ..Default::default() };
+    assert_eq!(assert_table_equal_as(emulator, &dataset, &db, "a$b", "id", &how).await, 2);
+}

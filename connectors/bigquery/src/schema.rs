@@ -250,7 +250,7 @@ impl SchemaDiff {
 /// primary key (tenant, key...).
 pub(crate) fn table_resource(project: &str, dataset: &str, table: &TargetTable, fields: Vec<Json>) -> Result<Json> {
     let mut resource = json!({
-        "tableReference": {"projectId": project, "datasetId": dataset, "tableId": table.name},
+        "tableReference": {"projectId": project, "datasetId": dataset, "tableId": crate::sink::table_id(table)},
         "schema": {"fields": fields},
         "description": format!("Synced by connector-run from source table `{}` of every tenant", table.name),
     });

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use chrono::Utc;
 use connector_framework::{
     BuildContext, CdcDeletes, ChangeSeq, CommitOutcome, CommitSummary, ConnectorError, Prepared, Result, Sink,
-    StageRequest, Staged, StagingWriter, TableSchema, TargetPlan, TargetTable,
+    StageRequest, Staged, StagingWriter, TableSchema, TargetOptions, TargetPlan, TargetTable,
 };
 use serde_json::{Value as Json, json};
 use tokio::sync::{Mutex, OnceCell};
@@ -23,6 +23,11 @@ use crate::writer::{
     BqStagingWriter, CHANGE_SEQ_FIELD, CHANGED_AT_FIELD, ChangeFields, HASH_FIELD, MODE_FIELD, OP_FIELD, SEQ_FIELD,
     SYNCED_FIELD, StageHandle, TENANT_FIELD, WRITER_FIELD, hash_order,
 };
+
+/// The BigQuery table id of a target table (see [`crate::types::table_id`]).
+pub(crate) fn table_id(table: &TargetTable) -> String {
+    crate::types::table_id(table.options.table_name(&table.name))
+}
 
 /// The change-stream fields of a writer's staging rows.
 fn change_fields(request: &StageRequest<'_>) -> ChangeFields {
@@ -337,6 +342,10 @@ impl Sink for BigQuerySink {
         self.destination.clone()
     }
 
+    fn target_name(&self, source: &str, options: &TargetOptions) -> String {
+        crate::types::table_id(options.table_name(source))
+    }
+
     async fn probe(&self) -> Result<()> {
         self.client.probe(&self.dataset).await
     }
@@ -344,7 +353,7 @@ impl Sink for BigQuerySink {
     async fn plan(&self, table: &TargetTable) -> Result<TargetPlan> {
         let desired = desired_columns(table)?;
         let columns = desired.iter().map(|c| format!("{} {}", c.name, c.ty)).collect();
-        let changes = match self.client.get_table(&self.dataset, &table.name).await {
+        let changes = match self.client.get_table(&self.dataset, &table_id(table)).await {
             Ok(existing) => SchemaDiff::new(table, existing.as_ref())?.describe(),
             Err(e) => vec![format!("cannot tell ({e})")],
         };
@@ -353,7 +362,8 @@ impl Sink for BigQuerySink {
 
     async fn prepare(&self, table: &TargetTable) -> Result<Prepared> {
         let dataset = self.ensure_datasets().await?.clone();
-        let existing = self.client.get_table(&self.dataset, &table.name).await?;
+        let id = table_id(table);
+        let existing = self.client.get_table(&self.dataset, &id).await?;
         let diff = SchemaDiff::new(table, existing.as_ref())?;
         let (resource, created) = match existing {
             None => {
@@ -361,18 +371,18 @@ impl Sink for BigQuerySink {
                 fields.extend(diff.columns.iter().map(|(n, t)| json!({"name": n, "type": t, "mode": "NULLABLE"})));
                 let resource = table_resource(self.client.project(), &self.dataset, table, fields)?;
                 let created = self.client.create_table(&self.dataset, resource).await?;
-                (self.clear_inherited_expirations(&table.name, created).await?, true)
+                (self.clear_inherited_expirations(&id, created).await?, true)
             }
             Some(resource) => {
                 if !diff.added.is_empty() {
                     let mut all: Vec<Json> = resource["schema"]["fields"].as_array().cloned().unwrap_or_default();
                     all.extend(diff.added.iter().map(|(n, t)| json!({"name": n, "type": t, "mode": "NULLABLE"})));
-                    self.client.patch_schema(&self.dataset, &table.name, json!(all)).await?;
+                    self.client.patch_schema(&self.dataset, &id, json!(all)).await?;
                 }
                 for (name, from, to) in &diff.widened {
                     let sql = format!(
                         "ALTER TABLE {} ALTER COLUMN {} SET DATA TYPE {to}",
-                        qualified(self.client.project(), &self.dataset, &table.name),
+                        qualified(self.client.project(), &self.dataset, &id),
                         quote_column(name)
                     );
                     let job = unique_id("alter", &[&self.id, &self.dataset, &self.run_id, &table.name, name, to]);
@@ -477,7 +487,7 @@ impl Sink for BigQuerySink {
             ConnectorError::permanent(format!("{}: commit before prepare (a bug in the runner)", table.name))
         })?;
         let plan = CommitPlan {
-            target: qualified(self.client.project(), &self.dataset, &table.name),
+            target: qualified(self.client.project(), &self.dataset, &table_id(table)),
             project: self.client.project().to_string(),
             staging_dataset: self.staging_dataset.clone(),
             columns: target_columns,
@@ -526,7 +536,7 @@ impl Sink for BigQuerySink {
     }
 
     async fn truncate(&self, table: &TargetTable, tenant: &str, before: &ChangeSeq) -> Result<()> {
-        let target = qualified(self.client.project(), &self.dataset, &table.name);
+        let target = qualified(self.client.project(), &self.dataset, &table_id(table));
         let sys = &table.system;
         let (t, seq) = (quote_column(&sys.tenant), quote_column(&sys.change_seq));
         let older = format!("{t} = @tenant AND ({seq} IS NULL OR {seq} < @before)");

@@ -122,6 +122,30 @@ pub fn column_name(name: &str) -> String {
     out.chars().take(300).collect()
 }
 
+/// Characters BigQuery table names take: letters, marks and digits of any script, connector
+/// punctuation, dashes and spaces.
+static TABLE_CHAR: LazyLock<regex::Regex> = LazyLock::new(|| {
+    regex::Regex::new(r"^[\p{L}\p{M}\p{N}\p{Pc}\p{Pd}\p{Zs}]$").unwrap_or_else(|_| unreachable!("a valid pattern"))
+});
+
+/// The BigQuery table id for a target table name: the name itself wherever BigQuery allows it.
+/// Documented mapping otherwise: every other character becomes `_`, and the id is cut at
+/// 1,024 bytes.
+pub fn table_id(name: &str) -> String {
+    let mut out = String::new();
+    for c in name.chars() {
+        let c = if TABLE_CHAR.is_match(c.encode_utf8(&mut [0; 4])) { c } else { '_' };
+        if out.len() + c.len_utf8() > 1024 {
+            break;
+        }
+        out.push(c);
+    }
+    if out.is_empty() {
+        out.push('_');
+    }
+    out
+}
+
 /// The name of a column in staging tables: ASCII letters, digits and `_` only plus a hash of
 /// the exact name, so load files never depend on flexible column names and two names never
 /// share one staging column.
@@ -232,6 +256,19 @@ pub fn encode_str(out: &mut Vec<u8>, s: &str) {
 mod tests {
     use super::*;
     use chrono::{TimeZone, Utc};
+
+    #[test]
+    fn table_ids_keep_what_bigquery_holds_and_map_the_rest() {
+        assert_eq!(table_id("orders"), "orders");
+        assert_eq!(table_id("order items"), "order items");
+        assert_eq!(table_id("a-b"), "a-b");
+        assert_eq!(table_id("Δέλτα_表"), "Δέλτα_表");
+        assert_eq!(table_id("a$b"), "a_b");
+        assert_eq!(table_id("a.b"), "a_b");
+        assert_eq!(table_id(""), "_");
+        let long = "é".repeat(600);
+        assert_eq!(table_id(&long).len(), 1024, "cut at 1,024 bytes, on a character boundary");
+    }
 
     fn enc(v: Value) -> String {
         let mut out = Vec::new();

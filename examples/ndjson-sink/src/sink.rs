@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use async_trait::async_trait;
 use connector_framework::{
     CommitOutcome, CommitSummary, ConnectorError, Prepared, Result, RowBatch, Sink, StageRequest, Staged,
-    StagingWriter, SyncMode, SystemColumns, TargetPlan, TargetTable, WriteMode,
+    StagingWriter, SyncMode, SystemColumns, TargetOptions, TargetPlan, TargetTable, WriteMode,
 };
 use serde_json::{Map, Value as Json};
 
@@ -139,12 +139,17 @@ impl Sink for NdjsonSink {
         &self.id
     }
 
+    /// Its folder's name: two tables whose names map to one folder are refused by the runner.
+    fn target_name(&self, source: &str, options: &TargetOptions) -> String {
+        safe(options.table_name(source))
+    }
+
     fn destination(&self) -> String {
         format!("ndjson {}", self.root.display())
     }
 
     async fn plan(&self, table: &TargetTable) -> Result<TargetPlan> {
-        let dir = self.table_dir(&table.name);
+        let dir = self.table_dir(table.options.table_name(&table.name));
         Ok(TargetPlan {
             columns: table.columns.iter().map(|c| format!("{} json", c.name)).collect(),
             changes: if dir.exists() { Vec::new() } else { vec![format!("create folder {}", dir.display())] },
@@ -152,7 +157,7 @@ impl Sink for NdjsonSink {
     }
 
     async fn prepare(&self, table: &TargetTable) -> Result<Prepared> {
-        let staging = self.table_dir(&table.name).join(".staging");
+        let staging = self.table_dir(table.options.table_name(&table.name)).join(".staging");
         let created = !staging.exists();
         std::fs::create_dir_all(&staging).map_err(|e| io("cannot create", &staging, e))?;
         Ok(Prepared { created, ..Default::default() })
@@ -169,7 +174,7 @@ impl Sink for NdjsonSink {
         }
         let (table, tenant, mode, write) = (request.table, request.tenant, request.mode, request.write);
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        let path = self.table_dir(&table.name).join(".staging").join(format!(
+        let path = self.table_dir(table.options.table_name(&table.name)).join(".staging").join(format!(
             "{}.{}.{n}.ndjson",
             safe(&tenant.table.database),
             self.run_id
@@ -191,7 +196,7 @@ impl Sink for NdjsonSink {
         for s in staged {
             let Some(handle) = &s.handle else { continue };
             let staged_path = PathBuf::from(handle);
-            let target = self.tenant_file(&table.name, &s.tenant);
+            let target = self.tenant_file(table.options.table_name(&table.name), &s.tenant);
             match s.write {
                 WriteMode::ReplaceTenant => {
                     std::fs::rename(&staged_path, &target).map_err(|e| io("cannot replace", &target, e))?;

@@ -34,7 +34,7 @@ use crate::events::{Event, EventListener};
 use crate::pipeline::{Settings, TableOptions};
 use crate::report::{RunReport, TableOutcome};
 use crate::schema::TableRef;
-use crate::sink::Sink;
+use crate::sink::{Sink, TargetOptions};
 use crate::source::Source;
 use crate::state::StateStore;
 use crate::strategy::Strategy;
@@ -190,6 +190,11 @@ impl Runner {
                 Err(e) => outcomes.extend(record::fail_everywhere(&ctx, &TableRef::new(db, "*"), &e).await),
             }
         }
+        for (table, e) in self.target_name_clashes(by_table.keys()) {
+            for db in by_table.remove(&table).unwrap_or_default() {
+                outcomes.extend(record::fail_everywhere(&ctx, &TableRef::new(&db, &table), &e).await);
+            }
+        }
         let not_started = AtomicUsize::new(0);
         let mut per_table = futures::stream::iter(by_table)
             .map(|(table, dbs)| {
@@ -215,6 +220,38 @@ impl Runner {
             dry_run: options.dry_run,
             not_started: not_started.into_inner(),
         })
+    }
+
+    /// Source tables whose target tables would be one and the same in some target (names the
+    /// target maps to what it can hold, or a `target_table` that names another table): each
+    /// fails with an error naming the other and the setting that tells them apart, instead of
+    /// two tables silently writing into one.
+    fn target_name_clashes<'t>(&self, tables: impl Iterator<Item = &'t String>) -> Vec<(String, ConnectorError)> {
+        let tables: Vec<&String> = tables.collect();
+        let mut clashes: BTreeMap<String, ConnectorError> = BTreeMap::new();
+        for target in &self.targets {
+            let mut by_target: BTreeMap<String, Vec<&String>> = BTreeMap::new();
+            for table in &tables {
+                let options = self.table_options.get(table.as_str()).map(TargetOptions::from).unwrap_or_default();
+                by_target.entry(target.sink.target_name(table, &options)).or_default().push(table);
+            }
+            for (name, sources) in by_target.into_iter().filter(|(_, s)| s.len() > 1) {
+                for table in &sources {
+                    let others: Vec<String> =
+                        sources.iter().filter(|o| o != &table).map(|o| format!("`{o}`")).collect();
+                    clashes.entry(table.to_string()).or_insert_with(|| {
+                        ConnectorError::config(format!(
+                            "source tables `{table}` and {} would both be written to table `{name}` of target `{}`; \
+                             give one of them another name with table_options.{table}.target_table, or leave it out \
+                             of the tables synced",
+                            others.join(", "),
+                            target.id
+                        ))
+                    });
+                }
+            }
+        }
+        clashes.into_iter().collect()
     }
 
     pub(crate) fn select_databases(&self, options: &RunOptions) -> Result<Vec<String>> {

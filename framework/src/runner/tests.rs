@@ -236,3 +236,26 @@ async fn a_selection_that_cannot_start_takes_no_lock() {
     assert!(e.message().contains("`nosuchdb` is not in the pipeline's databases"), "{e}");
     assert!(state.lock(None).await.is_ok(), "the lock was never taken");
 }
+
+#[tokio::test]
+async fn two_source_tables_with_one_target_name_both_fail_naming_each_other() {
+    let source = source_with(&[("a", 3)]);
+    let (schema, rows) = sample_table("a", "legacy_orders", 3);
+    source.add_table(schema, rows);
+    let (schema, rows) = sample_table("a", "users", 2);
+    source.add_table(schema, rows);
+    let sink = CollectingSink::new("c");
+    let mut runner = runner(source, vec![("c", sink.clone(), MemoryStateStore::default())], Settings::default());
+    runner.tables = vec!["orders".into(), "legacy_orders".into(), "users".into()];
+    let clash = TableOptions { target_table: Some("orders".into()), ..Default::default() };
+    runner.table_options.insert("legacy_orders".into(), clash);
+    let report = runner.run(&RunOptions::default()).await.unwrap();
+    let failed: Vec<&TableOutcome> = report.outcomes.iter().filter(|o| o.status == OutcomeStatus::Failed).collect();
+    assert_eq!(failed.len(), 2, "{:?}", report.outcomes);
+    for o in &failed {
+        let e = o.error.as_deref().unwrap_or_default();
+        assert!(e.contains("would both be written to table `orders`") && e.contains("target_table"), "{e}");
+    }
+    assert!(sink.committed_rows("orders", "a").is_empty(), "nothing reached the shared table");
+    assert_eq!(sink.committed_rows("users", "a").len(), 2, "the other tables sync");
+}

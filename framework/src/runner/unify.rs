@@ -284,12 +284,7 @@ fn union_target(
         columns,
         key,
         key_nullable,
-        options: TargetOptions {
-            partition_by: options.partition_by.clone(),
-            cluster_by: options.cluster_by.clone(),
-            column_types: options.column_types.clone(),
-            rename_columns: options.rename_columns.clone(),
-        },
+        options: TargetOptions::from(options),
         system: system.clone(),
         changes: None,
     }

@@ -108,6 +108,8 @@ pub struct Compared<'a> {
     pub mysql_url: Option<&'a str>,
     /// A condition on the BigQuery rows compared (e.g. soft-deleted rows left out).
     pub bq_filter: Option<&'a str>,
+    /// The BigQuery table, when it is not named like the MySQL one (`target_table`).
+    pub bq_table: Option<&'a str>,
 }
 
 /// [`assert_table_equal`] for tables synced with `system_columns`, `exclude_columns` or
@@ -140,8 +142,9 @@ pub async fn assert_table_equal_as(
     let (schema, bq) = bq_query_with_schema(
         emulator,
         &format!(
-            "SELECT {} FROM `{dataset}`.`{table}` WHERE `{tenant}` = '{database}'{} ORDER BY {}",
+            "SELECT {} FROM `{dataset}`.`{}` WHERE `{tenant}` = '{database}'{} ORDER BY {}",
             names.join(", "),
+            how.bq_table.unwrap_or(table),
             how.bq_filter.map(|f| format!(" AND ({f})")).unwrap_or_default(),
             bq_order.join(", ")
         ),
