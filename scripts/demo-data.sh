@@ -14,7 +14,9 @@
 #     shop2                  150        40     700         200
 #     shop3                  100        30     400         100
 # Env: DEMO_SCALE (positive integer, default 1) multiplies every row count;
-#      MYSQL_HOST (127.0.0.1), MYSQL_PORT (3306), MYSQL_USER (root), MYSQL_PWD (empty).
+#      MYSQL_PORT (required: scripts/demo.sh passes its private server's; the script drops and
+#      recreates shop1..shop3, so it never picks a server on its own), MYSQL_HOST (127.0.0.1),
+#      MYSQL_USER (root), MYSQL_PWD (empty).
 set -euo pipefail
 
 SCALE="${DEMO_SCALE:-1}"
@@ -217,13 +219,17 @@ if [ "${1:-}" = "--print" ]; then
   exit 0
 fi
 [ $# -eq 0 ] || { echo "usage: $0 [--print]" >&2; exit 2; }
+[ -n "${MYSQL_PORT:-}" ] || {
+  echo "demo-data: error: set MYSQL_PORT to the server to load (its shop1..shop3 are dropped; scripts/demo.sh uses a private one)" >&2
+  exit 2
+}
 
 MYSQL_CMD=(mariadb --no-defaults --default-character-set=utf8mb4 --protocol=TCP -h"${MYSQL_HOST:-127.0.0.1}"
-  -P"${MYSQL_PORT:-3306}" -u"${MYSQL_USER:-root}")
-command -v mariadb >/dev/null 2>&1 || { echo "demo-data: error: no mariadb client (run scripts/mariadb.sh ensure)" >&2; exit 1; }
+  -P"$MYSQL_PORT" -u"${MYSQL_USER:-root}")
+command -v mariadb >/dev/null 2>&1 || { echo "demo-data: error: no mariadb client (install mariadb-client)" >&2; exit 1; }
 
 t0=$SECONDS
-echo "demo-data: loading shop1..shop3 (DEMO_SCALE=$SCALE) into ${MYSQL_HOST:-127.0.0.1}:${MYSQL_PORT:-3306}" >&2
+echo "demo-data: loading shop1..shop3 (DEMO_SCALE=$SCALE) into ${MYSQL_HOST:-127.0.0.1}:$MYSQL_PORT" >&2
 generate | "${MYSQL_CMD[@]}"
 
 # row counts, one line per tenant

@@ -2,7 +2,8 @@
 # A private MariaDB server for the tests and the demo: its own data dir and port, so the
 # machine's own server (and its databases) is never touched.
 #
-#   scripts/private-mariadb.sh start --dir DIR [--port N]   start (or reuse) it; prints the port
+#   scripts/private-mariadb.sh start --dir DIR [--port N] [--no-binlog]
+#                                                           start (or reuse) it; prints the port
 #   scripts/private-mariadb.sh stop --dir DIR               stop it
 #   scripts/private-mariadb.sh status --dir DIR             exit 0 when it answers, 3 when not
 #
@@ -10,6 +11,8 @@
 # binlog CDC needs (ROW, FULL images, FULL metadata, GTID strict mode, server id 11); the time
 # zone tables loaded from /usr/share/zoneinfo; TLS with a CA and a server certificate for
 # localhost/127.0.0.1 made with openssl at first start (DIR/tls/ca.pem; never committed).
+# --no-binlog: no binary log, MariaDB's defaults for its format (the "server not set up for
+# --cdc" case of the tests).
 # Installs mariadb-server, tzdata and openssl from Debian when missing (needs root).
 # DIR/port holds the port, DIR/error.log the server's log.
 set -euo pipefail
@@ -18,10 +21,14 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 DIR=""
 PORT=""
+BINLOG=(--log-bin=mariadb-bin --server-id=11 --binlog-format=ROW --binlog-row-image=FULL --binlog-row-metadata=FULL
+  --gtid-strict-mode=ON --gtid-domain-id=0 --max-binlog-size=64M)
+BINLOG_SAID="binlog on"
 while [ $# -gt 1 ]; do
   case "$2" in
     --dir) DIR="${3:?--dir needs a value}"; set -- "$1" "${@:4}" ;;
     --port) PORT="${3:?--port needs a value}"; set -- "$1" "${@:4}" ;;
+    --no-binlog) BINLOG=(--server-id=12); BINLOG_SAID="binlog off"; set -- "$1" "${@:3}" ;;
     *) die "unknown option: $2" ;;
   esac
 done
@@ -81,8 +88,7 @@ cmd_start() {
   echo "$PORT" >"$DIR/port"
   nohup setsid "$(server_bin)" --no-defaults "${user[@]}" --datadir="$DIR/data" --port="$PORT" \
     --bind-address=127.0.0.1 --socket="$SOCK" --pid-file="$PID_FILE" --log-error="$DIR/error.log" \
-    --log-bin=mariadb-bin --server-id=11 --binlog-format=ROW --binlog-row-image=FULL --binlog-row-metadata=FULL \
-    --gtid-strict-mode=ON --gtid-domain-id=0 --max-binlog-size=64M \
+    "${BINLOG[@]}" \
     --character-set-server=utf8mb4 --collation-server=utf8mb4_general_ci --max-connections=500 \
     --innodb-buffer-pool-size=256M --innodb-flush-log-at-trx-commit=2 --skip-name-resolve \
     --ssl-ca="$DIR/tls/ca.pem" --ssl-cert="$DIR/tls/server.pem" --ssl-key="$DIR/tls/server-key.pem" \
@@ -104,7 +110,7 @@ SQL
     rm -f "$DIR/.fresh"
   fi
   tcp_ok || die "started, but root cannot log in over TCP 127.0.0.1:$PORT"
-  log "MariaDB $(sql -e 'select version()') on 127.0.0.1:$PORT (data $DIR/data, binlog on, TLS CA $DIR/tls/ca.pem)"
+  log "MariaDB $(sql -e 'select version()') on 127.0.0.1:$PORT (data $DIR/data, $BINLOG_SAID, TLS CA $DIR/tls/ca.pem)"
   echo "$PORT"
 }
 

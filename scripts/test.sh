@@ -4,9 +4,8 @@
 #   scripts/test.sh [ARGS...]      ARGS are appended to the cargo test command (e.g. a filter)
 #
 # 1. a private MariaDB for the end-to-end tests (scripts/private-mariadb.sh: own port and data
-#    dir under target/test-servers, binary log and TLS on): the machine's own server is never
-#    modified. The machine's server on 3306 (scripts/mariadb.sh ensure) is only read, as the
-#    "binary log off" case.
+#    dir under target/test-servers, binary log and TLS on; tests that need other settings start
+#    their own the same way): the machine's own MariaDB is never used or modified.
 # 2. the BigQuery emulator installed (scripts/bq-emulator.sh install); the tests start their
 #    own emulators on free ports under target/test-servers/bq
 # 3. cargo fmt --check; cargo clippy --all-targets --all-features -D warnings; cargo doc with
@@ -38,16 +37,13 @@ cleanup() {
 trap cleanup EXIT
 
 T0=$SECONDS
-step "MariaDB: the machine's server (read only), and a private one for the tests"
-MYSQL_SHARED_PORT="${MYSQL_SHARED_PORT:-3306}"
-MYSQL_PORT="$MYSQL_SHARED_PORT" bash scripts/mariadb.sh ensure >/dev/null
+step "MariaDB: a private server for the tests"
 PRIVATE_PORT="$(bash scripts/private-mariadb.sh start --dir "$SERVERS/mariadb")"
 export MYSQL_URL="mysql://root@127.0.0.1:$PRIVATE_PORT"
-export MYSQL_SHARED_URL="mysql://root@127.0.0.1:$MYSQL_SHARED_PORT"
 export MYSQL_TLS_DIR="$SERVERS/mariadb/tls"
 step "BigQuery emulator (install only)"
 bash scripts/bq-emulator.sh install
-echo "MYSQL_URL=$MYSQL_URL (private)  MYSQL_SHARED_URL=$MYSQL_SHARED_URL  BQ_EMULATOR_RUN_DIR=$BQ_EMULATOR_RUN_DIR"
+echo "MYSQL_URL=$MYSQL_URL (private)  BQ_EMULATOR_RUN_DIR=$BQ_EMULATOR_RUN_DIR"
 
 FAILED=()
 SUMMARY=()

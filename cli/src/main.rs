@@ -335,7 +335,7 @@ fn load_pipeline(path: &Path) -> Result<Pipeline> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let value: serde_json::Value =
         serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))?;
-    params::pipeline_from_json(&value).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    params::pipeline_from_file_json(&value, &path.display().to_string()).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 fn validate(path: &Path) -> Result<()> {

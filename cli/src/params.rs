@@ -10,7 +10,7 @@
 //! the general form are reported under the flat key the user wrote.
 
 use connector_framework::config::{self, FieldDoc, Problem};
-use connector_framework::pipeline::{KeyNames, PIPELINE_FIELDS, SETTINGS_FIELDS, Scope};
+use connector_framework::pipeline::{GeneralNames, KeyNames, PIPELINE_FIELDS, SETTINGS_FIELDS, Scope};
 use connector_framework::registry::{self, ConnectorDescriptor, Role};
 use connector_framework::{ConnectorError, Pipeline, Result};
 use serde_json::{Map, Value, json};
@@ -133,6 +133,8 @@ pub fn flat_keys_of(d: &ConnectorDescriptor) -> Vec<FieldDoc> {
 
 /// How the flat form names general keys in errors.
 struct FlatNames {
+    /// The file, for messages.
+    document: String,
     /// Positions of sinks that come from `targets` entries (else the top-level bq_* keys).
     from_targets: bool,
 }
@@ -146,7 +148,7 @@ impl FlatNames {
 
 impl KeyNames for FlatNames {
     fn document(&self) -> String {
-        "params.json".into()
+        self.document.clone()
     }
 
     fn key(&self, scope: Scope, key: &str) -> String {
@@ -169,13 +171,27 @@ impl KeyNames for FlatNames {
     }
 }
 
-/// Parses either form: the general one has a `source` key.
-pub fn pipeline_from_json(value: &Value) -> Result<Pipeline> {
+/// The general form's key names, in a file named for messages.
+struct GeneralIn(String);
+
+impl KeyNames for GeneralIn {
+    fn document(&self) -> String {
+        self.0.clone()
+    }
+    fn key(&self, scope: Scope, key: &str) -> String {
+        GeneralNames.key(scope, key)
+    }
+}
+
+/// Parses either form (the general one has a `source` key) from `document` (named in every
+/// message).
+pub fn pipeline_from_file_json(value: &Value, document: &str) -> Result<Pipeline> {
     if value.get("source").is_some() || value.get("sinks").is_some() {
-        return Pipeline::from_general_json(value);
+        return Pipeline::from_json_named(value, &GeneralIn(document.to_string()));
     }
     let fields = flat_fields();
-    let flat = value.as_object().ok_or_else(|| ConnectorError::config("params.json: expected a JSON object"))?;
+    let flat =
+        value.as_object().ok_or_else(|| ConnectorError::config(format!("{document}: expected a JSON object")))?;
     let has_targets = flat.get("targets").is_some_and(|t| !t.is_null());
     let mut problems = config::unknown_keys(value, &fields);
     problems.extend(
@@ -184,10 +200,10 @@ pub fn pipeline_from_json(value: &Value) -> Result<Pipeline> {
             .filter(|p| !(has_targets && p.key.as_deref().is_some_and(|k| k.starts_with("bq_")))),
     );
     let general = flat_to_general(flat, &mut problems);
-    let names = FlatNames { from_targets: has_targets };
+    let names = FlatNames { document: document.to_string(), from_targets: has_targets };
     match Pipeline::from_json_named(&general, &names) {
         Ok(p) if problems.is_empty() => Ok(p),
-        Ok(_) => Err(ConnectorError::config_problems("params.json", problems)),
+        Ok(_) => Err(ConnectorError::config_problems(document, problems)),
         Err(e) => {
             // Both sets: the flat form's own mistakes, and those found in the values.
             for p in e.problems() {
@@ -198,7 +214,7 @@ pub fn pipeline_from_json(value: &Value) -> Result<Pipeline> {
             if e.problems().is_empty() {
                 problems.push(Problem::general(e.message().to_string()));
             }
-            Err(ConnectorError::config_problems("params.json", problems))
+            Err(ConnectorError::config_problems(document, problems))
         }
     }
 }
@@ -290,13 +306,13 @@ mod tests {
 
     fn error(v: &Value) -> String {
         crate::plugins::force_link();
-        pipeline_from_json(v).unwrap_err().to_string()
+        pipeline_from_file_json(v, "params.json").unwrap_err().to_string()
     }
 
     #[test]
     fn the_guides_example_is_valid() {
         crate::plugins::force_link();
-        let p = pipeline_from_json(&guide_example()).unwrap();
+        let p = pipeline_from_file_json(&guide_example(), "params.json").unwrap();
         assert_eq!(p.tables, ["users", "orders", "products"]);
         assert_eq!(p.settings.batch_size, 1000);
         assert_eq!(p.settings.concurrency, 5);
@@ -357,7 +373,7 @@ mod tests {
         v["targets"] =
             json!([{"id": "us", "bq_project": "p-us"}, {"id": "eu", "bq_project": "p-eu", "bq_location": "EU"}]);
         crate::plugins::force_link();
-        let p = pipeline_from_json(&v).unwrap();
+        let p = pipeline_from_file_json(&v, "params.json").unwrap();
         let d = p.describe();
         assert_eq!(d["sinks"][0]["id"], "us");
         assert_eq!(d["sinks"][1]["config"]["project"], "p-eu");
@@ -381,7 +397,7 @@ mod tests {
         v["targets"] = json!([{"bq_dataset": "a"}, {"bq_dataset": "b"}]);
         crate::plugins::force_link();
         let ids = |v: &Value| -> Vec<String> {
-            pipeline_from_json(v).unwrap().targets.iter().map(|t| t.id.clone()).collect()
+            pipeline_from_file_json(v, "params.json").unwrap().targets.iter().map(|t| t.id.clone()).collect()
         };
         assert_eq!(ids(&v), ["your-gcp-project.a", "your-gcp-project.b"]);
         v["targets"] = json!([{"bq_dataset": "new"}, {"bq_dataset": "a"}]);
@@ -402,9 +418,16 @@ mod tests {
     fn the_docs_and_the_readme_name_every_flat_key() {
         let docs = include_str!("../../docs/configuration.md");
         let readme = include_str!("../../README.md");
-        for (name, _) in FLAT_KEYS.iter().chain([&("targets", &[][..])]) {
+        let start = readme.find("Its keys:").expect("the README's key list");
+        let list = &readme[start..start + readme[start..].find("Every key is").expect("the end of the key list")];
+        let keys: Vec<&str> = FLAT_KEYS.iter().map(|(n, _)| *n).chain(["targets"]).collect();
+        for name in &keys {
             assert!(docs.contains(&format!("`{name}`")), "docs/configuration.md does not document `{name}`");
-            assert!(readme.contains(&format!("`{name}`")), "README.md does not name `{name}`");
+            assert!(list.contains(&format!("`{name}`")), "README.md's key list does not name `{name}`");
+        }
+        // And the other way: the list names no key the tool does not accept.
+        for named in list.split('`').skip(1).step_by(2).filter(|n| !n.starts_with("${")) {
+            assert!(keys.contains(&named), "README.md's key list names `{named}`, which params.json does not take");
         }
     }
 

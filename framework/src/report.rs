@@ -163,15 +163,17 @@ impl RunReport {
                 out.push_str(&format!("    note: {w}\n"));
             }
             if o.null_cursor_rows_skipped > 0 {
+                let rows = plural(o.null_cursor_rows_skipped as usize, "row", "rows");
                 out.push_str(&format!(
-                    "    {} rows with a NULL cursor were not read (null_cursor: report); a --full run syncs them\n",
-                    o.null_cursor_rows_skipped
+                    "    {rows} with a NULL cursor {} not read (null_cursor: report); a --full run syncs them\n",
+                    if o.null_cursor_rows_skipped == 1 { "was" } else { "were" }
                 ));
             }
             if o.future_cursor_rows > 0 {
+                let (rows, have) = if o.future_cursor_rows == 1 { ("row", "has") } else { ("rows", "have") };
                 out.push_str(&format!(
-                    "    {} rows have a cursor later than the source's clock; they were synced, and the watermark \
-                     stays at the clock\n",
+                    "    {} {rows} {have} a cursor later than the source's clock; synced, and the watermark stays at \
+                     the clock\n",
                     o.future_cursor_rows
                 ));
             }

@@ -4,6 +4,7 @@
 //! The original tool is `smart_sync_incremental_optimized.py`, the Python script this project
 //! replaces; its state files (`sync_status/<database>.json`) stay readable by both tools.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -179,6 +180,11 @@ pub struct StreamState {
     /// stream had caught up with the head).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lag_seconds: Option<f64>,
+    /// The tables the stream carried when it recorded `applied`, per database: only their
+    /// changes up to `applied` are in the target. A table left out then (not selected, not in
+    /// the config, halted) streams again from its own position.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub carried: BTreeMap<String, BTreeSet<String>>,
     /// `streaming`, `stopped` or `failed`.
     pub status: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -284,7 +290,7 @@ impl TableState {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct DatabaseState {
     pub database: String,
-    pub tables: std::collections::BTreeMap<String, TableState>,
+    pub tables: BTreeMap<String, TableState>,
 }
 
 impl DatabaseState {

@@ -37,7 +37,7 @@ async fn future_dated_row_case(cursor_time_zone: Option<&str>) {
     }
     run.params(&params);
     let out = run.sync(&[]).await;
-    assert!(out.stdout.contains("1 rows have a cursor later than the source's clock"), "{}", out.stdout);
+    assert!(out.stdout.contains("1 row has a cursor later than the source's clock"), "{}", out.stdout);
     let watermark = run.state(&db)["tables"]["orders"]["watermark"]["value"].as_str().unwrap().to_string();
     assert!(!watermark.starts_with("2099"), "{watermark}");
     mysql_exec(&format!(

@@ -61,7 +61,7 @@ connector_framework::inventory::submit! {
         description: "Writes each table as newline-delimited JSON files, one per tenant (example connector crate)",
         details: "Files: <path>/<table>/<tenant>.ndjson. Full syncs replace a tenant's file atomically; \
 incremental syncs merge by key. Values: numbers beyond 64 bits and decimals as strings, bytes as \
-\\\\x-prefixed hex, times as text.",
+\\x-prefixed hex, times as text.",
         fields: FIELDS,
         example: r#"{"kind": "ndjson", "id": "files", "path": "/mnt/exports"}"#,
         types: &[],

@@ -120,6 +120,7 @@ impl<'a> TargetStream<'a> {
             applying_to: None,
             head: None,
             lag_seconds: None,
+            carried: Default::default(),
             status: "starting".into(),
             error: None,
             updated_at: Utc::now().naive_utc(),

@@ -78,6 +78,7 @@ mod tests {
                 applying_to: None,
                 head: None,
                 lag_seconds: None,
+                carried: Default::default(),
                 status: "streaming".into(),
                 error: None,
                 updated_at: chrono::NaiveDateTime::default(),

@@ -2,7 +2,8 @@
 
 use mysql_async::prelude::Queryable;
 
-/// MySQL server for the tests (`MYSQL_URL`, default root on 127.0.0.1:3306).
+/// MySQL server for the tests (`MYSQL_URL`, which scripts/test.sh points at its private server;
+/// default root on 127.0.0.1:3306).
 pub fn mysql_url() -> String {
     std::env::var("MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into())
 }
@@ -147,13 +148,23 @@ SELECT IF(n % 10 = 0, NULL, n), CONCAT('/p/', n % 17), TIMESTAMP('2024-05-01') +
 pub struct PrivateServer {
     pub dir: tempfile::TempDir,
     pub port: u16,
+    options: Vec<String>,
 }
 
 impl PrivateServer {
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// A server without a binary log (not set up for `--cdc`).
+    pub fn start_without_binlog() -> Self {
+        Self::start_with(&["--no-binlog"])
+    }
+
+    fn start_with(options: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let port = super::free_port();
-        let server = Self { dir, port };
+        let server = Self { dir, port, options: options.iter().map(|o| o.to_string()).collect() };
         server.run("start");
         server
     }
@@ -162,6 +173,7 @@ impl PrivateServer {
         let out = std::process::Command::new("bash")
             .arg(super::repo_root().join("scripts/private-mariadb.sh"))
             .args([command, "--dir", &self.dir.path().display().to_string(), "--port", &self.port.to_string()])
+            .args(if command == "start" { self.options.as_slice() } else { &[] })
             .output()
             .expect("run scripts/private-mariadb.sh");
         assert!(

@@ -215,7 +215,9 @@ impl ChangeLog for MySqlChangeLog {
                 "SET GLOBAL binlog_row_value_options = '' and in my.cnf",
             ));
         }
-        let grants: Vec<String> = conn.query("SHOW GRANTS FOR CURRENT_USER()").await.unwrap_or_default();
+        // `SHOW GRANTS` without FOR lists the privileges of the session's active roles too
+        // (MariaDB), so a grant through a default role counts.
+        let grants: Vec<String> = conn.query("SHOW GRANTS").await.unwrap_or_default();
         let global: Vec<String> =
             grants.iter().map(|g| g.to_ascii_uppercase()).filter(|g| g.contains(" ON *.* ")).collect();
         let has = |p: &str| global.iter().any(|g| g.contains("ALL PRIVILEGES") || g.contains(p));
@@ -225,7 +227,12 @@ impl ChangeLog for MySqlChangeLog {
                 &format!("GRANT REPLICATION SLAVE ON *.* TO '{}'@'…'", self.user),
             ));
         }
-        if !has("BINLOG MONITOR") && !has("REPLICATION CLIENT") && !has("SUPER") {
+        // What BINLOG MONITOR / REPLICATION CLIENT allow is asked for directly: whatever the
+        // grant came through, the statement the stream needs either runs or does not.
+        // (1227: access denied for lack of a privilege; with log_bin off the statement fails
+        // for that reason instead, reported above.)
+        let monitor_denied = matches!(conn.query_drop("SHOW BINARY LOGS").await, Err(mysql_async::Error::Server(ref e)) if e.code == 1227);
+        if monitor_denied {
             problems.push(problem(
                 &format!("the user `{}` lacks BINLOG MONITOR (MariaDB) / REPLICATION CLIENT (MySQL)", self.user),
                 &format!("GRANT BINLOG MONITOR ON *.* TO '{}'@'…' (MySQL: GRANT REPLICATION CLIENT)", self.user),

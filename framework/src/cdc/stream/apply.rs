@@ -1,6 +1,8 @@
 //! Applying a batch: one commit per target table, then the stream's position recorded (never
 //! before the commit), and when to apply ([`Cadence`]).
 
+use std::collections::BTreeMap;
+
 use super::*;
 
 impl TargetStream<'_> {
@@ -70,19 +72,25 @@ impl TargetStream<'_> {
     ) -> Result<()> {
         let now = Utc::now();
         self.state.applied = Some(position.clone());
+        self.state.carried = BTreeMap::new();
+        for table in self.tracked.iter().filter(|(_, t)| !t.paused).map(|(t, _)| t) {
+            self.state.carried.entry(table.database.clone()).or_default().insert(table.table.clone());
+        }
         if commit_at.is_some() {
             self.state.applied_commit_at = commit_at;
         }
         self.state.applying_to = None;
-        let lag = if caught_up {
+        if let Ok(status) = self.log.status().await {
+            self.state.head = Some(status.head);
+        }
+        // Nothing left to apply means no lag, however old the last commit is.
+        let at_head = self.state.head.as_ref().is_some_and(|h| h.server == position.server && h.seq <= position.seq);
+        let lag = if caught_up || at_head {
             0.0
         } else {
             self.state.applied_commit_at.map_or(0.0, |t| ((now - t).num_milliseconds() as f64 / 1000.0).max(0.0))
         };
         self.state.lag_seconds = Some(lag);
-        if let Ok(status) = self.log.status().await {
-            self.state.head = Some(status.head);
-        }
         self.state.status = "streaming".into();
         self.state.error = None;
         self.state.updated_at = now.naive_utc();

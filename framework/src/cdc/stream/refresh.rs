@@ -53,7 +53,7 @@ impl TargetStream<'_> {
             }
             let prior = self.load_state(table).await?;
             let Some(cdc) = prior.as_ref().and_then(|p| p.cdc.as_ref()) else { continue };
-            let after = self.position_after(&cdc.snapshot);
+            let after = self.position_after(table, &cdc.snapshot);
             if after.server != status.head.server {
                 forced.insert(table.clone(), format!("the source is another server now ({})", status.head.server));
             } else if after.seq < status.oldest.seq {
@@ -124,10 +124,13 @@ impl TargetStream<'_> {
         Ok(self.target.state.load(&table.database).await?.table(&table.table).cloned())
     }
 
-    /// A table's own position, or the stream's when that is later (and of the same server).
-    pub(super) fn position_after(&self, snapshot: &ChangePosition) -> ChangePosition {
+    /// A table's own position, or the stream's when that is later, of the same server, and
+    /// the stream carried the table when it recorded it (else the stream may have passed
+    /// changes of the table it never applied).
+    pub(super) fn position_after(&self, table: &TableRef, snapshot: &ChangePosition) -> ChangePosition {
+        let carried = self.state.carried.get(&table.database).is_some_and(|t| t.contains(&table.table));
         match &self.state.applied {
-            Some(a) if a.server == snapshot.server && a.seq > snapshot.seq => a.clone(),
+            Some(a) if carried && a.server == snapshot.server && a.seq > snapshot.seq => a.clone(),
             _ => snapshot.clone(),
         }
     }
@@ -167,7 +170,7 @@ impl TargetStream<'_> {
             Tracked {
                 schema,
                 excluded: options.exclude_columns.clone(),
-                after: self.position_after(&cdc.snapshot),
+                after: self.position_after(table, &cdc.snapshot),
                 settled: cdc.settled,
                 paused: false,
             },
