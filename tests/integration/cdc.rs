@@ -285,10 +285,16 @@ async fn add_column_truncate_and_drop_mid_stream_then_sigterm_applies_and_exits_
     .await;
     assert_eq!(filled[0][0].as_deref(), Some("30"), "existing rows carry the new column's default");
 
-    // A table dropped while streaming is reported and stops; the others go on.
+    // A table dropped or renamed while streaming is reported and stops; a dropped column goes
+    // through schema evolution; the others go on.
     let child = run.spawn(&["--cdc"]);
     wait_applied(&run, &mysql_url()).await;
-    mysql_exec(&format!("DROP TABLE `{b}`.users; UPDATE `{a}`.users SET balance = 1 WHERE id = 1;")).await;
+    mysql_exec(&format!(
+        "DROP TABLE `{b}`.users; RENAME TABLE `{b}`.page_views TO `{b}`.page_views_old;
+         UPDATE `{a}`.users SET balance = 1 WHERE id = 1;
+         ALTER TABLE `{a}`.orders DROP COLUMN channel; UPDATE `{a}`.orders SET amount = 88 WHERE id = 4;"
+    ))
+    .await;
     wait_applied(&run, &mysql_url()).await;
     signal(&child, "-TERM");
     let out = wait(child).await;
@@ -298,7 +304,9 @@ async fn add_column_truncate_and_drop_mid_stream_then_sigterm_applies_and_exits_
         "{}",
         out.stdout
     );
+    assert!(out.stdout.contains(&format!("{b}.page_views stopped streaming")), "{}", out.stdout);
     assert_table_equal(&EMULATOR, &dataset, a, "users", "id").await;
+    assert_table_equal(&EMULATOR, &dataset, a, "orders", "id").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -595,4 +603,112 @@ async fn tenants_left_out_of_one_stream_run_keep_their_changes_for_the_next() {
         "{}",
         status.stdout
     );
+}
+
+/// The binlog purged past one tenant's position but not another's: only the tenant behind is
+/// snapshotted again; the other streams on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_purge_past_one_tenant_resnapshots_that_tenant_only() {
+    let server = PrivateServer::start();
+    let url = server.url();
+    let (ahead, behind) = (unique("cdc_ahead"), unique("cdc_behind"));
+    for db in [&ahead, &behind] {
+        create_shop_at(&url, db, 10, 30).await;
+    }
+    let dbs = vec![ahead.clone(), behind.clone()];
+    let dataset = unique("cdc_purge2");
+    let run = TestRun::new();
+    let mut params = cdc_params(&dbs, &["orders", "users", "page_views"], &dataset, &run);
+    params["db_port"] = json!(server.port.to_string());
+    run.params(&params);
+    catch_up(&run).await;
+    mysql_exec_at(
+        &url,
+        &format!(
+            "UPDATE `{behind}`.orders SET amount = 9 WHERE id < 5; UPDATE `{ahead}`.orders SET amount = 8 WHERE id < 5"
+        ),
+    )
+    .await;
+    // Only `ahead` streams past those changes, into the next log file.
+    mysql_exec_at(&url, "FLUSH BINARY LOGS").await;
+    mysql_exec_at(&url, &format!("UPDATE `{ahead}`.users SET balance = 3 WHERE id = 1")).await;
+    let out = run.run(&["--cdc", "--catch-up", "--databases", &ahead]).await;
+    assert_eq!(out.code, 0, "{}", out.all());
+    let current = mysql_rows_at(&url, "SHOW MASTER STATUS").await[0][0].clone().unwrap();
+    for attempt in 0.. {
+        mysql_exec_at(&url, &format!("PURGE BINARY LOGS TO '{current}'")).await;
+        if mysql_rows_at(&url, "SHOW BINARY LOGS").await[0][0].as_deref() == Some(current.as_str()) {
+            break;
+        }
+        assert!(attempt < 40, "the binlog could not be purged");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let out = catch_up(&run).await;
+    assert!(out.stdout.contains("3 snapshots"), "the behind tenant's three tables only:\n{}", out.stdout);
+    let report = run.report().to_string();
+    assert!(report.contains(&behind) && report.contains("purged"), "{report}");
+    assert_shops_equal(&dataset, &dbs, Some(&url)).await;
+}
+
+/// `RESET MASTER` empties the log and starts it again from its first file: a recorded position
+/// there points into another log. It is detected (missing file, or the GTID at the position
+/// differs) and the tables are snapshotted again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reset_log_is_detected_and_the_tables_are_snapshotted_again() {
+    let server = PrivateServer::start();
+    let url = server.url();
+    let db = unique("cdc_reset");
+    create_shop_at(&url, &db, 10, 30).await;
+    let dataset = unique("cdc_reset");
+    let run = TestRun::new();
+    let mut params = cdc_params(std::slice::from_ref(&db), &["orders", "users", "page_views"], &dataset, &run);
+    params["db_port"] = json!(server.port.to_string());
+    run.params(&params);
+    catch_up(&run).await;
+    mysql_exec_at(&url, &format!("UPDATE `{db}`.orders SET amount = 5 WHERE id < 10")).await;
+    mysql_exec_at(&url, "RESET MASTER").await;
+    // The new log grows past the recorded offset, so the coordinates exist again.
+    create_shop_at(&url, &unique("cdc_filler"), 200, 2000).await;
+    mysql_exec_at(&url, &format!("DELETE FROM `{db}`.users WHERE id = 2")).await;
+    let out = catch_up(&run).await;
+    assert!(out.stdout.contains("3 snapshots"), "{}", out.stdout);
+    assert_shops_equal(&dataset, std::slice::from_ref(&db), Some(&url)).await;
+}
+
+/// An event the stream cannot read exactly (here MariaDB's compressed row events, switched on
+/// while it streams) stops the stream with an error that names it: nothing is skipped.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_compressed_event_stops_the_stream_naming_it() {
+    let server = PrivateServer::start();
+    let url = server.url();
+    let db = unique("cdc_compress");
+    create_shop_at(&url, &db, 10, 30).await;
+    let dataset = unique("cdc_compress");
+    let run = TestRun::new();
+    let mut params = cdc_params(std::slice::from_ref(&db), &["users"], &dataset, &run);
+    params["db_port"] = json!(server.port.to_string());
+    run.params(&params);
+    let child = run.spawn(&["--cdc"]);
+    wait_applied(&run, &url).await;
+    mysql_exec_at(
+        &url,
+        &format!(
+            "SET GLOBAL log_bin_compress = ON; SET GLOBAL log_bin_compress_min_len = 10;
+             UPDATE `{db}`.users SET nickname = REPEAT('compress me ', 8) WHERE id < 5"
+        ),
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !run.log().contains("a compressed event") {
+        assert!(Instant::now() < deadline, "no error named the compressed event:\n{}", run.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    signal(&child, "-TERM");
+    let out = wait(child).await;
+    assert_ne!(out.code, 0, "a stream that stopped on an event is a failure:\n{}", out.all());
+    assert!(out.stdout.contains("log_bin_compress = OFF"), "the report says what to do:\n{}", out.stdout);
+    let before =
+        bq_query(&EMULATOR, &format!("SELECT COUNT(*) FROM `{dataset}`.users WHERE nickname LIKE 'compress me%'"))
+            .await;
+    assert_eq!(before[0][0].as_deref(), Some("0"), "the compressed changes were not applied as something else");
 }

@@ -208,6 +208,11 @@ impl<'a> TargetStream<'a> {
                     };
                     tracing::warn!(target = %self.target.id, error = %e, wait_secs = wait.as_secs_f64(), "change stream interrupted; opening it again");
                     self.sleep_unless_stopped(wait).await;
+                    if self.stopping() {
+                        // Stopped while waiting out the error: the run ends on it, as failed.
+                        self.report.error = Some(e.to_string());
+                        break;
+                    }
                     if self.tracked.is_empty() {
                         refresh = Refresh::All;
                     }

@@ -521,10 +521,13 @@ impl BinlogChanges {
         for p in image.pending {
             // A hex literal: a bound parameter would arrive as text, which ST_GeomFromWKB refuses.
             let hex: String = p.wkb.iter().map(|b| format!("{b:02X}")).collect();
+            // NULL (a value the server cannot read back as a geometry) stays NULL: the row
+            // must not fail to convert.
             let wkt: Option<String> = conn
-                .query_first(format!("SELECT ST_AsText(ST_GeomFromWKB(x'{hex}', {}))", p.srid))
+                .query_first::<Option<String>, _>(format!("SELECT ST_AsText(ST_GeomFromWKB(x'{hex}', {}))", p.srid))
                 .await
-                .map_err(|e| wrap(e, format!("{}: converting a geometry from the binlog", layout.table)))?;
+                .map_err(|e| wrap(e, format!("{}: converting a geometry from the binlog", layout.table)))?
+                .flatten();
             row[p.column] = wkt.map_or(Value::Null, Value::Geometry);
         }
         Ok(row)

@@ -116,9 +116,10 @@ impl MySqlChangeLog {
             .and_then(|(_, v)| v.parse::<u64>().ok());
         let (Some(file), Some(offset)) = (file.filter(|f| !f.is_empty()), offset) else { return Ok(None) };
         let gtid: Option<String> = conn
-            .exec_first("SELECT BINLOG_GTID_POS(?, ?)", (&file, offset))
+            .exec_first::<Option<String>, _, _>("SELECT BINLOG_GTID_POS(?, ?)", (&file, offset))
             .await
             .ok()
+            .flatten()
             .flatten()
             .filter(|g: &String| !g.is_empty());
         let server = self.identity().await?;
@@ -283,8 +284,14 @@ impl ChangeLog for MySqlChangeLog {
         // The same coordinates in a log that was reset (RESET MASTER) are another place: on
         // MariaDB the GTID at the position tells.
         if let Some(expected) = &request.from.gtid {
-            let found: Option<String> =
-                conn.exec_first("SELECT BINLOG_GTID_POS(?, ?)", (&file, offset)).await.ok().flatten();
+            // NULL (no GTID there: a position past the end of a log that was reset) is a value,
+            // not a failure to convert.
+            let found: Option<String> = conn
+                .exec_first::<Option<String>, _, _>("SELECT BINLOG_GTID_POS(?, ?)", (&file, offset))
+                .await
+                .ok()
+                .flatten()
+                .flatten();
             if let Some(found) = found.filter(|f| !f.is_empty())
                 && !same_gtid_position(expected, &found)
             {
