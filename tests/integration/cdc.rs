@@ -403,7 +403,7 @@ async fn a_purged_binlog_resnapshots_only_the_tables_behind_it() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_server_restart_while_streaming_is_ridden_out() {
+async fn a_killed_connection_and_a_server_restart_while_streaming_are_ridden_out() {
     let server = PrivateServer::start();
     let url = server.url();
     let db = unique("cdc_restart");
@@ -416,7 +416,15 @@ async fn a_server_restart_while_streaming_is_ridden_out() {
     run.params(&params);
     let child = run.spawn(&["--cdc"]);
     wait_applied(&run, &url).await;
+    // The stream's connection killed on the server, then the server restarted.
+    let dumps =
+        mysql_rows_at(&url, "SELECT ID FROM information_schema.PROCESSLIST WHERE COMMAND LIKE 'Binlog Dump%'").await;
+    assert!(!dumps.is_empty(), "the stream has a dump connection");
+    for d in dumps {
+        mysql_exec_at(&url, &format!("KILL {}", d[0].as_deref().unwrap_or("0"))).await;
+    }
     mysql_exec_at(&url, &format!("UPDATE `{db}`.orders SET amount = 6 WHERE id < 5")).await;
+    wait_applied(&run, &url).await;
     server.restart();
     mysql_exec_at(
         &url,
