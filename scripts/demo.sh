@@ -74,8 +74,12 @@ fi
 BQ_ENDPOINT="$(bash scripts/bq-emulator.sh start "${START_ARGS[@]}")"
 echo "endpoint: $BQ_ENDPOINT"
 
-step "Demo data (shop1, shop2, shop3)"
+step "Demo data (shop1, shop2, shop3), and a user that may only read them"
 bash scripts/demo-data.sh
+# The least privilege the tool needs: SELECT on the tenants' databases (docs/operations.md).
+mariadb --no-defaults --protocol=TCP -h127.0.0.1 -P"$MYSQL_PORT" -uroot -e "
+  CREATE USER IF NOT EXISTS 'sync_reader'@'127.0.0.1' IDENTIFIED BY 'demo-reader-pass';
+  GRANT SELECT ON \`shop%\`.* TO 'sync_reader'@'127.0.0.1';"
 
 step "Build connector-run (release)"
 if [ "${DEMO_SKIP_BUILD:-0}" = 1 ]; then
@@ -95,8 +99,8 @@ path, port, dbs, project, dataset, endpoint, status_dir, log_file = sys.argv[1:]
 params = {
     "db_host": "127.0.0.1",
     "db_port": port,
-    "db_user": "root",
-    "db_pass": "",
+    "db_user": "sync_reader",
+    "db_pass": "demo-reader-pass",
     "db_list": dbs,
     "table_list": "users,orders,products,page_views",
     "bq_project": project,

@@ -2,7 +2,7 @@
 # A private MariaDB server for the tests and the demo: its own data dir and port, so the
 # machine's own server (and its databases) is never touched.
 #
-#   scripts/private-mariadb.sh start --dir DIR [--port N] [--no-binlog]
+#   scripts/private-mariadb.sh start --dir DIR [--port N] [--no-binlog] [--no-tls] [--tls-name NAME]
 #                                                           start (or reuse) it; prints the port
 #   scripts/private-mariadb.sh stop --dir DIR               stop it
 #   scripts/private-mariadb.sh status --dir DIR             exit 0 when it answers, 3 when not
@@ -12,7 +12,10 @@
 # zone tables loaded from /usr/share/zoneinfo; TLS with a CA and a server certificate for
 # localhost/127.0.0.1 made with openssl at first start (DIR/tls/ca.pem; never committed).
 # --no-binlog: no binary log, MariaDB's defaults for its format (the "server not set up for
-# --cdc" case of the tests).
+# --cdc" case of the tests). --no-tls: no TLS at all. --tls-name NAME: the server certificate
+# is for NAME only (not localhost/127.0.0.1: "a certificate for another host"). DIR/tls also
+# holds client.pem / client-key.pem (a client certificate of the same CA) and other-ca.pem (a
+# CA that signed nothing here).
 # Installs mariadb-server, tzdata and openssl from Debian when missing (needs root).
 # DIR/port holds the port, DIR/error.log the server's log.
 set -euo pipefail
@@ -24,11 +27,15 @@ PORT=""
 BINLOG=(--log-bin=mariadb-bin --server-id=11 --binlog-format=ROW --binlog-row-image=FULL --binlog-row-metadata=FULL
   --gtid-strict-mode=ON --gtid-domain-id=0 --max-binlog-size=64M)
 BINLOG_SAID="binlog on"
+TLS=1
+TLS_SAN="DNS:localhost,IP:127.0.0.1"
 while [ $# -gt 1 ]; do
   case "$2" in
     --dir) DIR="${3:?--dir needs a value}"; set -- "$1" "${@:4}" ;;
     --port) PORT="${3:?--port needs a value}"; set -- "$1" "${@:4}" ;;
     --no-binlog) BINLOG=(--server-id=12); BINLOG_SAID="binlog off"; set -- "$1" "${@:3}" ;;
+    --no-tls) TLS=0; set -- "$1" "${@:3}" ;;
+    --tls-name) TLS_SAN="DNS:${3:?--tls-name needs a value}"; set -- "$1" "${@:4}" ;;
     *) die "unknown option: $2" ;;
   esac
 done
@@ -55,9 +62,15 @@ make_tls() {
     openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj "/CN=connector test CA" \
       -keyout ca-key.pem -out ca.pem 2>/dev/null
     openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" -keyout server-key.pem -out server.csr 2>/dev/null
-    printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' >san.ext
+    printf 'subjectAltName=%s\n' "$TLS_SAN" >san.ext
     openssl x509 -req -in server.csr -CA ca.pem -CAkey ca-key.pem -CAcreateserial -days 30 \
       -extfile san.ext -out server.pem 2>/dev/null
+    # A client certificate of the same CA, for users that REQUIRE X509.
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=connector test client" -keyout client-key.pem \
+      -out client.csr 2>/dev/null
+    printf 'extendedKeyUsage=clientAuth\n' >client.ext
+    openssl x509 -req -in client.csr -CA ca.pem -CAkey ca-key.pem -CAcreateserial -days 30 -extfile client.ext \
+      -out client.pem 2>/dev/null
     # A second CA that signed nothing here: "a wrong CA" for the TLS tests.
     openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj "/CN=another CA" \
       -keyout other-ca-key.pem -out other-ca.pem 2>/dev/null
@@ -74,7 +87,11 @@ cmd_start() {
   server_bin >/dev/null || need mariadbd mariadb-server
   need mariadb-tzinfo-to-sql mariadb-server
   [ -d /usr/share/zoneinfo/America ] || need tzselect tzdata
-  make_tls
+  TLS_OPTS=()
+  if [ "$TLS" = 1 ]; then
+    make_tls
+    TLS_OPTS=(--ssl-ca="$DIR/tls/ca.pem" --ssl-cert="$DIR/tls/server.pem" --ssl-key="$DIR/tls/server-key.pem")
+  fi
   [ -n "$PORT" ] || PORT="$(free_port)"
   port_busy "$PORT" && die "port $PORT is in use"
   local user=()
@@ -91,7 +108,7 @@ cmd_start() {
     "${BINLOG[@]}" \
     --character-set-server=utf8mb4 --collation-server=utf8mb4_general_ci --max-connections=500 \
     --innodb-buffer-pool-size=256M --innodb-flush-log-at-trx-commit=2 --skip-name-resolve \
-    --ssl-ca="$DIR/tls/ca.pem" --ssl-cert="$DIR/tls/server.pem" --ssl-key="$DIR/tls/server-key.pem" \
+    "${TLS_OPTS[@]}" \
     </dev/null >/dev/null 2>&1 &
   local deadline=$((SECONDS + 60))
   until sql -e 'select 1' >/dev/null 2>&1; do
@@ -110,7 +127,7 @@ SQL
     rm -f "$DIR/.fresh"
   fi
   tcp_ok || die "started, but root cannot log in over TCP 127.0.0.1:$PORT"
-  log "MariaDB $(sql -e 'select version()') on 127.0.0.1:$PORT (data $DIR/data, $BINLOG_SAID, TLS CA $DIR/tls/ca.pem)"
+  log "MariaDB $(sql -e 'select version()') on 127.0.0.1:$PORT (data $DIR/data, $BINLOG_SAID, $([ "$TLS" = 1 ] && echo "TLS CA $DIR/tls/ca.pem" || echo "no TLS"))"
   echo "$PORT"
 }
 

@@ -113,10 +113,14 @@ enum Command {
     },
     /// Show a connector's description, config keys and an example.
     Describe { kind: String },
-    /// Check a pipeline config without touching the network.
+    /// Check a pipeline config without touching the network; with --online, also connect:
+    /// TLS, the user's privileges, every target answering.
     Validate {
         #[arg(long, value_name = "FILE")]
         pipeline: PathBuf,
+        /// Connect to the source and the targets and check what only they can tell.
+        #[arg(long)]
+        online: bool,
     },
     /// Overview of every database and table: last sync, mode, status, rows, staleness, error.
     /// Exits 1 when any table is failed or any state file is corrupt.
@@ -174,13 +178,19 @@ fn state_dirs(location: &StateLocation) -> Result<Vec<(String, PathBuf)>> {
 }
 
 fn main() -> ExitCode {
+    // A panic's message may quote a value; it is printed with secrets replaced.
+    std::panic::set_hook(Box::new(|info| {
+        let text = connector_framework::secrets::redact(&info.to_string());
+        eprintln!("connector-run panicked (a bug; please report it): {text}");
+    }));
     plugins::force_link();
     registry::enable_only(plugins::PLUGINS.iter().map(|p| p.crate_name).collect());
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::List { json }) => list(json).map(|()| ExitCode::SUCCESS),
         Some(Command::Describe { kind }) => describe(&kind).map(|()| ExitCode::SUCCESS),
-        Some(Command::Validate { pipeline }) => validate(&pipeline).map(|()| ExitCode::SUCCESS),
+        Some(Command::Validate { pipeline, online: false }) => validate(&pipeline).map(|()| ExitCode::SUCCESS),
+        Some(Command::Validate { pipeline, online: true }) => validate_online(&pipeline),
         Some(Command::Status { location, json }) => state_dirs(&location)
             .and_then(|dirs| state_cmd::status(&dirs, json))
             .map(|healthy| if healthy { ExitCode::SUCCESS } else { ExitCode::from(EXIT_TABLE_FAILED) }),
@@ -200,7 +210,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", connector_framework::secrets::redact(&format!("{e:#}")));
             ExitCode::from(EXIT_FATAL)
         }
     }
@@ -320,9 +330,11 @@ fn render_types(header: &[&str; 4], rows: &[[String; 4]]) -> String {
     out
 }
 
-/// Writes command output to stdout; a reader that went away (`| head`) is not an error.
+/// Writes command output to stdout, secrets replaced; a reader that went away (`| head`) is
+/// not an error.
 pub(crate) fn out(text: &str) {
     use std::io::Write;
+    let text = connector_framework::secrets::redact(text);
     let mut stdout = std::io::stdout().lock();
     if let Err(e) = stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush())
         && e.kind() != std::io::ErrorKind::BrokenPipe
@@ -342,6 +354,57 @@ fn validate(path: &Path) -> Result<()> {
     let pipeline = load_pipeline(path)?;
     out(&format!("{} is valid:\n{}\n", path.display(), serde_json::to_string_pretty(&pipeline.describe())?));
     Ok(())
+}
+
+/// `validate --online`: the offline checks, then the source's preflight (TLS, privileges) and
+/// every target's probe. Exit 0 when all is well, 1 with warnings, 2 on an error.
+fn validate_online(path: &Path) -> Result<ExitCode> {
+    let pipeline = load_pipeline(path)?;
+    let _log_guard = logging::init(None, true)?;
+    let runtime = tokio::runtime::Runtime::new().context("tokio runtime")?;
+    runtime.block_on(async {
+        let ctx = BuildContext {
+            run_id: "validate".into(),
+            target_id: "default".into(),
+            state_subdir: None,
+            retry: connector_framework::RetryPolicy { max_retries: 0, ..Default::default() },
+            discard_writes: false,
+        };
+        let mut text = format!("{} is valid offline; online:\n", path.display());
+        let source = pipeline.source.build(&ctx).await.map_err(|e| anyhow::anyhow!("source: {e}"))?;
+        let checks = source.preflight(false).await;
+        source.close().await;
+        let found = checks.map_err(|e| anyhow::anyhow!("source: {e}"))?;
+        for note in &found.notes {
+            text.push_str(&format!("  ok       {note}\n"));
+        }
+        for warning in &found.warnings {
+            text.push_str(&format!("  warning  {warning}\n"));
+        }
+        let mut failed = false;
+        for spec in &pipeline.targets {
+            let ctx = BuildContext { target_id: spec.id.clone(), ..ctx.clone() };
+            let probe = match spec.config.build(&ctx).await {
+                Ok(sink) => sink.probe().await,
+                Err(e) => Err(e),
+            };
+            match probe {
+                Ok(()) => text.push_str(&format!("  ok       target `{}` answers\n", spec.id)),
+                Err(e) => {
+                    failed = true;
+                    text.push_str(&format!("  error    target `{}`: {e}\n", spec.id));
+                }
+            }
+        }
+        out(&text);
+        Ok(if failed {
+            ExitCode::from(EXIT_FATAL)
+        } else if found.warnings.is_empty() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(EXIT_TABLE_FAILED)
+        })
+    })
 }
 
 fn run(args: RunArgs) -> Result<ExitCode> {

@@ -221,6 +221,16 @@ pub fn status(dirs: &[(String, PathBuf)], json: bool) -> Result<bool> {
     let tables = rows.iter().filter(|r| r.kind == "table").count();
     let failed = rows.iter().filter(|r| !healthy(r)).count();
     text.push_str(&format!("{tables} tables, {failed} not healthy\n"));
+    for (_, dir) in dirs {
+        let exposed = connector_json_state::exposure(dir);
+        if !exposed.is_empty() {
+            text.push_str(&format!(
+                "warning: other users may read this state: {}; run chmod -R go-rwx {}\n",
+                exposed.join(", "),
+                dir.display()
+            ));
+        }
+    }
     crate::out(&text);
     Ok(!unhealthy)
 }

@@ -235,8 +235,11 @@ pub mod string_list {
 pub struct Secret(String);
 
 impl Secret {
+    /// A secret value; registered so that no message ever shows it (see [`crate::secrets`]).
     pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
+        let value = value.into();
+        crate::secrets::register(&value);
+        Self(value)
     }
     pub fn expose(&self) -> &str {
         &self.0
@@ -247,10 +250,10 @@ impl Secret {
         if let Some(name) = trimmed.strip_prefix("${").and_then(|r| r.strip_suffix('}')) {
             return Self::from_env(name, what);
         }
-        Ok(Self(raw.to_string()))
+        Ok(Self::new(raw))
     }
     pub fn from_env(name: &str, what: &str) -> Result<Self> {
-        std::env::var(name).map(Self).map_err(|_| {
+        std::env::var(name).map(Self::new).map_err(|_| {
             let prefix = if what.is_empty() { String::new() } else { format!("{what}: ") };
             ConnectorError::config(format!(
                 "{prefix}environment variable `{name}` is not set; export it before running"

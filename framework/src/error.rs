@@ -48,10 +48,11 @@ pub struct ConnectorError {
 }
 
 impl ConnectorError {
+    /// An error with this message, any secret in it replaced (see [`crate::secrets`]).
     pub fn new(class: ErrorClass, message: impl Into<String>) -> Self {
         Self {
             class,
-            message: message.into(),
+            message: crate::secrets::redact(&message.into()),
             source: None,
             in_doubt: None,
             problems: Vec::new(),
@@ -118,7 +119,7 @@ impl ConnectorError {
     }
     /// Prefix the message with where it happened, e.g. `shop1.orders`.
     pub fn context(mut self, context: impl fmt::Display) -> Self {
-        self.message = format!("{context}: {}", self.message);
+        self.message = crate::secrets::redact(&format!("{context}: {}", self.message));
         self
     }
     pub fn class(&self) -> ErrorClass {

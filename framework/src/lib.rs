@@ -68,6 +68,7 @@ pub mod report;
 pub mod retry;
 pub mod runner;
 pub mod schema;
+pub mod secrets;
 pub mod settings;
 pub mod sink;
 pub mod source;
@@ -96,7 +97,7 @@ pub use sink::{
     ChangeTracking, CommitOutcome, CommitSummary, Prepared, ResumeFrom, Sink, StageRequest, Staged, StagingWriter,
     TargetOptions, TargetPlan, TargetTable, WriteMode,
 };
-pub use source::{BatchSender, ReadRange, ReadRequest, ReadSummary, Source};
+pub use source::{BatchSender, Preflight, ReadRange, ReadRequest, ReadSummary, Source};
 pub use state::{
     CdcTableState, DatabaseState, MemoryStateStore, ResumePoint, ScratchState, StateLock, StateStore, StreamState,
     SyncMode, SyncStatus, TableState, TargetStamp, Watermark,

@@ -183,9 +183,25 @@ impl ReadSummary {
     }
 }
 
+/// What a source found out before a run touched anything: facts worth logging (`notes`: how the
+/// connection is secured) and things the operator should fix (`warnings`: privileges beyond
+/// reading, an unencrypted connection).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Preflight {
+    pub notes: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
 /// Reads tables from a database server.
 #[async_trait]
 pub trait Source: Send + Sync + std::fmt::Debug {
+    /// Checks made once before a run reads anything: how the connection is secured, and
+    /// whether the user may do more than read (a change stream's log-reading grants expected
+    /// when `change_stream`). A source configured to refuse such a user fails here with a
+    /// config error; a run that fails here writes nothing.
+    async fn preflight(&self, _change_stream: bool) -> Result<Preflight> {
+        Ok(Preflight::default())
+    }
     /// The databases (tenants) this source is configured to read.
     fn databases(&self) -> Vec<String>;
     /// The base tables of one database.

@@ -24,6 +24,8 @@ mod incremental;
 mod ops;
 /// Schema changes between runs and tenants on different schema versions.
 mod schema;
+/// TLS in every mode, privileges, secrets in nothing a run leaves, private files.
+mod security;
 /// DATETIME cursors and time zones: application zones, future-dated rows, clock changes.
 mod timezones;
 /// Every column type with edge values, and the zero-date policy.

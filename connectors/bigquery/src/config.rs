@@ -211,6 +211,12 @@ pub(crate) fn read_key_file(path: &std::path::Path) -> Result<serde_json::Value>
             e.column()
         ))
     })?;
+    // What in a key file is secret never appears in a message, whatever a library echoes.
+    for field in ["private_key", "private_key_id", "client_secret", "refresh_token"] {
+        if let Some(value) = key.get(field).and_then(serde_json::Value::as_str) {
+            connector_framework::secrets::register(value);
+        }
+    }
     match key.get("type").and_then(serde_json::Value::as_str) {
         Some("service_account" | "authorized_user") => Ok(key),
         _ => Err(ConnectorError::config(format!(

@@ -11,7 +11,7 @@ mod store;
 pub mod tools;
 
 pub use config::JsonStateConfig;
-pub use store::JsonStateStore;
+pub use store::{JsonStateStore, exposure, private_dir, private_file};
 
 /// Referenced by `connector-run` so the linker keeps this crate's registration.
 pub fn link() {}

@@ -97,8 +97,47 @@ impl JsonStateStore {
 fn tempfile_in(dir: &Path, target: &Path) -> std::io::Result<(PathBuf, File)> {
     let name = target.file_name().and_then(|n| n.to_str()).unwrap_or("state");
     let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let file = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
+    let file = private_file(OpenOptions::new().write(true).create(true).truncate(true), &tmp)?;
     Ok((tmp, file))
+}
+
+/// Opens `path` with `options` as a file only its owner may read or write: created 0600, and
+/// narrowed to 0600 if it existed. (The umask only takes bits away, so it cannot widen this.)
+pub fn private_file(options: &mut OpenOptions, path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let file = options.mode(0o600).open(path)?;
+    file.set_permissions(fs::Permissions::from_mode(0o600))?;
+    Ok(file)
+}
+
+/// Creates `dir` (and missing parents) as folders only their owner may enter: 0700. An
+/// existing folder keeps its mode (see [`exposure`]).
+pub fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+}
+
+/// What of the state in `dir` other users may read: the folder itself or any file in it
+/// (and in its subfolders), each with its mode. Empty when all is private.
+pub fn exposure(dir: &Path) -> Vec<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(d) = pending.pop() {
+        let Ok(meta) = fs::metadata(&d) else { continue };
+        if meta.permissions().mode() & 0o077 != 0 {
+            out.push(format!("{} (mode {:o})", d.display(), meta.permissions().mode() & 0o777));
+        }
+        for entry in fs::read_dir(&d).into_iter().flatten().flatten() {
+            let Ok(meta) = entry.metadata() else { continue };
+            if meta.is_dir() {
+                pending.push(entry.path());
+            } else if meta.permissions().mode() & 0o077 != 0 {
+                out.push(format!("{} (mode {:o})", entry.path().display(), meta.permissions().mode() & 0o777));
+            }
+        }
+    }
+    out
 }
 
 fn io_err(what: &str, path: &Path, e: std::io::Error) -> ConnectorError {
@@ -137,13 +176,9 @@ impl JsonStateStore {
 
     /// Takes the run lock at once, or fails.
     pub fn lock_blocking(&self) -> Result<Box<dyn StateLock>> {
-        fs::create_dir_all(&self.dir).map_err(|e| io_err("cannot create status_dir", &self.dir, e))?;
+        private_dir(&self.dir).map_err(|e| io_err("cannot create status_dir", &self.dir, e))?;
         let path = self.dir.join(".lock");
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
+        let file = private_file(OpenOptions::new().create(true).truncate(false).write(true), &path)
             .map_err(|e| io_err("cannot open lock file", &path, e))?;
         match file.try_lock() {
             Ok(()) => Ok(Box::new(FileLock { _file: file })),
@@ -160,7 +195,7 @@ impl JsonStateStore {
     /// serialize writes to one database file.
     pub fn record_blocking(&self, database: &str, state: TableState) -> Result<()> {
         let path = self.path_for(database)?;
-        fs::create_dir_all(&self.dir).map_err(|e| io_err("cannot create status_dir", &self.dir, e))?;
+        private_dir(&self.dir).map_err(|e| io_err("cannot create status_dir", &self.dir, e))?;
         let mut current = Self::read_file(&path, database)?;
         current.tables.insert(state.table_name.clone(), state);
         let file = DatabaseFile {
@@ -179,7 +214,16 @@ impl JsonStateStore {
 #[async_trait]
 impl StateStore for JsonStateStore {
     async fn lock(&self, wait: Option<std::time::Duration>) -> Result<Box<dyn StateLock>> {
-        self.lock_waiting(wait).await
+        let lock = self.lock_waiting(wait).await?;
+        let exposed = exposure(&self.dir);
+        if !exposed.is_empty() {
+            tracing::warn!(
+                "other users may read this state (error messages, table names, positions): {}; run chmod -R go-rwx {}",
+                exposed.join(", "),
+                self.dir.display()
+            );
+        }
+        Ok(lock)
     }
 
     async fn load(&self, database: &str) -> Result<DatabaseState> {
@@ -215,7 +259,7 @@ impl StateStore for JsonStateStore {
     async fn record_stream(&self, state: StreamState) -> Result<()> {
         let path = self.stream_path();
         let dir = self.dir.join(STREAM_DIR);
-        fs::create_dir_all(&dir).map_err(|e| io_err("cannot create", &dir, e))?;
+        private_dir(&dir).map_err(|e| io_err("cannot create", &dir, e))?;
         let bytes = serde_json::to_vec_pretty(&state).map_err(|e| ConnectorError::permanent(e.to_string()))?;
         Self::write_atomic(&path, &bytes).map_err(|e| io_err("cannot write change stream state", &path, e))
     }

@@ -151,7 +151,7 @@ pub fn migrate(dir: &Path, preview: bool) -> Result<Migration> {
         report.written.push(format!("{database}.json"));
     }
     let backup = dir.join(BACKUP_DIR);
-    fs::create_dir_all(&backup)
+    crate::private_dir(&backup)
         .map_err(|e| ConnectorError::permanent(format!("cannot create {}: {e}", backup.display())))?;
     for path in sources {
         let target = backup.join(path.file_name().unwrap_or_default());

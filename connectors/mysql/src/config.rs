@@ -1,6 +1,7 @@
 //! The `mysql` source's config: connection, tenants, and what to do with values MySQL allows
 //! but other systems do not.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -29,6 +30,48 @@ pub(crate) const FIELDS: &[FieldDoc] = &[
         required: false,
         default: "none",
         doc: "name of an environment variable holding the password",
+    },
+    FieldDoc {
+        name: "password_file",
+        ty: "path",
+        required: false,
+        default: "none",
+        doc: "a file holding the password (e.g. a mounted Kubernetes secret); a trailing newline is dropped",
+    },
+    FieldDoc {
+        name: "ssl_mode",
+        ty: "disabled | preferred | required | verify_ca | verify_identity",
+        required: false,
+        default: "preferred",
+        doc: "TLS to the server, as the MySQL client's --ssl-mode: preferred uses TLS when the server offers it",
+    },
+    FieldDoc {
+        name: "ssl_ca",
+        ty: "path",
+        required: false,
+        default: "none",
+        doc: "the CA certificate (PEM) the server's certificate must chain to (needed by verify_ca and verify_identity)",
+    },
+    FieldDoc {
+        name: "ssl_cert",
+        ty: "path",
+        required: false,
+        default: "none",
+        doc: "a client certificate (PEM), for servers that require one; with ssl_key",
+    },
+    FieldDoc {
+        name: "ssl_key",
+        ty: "path",
+        required: false,
+        default: "none",
+        doc: "the client certificate's private key (PEM)",
+    },
+    FieldDoc {
+        name: "require_readonly",
+        ty: "boolean",
+        required: false,
+        default: "false",
+        doc: "refuse to run when the user holds any privilege beyond SELECT on the synced databases",
     },
     FieldDoc {
         name: "databases",
@@ -65,6 +108,18 @@ pub struct MySqlSourceConfig {
     pub password: Secret,
     #[serde(default)]
     pub password_env: Option<String>,
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    #[serde(default)]
+    pub ssl_mode: SslMode,
+    #[serde(default)]
+    pub ssl_ca: Option<PathBuf>,
+    #[serde(default)]
+    pub ssl_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub ssl_key: Option<PathBuf>,
+    #[serde(default)]
+    pub require_readonly: bool,
     #[serde(deserialize_with = "string_list::deserialize")]
     pub databases: Vec<String>,
     #[serde(default = "default_pool", deserialize_with = "lenient::deserialize")]
@@ -73,6 +128,35 @@ pub struct MySqlSourceConfig {
     pub connect_timeout: u64,
     #[serde(default)]
     pub zero_dates: ZeroDatePolicy,
+}
+
+/// TLS to the server, with the MySQL client's `--ssl-mode` names and meanings.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SslMode {
+    /// Never TLS.
+    Disabled,
+    /// TLS when the server offers it, without checking its certificate; else unencrypted.
+    #[default]
+    Preferred,
+    /// TLS or no connection; the certificate is not checked.
+    Required,
+    /// TLS, and the certificate must chain to `ssl_ca`.
+    VerifyCa,
+    /// As `verify_ca`, and the certificate must be for the host connected to.
+    VerifyIdentity,
+}
+
+impl SslMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SslMode::Disabled => "disabled",
+            SslMode::Preferred => "preferred",
+            SslMode::Required => "required",
+            SslMode::VerifyCa => "verify_ca",
+            SslMode::VerifyIdentity => "verify_identity",
+        }
+    }
 }
 
 /// What to do with dates no calendar has ('0000-00-00', '2024-00-10').
@@ -129,6 +213,34 @@ impl MySqlSourceConfig {
                 format!("between 1 and 3600 seconds, got {}", self.connect_timeout),
             ));
         }
+        let password_sources =
+            [!self.password.expose().is_empty(), self.password_env.is_some(), self.password_file.is_some()];
+        if password_sources.iter().filter(|s| **s).count() > 1 {
+            problems.push(Problem::at(
+                "password",
+                "give the password one way only: password, password_env or password_file",
+            ));
+        }
+        if matches!(self.ssl_mode, SslMode::VerifyCa | SslMode::VerifyIdentity) && self.ssl_ca.is_none() {
+            problems.push(Problem::at(
+                "ssl_ca",
+                format!(
+                    "ssl_mode {} checks the server's certificate against a CA: give the CA certificate's path",
+                    self.ssl_mode.as_str()
+                ),
+            ));
+        }
+        if self.ssl_cert.is_some() != self.ssl_key.is_some() {
+            problems.push(Problem::at(
+                if self.ssl_cert.is_some() { "ssl_key" } else { "ssl_cert" },
+                "a client certificate needs both ssl_cert and ssl_key",
+            ));
+        }
+        if self.ssl_mode == SslMode::Disabled
+            && (self.ssl_ca.is_some() || self.ssl_cert.is_some() || self.ssl_key.is_some())
+        {
+            problems.push(Problem::at("ssl_mode", "is disabled, yet ssl_ca / ssl_cert / ssl_key are set"));
+        }
         if let Some(var) = &self.password_env {
             match Secret::from_env(var, "password_env") {
                 Ok(secret) => self.password = secret,
@@ -150,6 +262,22 @@ pub(crate) fn validate_identifier(what: &str, name: &str) -> Result<()> {
     Ok(())
 }
 
+/// The password in `path`: its first line, a trailing newline dropped (how secret mounts and
+/// `echo > file` leave it). The error names the file, never its content.
+fn read_password_file(path: &std::path::Path) -> Result<Secret> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConnectorError::config(format!(
+            "password_file {}: cannot read it ({e}); check the path and that this user may read it",
+            path.display()
+        ))
+    })?;
+    let password = text.strip_suffix('\n').map(|t| t.strip_suffix('\r').unwrap_or(t)).unwrap_or(&text);
+    if password.is_empty() {
+        return Err(ConnectorError::config(format!("password_file {}: the file is empty", path.display())));
+    }
+    Ok(Secret::new(password))
+}
+
 fn parse(raw: &serde_json::Value) -> Result<Box<dyn SourceConfig>> {
     let mut c: MySqlSourceConfig = config::parse("source `mysql`", raw, FIELDS)?;
     c.validate()?;
@@ -159,7 +287,11 @@ fn parse(raw: &serde_json::Value) -> Result<Box<dyn SourceConfig>> {
 #[async_trait]
 impl SourceConfig for MySqlSourceConfig {
     async fn build(&self, _ctx: &BuildContext) -> Result<Arc<dyn Source>> {
-        Ok(Arc::new(MySqlSource::connect(self.clone()).await?))
+        let mut config = self.clone();
+        if let Some(path) = &self.password_file {
+            config.password = read_password_file(path)?;
+        }
+        Ok(Arc::new(MySqlSource::connect(config).await?))
     }
 }
 

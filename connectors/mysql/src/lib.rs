@@ -11,7 +11,9 @@
 mod binlog;
 mod config;
 mod error;
+mod privileges;
 mod source;
+mod tls;
 pub mod types;
 
 pub use binlog::MySqlChangeLog;

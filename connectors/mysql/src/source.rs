@@ -6,15 +6,16 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::NaiveDateTime;
 use connector_framework::{
-    BatchSender, Column, ConnectorError, KeySource, ReadRange, ReadRequest, ReadSummary, Result, RowBatch, Source,
-    TableRef, TableSchema, Value,
+    BatchSender, Column, ConnectorError, KeySource, Preflight, ReadRange, ReadRequest, ReadSummary, Result, RowBatch,
+    Source, TableRef, TableSchema, Value,
 };
 use mysql_async::prelude::Queryable;
 use mysql_async::{Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts};
 
 use crate::binlog::MySqlChangeLog;
-use crate::config::{MySqlSourceConfig, validate_identifier};
+use crate::config::{MySqlSourceConfig, SslMode, validate_identifier};
 use crate::error::wrap;
+use crate::tls;
 use crate::types::{ColumnInfo, Decoder, decode_or_null, map_column, quote_ident};
 
 /// Reads MySQL / MariaDB tables through one shared connection pool.
@@ -31,6 +32,22 @@ impl std::fmt::Debug for MySqlSource {
     }
 }
 
+/// Why a connection attempt failed.
+enum Failure {
+    /// The server offers no TLS (`preferred` then connects without it).
+    NoTls,
+    Error(ConnectorError),
+}
+
+impl Failure {
+    fn into_error(self) -> ConnectorError {
+        match self {
+            Failure::NoTls => ConnectorError::permanent("the MySQL server offers no TLS"),
+            Failure::Error(e) => e,
+        }
+    }
+}
+
 /// Every connection: UTC session, UTF-8 on the wire, read-only transactions, and long write
 /// timeouts so that a slow sink (back-pressure) does not make the server drop the stream.
 const SESSION_SETUP: &[&str] = &[
@@ -44,6 +61,19 @@ const SESSION_SETUP: &[&str] = &[
 impl MySqlSource {
     /// Creates the pool and checks that the server answers.
     pub async fn connect(config: MySqlSourceConfig) -> Result<Self> {
+        let ssl = tls::ssl_opts(&config).await?;
+        match Self::connect_with(config.clone(), ssl.clone()).await {
+            // `preferred`, as the MySQL client means it: unencrypted when the server offers
+            // no TLS at all (never when a TLS handshake fails).
+            Err(Failure::NoTls) if config.ssl_mode == SslMode::Preferred => {
+                tracing::warn!(host = %config.host, "the MySQL server offers no TLS: connected unencrypted (db_ssl_mode preferred; set required to refuse)");
+                Self::connect_with(config, None).await.map_err(Failure::into_error)
+            }
+            other => other.map_err(Failure::into_error),
+        }
+    }
+
+    async fn connect_with(config: MySqlSourceConfig, ssl: Option<mysql_async::SslOpts>) -> Result<Self, Failure> {
         let pool_opts = PoolOpts::default()
             .with_constraints(PoolConstraints::new(0, config.pool_size).unwrap_or_default())
             .with_inactive_connection_ttl(Duration::from_secs(60));
@@ -56,6 +86,7 @@ impl MySqlSource {
             .pool_opts(pool_opts)
             .prefer_socket(false)
             .tcp_keepalive(Some(Duration::from_secs(30)))
+            .ssl_opts(ssl)
             .into();
         let pool = Pool::new(opts.clone());
         let endpoint = format!("MySQL at {}:{}", config.host, config.port);
@@ -66,11 +97,17 @@ impl MySqlSource {
         let endpoint = format!("MySQL at {}:{} as {}", source.config.host, source.config.port, source.config.user);
         match tokio::time::timeout(timeout, source.pool.get_conn()).await {
             Ok(Ok(_conn)) => Ok(source),
-            Ok(Err(e)) => Err(wrap(e, format!("cannot connect to {endpoint}"))),
-            Err(_) => Err(ConnectorError::transient(format!(
+            Ok(Err(e)) if tls::server_has_no_tls(&e) && source.config.ssl_mode == SslMode::Preferred => {
+                Err(Failure::NoTls)
+            }
+            Ok(Err(e)) => Err(Failure::Error(
+                tls::explain(&e, &source.config, &endpoint)
+                    .unwrap_or_else(|| wrap(e, format!("cannot connect to {endpoint}"))),
+            )),
+            Err(_) => Err(Failure::Error(ConnectorError::transient(format!(
                 "cannot connect to {endpoint}: no answer within {} s; is the server reachable?",
                 timeout.as_secs()
-            ))),
+            )))),
         }
     }
 
@@ -195,6 +232,53 @@ fn read_columns(schema: &TableSchema, infos: &[ColumnInfo]) -> Vec<ReadColumn> {
 impl Source for MySqlSource {
     fn databases(&self) -> Vec<String> {
         self.config.databases.clone()
+    }
+
+    async fn preflight(&self, change_stream: bool) -> Result<Preflight> {
+        let endpoint = format!("MySQL at {}:{} as {}", self.config.host, self.config.port, self.config.user);
+        let mut found = Preflight::default();
+        let mut conn = self.conn(&endpoint).await?;
+        let status: Vec<(String, String)> = conn
+            .query("SHOW SESSION STATUS WHERE Variable_name IN ('Ssl_version', 'Ssl_cipher')")
+            .await
+            .map_err(|e| wrap(e, format!("{endpoint}: reading the session's TLS status")))?;
+        let value =
+            |name: &str| status.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()).filter(|v| !v.is_empty());
+        match (value("Ssl_version"), value("Ssl_cipher")) {
+            (Some(version), Some(cipher)) => found.notes.push(format!(
+                "{endpoint}: connected over TLS ({version}, {cipher}; db_ssl_mode {})",
+                self.config.ssl_mode.as_str()
+            )),
+            _ if self.config.ssl_mode == SslMode::Disabled => {
+                found.notes.push(format!("{endpoint}: connected unencrypted (db_ssl_mode disabled)"))
+            }
+            _ => found.warnings.push(format!(
+                "{endpoint}: the connection is not encrypted (the server offers no TLS); set up TLS on the server, \
+                 and db_ssl_mode required or verify_identity to refuse an unencrypted connection"
+            )),
+        }
+        // `SHOW GRANTS` without FOR: the session's active roles count too.
+        let grants: Vec<String> =
+            conn.query("SHOW GRANTS").await.map_err(|e| wrap(e, format!("{endpoint}: reading the user's grants")))?;
+        let excess = crate::privileges::excess(&grants, &self.config.databases, change_stream);
+        if !excess.is_empty() {
+            let what = format!(
+                "the MySQL user `{}` holds more than this tool needs (SELECT{}): {}",
+                self.config.user,
+                if change_stream { ", and REPLICATION SLAVE and BINLOG MONITOR for --cdc" } else { " only" },
+                excess.join("; ")
+            );
+            if self.config.require_readonly {
+                return Err(ConnectorError::config(format!(
+                    "{what}. require_readonly is set, so nothing was read or written: give the sync user SELECT only \
+                     (docs/operations.md, \"Least privilege\")"
+                )));
+            }
+            found
+                .warnings
+                .push(format!("{what}. Give it SELECT only, and set require_readonly: true to refuse such a user"));
+        }
+        Ok(found)
     }
 
     async fn list_tables(&self, database: &str) -> Result<Vec<String>> {

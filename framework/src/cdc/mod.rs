@@ -133,6 +133,7 @@ impl Runner {
             ConnectorError::config("--cdc: this pipeline's source has no change log that connector-run can stream")
         })?;
         self.select_databases(options)?;
+        self.preflight(true).await?;
         log.check().await?;
         let _locks = self.lock(options).await?;
         let settings = &self.settings;

@@ -152,8 +152,21 @@ impl Runner {
     /// run that cannot start writes nothing.
     pub async fn run(&self, options: &RunOptions) -> Result<RunReport> {
         self.select_databases(options)?;
+        self.preflight(false).await?;
         let _locks = if options.dry_run { Vec::new() } else { self.lock(options).await? };
         self.run_locked(options).await
+    }
+
+    /// The source's checks before anything is read or written, logged; an error stops the run.
+    pub async fn preflight(&self, change_stream: bool) -> Result<crate::source::Preflight> {
+        let found = self.source.preflight(change_stream).await?;
+        for note in &found.notes {
+            tracing::info!("{note}");
+        }
+        for warning in &found.warnings {
+            tracing::warn!("{warning}");
+        }
+        Ok(found)
     }
 
     /// Takes every target's run lock.

@@ -161,7 +161,9 @@ impl PrivateServer {
         Self::start_with(&["--no-binlog"])
     }
 
-    fn start_with(options: &[&str]) -> Self {
+    /// A server started with these `scripts/private-mariadb.sh` options (`--no-tls`,
+    /// `--tls-name NAME`, …).
+    pub fn start_with(options: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let port = super::free_port();
         let server = Self { dir, port, options: options.iter().map(|o| o.to_string()).collect() };
@@ -186,6 +188,11 @@ impl PrivateServer {
 
     pub fn url(&self) -> String {
         format!("mysql://root@127.0.0.1:{}", self.port)
+    }
+
+    /// A file of the server's TLS folder (`ca.pem`, `other-ca.pem`, `client.pem`, …).
+    pub fn tls_file(&self, name: &str) -> String {
+        self.dir.path().join("tls").join(name).display().to_string()
     }
 
     pub fn stop(&self) {
