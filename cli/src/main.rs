@@ -19,6 +19,7 @@ mod logging;
 mod observe;
 mod params;
 mod state_cmd;
+mod verify_cmd;
 mod plugins {
     /// An enabled connector crate and the kinds it registers.
     #[derive(Debug, serde::Serialize)]
@@ -35,8 +36,8 @@ mod plugins {
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Exit codes (also in docs/operations.md).
-const EXIT_TABLE_FAILED: u8 = 1;
-const EXIT_FATAL: u8 = 2;
+pub(crate) const EXIT_TABLE_FAILED: u8 = 1;
+pub(crate) const EXIT_FATAL: u8 = 2;
 
 #[derive(Debug, Parser)]
 #[command(name = "connector-run", version, about = "Keep BigQuery in sync with fleets of MySQL databases")]
@@ -131,6 +132,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Compare every tenant × table of every target with the source (docs/verify.md): exit 0
+    /// when all are equal, 1 when any differ, 2 when something could not be verified.
+    Verify(verify_cmd::VerifyArgs),
     /// Maintain the state files.
     State {
         #[command(subcommand)]
@@ -191,6 +195,7 @@ fn main() -> ExitCode {
         Some(Command::Describe { kind }) => describe(&kind).map(|()| ExitCode::SUCCESS),
         Some(Command::Validate { pipeline, online: false }) => validate(&pipeline).map(|()| ExitCode::SUCCESS),
         Some(Command::Validate { pipeline, online: true }) => validate_online(&pipeline),
+        Some(Command::Verify(args)) => verify_cmd::verify(&args),
         Some(Command::Status { location, json }) => state_dirs(&location)
             .and_then(|dirs| state_cmd::status(&dirs, json))
             .map(|healthy| if healthy { ExitCode::SUCCESS } else { ExitCode::from(EXIT_TABLE_FAILED) }),
@@ -343,7 +348,7 @@ pub(crate) fn out(text: &str) {
     }
 }
 
-fn load_pipeline(path: &Path) -> Result<Pipeline> {
+pub(crate) fn load_pipeline(path: &Path) -> Result<Pipeline> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let value: serde_json::Value =
         serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))?;
@@ -481,24 +486,27 @@ fn publish_report(args: &RunArgs, text: &str, report: &impl serde::Serialize) ->
     Ok(())
 }
 
-/// One run: build the components (fresh connections and run id), run, report.
-async fn run_once(
+/// A run's id: its start time and a random suffix (staging tables and jobs are named by it).
+pub(crate) fn new_run_id() -> String {
+    format!("{}_{}", chrono::Utc::now().format("%Y%m%dT%H%M%S"), &uuid::Uuid::new_v4().simple().to_string()[..8])
+}
+
+/// The pipeline's components built (connections made) and put together. With `discard`
+/// (benchmarks) the targets receive nothing and the state is read, never written.
+pub(crate) async fn build_runner(
     pipeline: &Pipeline,
-    args: &RunArgs,
+    run_id: &str,
+    discard: bool,
     listeners: &[Arc<dyn connector_framework::EventListener>],
-    metrics: &observe::Metrics,
     stop: &Arc<AtomicBool>,
-) -> Result<ExitCode> {
-    let run_id =
-        format!("{}_{}", chrono::Utc::now().format("%Y%m%dT%H%M%S"), &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    tracing::info!(run_id, source = pipeline.source_kind, targets = pipeline.targets.len(), "run starting");
+) -> Result<Runner> {
     let multi_target = pipeline.targets.len() > 1;
     let base_ctx = BuildContext {
-        run_id: run_id.clone(),
+        run_id: run_id.to_string(),
         target_id: "default".into(),
         state_subdir: None,
         retry: pipeline.settings.retry_policy(),
-        discard_writes: args.bench_discard_uploads,
+        discard_writes: discard,
     };
     let source = pipeline.source.build(&base_ctx).await.map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut targets = Vec::new();
@@ -510,15 +518,15 @@ async fn run_once(
         };
         let sink = spec.config.build(&ctx).await.map_err(|e| anyhow::anyhow!("target `{}`: {e}", spec.id))?;
         let mut state = pipeline.state.build(&ctx).await.map_err(|e| anyhow::anyhow!("state: {e}"))?;
-        if args.bench_discard_uploads {
+        if discard {
             // The targets receive nothing, so their real state must not move (resume points
             // and stream positions included): the run reads it and writes to memory.
             state = Arc::new(connector_framework::ScratchState::over(state));
         }
         targets.push(Target { id: spec.id.clone(), sink, state });
     }
-    let runner = Runner {
-        source: source.clone(),
+    Ok(Runner {
+        source,
         targets,
         strategy: Arc::new(CursorStrategy),
         settings: pipeline.settings.clone(),
@@ -526,7 +534,21 @@ async fn run_once(
         table_options: pipeline.table_options.clone(),
         listeners: listeners.to_vec(),
         stop: stop.clone(),
-    };
+    })
+}
+
+/// One run: build the components (fresh connections and run id), run, report.
+async fn run_once(
+    pipeline: &Pipeline,
+    args: &RunArgs,
+    listeners: &[Arc<dyn connector_framework::EventListener>],
+    metrics: &observe::Metrics,
+    stop: &Arc<AtomicBool>,
+) -> Result<ExitCode> {
+    let run_id = new_run_id();
+    tracing::info!(run_id, source = pipeline.source_kind, targets = pipeline.targets.len(), "run starting");
+    let runner = build_runner(pipeline, &run_id, args.bench_discard_uploads, listeners, stop).await?;
+    let source = runner.source.clone();
     let options = RunOptions {
         force_full: args.full,
         dry_run: args.dry_run,

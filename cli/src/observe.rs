@@ -168,6 +168,29 @@ impl Metrics {
         metrics::gauge!("connector_last_run_timestamp_seconds").set(now);
     }
 
+    /// Records a finished `verify`: per tenant × table × target the differences by kind (0
+    /// when equal), whether it could be verified, and when.
+    pub fn record_verify(&self, report: &connector_framework::VerifyReport) {
+        let now = chrono::Utc::now().timestamp() as f64;
+        for t in &report.tables {
+            let labels = [("database", t.database.clone()), ("table", t.table.clone()), ("target", t.target.clone())];
+            let d = &t.differences;
+            for (kind, n) in [
+                ("missing", d.missing.len()),
+                ("extra", d.extra.len()),
+                ("different", d.different.len()),
+                ("duplicated", d.duplicated.len()),
+            ] {
+                let mut labels = labels.to_vec();
+                labels.push(("kind", kind.to_string()));
+                metrics::gauge!("connector_verify_differences", &labels).set(n as f64);
+            }
+            let verified = t.status != connector_framework::verify::VerdictStatus::Failed;
+            metrics::gauge!("connector_verify_verified", &labels).set(if verified { 1.0 } else { 0.0 });
+        }
+        metrics::gauge!("connector_verify_last_timestamp_seconds").set(now);
+    }
+
     /// Writes the metrics in Prometheus text format, atomically (node_exporter's textfile
     /// collector reads `*.prom` files).
     pub fn write_file(&self, path: &Path) -> Result<()> {

@@ -76,6 +76,8 @@ pub const FLAT_KEYS: &[(&str, &[Dest])] = &[
     ("cdc_flush_seconds", &[Dest::Top("cdc_flush_seconds")]),
     ("cdc_server_id", &[Dest::Top("cdc_server_id")]),
     ("cdc_deletes", &[Dest::Top("cdc_deletes")]),
+    ("repair_max_delete_pct", &[Dest::Top("repair_max_delete_pct")]),
+    ("delete_detection", &[Dest::Top("delete_detection")]),
     ("system_columns", &[Dest::Top("system_columns")]),
     ("table_options", &[Dest::Top("table_options")]),
 ];

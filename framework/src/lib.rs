@@ -60,6 +60,7 @@
 pub mod cdc;
 pub mod change;
 pub mod config;
+pub mod digest;
 pub mod error;
 pub mod events;
 pub mod pipeline;
@@ -78,6 +79,7 @@ pub mod system;
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
 pub mod value;
+pub mod verify;
 
 pub use cdc::{CdcOptions, CdcReport, StreamReport};
 pub use change::{
@@ -105,6 +107,7 @@ pub use state::{
 pub use strategy::{CursorStrategy, NullCursorPolicy, PlanOptions, Strategy, TablePlan};
 pub use system::SystemColumns;
 pub use value::{Row, RowBatch, Value};
+pub use verify::{VerifyOptions, VerifyReport};
 
 /// Re-exported so connector crates register without naming `inventory` themselves.
 pub use inventory;

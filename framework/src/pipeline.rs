@@ -12,7 +12,7 @@ use crate::error::{ConnectorError, Result};
 use crate::registry::{self, SinkConfig, SourceConfig, StateConfig};
 
 pub use crate::settings::{
-    CdcDeletes, DEFAULT_CDC_SERVER_ID, SETTINGS_FIELDS, Settings, TABLE_OPTION_FIELDS, TableOptions,
+    CdcDeletes, DEFAULT_CDC_SERVER_ID, DeleteDetection, SETTINGS_FIELDS, Settings, TABLE_OPTION_FIELDS, TableOptions,
 };
 
 /// The documented top-level keys of the general form: components and tables.

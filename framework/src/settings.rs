@@ -217,6 +217,20 @@ pub const SETTINGS_FIELDS: &[FieldDoc] = &[
         doc: "--cdc: a deleted row leaves the target (delete), or stays with _deleted_at set (soft)",
     },
     FieldDoc {
+        name: "repair_max_delete_pct",
+        ty: "percent",
+        required: false,
+        default: "10",
+        doc: "verify --repair refuses to delete more than this share of a tenant's rows without --force",
+    },
+    FieldDoc {
+        name: "delete_detection",
+        ty: "none | verify",
+        required: false,
+        default: "none",
+        doc: "verify: after each sync, compare keys and delete rows gone from the source (docs/verify.md)",
+    },
+    FieldDoc {
         name: "system_columns",
         ty: "object",
         required: false,
@@ -257,6 +271,24 @@ pub struct Settings {
     pub cdc_server_id: u32,
     pub cdc_deletes: CdcDeletes,
     pub system_columns: SystemColumns,
+    /// `verify --repair` refuses to delete more than this share (%) of a tenant's rows unless
+    /// forced.
+    #[serde(deserialize_with = "lenient::deserialize")]
+    pub repair_max_delete_pct: f64,
+    /// After each sync, find rows deleted in the source and remove them (`verify`), or not.
+    pub delete_detection: DeleteDetection,
+}
+
+/// Whether a sync looks for rows deleted in the source afterwards.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeleteDetection {
+    /// Cursor syncs cannot see deletes; a full sync (or `verify --repair`) removes them.
+    #[default]
+    None,
+    /// After the sync, the keys of each synced table are compared (`verify --keys-only`) and
+    /// rows gone from the source are deleted, under the repair guard.
+    Verify,
 }
 
 /// What `--cdc` does in the target with a row deleted in the source.
@@ -292,6 +324,8 @@ impl Default for Settings {
             cdc_server_id: DEFAULT_CDC_SERVER_ID,
             cdc_deletes: CdcDeletes::Delete,
             system_columns: SystemColumns::default(),
+            repair_max_delete_pct: 10.0,
+            delete_detection: DeleteDetection::None,
         }
     }
 }
@@ -332,6 +366,12 @@ impl Settings {
         }
         if self.cdc_server_id == 0 {
             out.push(Problem::at("cdc_server_id", "must not be 0 (servers refuse a replica id of 0)"));
+        }
+        if !self.repair_max_delete_pct.is_finite() || !(0.0..=100.0).contains(&self.repair_max_delete_pct) {
+            out.push(Problem::at(
+                "repair_max_delete_pct",
+                format!("between 0 and 100, got {}", self.repair_max_delete_pct),
+            ));
         }
         if self.max_retries > 100 {
             out.push(Problem::at("max_retries", format!("at most 100, got {}", self.max_retries)));

@@ -20,6 +20,7 @@ use async_trait::async_trait;
 use serde::Serialize;
 
 use crate::change::ChangeSeq;
+use crate::digest::{BucketDigest, DigestSpec, JsonDigest, RowDigest};
 use crate::error::{ConnectorError, Result};
 use crate::pipeline::CdcDeletes;
 use crate::schema::{Column, TableSchema};
@@ -241,6 +242,47 @@ pub trait Sink: Send + Sync + std::fmt::Debug {
     /// refuses two source tables whose target names are the same.
     fn target_name(&self, source: &str, options: &TargetOptions) -> String {
         options.table_name(source).to_string()
+    }
+    /// Per-bucket digests of these tenants' rows of the target table (see [`crate::digest`]),
+    /// in one pass over the table.
+    async fn digest_buckets(
+        &self,
+        _table: &TargetTable,
+        spec: &DigestSpec,
+        _tenants: &[String],
+    ) -> Result<Vec<(String, BucketDigest)>> {
+        Err(crate::source::no_digests(&spec.table))
+    }
+    /// The row digests of these (tenant, bucket) pairs.
+    async fn digest_rows(
+        &self,
+        _table: &TargetTable,
+        spec: &DigestSpec,
+        _wanted: &[(String, u32)],
+    ) -> Result<Vec<(String, RowDigest)>> {
+        Err(crate::source::no_digests(&spec.table))
+    }
+    /// The documents of the spec's JSON columns, every row of these tenants.
+    async fn json_documents(
+        &self,
+        _table: &TargetTable,
+        spec: &DigestSpec,
+        _tenants: &[String],
+    ) -> Result<Vec<(String, JsonDigest)>> {
+        Err(crate::source::no_digests(&spec.table))
+    }
+    /// Replaces, in one transaction, every row of `tenant` whose key string (keyless: row
+    /// digest) is one of `keys` with the rows staged in `staged` (the source's rows for those
+    /// keys now). Other rows and tenants are untouched; no watermark moves.
+    async fn repair(
+        &self,
+        _table: &TargetTable,
+        spec: &DigestSpec,
+        _tenant: &str,
+        _keys: &[String],
+        _staged: &Staged,
+    ) -> Result<CommitSummary> {
+        Err(crate::source::no_digests(&spec.table))
     }
     /// Whether the destination answers now: asked once at the start of a run with several
     /// targets, with few and short retries. A target that does not answer is skipped for that

@@ -13,6 +13,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::change::{ChangeLog, ChangePosition, ChangeSeq};
+use crate::digest::{BucketDigest, DigestSpec, JsonDigest, RowDigest};
 use crate::error::Result;
 use crate::schema::{TableRef, TableSchema};
 use crate::value::{RowBatch, Value};
@@ -53,6 +54,9 @@ pub enum ReadRange {
     /// The next `limit` rows in `key` order after `after` (exclusive; from the start when
     /// `None`): one range of a full sync read in key ranges.
     KeyRange { key: String, after: Option<String>, limit: u64 },
+    /// The rows whose key string (tables without a key: row digest) under `digest` is one of
+    /// `keys` ([`crate::digest`]): what `verify --repair` reads again.
+    Keys { digest: Box<DigestSpec>, keys: Vec<String> },
 }
 
 impl ReadRange {
@@ -73,6 +77,7 @@ impl ReadRange {
             ReadRange::KeyRange { key, after: Some(after), limit } => {
                 format!("all rows, in ranges of {limit} by {key}, resumed after {key} = {after}")
             }
+            ReadRange::Keys { keys, .. } => format!("{} rows by key (a repair)", keys.len()),
         }
     }
 }
@@ -192,6 +197,13 @@ pub struct Preflight {
     pub warnings: Vec<String>,
 }
 
+/// The error of a source or sink that computes no digests.
+pub fn no_digests(table: &TableRef) -> crate::error::ConnectorError {
+    crate::error::ConnectorError::config(format!(
+        "{table}: this connector cannot compute digests, so verify cannot run"
+    ))
+}
+
 /// Reads tables from a database server.
 #[async_trait]
 pub trait Source: Send + Sync + std::fmt::Debug {
@@ -210,6 +222,18 @@ pub trait Source: Send + Sync + std::fmt::Debug {
     async fn discover(&self, table: &TableRef) -> Result<TableSchema>;
     /// Streams the requested rows into `output` from one consistent snapshot.
     async fn read(&self, request: ReadRequest, output: BatchSender) -> Result<ReadSummary>;
+    /// Per-bucket digests of one tenant's table (see [`crate::digest`]), for `verify`.
+    async fn digest_buckets(&self, spec: &DigestSpec) -> Result<Vec<BucketDigest>> {
+        Err(no_digests(&spec.table))
+    }
+    /// The row digests of these buckets of one tenant's table, with each row's cursor.
+    async fn digest_rows(&self, spec: &DigestSpec, _buckets: &[u32]) -> Result<Vec<RowDigest>> {
+        Err(no_digests(&spec.table))
+    }
+    /// The documents of the spec's JSON columns, every row of the tenant's table.
+    async fn json_documents(&self, spec: &DigestSpec) -> Result<Vec<JsonDigest>> {
+        Err(no_digests(&spec.table))
+    }
     /// The source's change log, when it has one that `--cdc` can stream.
     fn change_log(&self) -> Option<Arc<dyn ChangeLog>> {
         None

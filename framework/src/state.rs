@@ -28,6 +28,8 @@ pub enum SyncMode {
     Incremental,
     /// Streamed from the source's change log (`--cdc`), after a snapshot.
     Cdc,
+    /// Rows written again by `verify --repair` (never a table's state).
+    Repair,
 }
 
 impl SyncMode {
@@ -36,6 +38,7 @@ impl SyncMode {
             SyncMode::Full => "FULL",
             SyncMode::Incremental => "INCREMENTAL",
             SyncMode::Cdc => "CDC",
+            SyncMode::Repair => "REPAIR",
         }
     }
 }

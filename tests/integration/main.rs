@@ -30,3 +30,5 @@ mod security;
 mod timezones;
 /// Every column type with edge values, and the zero-date policy.
 mod types;
+/// verify: equal on every type, each kind of difference found by key, repairs.
+mod verify;

@@ -375,6 +375,46 @@ impl BqClient {
         }
     }
 
+    /// Runs a query and reads every row of its result, each cell as text (`None`: NULL).
+    /// Returns the rows and the bytes the query billed.
+    pub async fn query_rows(
+        &self,
+        sql: &str,
+        parameters: Json,
+        job_id: &str,
+        what: &str,
+    ) -> Result<(Vec<Vec<Option<String>>>, Option<u64>)> {
+        let outcome = self.query(sql, parameters, job_id, what).await?;
+        let billed = outcome.statistic(&["query", "totalBytesBilled"]);
+        let id = outcome.job["jobReference"]["jobId"].as_str().unwrap_or(job_id).to_string();
+        let location = outcome.job["jobReference"]["location"].as_str().map(str::to_string).or_else(|| self.location());
+        let mut rows = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = self
+                .retry(|| self.transport.get_query_results(self.project(), &id, location.as_deref(), token.as_deref()))
+                .await?;
+            for row in page["rows"].as_array().into_iter().flatten() {
+                let cells = row["f"].as_array().map(|cells| {
+                    cells
+                        .iter()
+                        .map(|c| match &c["v"] {
+                            Json::Null => None,
+                            Json::String(s) => Some(s.clone()),
+                            other => Some(other.to_string()),
+                        })
+                        .collect()
+                });
+                rows.push(cells.unwrap_or_default());
+            }
+            match page["pageToken"].as_str().filter(|t| !t.is_empty()) {
+                Some(t) => token = Some(t.to_string()),
+                None => break,
+            }
+        }
+        Ok((rows, billed))
+    }
+
     /// Settles a job in doubt (`handle` from a timed-out wait): a job still running is
     /// cancelled and waited for, up to `job_timeout`. `Ok` once it has ended, whatever its
     /// outcome (a MERGE that ended either applied atomically or not at all).
@@ -470,6 +510,9 @@ pub(crate) mod tests {
         async fn cancel_job(&self, _: &str, id: &str, _: Option<&str>) -> Result<()> {
             self.calls.lock().unwrap().push(format!("cancel_job {id}"));
             Ok(())
+        }
+        async fn get_query_results(&self, _: &str, _: &str, _: Option<&str>, _: Option<&str>) -> Result<Json> {
+            Ok(json!({"rows": []}))
         }
         fn endpoint(&self) -> &str {
             "scripted"

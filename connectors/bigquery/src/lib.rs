@@ -15,6 +15,7 @@
 
 pub mod client;
 pub mod config;
+mod digest;
 mod merge;
 mod schema;
 pub mod sink;

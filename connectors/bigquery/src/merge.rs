@@ -93,7 +93,7 @@ impl CommitPlan {
 
     /// System fields, then the target's columns, then the row hash for keyless tables, then
     /// the change stream's columns.
-    fn insert_columns(&self) -> Vec<String> {
+    pub(crate) fn insert_columns(&self) -> Vec<String> {
         let s = &self.system;
         let mut cols = vec![s.tenant.clone(), s.synced_at.clone(), s.mode.clone()];
         cols.extend(self.columns.iter().map(|(n, _)| n.clone()));

@@ -38,6 +38,14 @@ pub trait Transport: Send + Sync + std::fmt::Debug {
     async fn upload_job(&self, project: &str, job: Json, data: bytes::Bytes) -> Result<()>;
     async fn get_job(&self, project: &str, job_id: &str, location: Option<&str>) -> Result<Option<Json>>;
     async fn cancel_job(&self, project: &str, job_id: &str, location: Option<&str>) -> Result<()>;
+    /// One page of a finished query's rows (`jobs.getQueryResults`).
+    async fn get_query_results(
+        &self,
+        project: &str,
+        job_id: &str,
+        location: Option<&str>,
+        page_token: Option<&str>,
+    ) -> Result<Json>;
     /// Where calls go (for logs and state; no secret).
     fn endpoint(&self) -> &str;
 }
@@ -317,6 +325,24 @@ impl Transport for GoogleTransport {
         req.send().await.map(|_| ()).map_err(|e| gax_err(e, &format!("cancel job {job_id}")))
     }
 
+    async fn get_query_results(
+        &self,
+        project: &str,
+        job_id: &str,
+        location: Option<&str>,
+        page_token: Option<&str>,
+    ) -> Result<Json> {
+        let mut req =
+            self.jobs.get_query_results().set_project_id(project).set_job_id(job_id).set_max_results(50_000u32);
+        if let Some(loc) = location {
+            req = req.set_location(loc);
+        }
+        if let Some(token) = page_token {
+            req = req.set_page_token(token);
+        }
+        req.send().await.map(|r| to_json(&r)).map_err(|e| gax_err(e, &format!("read the results of job {job_id}")))
+    }
+
     fn endpoint(&self) -> &str {
         &self.endpoint
     }
@@ -372,6 +398,9 @@ impl Transport for DiscardTransport {
     }
     async fn cancel_job(&self, _: &str, _: &str, _: Option<&str>) -> Result<()> {
         Ok(())
+    }
+    async fn get_query_results(&self, _: &str, _: &str, _: Option<&str>, _: Option<&str>) -> Result<Json> {
+        Ok(json!({"rows": []}))
     }
     fn endpoint(&self) -> &str {
         "discard"

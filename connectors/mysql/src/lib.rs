@@ -10,6 +10,7 @@
 
 mod binlog;
 mod config;
+mod digest;
 mod error;
 mod privileges;
 mod source;

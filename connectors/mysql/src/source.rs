@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::NaiveDateTime;
+use connector_framework::digest::{BucketDigest, DigestSpec, JsonDigest, RowDigest};
 use connector_framework::{
     BatchSender, Column, ConnectorError, KeySource, Preflight, ReadRange, ReadRequest, ReadSummary, Result, RowBatch,
     Source, TableRef, TableSchema, Value,
@@ -371,6 +372,11 @@ impl Source for MySqlSource {
             ReadRange::Since { from_utc_offset, .. } => *from_utc_offset,
             _ => None,
         };
+        if let ReadRange::Keys { digest, keys } = &request.range {
+            let (condition, values) = crate::digest::keys_condition(digest, keys)?;
+            sql.push_str(&format!(" WHERE {condition}"));
+            params.extend(values);
+        }
         let mut key_index = None;
         if let ReadRange::KeyRange { key, after, limit } = &request.range {
             let k = quote_ident(key);
@@ -539,6 +545,44 @@ impl Source for MySqlSource {
             summary.nulled_values.insert("invalid dates".to_string(), zero_dates);
         }
         Ok(summary)
+    }
+
+    async fn digest_buckets(&self, spec: &DigestSpec) -> Result<Vec<BucketDigest>> {
+        let table = &spec.table;
+        let mut conn = self.conn(table).await?;
+        let rows: Vec<(u32, u64, String)> = conn
+            .query(crate::digest::buckets_sql(spec))
+            .await
+            .map_err(|e| wrap(e, format!("{table}: computing digests")))?;
+        Ok(rows.into_iter().map(|(bucket, rows, sum)| BucketDigest { bucket, rows, sum }).collect())
+    }
+
+    async fn digest_rows(&self, spec: &DigestSpec, buckets: &[u32]) -> Result<Vec<RowDigest>> {
+        let table = &spec.table;
+        let mut conn = self.conn(table).await?;
+        let sql = crate::digest::rows_sql(spec, buckets);
+        tracing::debug!(%table, sql, "row digests");
+        let rows: Vec<(String, String, Option<String>)> =
+            conn.query(sql).await.map_err(|e| wrap(e, format!("{table}: computing row digests")))?;
+        Ok(rows.into_iter().map(|(key, digest, cursor)| RowDigest { key, digest, cursor }).collect())
+    }
+
+    async fn json_documents(&self, spec: &DigestSpec) -> Result<Vec<JsonDigest>> {
+        let Some((sql, columns)) = crate::digest::json_sql(spec) else { return Ok(Vec::new()) };
+        let table = &spec.table;
+        let mut conn = self.conn(table).await?;
+        let mut out = Vec::new();
+        let mut result = conn.query_iter(sql).await.map_err(|e| wrap(e, format!("{table}: reading JSON documents")))?;
+        while let Some(row) = result.next().await.map_err(|e| wrap(e, format!("{table}: reading JSON documents")))? {
+            let mut row = row;
+            let key: String = row.take(0).unwrap_or_default();
+            let cursor: Option<String> = row.take(1).flatten();
+            for (i, column) in columns.iter().enumerate() {
+                let text: Option<String> = row.take(i + 2).flatten();
+                out.push(JsonDigest { key: key.clone(), column: column.clone(), text, cursor: cursor.clone() });
+            }
+        }
+        Ok(out)
     }
 
     fn change_log(&self) -> Option<Arc<dyn connector_framework::ChangeLog>> {

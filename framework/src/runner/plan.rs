@@ -74,8 +74,10 @@ pub(super) fn widest_range<'a>(ranges: impl Iterator<Item = &'a ReadRange>) -> R
         widest = Some(match (widest, r) {
             (None, r) => r.clone(),
             (Some(ReadRange::Full), _) | (_, ReadRange::Full) => ReadRange::Full,
-            // A plan never carries key ranges (the runner makes them from a full plan).
-            (Some(ReadRange::KeyRange { .. }), _) | (_, ReadRange::KeyRange { .. }) => ReadRange::Full,
+            // A plan never carries key ranges (the runner makes them from a full plan) or key
+            // lists (repairs read on their own).
+            (Some(ReadRange::KeyRange { .. } | ReadRange::Keys { .. }), _)
+            | (_, ReadRange::KeyRange { .. } | ReadRange::Keys { .. }) => ReadRange::Full,
             (
                 Some(ReadRange::Since { cursor, from: a, include_nulls: na, from_utc_offset: oa }),
                 ReadRange::Since { from: b, include_nulls: nb, from_utc_offset: ob, .. },

@@ -67,6 +67,10 @@ impl Source for MemorySource {
         if *self.fail_read.lock().unwrap_or_else(|p| p.into_inner()) == Some(reads) {
             return Err(ConnectorError::permanent(format!("{}: connection lost (read {reads})", request.schema.table)));
         }
+        if let ReadRange::Keys { .. } = &request.range {
+            // Key strings are computed by a source's SQL; memory has none.
+            return Err(crate::source::no_digests(&request.schema.table));
+        }
         let (full_schema, mut rows) = {
             let tables = self.tables.lock().unwrap_or_else(|p| p.into_inner());
             tables.get(&request.schema.table).cloned().unwrap_or_else(|| ((*request.schema).clone(), Vec::new()))
