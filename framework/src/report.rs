@@ -114,6 +114,9 @@ pub struct RunReport {
     pub dry_run: bool,
     /// Tables not started because the run was asked to stop.
     pub not_started: usize,
+    /// What the delete detection after the sync did (`delete_detection: verify`), a line each.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub deletes_detected: Vec<String>,
 }
 
 impl RunReport {
@@ -180,6 +183,9 @@ impl RunReport {
             for (what, n) in &o.nulled_values {
                 out.push_str(&format!("    {n} {what} written as NULL\n"));
             }
+        }
+        for line in &self.deletes_detected {
+            out.push_str(&format!("delete detection: {line}\n"));
         }
         if self.not_started > 0 {
             out.push_str(&format!(

@@ -138,3 +138,56 @@ async fn each_planted_difference_is_found_by_key_and_repaired_alone() {
         assert_table_equal(emulator, &dataset, db, "page_views", "user_id, path, viewed_at").await;
     }
 }
+
+/// `--keys-only` finds rows deleted in the source (and not content changes); a repair that
+/// would delete a large share of a tenant's rows is refused unless forced; with
+/// `delete_detection: verify` every sync removes the rows deleted in the source.
+#[tokio::test(flavor = "multi_thread")]
+async fn keys_only_finds_deletes_the_guard_holds_and_syncs_can_remove_deletes() {
+    let emulator = &*EMULATOR;
+    let dbs: Vec<String> = (1..=2).map(|i| unique(&format!("vkeys{i}"))).collect();
+    for db in &dbs {
+        create_shop(db, 20, 40).await;
+    }
+    let (a, b) = (&dbs[0], &dbs[1]);
+    let dataset = unique("vkeys");
+    let run = TestRun::new();
+    let mut params = flat_params(&dbs, &["orders", "users"], &dataset, emulator, run.path());
+    run.params(&params);
+    run.sync(&[]).await;
+    mysql_exec(&format!(
+        "DELETE FROM `{a}`.orders WHERE id IN (2, 3);
+         UPDATE `{a}`.orders SET amount = 1, updated_at = updated_at WHERE id = 5;
+         DELETE FROM `{b}`.users WHERE id <= 10;"
+    ))
+    .await;
+    let (out, report) = verify(&run, &["--keys-only"]).await;
+    assert_eq!(out.code, 1, "{}", out.all());
+    assert_eq!(keys(verdict(&report, a, "orders"), "extra"), ["2", "3"], "{report}");
+    assert!(keys(verdict(&report, a, "orders"), "different").is_empty(), "keys only: {report}");
+    assert_eq!(keys(verdict(&report, b, "users"), "extra").len(), 10, "{report}");
+
+    // Half of tenant b's users gone at once looks like a partial read: refused without --force.
+    let (out, report) = verify(&run, &["--keys-only", "--repair"]).await;
+    assert_eq!(out.code, 1, "{}", out.all());
+    let refused = &verdict(&report, b, "users")["repaired"]["refused"];
+    assert!(refused.as_str().is_some_and(|r| r.contains("repair_max_delete_pct")), "{report}");
+    assert_eq!(verdict(&report, a, "orders")["repaired"]["equal_after"], true, "{report}");
+    assert_eq!(bq_count(emulator, &dataset, "users", b).await, 20, "nothing deleted for the refused tenant");
+    let (out, _) = verify(&run, &["--keys-only", "--repair", "--force"]).await;
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert_eq!(bq_count(emulator, &dataset, "users", b).await, 10);
+
+    // Deletes found by every sync.
+    params["delete_detection"] = json!("verify");
+    run.params(&params);
+    mysql_exec(&format!("DELETE FROM `{a}`.orders WHERE id = 7")).await;
+    let out = run.sync(&[]).await;
+    assert!(
+        out.stdout.contains(&format!("delete detection: {a}.orders → default: 1 rows deleted in the source removed")),
+        "{}",
+        out.stdout
+    );
+    let (out, _) = verify(&run, &["--keys-only"]).await;
+    assert_eq!(out.code, 0, "every key matches again:\n{}", out.all());
+}

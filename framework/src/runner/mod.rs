@@ -169,6 +169,56 @@ impl Runner {
         Ok(found)
     }
 
+    /// `delete_detection: verify`: the keys of every tenant × table this run synced compared
+    /// with the target, and the rows gone from the source deleted there (under the repair
+    /// guard); the run holds the lock already.
+    async fn detect_deletes(&self, report: &mut RunReport) {
+        let synced: Vec<&TableOutcome> =
+            report.outcomes.iter().filter(|o| o.status == crate::report::OutcomeStatus::Success).collect();
+        if synced.is_empty() {
+            return;
+        }
+        let mut databases: Vec<String> = synced.iter().map(|o| o.database.clone()).collect();
+        let mut tables: Vec<String> = synced.iter().map(|o| o.table.clone()).collect();
+        databases.sort();
+        databases.dedup();
+        tables.sort();
+        tables.dedup();
+        let options = crate::verify::VerifyOptions {
+            databases: Some(databases),
+            tables: Some(tables),
+            keys_only: true,
+            repair_extra_only: true,
+            ..Default::default()
+        };
+        match self.verify(&options).await {
+            Ok(found) => {
+                for v in found
+                    .tables
+                    .iter()
+                    .filter(|v| synced.iter().any(|o| o.database == v.database && o.table == v.table))
+                {
+                    let name = format!("{}.{} → {}", v.database, v.table, v.target);
+                    match (&v.repaired, &v.error) {
+                        (_, Some(e)) => report.deletes_detected.push(format!("{name}: not checked: {e}")),
+                        (Some(r), _) if r.refused.is_some() || r.error.is_some() => {
+                            report.deletes_detected.push(format!(
+                                "{name}: {} rows gone from the source were not deleted: {}",
+                                v.differences.extra.len(),
+                                r.refused.as_deref().or(r.error.as_deref()).unwrap_or_default()
+                            ))
+                        }
+                        (Some(r), _) => report
+                            .deletes_detected
+                            .push(format!("{name}: {} rows deleted in the source removed", r.keys)),
+                        (None, _) => {}
+                    }
+                }
+            }
+            Err(e) => report.deletes_detected.push(format!("not run: {e}")),
+        }
+    }
+
     /// Takes every target's run lock.
     pub(crate) async fn lock(&self, options: &RunOptions) -> Result<Vec<Box<dyn crate::state::StateLock>>> {
         let mut locks = Vec::new();
@@ -227,12 +277,18 @@ impl Runner {
         }
         drop(per_table);
         outcomes.sort_by(|a, b| (&a.database, &a.table, &a.target).cmp(&(&b.database, &b.table, &b.target)));
-        Ok(RunReport {
+        let mut report = RunReport {
             outcomes,
             elapsed: started.elapsed(),
             dry_run: options.dry_run,
             not_started: not_started.into_inner(),
-        })
+            deletes_detected: Vec::new(),
+        };
+        if self.settings.delete_detection == crate::settings::DeleteDetection::Verify && !options.dry_run {
+            self.detect_deletes(&mut report).await;
+        }
+        report.elapsed = started.elapsed();
+        Ok(report)
     }
 
     /// Source tables whose target tables would be one and the same in some target (names the
