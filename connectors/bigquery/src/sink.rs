@@ -16,7 +16,6 @@ use tokio::sync::{Mutex, OnceCell};
 
 use crate::client::{BqClient, DatasetInfo};
 use crate::config::BigQuerySinkConfig;
-use crate::digest;
 use crate::merge::{CommitPlan, PROGRESS_TABLE, qualified, quote_column, unique_id};
 use crate::schema::{MappedColumn, SchemaDiff, desired_columns, mapped_columns, system_fields, table_resource};
 use crate::stage::{SharedStage, Stage};
@@ -25,6 +24,9 @@ use crate::writer::{
     BqStagingWriter, CHANGE_SEQ_FIELD, CHANGED_AT_FIELD, ChangeFields, HASH_FIELD, MODE_FIELD, OP_FIELD, SEQ_FIELD,
     SYNCED_FIELD, StageHandle, TENANT_FIELD, WRITER_FIELD, hash_order,
 };
+
+mod expiry;
+mod verify;
 
 /// The BigQuery table id of a target table (see [`crate::types::table_id`]).
 pub(crate) fn table_id(table: &TargetTable) -> String {
@@ -233,75 +235,6 @@ impl BigQuerySink {
             .await
     }
 
-    /// A table created in a dataset with default expirations inherits them, and BigQuery would
-    /// delete synced rows (the table, or old partitions) without anyone asking: they are
-    /// removed from the new table. Returns the resource as it now is.
-    async fn clear_inherited_expirations(&self, table: &str, mut resource: Json) -> Result<Json> {
-        let mut options = Vec::new();
-        if resource.get("expirationTime").is_some_and(|v| !v.is_null()) {
-            options.push("expiration_timestamp = NULL");
-            resource["expirationTime"] = Json::Null;
-        }
-        if resource["timePartitioning"].get("expirationMs").is_some_and(|v| !v.is_null()) {
-            options.push("partition_expiration_days = NULL");
-            resource["timePartitioning"]["expirationMs"] = Json::Null;
-        }
-        if options.is_empty() {
-            return Ok(resource);
-        }
-        let sql = format!(
-            "ALTER TABLE {} SET OPTIONS ({})",
-            qualified(self.client.project(), &self.dataset, table),
-            options.join(", ")
-        );
-        let job = unique_id("noexpiry", &[&self.id, &self.dataset, &self.run_id, table]);
-        let what = format!("removing the expiration {table} inherited from dataset {}", self.dataset);
-        self.client.query(&sql, json!([]), &job, &what).await?;
-        tracing::info!(table, dataset = %self.dataset, "removed the expiration the new table inherited from its dataset");
-        Ok(resource)
-    }
-
-    /// Warnings about expirations that would delete synced rows without telling anyone.
-    fn expiration_warnings(&self, dataset: &DatasetInfo, table: &Json) -> Vec<String> {
-        let mut out = Vec::new();
-        let name = table["tableReference"]["tableId"].as_str().unwrap_or("?");
-        if let Some(ms) = &dataset.default_table_expiration_ms {
-            out.push(format!(
-                "dataset {} has a default table expiration ({} days): connector-run removes it from the tables it \
-                 creates, but tables made otherwise (or recreated by hand) vanish after that; remove it \
-                 (bq update --default_table_expiration 0 {})",
-                self.dataset,
-                ms.parse::<u64>().unwrap_or(0) / 86_400_000,
-                self.dataset
-            ));
-        }
-        if let Some(ms) = &dataset.default_partition_expiration_ms {
-            out.push(format!(
-                "dataset {} has a default partition expiration ({} days): connector-run removes it from the tables it \
-                 creates, but partitions of tables made otherwise are deleted by BigQuery after that; remove it \
-                 (bq update --default_partition_expiration 0 {})",
-                self.dataset,
-                ms.parse::<u64>().unwrap_or(0) / 86_400_000,
-                self.dataset
-            ));
-        }
-        if table.get("expirationTime").is_some_and(|v| !v.is_null()) {
-            out.push(format!(
-                "table {}.{name} expires (expirationTime is set): it and its rows will be deleted then; remove it with \
-                 bq update --expiration 0 {}.{name} (a recreated table is then synced in full)",
-                self.dataset, self.dataset
-            ));
-        }
-        if table["timePartitioning"].get("expirationMs").is_some_and(|v| !v.is_null()) {
-            out.push(format!(
-                "table {}.{name} has a partition expiration: BigQuery deletes partitions older than that, and those \
-                 rows are not synced again until a full sync",
-                self.dataset
-            ));
-        }
-        out
-    }
-
     /// The change stream's progress records of tables without a key (see
     /// [`crate::merge::PROGRESS_TABLE`]), made once.
     async fn ensure_progress_table(&self) -> Result<()> {
@@ -337,30 +270,6 @@ impl BigQuerySink {
             table_name: table.name.clone(),
             progress: qualified(self.client.project(), &self.dataset, PROGRESS_TABLE),
         })
-    }
-
-    /// The digest expressions over the target table as it is, or `None` when it does not
-    /// exist (every source row is then missing).
-    async fn digest_exprs(&self, table: &TargetTable, spec: &DigestSpec) -> Result<Option<(String, digest::Exprs)>> {
-        let id = table_id(table);
-        let Some(resource) = self.client.get_table(&self.dataset, &id).await? else { return Ok(None) };
-        let fields = digest::fields_of(&resource);
-        let exprs = digest::Exprs::new(spec, &fields, &table.system, &table.name)?;
-        Ok(Some((qualified(self.client.project(), &self.dataset, &id), exprs)))
-    }
-
-    /// Runs a verify query (read only) and returns its rows.
-    async fn verify_query(
-        &self,
-        table: &TargetTable,
-        sql: &str,
-        params: Json,
-        what: &str,
-    ) -> Result<Vec<Vec<Option<String>>>> {
-        let job = unique_id("verify", &[&self.id, &self.dataset, &self.run_id, &table.name, &self.next().to_string()]);
-        let (rows, billed) = self.client.query_rows(sql, params, &job, what).await?;
-        tracing::debug!(table = %table.name, what, bytes_billed = billed.unwrap_or(0), "verify query");
-        Ok(rows)
     }
 
     async fn commit_group(&self, table: &TargetTable, plan: &CommitPlan, group: &[Staged]) -> Result<u64> {
@@ -552,22 +461,7 @@ impl Sink for BigQuerySink {
         spec: &DigestSpec,
         tenants: &[String],
     ) -> Result<Vec<(String, BucketDigest)>> {
-        let Some((target, exprs)) = self.digest_exprs(table, spec).await? else { return Ok(Vec::new()) };
-        let what = format!("digests of {} tenants of {}", tenants.len(), table.name);
-        let rows = self
-            .verify_query(table, &exprs.buckets_sql(&target), json!([digest::strings_param("tenants", tenants)]), &what)
-            .await?;
-        rows.into_iter()
-            .map(|r| {
-                let cell = |i: usize| r.get(i).cloned().flatten().unwrap_or_default();
-                let number = |i: usize| {
-                    cell(i)
-                        .parse::<u64>()
-                        .map_err(|_| ConnectorError::permanent(format!("{}: unreadable digest row {r:?}", table.name)))
-                };
-                Ok((cell(0), BucketDigest { bucket: number(1)? as u32, rows: number(2)?, sum: cell(3) }))
-            })
-            .collect()
+        self.target_digest_buckets(table, spec, tenants).await
     }
 
     async fn digest_rows(
@@ -576,21 +470,7 @@ impl Sink for BigQuerySink {
         spec: &DigestSpec,
         wanted: &[(String, u32)],
     ) -> Result<Vec<(String, RowDigest)>> {
-        let Some((target, exprs)) = self.digest_exprs(table, spec).await? else { return Ok(Vec::new()) };
-        let mut tenants: Vec<String> = wanted.iter().map(|(t, _)| t.clone()).collect();
-        tenants.sort();
-        tenants.dedup();
-        let pairs: Vec<String> = wanted.iter().map(|(t, b)| format!("{t}/{b}")).collect();
-        let params = json!([digest::strings_param("tenants", &tenants), digest::strings_param("pairs", &pairs)]);
-        let what = format!("row digests of {} buckets of {}", wanted.len(), table.name);
-        let rows = self.verify_query(table, &exprs.rows_sql(&target), params, &what).await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| {
-                let cell = |i: usize| r.get(i).cloned().flatten().unwrap_or_default();
-                (cell(0), RowDigest { key: cell(1), digest: cell(2), cursor: None })
-            })
-            .collect())
+        self.target_digest_rows(table, spec, wanted).await
     }
 
     async fn json_documents(
@@ -599,36 +479,7 @@ impl Sink for BigQuerySink {
         spec: &DigestSpec,
         tenants: &[String],
     ) -> Result<Vec<(String, JsonDigest)>> {
-        let json: Vec<(String, String)> = spec
-            .columns
-            .iter()
-            .filter(|c| c.encoding == connector_framework::digest::Encoding::Presence)
-            .map(|c| (c.source.clone(), column_name(&c.target)))
-            .collect();
-        if json.is_empty() {
-            return Ok(Vec::new());
-        }
-        let Some((target, exprs)) = self.digest_exprs(table, spec).await? else { return Ok(Vec::new()) };
-        let names: Vec<String> = json.iter().map(|(_, t)| t.clone()).collect();
-        let what = format!("JSON documents of {} tenants of {}", tenants.len(), table.name);
-        let rows = self
-            .verify_query(
-                table,
-                &exprs.json_sql(&target, &names),
-                json!([digest::strings_param("tenants", tenants)]),
-                &what,
-            )
-            .await?;
-        let mut out = Vec::new();
-        for r in rows {
-            let tenant = r.first().cloned().flatten().unwrap_or_default();
-            let key = r.get(1).cloned().flatten().unwrap_or_default();
-            for (i, (source, _)) in json.iter().enumerate() {
-                let text = r.get(i + 2).cloned().flatten();
-                out.push((tenant.clone(), JsonDigest { key: key.clone(), column: source.clone(), text, cursor: None }));
-            }
-        }
-        Ok(out)
+        self.target_json_documents(table, spec, tenants).await
     }
 
     async fn repair(
@@ -639,42 +490,7 @@ impl Sink for BigQuerySink {
         keys: &[String],
         staged: &Staged,
     ) -> Result<CommitSummary> {
-        let shared = self.stages.lock().await.get(&table.name).cloned().unwrap_or_default();
-        for s in &shared {
-            s.stage.lock().await.settle(None).await?;
-        }
-        if let Some(handle) = staged.handle.as_deref().and_then(StageHandle::parse)
-            && let Some(sh) = shared.iter().find(|sh| sh.table == handle.table)
-            && let Some(e) = sh.stage.lock().await.writer_failure(handle.writer)
-        {
-            return Err(e);
-        }
-        let plan = self.commit_plan(table).await?;
-        let Some((target, exprs)) = self.digest_exprs(table, spec).await? else {
-            return Err(ConnectorError::permanent(format!("{}: the target table does not exist", table.name)));
-        };
-        let columns: Vec<String> = plan.insert_columns().iter().map(|c| quote_column(c)).collect();
-        let insert = plan
-            .source_query(&[staged])
-            .map(|q| format!("INSERT INTO {target} ({}) SELECT * FROM ({q});\n", columns.join(", ")))
-            .unwrap_or_default();
-        let sql = format!(
-            "BEGIN TRANSACTION;\nDELETE FROM {target} WHERE {} = @tenant AND {} IN UNNEST(@keys);\n{insert}COMMIT TRANSACTION;",
-            exprs.tenant, exprs.key
-        );
-        let params = json!([
-            {"name": "tenant", "parameterType": {"type": "STRING"}, "parameterValue": {"value": tenant}},
-            digest::strings_param("keys", keys),
-        ]);
-        let mut parts: Vec<&str> = vec![&self.id, &self.dataset, &self.run_id, &table.name, tenant];
-        parts.extend(staged.handle.as_deref());
-        let what = format!("repair of {} keys of {tenant}.{}", keys.len(), table.name);
-        let outcome = self.client.query(&sql, params, &unique_id("repair", &parts), &what).await?;
-        Ok(CommitSummary {
-            rows_deleted: outcome.statistic(&["query", "numDmlAffectedRows"]).map(|n| n.saturating_sub(staged.rows)),
-            rows_inserted: Some(staged.rows),
-            bytes_billed: outcome.statistic(&["query", "totalBytesBilled"]),
-        })
+        self.repair_keys(table, spec, tenant, keys, staged).await
     }
 
     async fn discard(&self, staged: &[Staged]) {

@@ -1,5 +1,11 @@
-//! What the sync user may do, from `SHOW GRANTS`: this tool needs SELECT only (and, for a
-//! change stream, the grants that read the binary log), so anything more is reported.
+//! Checks before a run: how the session is secured (TLS), and what the sync user may do, from
+//! `SHOW GRANTS`: this tool needs SELECT only (and, for a change stream, the grants that read the
+
+use connector_framework::{ConnectorError, Preflight, Result};
+use mysql_async::prelude::Queryable;
+
+use crate::config::{MySqlSourceConfig, SslMode};
+use crate::error::wrap;
 
 /// Privileges that only read.
 const READ_ONLY: &[&str] = &["SELECT", "SHOW VIEW", "USAGE", "SHOW DATABASES"];
@@ -129,6 +135,57 @@ fn like(pattern: &str, name: &str) -> bool {
     let p: Vec<char> = pattern.chars().collect();
     let n: Vec<char> = name.chars().collect();
     go(&p, &n)
+}
+
+/// How the connection is secured and what the user may do beyond reading (see
+/// `Source::preflight`); refuses under `require_readonly`.
+pub(crate) async fn preflight(
+    conn: &mut mysql_async::Conn,
+    config: &MySqlSourceConfig,
+    endpoint: &str,
+    change_stream: bool,
+) -> Result<Preflight> {
+    let mut found = Preflight::default();
+    let status: Vec<(String, String)> = conn
+        .query("SHOW SESSION STATUS WHERE Variable_name IN ('Ssl_version', 'Ssl_cipher')")
+        .await
+        .map_err(|e| wrap(e, format!("{endpoint}: reading the session's TLS status")))?;
+    let value = |name: &str| status.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()).filter(|v| !v.is_empty());
+    match (value("Ssl_version"), value("Ssl_cipher")) {
+        (Some(version), Some(cipher)) => found.notes.push(format!(
+            "{endpoint}: connected over TLS ({version}, {cipher}; db_ssl_mode {})",
+            config.ssl_mode.as_str()
+        )),
+        _ if config.ssl_mode == SslMode::Disabled => {
+            found.notes.push(format!("{endpoint}: connected unencrypted (db_ssl_mode disabled)"))
+        }
+        _ => found.warnings.push(format!(
+            "{endpoint}: the connection is not encrypted (the server offers no TLS); set up TLS on the server, \
+             and db_ssl_mode required or verify_identity to refuse an unencrypted connection"
+        )),
+    }
+    // `SHOW GRANTS` without FOR: the session's active roles count too.
+    let grants: Vec<String> =
+        conn.query("SHOW GRANTS").await.map_err(|e| wrap(e, format!("{endpoint}: reading the user's grants")))?;
+    let excess = excess(&grants, &config.databases, change_stream);
+    if !excess.is_empty() {
+        let what = format!(
+            "the MySQL user `{}` holds more than this tool needs (SELECT{}): {}",
+            config.user,
+            if change_stream { ", and REPLICATION SLAVE and BINLOG MONITOR for --cdc" } else { " only" },
+            excess.join("; ")
+        );
+        if config.require_readonly {
+            return Err(ConnectorError::config(format!(
+                "{what}. require_readonly is set, so nothing was read or written: give the sync user SELECT only \
+                 (docs/operations.md, \"Least privilege\")"
+            )));
+        }
+        found
+            .warnings
+            .push(format!("{what}. Give it SELECT only, and set require_readonly: true to refuse such a user"));
+    }
+    Ok(found)
 }
 
 #[cfg(test)]

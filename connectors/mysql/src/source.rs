@@ -237,49 +237,8 @@ impl Source for MySqlSource {
 
     async fn preflight(&self, change_stream: bool) -> Result<Preflight> {
         let endpoint = format!("MySQL at {}:{} as {}", self.config.host, self.config.port, self.config.user);
-        let mut found = Preflight::default();
         let mut conn = self.conn(&endpoint).await?;
-        let status: Vec<(String, String)> = conn
-            .query("SHOW SESSION STATUS WHERE Variable_name IN ('Ssl_version', 'Ssl_cipher')")
-            .await
-            .map_err(|e| wrap(e, format!("{endpoint}: reading the session's TLS status")))?;
-        let value =
-            |name: &str| status.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()).filter(|v| !v.is_empty());
-        match (value("Ssl_version"), value("Ssl_cipher")) {
-            (Some(version), Some(cipher)) => found.notes.push(format!(
-                "{endpoint}: connected over TLS ({version}, {cipher}; db_ssl_mode {})",
-                self.config.ssl_mode.as_str()
-            )),
-            _ if self.config.ssl_mode == SslMode::Disabled => {
-                found.notes.push(format!("{endpoint}: connected unencrypted (db_ssl_mode disabled)"))
-            }
-            _ => found.warnings.push(format!(
-                "{endpoint}: the connection is not encrypted (the server offers no TLS); set up TLS on the server, \
-                 and db_ssl_mode required or verify_identity to refuse an unencrypted connection"
-            )),
-        }
-        // `SHOW GRANTS` without FOR: the session's active roles count too.
-        let grants: Vec<String> =
-            conn.query("SHOW GRANTS").await.map_err(|e| wrap(e, format!("{endpoint}: reading the user's grants")))?;
-        let excess = crate::privileges::excess(&grants, &self.config.databases, change_stream);
-        if !excess.is_empty() {
-            let what = format!(
-                "the MySQL user `{}` holds more than this tool needs (SELECT{}): {}",
-                self.config.user,
-                if change_stream { ", and REPLICATION SLAVE and BINLOG MONITOR for --cdc" } else { " only" },
-                excess.join("; ")
-            );
-            if self.config.require_readonly {
-                return Err(ConnectorError::config(format!(
-                    "{what}. require_readonly is set, so nothing was read or written: give the sync user SELECT only \
-                     (docs/operations.md, \"Least privilege\")"
-                )));
-            }
-            found
-                .warnings
-                .push(format!("{what}. Give it SELECT only, and set require_readonly: true to refuse such a user"));
-        }
-        Ok(found)
+        crate::privileges::preflight(&mut conn, &self.config, &endpoint, change_stream).await
     }
 
     async fn list_tables(&self, database: &str) -> Result<Vec<String>> {
