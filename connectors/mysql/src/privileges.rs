@@ -1,5 +1,6 @@
 //! Checks before a run: how the session is secured (TLS), and what the sync user may do, from
 //! `SHOW GRANTS`: this tool needs SELECT only (and, for a change stream, the grants that read the
+//! binary log), so anything more is reported.
 
 use connector_framework::{ConnectorError, Preflight, Result};
 use mysql_async::prelude::Queryable;
