@@ -77,12 +77,15 @@ pub struct DigestSpec {
     pub skip_soft_deleted: bool,
 }
 
-/// One bucket: its rows and the exact sum of their digests (decimal text).
+/// One bucket: its rows and the exact sum of their digests (decimal text); with JSON columns,
+/// the sum of their JSON digests too ([`json_string`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct BucketDigest {
     pub bucket: u32,
     pub rows: u64,
     pub sum: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub json_sum: Option<String>,
 }
 
 /// One row of a drilled-down bucket.
@@ -94,6 +97,8 @@ pub struct RowDigest {
     pub digest: String,
     /// The cursor's value as text (source side only).
     pub cursor: Option<String>,
+    /// The row's JSON digest ([`json_string`]), for tables with JSON columns.
+    pub json: Option<String>,
 }
 
 /// One JSON column's documents of some rows, for the exact comparison of JSON: the key string
@@ -105,6 +110,109 @@ pub struct JsonDigest {
     pub text: Option<String>,
     /// The row's cursor as text (source side only).
     pub cursor: Option<String>,
+}
+
+/// The first 15 hexadecimal digits of the MD5 of `text`: a row's digest.
+pub fn digest_hex(text: &str) -> String {
+    use md5::Digest;
+    let hash = md5::Md5::digest(text.as_bytes());
+    let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+    hex[..15].to_string()
+}
+
+/// A digest's value: the 15 hexadecimal digits as an integer below 2^60.
+pub fn digest_value(hex: &str) -> u128 {
+    u128::from_str_radix(hex, 16).unwrap_or(0)
+}
+
+/// The bucket of a key string: its MD5's first 8 hexadecimal digits, modulo `buckets`.
+pub fn bucket_of(key: &str, buckets: u32) -> u32 {
+    use md5::Digest;
+    let hash = md5::Md5::digest(key.as_bytes());
+    let first = u32::from_be_bytes([hash[0], hash[1], hash[2], hash[3]]);
+    first % buckets.max(1)
+}
+
+/// The JSON string of a row: its key string, then each JSON column's document in the normal
+/// form below (`N` for SQL NULL), coded like the row string. Its digest is compared apart from
+/// the row's, so that documents are compared without leaving the source: the source prints
+/// the normal form in SQL (MariaDB's `JSON_NORMALIZE`), the sink's documents are put into it
+/// here. A document whose text differs only in ways the normal form keeps (a `\u00e9` where
+/// the other side has `é`, more digits than a double holds) shows as a difference at first,
+/// and is then compared by value ([`canonical_json`]).
+pub fn json_string(key: &str, documents: &[Option<&str>]) -> String {
+    let mut out = key.to_string();
+    for doc in documents {
+        match doc.and_then(normal_json) {
+            None => out.push('N'),
+            Some(text) => out.push_str(&format!("{}:{text}", text.len())),
+        }
+    }
+    out
+}
+
+/// A JSON document in MariaDB's `JSON_NORMALIZE` form: object members sorted by name (bytes),
+/// no spaces, every number as `d.ddddE±x` (its significant digits: `2.5E0`, `1.0E1`,
+/// `0.0E0` for zero), strings as JSON prints them. `None` for text that is not JSON.
+pub fn normal_json(text: &str) -> Option<String> {
+    fn number(n: &serde_json::Number) -> String {
+        let text = match (n.as_i64(), n.as_u64(), n.as_f64()) {
+            (Some(i), _, _) => i.to_string(),
+            (_, Some(u), _) => u.to_string(),
+            (_, _, Some(f)) => ryu::Buffer::new().format(f).to_string(),
+            _ => n.to_string(),
+        };
+        let negative = text.starts_with('-');
+        let body = text.trim_start_matches('-');
+        let (mantissa, exp) = match body.split_once(['e', 'E']) {
+            Some((m, e)) => (m, e.parse::<i32>().unwrap_or(0)),
+            None => (body, 0),
+        };
+        let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+        let digits: String = format!("{int}{frac}");
+        let lead = digits.len() - digits.trim_start_matches('0').len();
+        let significant = digits.trim_start_matches('0').trim_end_matches('0');
+        if significant.is_empty() {
+            return "0.0E0".to_string();
+        }
+        let exponent = exp + int.len() as i32 - 1 - lead as i32;
+        let (first, rest) = significant.split_at(1);
+        format!("{}{first}.{}E{exponent}", if negative { "-" } else { "" }, if rest.is_empty() { "0" } else { rest })
+    }
+    fn walk(v: &serde_json::Value, out: &mut String) {
+        match v {
+            serde_json::Value::Object(map) => {
+                let mut keys: Vec<&String> = map.keys().collect();
+                keys.sort();
+                out.push('{');
+                for (i, k) in keys.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    out.push_str(&serde_json::Value::String((*k).clone()).to_string());
+                    out.push(':');
+                    walk(&map[*k], out);
+                }
+                out.push('}');
+            }
+            serde_json::Value::Array(items) => {
+                out.push('[');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    walk(item, out);
+                }
+                out.push(']');
+            }
+            serde_json::Value::Number(n) => out.push_str(&number(n)),
+            other => out.push_str(&other.to_string()),
+        }
+    }
+    let value: serde_json::Value = serde_json::from_str(text).ok()?;
+    let mut out = String::new();
+    walk(&value, &mut out);
+    Some(out)
 }
 
 /// The key string of one key value per column, as the module doc defines it (what sources
@@ -201,6 +309,32 @@ mod tests {
         assert_eq!(display_key("2:42"), "42");
         assert_eq!(display_key("3:a:bN0:"), "(a:b, NULL, )");
         assert_eq!(display_key("2:é"), "é");
+    }
+
+    #[test]
+    fn the_normal_form_is_mariadbs_json_normalize() {
+        // Each expected text is what MariaDB 10.11's JSON_NORMALIZE printed for the input.
+        let cases = [
+            (
+                r#"{"b": 1.0, "a": [true, null, "x", 2.5, 10, -0, 1e20, 0.1]}"#,
+                r#"{"a":[true,null,"x",2.5E0,1.0E1,0.0E0,1.0E20,1.0E-1],"b":1.0E0}"#,
+            ),
+            (
+                r#"[0.30000000000000004, 1e-7, 123456.7, 1.5e300, -3, 100, 1234567890123]"#,
+                "[3.0000000000000004E-1,1.0E-7,1.234567E5,1.5E300,-3.0E0,1.0E2,1.234567890123E12]",
+            ),
+            (r#"{"gift": true, "n": 7, "tags": ["a", 3]}"#, r#"{"gift":true,"n":7.0E0,"tags":["a",3.0E0]}"#),
+            (r#"{"b":1,"B":2,"a":3,"é":4,"e":5}"#, r#"{"B":2.0E0,"a":3.0E0,"b":1.0E0,"e":5.0E0,"é":4.0E0}"#),
+            ("null", "null"),
+            (r#""just""#, r#""just""#),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(normal_json(input).as_deref(), Some(expected), "{input}");
+        }
+        assert_eq!(json_string("2:42", &[Some("[1]"), None]), "2:427:[1.0E0]N");
+        assert_eq!(digest_hex("hello"), "5d41402abc4b2a7");
+        assert_eq!(digest_value("5d41402abc4b2a7"), 419982666956583591);
+        assert_eq!(bucket_of("x", 8), 1, "MOD(CONV(SUBSTRING(MD5('x'), 1, 8), 16, 10), 8) on MariaDB");
     }
 
     #[test]

@@ -262,12 +262,24 @@ pub trait Sink: Send + Sync + std::fmt::Debug {
     ) -> Result<Vec<(String, RowDigest)>> {
         Err(crate::source::no_digests(&spec.table))
     }
-    /// The documents of the spec's JSON columns, every row of these tenants.
+    /// Per tenant and bucket, the rows and the exact sum of their JSON digests
+    /// ([`crate::digest::json_string`]), in `BucketDigest::json_sum`.
+    async fn json_digests(
+        &self,
+        _table: &TargetTable,
+        spec: &DigestSpec,
+        _tenants: &[String],
+    ) -> Result<Vec<(String, BucketDigest)>> {
+        Err(crate::source::no_digests(&spec.table))
+    }
+    /// The documents of the spec's JSON columns: every row of these tenants, or only the rows
+    /// of these (tenant, bucket) pairs.
     async fn json_documents(
         &self,
         _table: &TargetTable,
         spec: &DigestSpec,
         _tenants: &[String],
+        _buckets: Option<&[(String, u32)]>,
     ) -> Result<Vec<(String, JsonDigest)>> {
         Err(crate::source::no_digests(&spec.table))
     }

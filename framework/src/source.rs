@@ -230,8 +230,9 @@ pub trait Source: Send + Sync + std::fmt::Debug {
     async fn digest_rows(&self, spec: &DigestSpec, _buckets: &[u32]) -> Result<Vec<RowDigest>> {
         Err(no_digests(&spec.table))
     }
-    /// The documents of the spec's JSON columns, every row of the tenant's table.
-    async fn json_documents(&self, spec: &DigestSpec) -> Result<Vec<JsonDigest>> {
+    /// The documents of the spec's JSON columns: every row of the tenant's table, or the rows
+    /// of these key strings.
+    async fn json_documents(&self, spec: &DigestSpec, _keys: Option<&[String]>) -> Result<Vec<JsonDigest>> {
         Err(no_digests(&spec.table))
     }
     /// The source's change log, when it has one that `--cdc` can stream.

@@ -72,6 +72,14 @@ async fn each_planted_difference_is_found_by_key_and_repaired_alone() {
     // In BigQuery, tenant a: a cell changed, a row deleted, a row that never existed, a row doubled.
     for sql in [
         format!("UPDATE {} SET status = 'tampered' WHERE tenant_id = '{a}' AND id = 3", t("orders")),
+        // (The emulator cannot SET a JSON column: the row is copied with its new document.)
+        format!(
+            "INSERT INTO {o} SELECT * REPLACE (-10 AS id, PARSE_JSON('{{\"n\": 0}}') AS attributes) FROM {o} \
+             WHERE tenant_id = '{a}' AND id = 10",
+            o = t("orders")
+        ),
+        format!("DELETE FROM {} WHERE tenant_id = '{a}' AND id = 10", t("orders")),
+        format!("UPDATE {} SET id = 10 WHERE tenant_id = '{a}' AND id = -10", t("orders")),
         format!("DELETE FROM {} WHERE tenant_id = '{a}' AND id = 4", t("orders")),
         format!(
             "INSERT INTO {o} SELECT * REPLACE (9999 AS id) FROM {o} WHERE tenant_id = '{a}' AND id = 1",
@@ -87,6 +95,7 @@ async fn each_planted_difference_is_found_by_key_and_repaired_alone() {
     mysql_exec(&format!(
         "DELETE FROM `{b}`.orders WHERE id = 6;
          UPDATE `{b}`.orders SET amount = 1.5, updated_at = updated_at WHERE id = 7;
+         UPDATE `{b}`.orders SET attributes = JSON_OBJECT('changed', TRUE), updated_at = updated_at WHERE id = 9;
          UPDATE `{b}`.orders SET amount = 2.5, updated_at = NOW(6) WHERE id = 8;
          INSERT INTO `{b}`.page_views SELECT * FROM `{b}`.page_views WHERE path = '/p/3' LIMIT 1;"
     ))
@@ -100,12 +109,13 @@ async fn each_planted_difference_is_found_by_key_and_repaired_alone() {
     let (out, report) = verify(&run, &[]).await;
     assert_eq!(out.code, 1, "{}", out.all());
     let va = verdict(&report, a, "orders");
-    assert_eq!(keys(va, "different"), ["3"], "{va}");
+    assert_eq!(keys(va, "different"), ["3", "10"], "a cell and a JSON document changed in BigQuery: {va}");
     assert_eq!(keys(va, "missing"), ["4"], "{va}");
     assert_eq!(keys(va, "extra"), ["9999"], "{va}");
     assert_eq!(keys(va, "duplicated"), ["5"], "{va}");
     let vb = verdict(&report, b, "orders");
-    assert_eq!((keys(vb, "extra"), keys(vb, "different")), (vec!["6".to_string()], vec!["7".to_string()]), "{vb}");
+    assert_eq!(keys(vb, "extra"), ["6"], "{vb}");
+    assert_eq!(keys(vb, "different"), ["7", "9"], "updates that kept updated_at, a JSON one too: {vb}");
     assert_eq!(keys(vb, "in_flight"), ["8"], "a change the next sync reads is no difference: {vb}");
     assert_eq!(keys(verdict(&report, a, "page_views"), "missing").len(), 1, "{report}");
     assert_eq!(keys(verdict(&report, b, "page_views"), "missing").len(), 1, "{report}");

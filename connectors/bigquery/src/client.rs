@@ -384,16 +384,31 @@ impl BqClient {
         job_id: &str,
         what: &str,
     ) -> Result<(Vec<Vec<Option<String>>>, Option<u64>)> {
+        let mut rows = Vec::new();
+        let billed = self.query_pages(sql, parameters, job_id, what, |page| rows.extend(page)).await?;
+        Ok((rows, billed))
+    }
+
+    /// Runs a query and hands its result to `on_page` a page at a time (memory stays bounded
+    /// by a page), each cell as text. Returns the bytes the query billed.
+    pub async fn query_pages(
+        &self,
+        sql: &str,
+        parameters: Json,
+        job_id: &str,
+        what: &str,
+        mut on_page: impl FnMut(Vec<Vec<Option<String>>>),
+    ) -> Result<Option<u64>> {
         let outcome = self.query(sql, parameters, job_id, what).await?;
         let billed = outcome.statistic(&["query", "totalBytesBilled"]);
         let id = outcome.job["jobReference"]["jobId"].as_str().unwrap_or(job_id).to_string();
         let location = outcome.job["jobReference"]["location"].as_str().map(str::to_string).or_else(|| self.location());
-        let mut rows = Vec::new();
         let mut token: Option<String> = None;
         loop {
             let page = self
                 .retry(|| self.transport.get_query_results(self.project(), &id, location.as_deref(), token.as_deref()))
                 .await?;
+            let mut rows = Vec::new();
             for row in page["rows"].as_array().into_iter().flatten() {
                 let cells = row["f"].as_array().map(|cells| {
                     cells
@@ -407,12 +422,13 @@ impl BqClient {
                 });
                 rows.push(cells.unwrap_or_default());
             }
+            on_page(rows);
             match page["pageToken"].as_str().filter(|t| !t.is_empty()) {
                 Some(t) => token = Some(t.to_string()),
                 None => break,
             }
         }
-        Ok((rows, billed))
+        Ok(billed)
     }
 
     /// Settles a job in doubt (`handle` from a timed-out wait): a job still running is

@@ -161,8 +161,9 @@ impl Exprs {
         )
     }
 
-    /// Tenant, key, then each JSON column as text, every row.
-    pub fn json_sql(&self, target: &str, json: &[String]) -> String {
+    /// Tenant, key, then each JSON column as text: every row of `@tenants`, or with `pairs`
+    /// only those of the `@pairs` (`tenant/bucket`).
+    pub fn json_sql(&self, target: &str, json: &[String], pairs: bool) -> String {
         // TO_JSON_STRING of SQL NULL is the text `null`, which is JSON null: keep them apart.
         let docs: Vec<String> = json
             .iter()
@@ -171,8 +172,13 @@ impl Exprs {
                 format!("IF({q} IS NULL, NULL, TO_JSON_STRING({q}))")
             })
             .collect();
+        let only = if pairs {
+            format!(" AND CONCAT({}, '/', CAST({} AS STRING)) IN UNNEST(@pairs)", self.tenant, self.bucket)
+        } else {
+            String::new()
+        };
         format!(
-            "SELECT {t}, {}, {} FROM {target} WHERE {t} IN UNNEST(@tenants) AND {}",
+            "SELECT {t}, {}, {} FROM {target} WHERE {t} IN UNNEST(@tenants) AND {}{only}",
             self.key,
             docs.join(", "),
             self.live,

@@ -473,13 +473,23 @@ impl Sink for BigQuerySink {
         self.target_digest_rows(table, spec, wanted).await
     }
 
+    async fn json_digests(
+        &self,
+        table: &TargetTable,
+        spec: &DigestSpec,
+        tenants: &[String],
+    ) -> Result<Vec<(String, BucketDigest)>> {
+        self.target_json_digests(table, spec, tenants).await
+    }
+
     async fn json_documents(
         &self,
         table: &TargetTable,
         spec: &DigestSpec,
         tenants: &[String],
+        buckets: Option<&[(String, u32)]>,
     ) -> Result<Vec<(String, JsonDigest)>> {
-        self.target_json_documents(table, spec, tenants).await
+        self.target_json_documents(table, spec, tenants, buckets).await
     }
 
     async fn repair(

@@ -108,6 +108,21 @@ pub(crate) fn digest_hex(spec: &DigestSpec) -> String {
     format!("SUBSTRING(MD5({}), 1, 15)", row_string(spec))
 }
 
+/// The JSON string (see the framework's `digest::json_string`): the key string, then each JSON
+/// column's document in `JSON_NORMALIZE`'s form (MariaDB 10.7+); `None` without JSON columns.
+fn json_string(spec: &DigestSpec) -> Option<String> {
+    let parts: Vec<String> = spec
+        .columns
+        .iter()
+        .filter(|c| c.encoding == Encoding::Presence)
+        .map(|c| {
+            let n = format!("JSON_NORMALIZE({})", quote_ident(&c.source));
+            format!("IFNULL(CONCAT(LENGTH({n}), ':', {n}), 'N')")
+        })
+        .collect();
+    (!parts.is_empty()).then(|| format!("CONCAT({}, {})", key_string(spec), parts.join(", ")))
+}
+
 fn bucket(spec: &DigestSpec) -> String {
     format!("MOD(CAST(CONV(SUBSTRING(MD5({}), 1, 8), 16, 10) AS UNSIGNED), {})", key_string(spec), spec.buckets)
 }
@@ -130,22 +145,31 @@ fn cursor(spec: &DigestSpec) -> String {
     }
 }
 
-/// Per bucket: rows and the exact sum of digests.
-pub(crate) fn buckets_sql(spec: &DigestSpec) -> String {
+/// Per bucket: rows, the exact sum of digests, and with `json` the sum of JSON digests (NULL
+/// without JSON columns).
+pub(crate) fn buckets_sql(spec: &DigestSpec, json: bool) -> String {
+    let jh = match json_string(spec).filter(|_| json) {
+        Some(j) => format!("CAST(CONV(SUBSTRING(MD5({j}), 1, 15), 16, 10) AS UNSIGNED)"),
+        None => "NULL".to_string(),
+    };
     format!(
-        "SELECT b, COUNT(*), CAST(SUM(h) AS CHAR) FROM (SELECT {} AS b, \
-         CAST(CONV({}, 16, 10) AS UNSIGNED) AS h FROM {}) d GROUP BY b",
+        "SELECT b, COUNT(*), CAST(SUM(h) AS CHAR), CAST(SUM(jh) AS CHAR) FROM (SELECT {} AS b, \
+         CAST(CONV({}, 16, 10) AS UNSIGNED) AS h, {jh} AS jh FROM {}) d GROUP BY b",
         bucket(spec),
         digest_hex(spec),
         from(spec)
     )
 }
 
-/// Each row of these buckets: key string, digest, cursor.
-pub(crate) fn rows_sql(spec: &DigestSpec, buckets: &[u32]) -> String {
+/// Each row of these buckets: key string, digest, cursor, and with `json` the JSON digest.
+pub(crate) fn rows_sql(spec: &DigestSpec, buckets: &[u32], json: bool) -> String {
     let list: Vec<String> = buckets.iter().map(u32::to_string).collect();
+    let jd = match json_string(spec).filter(|_| json) {
+        Some(j) => format!("SUBSTRING(MD5({j}), 1, 15)"),
+        None => "NULL".to_string(),
+    };
     format!(
-        "SELECT {}, {}, {} FROM {} WHERE {} IN ({})",
+        "SELECT {}, {}, {}, {jd} FROM {} WHERE {} IN ({})",
         key_string(spec),
         digest_hex(spec),
         cursor(spec),
@@ -155,15 +179,30 @@ pub(crate) fn rows_sql(spec: &DigestSpec, buckets: &[u32]) -> String {
     )
 }
 
-/// Key string, cursor, then each JSON column's document, every row.
-pub(crate) fn json_sql(spec: &DigestSpec) -> Option<(String, Vec<String>)> {
+/// A statement, the JSON columns it reads, and its parameters.
+pub(crate) type JsonQuery = (String, Vec<String>, Vec<mysql_async::Value>);
+
+/// Key string, cursor, then each JSON column's document: every row, or the rows of `keys`.
+pub(crate) fn json_sql(spec: &DigestSpec, keys: Option<&[String]>) -> Result<Option<JsonQuery>> {
     let json: Vec<&DigestColumn> = spec.columns.iter().filter(|c| c.encoding == Encoding::Presence).collect();
     if json.is_empty() {
-        return None;
+        return Ok(None);
     }
     let docs: Vec<String> = json.iter().map(|c| format!("CONVERT({} USING utf8mb4)", quote_ident(&c.source))).collect();
-    let sql = format!("SELECT {}, {}, {} FROM {}", key_string(spec), cursor(spec), docs.join(", "), from(spec));
-    Some((sql, json.iter().map(|c| c.source.clone()).collect()))
+    let mut sql = format!("SELECT {}, {}, {} FROM {}", key_string(spec), cursor(spec), docs.join(", "), from(spec));
+    let mut params = Vec::new();
+    if let Some(keys) = keys {
+        let (condition, values) = keys_condition(spec, keys)?;
+        sql.push_str(&format!(" WHERE {condition}"));
+        params = values;
+    }
+    Ok(Some((sql, json.iter().map(|c| c.source.clone()).collect(), params)))
+}
+
+/// Whether the server has `JSON_NORMALIZE` (MariaDB 10.7 and later).
+pub(crate) async fn has_json_normalize(conn: &mut mysql_async::Conn) -> bool {
+    use mysql_async::prelude::Queryable;
+    conn.query_drop("SELECT JSON_NORMALIZE('1')").await.is_ok()
 }
 
 /// The condition and parameters of a read of these keys (`ReadRange::Keys`): an integer key
@@ -227,7 +266,7 @@ mod tests {
             cursor: None,
             skip_soft_deleted: false,
         };
-        let sql = buckets_sql(&spec);
+        let sql = buckets_sql(&spec, true);
         assert!(sql.contains("FROM `shop1`.`orders`") && sql.contains(", 8)"), "{sql}");
         assert!(sql.contains("CONVERT(`note` USING utf8mb4)"), "{sql}");
         let (cond, values) = keys_condition(&spec, &["2:42".into(), "1:7".into()]).unwrap();

@@ -24,6 +24,7 @@ pub struct MySqlSource {
     config: MySqlSourceConfig,
     pool: Pool,
     change_log: Arc<MySqlChangeLog>,
+    json_normalize: tokio::sync::OnceCell<bool>,
 }
 
 // By hand: the pool's options hold the password.
@@ -93,7 +94,7 @@ impl MySqlSource {
         let endpoint = format!("MySQL at {}:{}", config.host, config.port);
         let change_log =
             Arc::new(MySqlChangeLog::new(pool.clone(), opts, endpoint, config.user.clone(), config.zero_dates));
-        let source = Self { config, pool, change_log };
+        let source = Self { config, pool, change_log, json_normalize: tokio::sync::OnceCell::new() };
         let timeout = Duration::from_secs(source.config.connect_timeout.max(1));
         let endpoint = format!("MySQL at {}:{} as {}", source.config.host, source.config.port, source.config.user);
         match tokio::time::timeout(timeout, source.pool.get_conn()).await {
@@ -110,6 +111,11 @@ impl MySqlSource {
                 timeout.as_secs()
             )))),
         }
+    }
+
+    /// Whether the server digests JSON documents in SQL (`JSON_NORMALIZE`), asked once.
+    async fn json_normalize(&self, conn: &mut mysql_async::Conn) -> bool {
+        *self.json_normalize.get_or_init(|| crate::digest::has_json_normalize(conn)).await
     }
 
     async fn conn(&self, what: &(dyn std::fmt::Display + Sync)) -> Result<mysql_async::Conn> {
@@ -509,29 +515,32 @@ impl Source for MySqlSource {
     async fn digest_buckets(&self, spec: &DigestSpec) -> Result<Vec<BucketDigest>> {
         let table = &spec.table;
         let mut conn = self.conn(table).await?;
-        let rows: Vec<(u32, u64, String)> = conn
-            .query(crate::digest::buckets_sql(spec))
+        let json = self.json_normalize(&mut conn).await;
+        let rows: Vec<(u32, u64, String, Option<String>)> = conn
+            .query(crate::digest::buckets_sql(spec, json))
             .await
             .map_err(|e| wrap(e, format!("{table}: computing digests")))?;
-        Ok(rows.into_iter().map(|(bucket, rows, sum)| BucketDigest { bucket, rows, sum }).collect())
+        Ok(rows.into_iter().map(|(bucket, rows, sum, json_sum)| BucketDigest { bucket, rows, sum, json_sum }).collect())
     }
 
     async fn digest_rows(&self, spec: &DigestSpec, buckets: &[u32]) -> Result<Vec<RowDigest>> {
         let table = &spec.table;
         let mut conn = self.conn(table).await?;
-        let sql = crate::digest::rows_sql(spec, buckets);
+        let json = self.json_normalize(&mut conn).await;
+        let sql = crate::digest::rows_sql(spec, buckets, json);
         tracing::debug!(%table, sql, "row digests");
-        let rows: Vec<(String, String, Option<String>)> =
+        let rows: Vec<(String, String, Option<String>, Option<String>)> =
             conn.query(sql).await.map_err(|e| wrap(e, format!("{table}: computing row digests")))?;
-        Ok(rows.into_iter().map(|(key, digest, cursor)| RowDigest { key, digest, cursor }).collect())
+        Ok(rows.into_iter().map(|(key, digest, cursor, json)| RowDigest { key, digest, cursor, json }).collect())
     }
 
-    async fn json_documents(&self, spec: &DigestSpec) -> Result<Vec<JsonDigest>> {
-        let Some((sql, columns)) = crate::digest::json_sql(spec) else { return Ok(Vec::new()) };
+    async fn json_documents(&self, spec: &DigestSpec, keys: Option<&[String]>) -> Result<Vec<JsonDigest>> {
+        let Some((sql, columns, params)) = crate::digest::json_sql(spec, keys)? else { return Ok(Vec::new()) };
         let table = &spec.table;
         let mut conn = self.conn(table).await?;
         let mut out = Vec::new();
-        let mut result = conn.query_iter(sql).await.map_err(|e| wrap(e, format!("{table}: reading JSON documents")))?;
+        let mut result =
+            conn.exec_iter(sql, params).await.map_err(|e| wrap(e, format!("{table}: reading JSON documents")))?;
         while let Some(row) = result.next().await.map_err(|e| wrap(e, format!("{table}: reading JSON documents")))? {
             let mut row = row;
             let key: String = row.take(0).unwrap_or_default();

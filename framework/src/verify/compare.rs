@@ -156,7 +156,7 @@ mod tests {
     use crate::verify::VerdictStatus;
 
     fn row(key: &str, digest: &str, cursor: Option<&str>) -> RowDigest {
-        RowDigest { key: key.into(), digest: digest.into(), cursor: cursor.map(str::to_string) }
+        RowDigest { key: key.into(), digest: digest.into(), cursor: cursor.map(str::to_string), json: None }
     }
 
     #[test]
@@ -201,7 +201,7 @@ mod tests {
 
     #[test]
     fn buckets_that_differ_in_rows_or_sum() {
-        let b = |bucket, rows, sum: &str| BucketDigest { bucket, rows, sum: sum.into() };
+        let b = |bucket, rows, sum: &str| BucketDigest { bucket, rows, sum: sum.into(), json_sum: None };
         let (v, differing) = buckets(
             "a",
             "t",

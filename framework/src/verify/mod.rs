@@ -18,11 +18,12 @@
 //! ```
 
 mod compare;
+mod json;
 mod plan;
 mod repair;
 mod report;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -180,6 +181,10 @@ impl Runner {
         let spec = &members[0].spec;
         let names: Vec<String> = members.iter().map(|t| t.schema.table.database.clone()).collect();
         let target_buckets = target.sink.digest_buckets(table, spec, &names).await?;
+        let has_json = spec.columns.iter().any(|c| c.encoding == crate::digest::Encoding::Presence);
+        let target_json = if has_json { target.sink.json_digests(table, spec, &names).await? } else { Vec::new() };
+        // Tenants whose source cannot digest JSON in SQL: their documents are compared whole.
+        let mut json_by_value: Vec<String> = Vec::new();
         let mut verdicts = Vec::new();
         let mut drill: Vec<(usize, Vec<u32>)> = Vec::new();
         let mut source_sides = Vec::new();
@@ -199,7 +204,17 @@ impl Runner {
                 }
             };
             let mine: Vec<_> = target_buckets.iter().filter(|(t, _)| t == db).map(|(_, b)| b.clone()).collect();
-            let (verdict, differing) = compare::buckets(db, &table.name, &target.id, &source, &mine);
+            let (verdict, mut differing) = compare::buckets(db, &table.name, &target.id, &source, &mine);
+            if has_json {
+                match json::differing_buckets(db, &source, &target_json) {
+                    Some(more) => {
+                        differing.extend(more);
+                        differing.sort_unstable();
+                        differing.dedup();
+                    }
+                    None => json_by_value.push(db.clone()),
+                }
+            }
             if !differing.is_empty() {
                 drill.push((verdicts.len(), differing));
             }
@@ -228,63 +243,19 @@ impl Runner {
                     target_rows.iter().filter(|(t, _)| *t == verdict.database).map(|(_, r)| r.clone()).collect();
                 let in_flight_from = compare::in_flight_from(self, target, &tenant.schema, &tenant.spec).await;
                 compare::rows(verdict, &source_rows, &theirs, in_flight_from.as_deref(), tenant.spec.key.is_empty());
+                if has_json && !json_by_value.contains(&verdict.database) {
+                    json::drill(self, target, table, tenant, buckets, &source_rows, verdict, in_flight_from.as_deref())
+                        .await?;
+                }
             }
         }
-        if spec.columns.iter().any(|c| c.encoding == crate::digest::Encoding::Presence) {
-            self.compare_json(target, table, members, &mut verdicts).await?;
+        if !json_by_value.is_empty() {
+            json::by_value(self, target, table, members, &json_by_value, &mut verdicts).await?;
         }
         for v in &mut verdicts {
             v.settle();
         }
         Ok(verdicts)
-    }
-
-    /// JSON documents compared by value (no SQL prints them the same way on both engines).
-    async fn compare_json(
-        &self,
-        target: &Target,
-        table: &TargetTable,
-        members: &[&Tenant],
-        verdicts: &mut [TableVerdict],
-    ) -> Result<()> {
-        let spec = &members[0].spec;
-        let names: Vec<String> = members.iter().map(|t| t.schema.table.database.clone()).collect();
-        let theirs = target.sink.json_documents(table, spec, &names).await?;
-        for tenant in members {
-            let db = &tenant.schema.table.database;
-            let Some(verdict) = verdicts.iter_mut().find(|v| &v.database == db && v.status != VerdictStatus::Failed)
-            else {
-                continue;
-            };
-            let mine = self
-                .retry(&format!("JSON documents of {}", tenant.schema.table), || {
-                    self.source.json_documents(&tenant.spec)
-                })
-                .await?;
-            let target_docs: BTreeMap<(&str, &str), Option<String>> = theirs
-                .iter()
-                .filter(|(t, _)| t == db)
-                .map(|(_, d)| {
-                    ((d.key.as_str(), d.column.as_str()), d.text.as_deref().and_then(crate::digest::canonical_json))
-                })
-                .collect();
-            let in_flight_from = compare::in_flight_from(self, target, &tenant.schema, &tenant.spec).await;
-            let mut differing: BTreeSet<String> = BTreeSet::new();
-            let mut recent: BTreeSet<String> = BTreeSet::new();
-            for doc in &mine {
-                let source = doc.text.as_deref().and_then(crate::digest::canonical_json);
-                if let Some(target) = target_docs.get(&(doc.key.as_str(), doc.column.as_str()))
-                    && *target != source
-                {
-                    match (&doc.cursor, &in_flight_from) {
-                        (Some(c), Some(from)) if compare::cursor_at_or_after(c, from) => recent.insert(doc.key.clone()),
-                        _ => differing.insert(doc.key.clone()),
-                    };
-                }
-            }
-            verdict.add_json_differences(differing, recent);
-        }
-        Ok(())
     }
 }
 

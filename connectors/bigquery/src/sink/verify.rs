@@ -1,7 +1,11 @@
 //! The sink's side of `verify`: digests over a target table (one query for all tenants that
 //! share columns), JSON documents, and the transaction of a repair.
 
-use connector_framework::digest::{BucketDigest, DigestSpec, JsonDigest, RowDigest};
+use std::collections::BTreeMap;
+
+use connector_framework::digest::{
+    BucketDigest, DigestSpec, JsonDigest, RowDigest, bucket_of, digest_hex, digest_value, json_string,
+};
 use connector_framework::{CommitSummary, ConnectorError, Result, Staged, TargetTable};
 use serde_json::{Value as Json, json};
 
@@ -55,7 +59,10 @@ impl BigQuerySink {
                         .parse::<u64>()
                         .map_err(|_| ConnectorError::permanent(format!("{}: unreadable digest row {r:?}", table.name)))
                 };
-                Ok((cell(0), BucketDigest { bucket: number(1)? as u32, rows: number(2)?, sum: cell(3) }))
+                Ok((
+                    cell(0),
+                    BucketDigest { bucket: number(1)? as u32, rows: number(2)?, sum: cell(3), json_sum: None },
+                ))
             })
             .collect()
     }
@@ -78,7 +85,60 @@ impl BigQuerySink {
             .into_iter()
             .map(|r| {
                 let cell = |i: usize| r.get(i).cloned().flatten().unwrap_or_default();
-                (cell(0), RowDigest { key: cell(1), digest: cell(2), cursor: None })
+                (cell(0), RowDigest { key: cell(1), digest: cell(2), cursor: None, json: None })
+            })
+            .collect())
+    }
+
+    /// The spec's JSON columns: (source name, BigQuery name).
+    fn json_columns(spec: &DigestSpec) -> Vec<(String, String)> {
+        spec.columns
+            .iter()
+            .filter(|c| c.encoding == connector_framework::digest::Encoding::Presence)
+            .map(|c| (c.source.clone(), column_name(&c.target)))
+            .collect()
+    }
+
+    pub(super) async fn target_json_digests(
+        &self,
+        table: &TargetTable,
+        spec: &DigestSpec,
+        tenants: &[String],
+    ) -> Result<Vec<(String, BucketDigest)>> {
+        let json = Self::json_columns(spec);
+        if json.is_empty() {
+            return Ok(Vec::new());
+        }
+        let Some((target, exprs)) = self.digest_exprs(table, spec).await? else { return Ok(Vec::new()) };
+        let names: Vec<String> = json.iter().map(|(_, t)| t.clone()).collect();
+        let what = format!("JSON digests of {} tenants of {}", tenants.len(), table.name);
+        let job = unique_id("verify", &[&self.id, &self.dataset, &self.run_id, &table.name, &self.next().to_string()]);
+        let mut sums: BTreeMap<(String, u32), (u64, u128)> = BTreeMap::new();
+        // Documents are digested page by page: only the sums are kept.
+        self.client
+            .query_pages(
+                &exprs.json_sql(&target, &names, false),
+                json!([digest::strings_param("tenants", tenants)]),
+                &job,
+                &what,
+                |rows| {
+                    for r in rows {
+                        let tenant = r.first().cloned().flatten().unwrap_or_default();
+                        let key = r.get(1).cloned().flatten().unwrap_or_default();
+                        let docs: Vec<Option<&str>> =
+                            (0..json.len()).map(|i| r.get(i + 2).and_then(|c| c.as_deref())).collect();
+                        let value = json_digest_value(&key, &docs);
+                        let entry = sums.entry((tenant, bucket_of(&key, spec.buckets))).or_default();
+                        entry.0 += 1;
+                        entry.1 += value;
+                    }
+                },
+            )
+            .await?;
+        Ok(sums
+            .into_iter()
+            .map(|((tenant, bucket), (rows, sum))| {
+                (tenant, BucketDigest { bucket, rows, sum: String::new(), json_sum: Some(sum.to_string()) })
             })
             .collect())
     }
@@ -88,27 +148,22 @@ impl BigQuerySink {
         table: &TargetTable,
         spec: &DigestSpec,
         tenants: &[String],
+        buckets: Option<&[(String, u32)]>,
     ) -> Result<Vec<(String, JsonDigest)>> {
-        let json: Vec<(String, String)> = spec
-            .columns
-            .iter()
-            .filter(|c| c.encoding == connector_framework::digest::Encoding::Presence)
-            .map(|c| (c.source.clone(), column_name(&c.target)))
-            .collect();
+        let json = Self::json_columns(spec);
         if json.is_empty() {
             return Ok(Vec::new());
         }
         let Some((target, exprs)) = self.digest_exprs(table, spec).await? else { return Ok(Vec::new()) };
         let names: Vec<String> = json.iter().map(|(_, t)| t.clone()).collect();
+        let mut params = vec![digest::strings_param("tenants", tenants)];
+        if let Some(pairs) = buckets {
+            let pairs: Vec<String> = pairs.iter().map(|(t, b)| format!("{t}/{b}")).collect();
+            params.push(digest::strings_param("pairs", &pairs));
+        }
         let what = format!("JSON documents of {} tenants of {}", tenants.len(), table.name);
-        let rows = self
-            .verify_query(
-                table,
-                &exprs.json_sql(&target, &names),
-                json!([digest::strings_param("tenants", tenants)]),
-                &what,
-            )
-            .await?;
+        let rows =
+            self.verify_query(table, &exprs.json_sql(&target, &names, buckets.is_some()), json!(params), &what).await?;
         let mut out = Vec::new();
         for r in rows {
             let tenant = r.first().cloned().flatten().unwrap_or_default();
@@ -166,4 +221,9 @@ impl BigQuerySink {
             bytes_billed: outcome.statistic(&["query", "totalBytesBilled"]),
         })
     }
+}
+
+/// A row's JSON digest as an integer (see `connector_framework::digest::json_string`).
+fn json_digest_value(key: &str, docs: &[Option<&str>]) -> u128 {
+    digest_value(&digest_hex(&json_string(key, docs)))
 }
