@@ -262,6 +262,11 @@ pub trait Sink: Send + Sync + std::fmt::Debug {
     ) -> Result<Vec<(String, RowDigest)>> {
         Err(crate::source::no_digests(&spec.table))
     }
+    /// Bytes the destination billed for this sink's reads so far (verify's queries), where it
+    /// reports them.
+    fn bytes_billed(&self) -> Option<u64> {
+        None
+    }
     /// Per tenant and bucket, the rows and the exact sum of their JSON digests
     /// ([`crate::digest::json_string`]), in `BucketDigest::json_sum`.
     async fn json_digests(

@@ -64,6 +64,8 @@ pub struct BigQuerySink {
     chunk_bytes: usize,
     datasets_ready: OnceCell<DatasetInfo>,
     counter: AtomicU64,
+    /// Bytes billed by verify's queries (`Sink::bytes_billed`).
+    billed: AtomicU64,
     /// Target table → its columns (name, BigQuery type) after `prepare`.
     targets: Mutex<HashMap<String, Vec<(String, String)>>>,
     /// Target table → the staging tables its writers share this run.
@@ -82,6 +84,7 @@ impl BigQuerySink {
             client,
             datasets_ready: OnceCell::new(),
             counter: AtomicU64::new(0),
+            billed: AtomicU64::new(0),
             targets: Mutex::new(HashMap::new()),
             stages: Mutex::new(HashMap::new()),
         }
@@ -471,6 +474,10 @@ impl Sink for BigQuerySink {
         wanted: &[(String, u32)],
     ) -> Result<Vec<(String, RowDigest)>> {
         self.target_digest_rows(table, spec, wanted).await
+    }
+
+    fn bytes_billed(&self) -> Option<u64> {
+        Some(self.billed.load(Ordering::Relaxed))
     }
 
     async fn json_digests(

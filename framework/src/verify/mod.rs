@@ -92,10 +92,13 @@ impl Runner {
         }
         drop(per_table);
         verdicts.sort_by(|a, b| (&a.database, &a.table, &a.target).cmp(&(&b.database, &b.table, &b.target)));
+        let bytes_billed =
+            self.targets.iter().filter_map(|t| Some((t.id.clone(), t.sink.bytes_billed()?))).collect();
         Ok(VerifyReport {
             tables: verdicts,
             elapsed_seconds: started.elapsed().as_secs_f64(),
             keys_only: options.keys_only,
+            bytes_billed,
         })
     }
 
@@ -148,6 +151,13 @@ impl Runner {
                     members.iter().map(|t| TableVerdict::failed(&t.schema.table.database, &table.name, &target.id, &e)),
                 ),
             }
+        }
+        for verdict in &verdicts {
+            // Progress, a line per tenant's table.
+            tracing::info!(
+                database = %verdict.database, table = %verdict.table, target = %verdict.target,
+                status = ?verdict.status, differences = verdict.differences.count(), "verified"
+            );
         }
         for verdict in &mut verdicts {
             if let Some(tenant) = tenants.iter().find(|t| t.schema.table.database == verdict.database) {

@@ -155,6 +155,8 @@ pub struct VerifyReport {
     pub tables: Vec<TableVerdict>,
     pub elapsed_seconds: f64,
     pub keys_only: bool,
+    /// Per target, the bytes its queries billed (where the target reports them).
+    pub bytes_billed: std::collections::BTreeMap<String, u64>,
 }
 
 /// How many keys of each kind the screen shows (the JSON report has all).
@@ -243,6 +245,9 @@ impl VerifyReport {
                     )),
                 }
             }
+        }
+        for (target, bytes) in &self.bytes_billed {
+            out.push_str(&format!("bytes billed by target `{target}`: {:.1} MB\n", *bytes as f64 / 1e6));
         }
         let count = |s: VerdictStatus| self.tables.iter().filter(|t| t.status == s).count();
         out.push_str(&format!(

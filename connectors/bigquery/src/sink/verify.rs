@@ -36,6 +36,7 @@ impl BigQuerySink {
     ) -> Result<Vec<Vec<Option<String>>>> {
         let job = unique_id("verify", &[&self.id, &self.dataset, &self.run_id, &table.name, &self.next().to_string()]);
         let (rows, billed) = self.client.query_rows(sql, params, &job, what).await?;
+        self.billed.fetch_add(billed.unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
         tracing::debug!(table = %table.name, what, bytes_billed = billed.unwrap_or(0), "verify query");
         Ok(rows)
     }
@@ -115,7 +116,8 @@ impl BigQuerySink {
         let job = unique_id("verify", &[&self.id, &self.dataset, &self.run_id, &table.name, &self.next().to_string()]);
         let mut sums: BTreeMap<(String, u32), (u64, u128)> = BTreeMap::new();
         // Documents are digested page by page: only the sums are kept.
-        self.client
+        let billed = self
+            .client
             .query_pages(
                 &exprs.json_sql(&target, &names, false),
                 json!([digest::strings_param("tenants", tenants)]),
@@ -135,6 +137,7 @@ impl BigQuerySink {
                 },
             )
             .await?;
+        self.billed.fetch_add(billed.unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
         Ok(sums
             .into_iter()
             .map(|((tenant, bucket), (rows, sum))| {
