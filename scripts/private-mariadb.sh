@@ -96,14 +96,18 @@ cmd_start() {
   port_busy "$PORT" && die "port $PORT is in use"
   local user=()
   [ "$(id -u)" = 0 ] && user=(--user=root)
+  mkdir -p "$DIR/tmp"
   if [ ! -d "$DIR/data/mysql" ]; then
     mkdir -p "$DIR/data"
-    mariadb-install-db --no-defaults "${user[@]}" --datadir="$DIR/data" --auth-root-authentication-method=normal \
-      --skip-test-db >"$DIR/install.log" 2>&1 || { tail -20 "$DIR/install.log" >&2; die "mariadb-install-db failed"; }
+    # A private --tmpdir: bootstraps running side by side otherwise collide on their temporary
+    # tables in /tmp ("File '/tmp/#sql-temptable-….MAD' not found").
+    mariadb-install-db --no-defaults "${user[@]}" --datadir="$DIR/data" --tmpdir="$DIR/tmp" \
+      --auth-root-authentication-method=normal --skip-test-db >"$DIR/install.log" 2>&1 ||
+      { head -20 "$DIR/install.log" >&2; die "mariadb-install-db failed (log: $DIR/install.log)"; }
     touch "$DIR/.fresh"
   fi
   echo "$PORT" >"$DIR/port"
-  nohup setsid "$(server_bin)" --no-defaults "${user[@]}" --datadir="$DIR/data" --port="$PORT" \
+  nohup setsid "$(server_bin)" --no-defaults "${user[@]}" --datadir="$DIR/data" --tmpdir="$DIR/tmp" --port="$PORT" \
     --bind-address=127.0.0.1 --socket="$SOCK" --pid-file="$PID_FILE" --log-error="$DIR/error.log" \
     "${BINLOG[@]}" \
     --character-set-server=utf8mb4 --collation-server=utf8mb4_general_ci --max-connections=500 \
