@@ -61,6 +61,7 @@ pub fn verify(args: &VerifyArgs) -> Result<ExitCode> {
             repair: args.repair,
             force: args.force,
             repair_extra_only: false,
+            repair_only: None,
         };
         let report = runner.verify(&options).await;
         runner.source.close().await;

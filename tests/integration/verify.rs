@@ -194,10 +194,55 @@ async fn keys_only_finds_deletes_the_guard_holds_and_syncs_can_remove_deletes() 
     mysql_exec(&format!("DELETE FROM `{a}`.orders WHERE id = 7")).await;
     let out = run.sync(&[]).await;
     assert!(
-        out.stdout.contains(&format!("delete detection: {a}.orders → default: 1 rows deleted in the source removed")),
+        out.stdout.contains(&format!("delete detection: {a}.orders → default: 1 row deleted in the source removed")),
         "{}",
         out.stdout
     );
     let (out, _) = verify(&run, &["--keys-only"]).await;
     assert_eq!(out.code, 0, "every key matches again:\n{}", out.all());
+}
+
+/// A JSON column stored as text (`column_types` STRING) is compared as that text, and a column
+/// the source gained since the last sync compares as the NULL every target row holds there:
+/// both verify equal, and a value changed in either is found and repaired.
+#[tokio::test(flavor = "multi_thread")]
+async fn json_kept_as_text_and_a_column_not_synced_yet_are_compared_by_value() {
+    let emulator = &*EMULATOR;
+    let db = unique("vtext");
+    create_shop(&db, 5, 40).await;
+    let dataset = unique("vtext");
+    let run = TestRun::new();
+    let mut params = flat_params(std::slice::from_ref(&db), &["orders"], &dataset, emulator, run.path());
+    params["table_options"] = json!({"orders": {"column_types": {"attributes": "STRING"}}});
+    run.params(&params);
+    run.sync(&[]).await;
+    let (out, _) = verify(&run, &[]).await;
+    assert_eq!(out.code, 0, "{}", out.all());
+
+    mysql_exec(&format!("ALTER TABLE `{db}`.orders ADD COLUMN note VARCHAR(20) NULL")).await;
+    let (out, _) = verify(&run, &[]).await;
+    assert_eq!(out.code, 0, "a column NULL on every row matches the target's absent column:\n{}", out.all());
+
+    // Neither change moves the cursor, so no sync would carry them.
+    mysql_exec(&format!(
+        "UPDATE `{db}`.orders SET attributes = '{{\"x\": [1, 2]}}', updated_at = updated_at WHERE id = 4;
+         UPDATE `{db}`.orders SET note = 'hi', updated_at = updated_at WHERE id = 6;"
+    ))
+    .await;
+    let (out, report) = verify(&run, &[]).await;
+    assert_eq!(out.code, 1, "{}", out.all());
+    assert_eq!(keys(verdict(&report, &db, "orders"), "different"), ["4", "6"], "{report}");
+
+    let (out, report) = verify(&run, &["--repair"]).await;
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert_eq!(verdict(&report, &db, "orders")["repaired"]["equal_after"], true, "{report}");
+    let rows = bq_query(
+        emulator,
+        &format!(
+            "SELECT id, attributes, note FROM `{dataset}`.orders WHERE tenant_id = '{db}' AND id IN (4, 6) ORDER BY id"
+        ),
+    )
+    .await;
+    assert_eq!(rows[0][..2], [Some("4".to_string()), Some("{\"x\": [1, 2]}".to_string())], "{rows:?}");
+    assert_eq!(rows[1][2].as_deref(), Some("hi"), "{rows:?}");
 }

@@ -69,13 +69,18 @@ fn float(q: &str, fraction: u32) -> String {
 }
 
 /// The value's canonical text, printed by the column's BigQuery type.
-fn text(c: &DigestColumn, fields: &Fields, table: &str) -> Result<String> {
+fn text(c: &DigestColumn, fields: &Fields, table: &str, is_key: bool) -> Result<String> {
     let name = column_name(&c.target);
-    let ty = fields
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case(&name))
-        .map(|(_, t)| t.as_str())
-        .ok_or_else(|| ConnectorError::permanent(format!("{table}: the target table has no column `{name}`")))?;
+    let Some(ty) = fields.iter().find(|(n, _)| n.eq_ignore_ascii_case(&name)).map(|(_, t)| t.as_str()) else {
+        // A column the source gained since the last sync: every target row holds NULL there,
+        // so rows differ exactly where the source has a value. Keys cannot be matched so.
+        if is_key {
+            return Err(ConnectorError::permanent(format!(
+                "{table}: the target table has no key column `{name}`; run a sync first so it is added"
+            )));
+        }
+        return Ok("CAST(NULL AS STRING)".to_string());
+    };
     let q = quote_column(&name);
     Ok(match (c.encoding, ty) {
         (Encoding::Presence, _) => format!("IF({q} IS NULL, NULL, 'J')"),
@@ -98,11 +103,11 @@ fn text(c: &DigestColumn, fields: &Fields, table: &str) -> Result<String> {
     })
 }
 
-fn coded(columns: &[DigestColumn], fields: &Fields, table: &str) -> Result<String> {
+fn coded(columns: &[DigestColumn], fields: &Fields, table: &str, is_key: bool) -> Result<String> {
     let parts = columns
         .iter()
         .map(|c| {
-            let t = text(c, fields, table)?;
+            let t = text(c, fields, table, is_key)?;
             Ok(format!("IFNULL(CONCAT(CAST(BYTE_LENGTH({t}) AS STRING), ':', {t}), 'N')"))
         })
         .collect::<Result<Vec<String>>>()?;
@@ -121,9 +126,9 @@ pub(crate) struct Exprs {
 
 impl Exprs {
     pub fn new(spec: &DigestSpec, fields: &Fields, system: &SystemColumns, table: &str) -> Result<Self> {
-        let row = coded(&spec.columns, fields, table)?;
+        let row = coded(&spec.columns, fields, table, false)?;
         let digest = format!("SUBSTR(TO_HEX(MD5({row})), 1, 15)");
-        let key = if spec.key.is_empty() { digest.clone() } else { coded(&spec.key, fields, table)? };
+        let key = if spec.key.is_empty() { digest.clone() } else { coded(&spec.key, fields, table, true)? };
         let bucket = format!("MOD(CAST(CONCAT('0x', SUBSTR(TO_HEX(MD5({key})), 1, 8)) AS INT64), {})", spec.buckets);
         let deleted = column_name(&system.deleted_at);
         let live = if spec.skip_soft_deleted && fields.iter().any(|(n, _)| *n == deleted) {
@@ -223,7 +228,11 @@ mod tests {
         let e = Exprs::new(&spec, &fields, &SystemColumns::default(), "orders").unwrap();
         assert!(e.digest.contains("REGEXP_REPLACE(REGEXP_REPLACE(CAST(`amount` AS STRING)"), "{}", e.digest);
         assert!(e.bucket.ends_with(", 4)"), "{}", e.bucket);
-        let missing = vec![("id".to_string(), "INT64".to_string())];
-        assert!(Exprs::new(&spec, &missing, &SystemColumns::default(), "orders").is_err());
+        // A column the target lacks yet prints as NULL; a key column it lacks is an error.
+        let no_amount = vec![("id".to_string(), "INT64".to_string())];
+        let e = Exprs::new(&spec, &no_amount, &SystemColumns::default(), "orders").unwrap();
+        assert!(e.digest.contains("CAST(NULL AS STRING)"), "{}", e.digest);
+        let no_id = vec![("amount".to_string(), "NUMERIC".to_string())];
+        assert!(Exprs::new(&spec, &no_id, &SystemColumns::default(), "orders").is_err());
     }
 }

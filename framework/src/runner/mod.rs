@@ -184,11 +184,14 @@ impl Runner {
         databases.dedup();
         tables.sort();
         tables.dedup();
+        let only: std::collections::BTreeSet<(String, String, String)> =
+            synced.iter().map(|o| (o.database.clone(), o.table.clone(), o.target.clone())).collect();
         let options = crate::verify::VerifyOptions {
             databases: Some(databases),
             tables: Some(tables),
             keys_only: true,
             repair_extra_only: true,
+            repair_only: Some(only.clone()),
             ..Default::default()
         };
         match self.verify(&options).await {
@@ -208,9 +211,11 @@ impl Runner {
                                 r.refused.as_deref().or(r.error.as_deref()).unwrap_or_default()
                             ))
                         }
-                        (Some(r), _) => report
-                            .deletes_detected
-                            .push(format!("{name}: {} rows deleted in the source removed", r.keys)),
+                        (Some(r), _) => report.deletes_detected.push(format!(
+                            "{name}: {} deleted in the source removed{}",
+                            crate::report::plural(v.differences.rows_removed() as usize, "row", "rows"),
+                            if r.equal_after { "" } else { " (keys still differ: run verify)" }
+                        )),
                         (None, _) => {}
                     }
                 }

@@ -71,7 +71,11 @@ pub(super) fn rows(
             if s == t {
                 continue;
             }
-            let item = if s.abs_diff(t) > 1 { format!("{key} x{}", s.abs_diff(t)) } else { key.to_string() };
+            // Keys are row digests here; how many copies differ is kept apart.
+            let item = key.to_string();
+            if s.abs_diff(t) > 1 {
+                d.copies.insert(item.clone(), s.abs_diff(t) as u64);
+            }
             if recent && s > t {
                 d.in_flight.push(item);
             } else if s > t {
@@ -106,6 +110,9 @@ pub(super) fn rows(
             if copies.len() > 1 {
                 d.duplicated.push(key.to_string());
             }
+        }
+        if copies.len() > 1 {
+            d.copies.insert(key.to_string(), copies.len() as u64);
         }
     }
 }
@@ -196,7 +203,8 @@ mod tests {
         rows(&mut v, &source, &target, None, true);
         v.settle();
         assert_eq!(v.differences.missing, ["h1"]);
-        assert_eq!(v.differences.extra, ["h2 x2"]);
+        assert_eq!(v.differences.extra, ["h2"]);
+        assert_eq!(v.differences.copies.get("h2"), Some(&2), "two copies too many");
     }
 
     #[test]

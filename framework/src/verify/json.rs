@@ -89,6 +89,7 @@ pub(super) async fn by_value(
     table: &TargetTable,
     members: &[&Tenant],
     tenants: &[String],
+    windows: &BTreeMap<String, Option<String>>,
     verdicts: &mut [TableVerdict],
 ) -> Result<()> {
     let spec = &members[0].spec;
@@ -104,17 +105,12 @@ pub(super) async fn by_value(
         let cursors: BTreeMap<&str, Option<&str>> =
             mine.iter().map(|d| (d.key.as_str(), d.cursor.as_deref())).collect();
         let target = documents_by_key(theirs.iter().filter(|(t, _)| t == db).map(|(_, d)| d), spec);
-        let in_flight_from =
-            super::compare::in_flight_from(runner, target_of(runner, verdict), &tenant.schema, spec).await;
+        let in_flight_from = windows.get(db).cloned().flatten();
         let (differing, recent) =
             by_value_differences(&documents_by_key(mine.iter(), spec), &target, &cursors, in_flight_from.as_deref());
         verdict.add_json_differences(differing, recent);
     }
     Ok(())
-}
-
-fn target_of<'a>(runner: &'a Runner, verdict: &TableVerdict) -> &'a Target {
-    runner.targets.iter().find(|t| t.id == verdict.target).unwrap_or(&runner.targets[0])
 }
 
 /// Key → each JSON column's document, in the spec's column order.

@@ -53,6 +53,9 @@ pub struct VerifyOptions {
     pub force: bool,
     /// Repair only rows the source no longer has (delete detection after a sync).
     pub repair_extra_only: bool,
+    /// Repair only these (database, table, target) (delete detection: what the sync just
+    /// wrote); `None`: every one verified.
+    pub repair_only: Option<std::collections::BTreeSet<(String, String, String)>>,
 }
 
 /// One tenant's table as verified: its schema and digest spec, and where its rows stand.
@@ -92,8 +95,7 @@ impl Runner {
         }
         drop(per_table);
         verdicts.sort_by(|a, b| (&a.database, &a.table, &a.target).cmp(&(&b.database, &b.table, &b.target)));
-        let bytes_billed =
-            self.targets.iter().filter_map(|t| Some((t.id.clone(), t.sink.bytes_billed()?))).collect();
+        let bytes_billed = self.targets.iter().filter_map(|t| Some((t.id.clone(), t.sink.bytes_billed()?))).collect();
         Ok(VerifyReport {
             tables: verdicts,
             elapsed_seconds: started.elapsed().as_secs_f64(),
@@ -128,6 +130,20 @@ impl Runner {
                 spec: plan::digest_spec(schema, &table_options, &self.settings, options.keys_only, &unified.tenants),
             })
             .collect();
+        // A key column stored converted cannot be printed alike on both sides: without it the
+        // rows could not be told apart.
+        let (tenants, unkeyed): (Vec<Tenant>, Vec<Tenant>) =
+            tenants.into_iter().partition(|t| t.spec.key.len() == t.schema.key.len());
+        for t in &unkeyed {
+            let e = unsupported(&format!(
+                "{}: a key column has a column_types override, so rows cannot be matched by key; verify compares \
+                 tables whose key columns keep their type",
+                t.schema.table
+            ));
+            out.extend(
+                self.targets.iter().map(|target| TableVerdict::failed(&t.schema.table.database, name, &target.id, &e)),
+            );
+        }
         for target in &self.targets {
             out.extend(self.verify_target(target, &target_table, &tenants, options).await);
         }
@@ -170,7 +186,13 @@ impl Runner {
             }
         }
         if options.repair || options.repair_extra_only {
-            for verdict in verdicts.iter_mut().filter(|v| v.status == VerdictStatus::Different) {
+            let wanted = |v: &TableVerdict| {
+                options
+                    .repair_only
+                    .as_ref()
+                    .is_none_or(|only| only.contains(&(v.database.clone(), v.table.clone(), v.target.clone())))
+            };
+            for verdict in verdicts.iter_mut().filter(|v| v.status == VerdictStatus::Different && wanted(v)) {
                 let Some(tenant) = tenants.iter().find(|t| t.schema.table.database == verdict.database) else {
                     continue;
                 };
@@ -190,6 +212,13 @@ impl Runner {
     ) -> Result<Vec<TableVerdict>> {
         let spec = &members[0].spec;
         let names: Vec<String> = members.iter().map(|t| t.schema.table.database.clone()).collect();
+        // Where the next sync of each tenant starts reading, taken before anything is read: a
+        // sync committing meanwhile must not move it past rows read before it.
+        let mut windows: BTreeMap<String, Option<String>> = BTreeMap::new();
+        for tenant in members {
+            let from = compare::in_flight_from(self, target, &tenant.schema, &tenant.spec).await;
+            windows.insert(tenant.schema.table.database.clone(), from);
+        }
         let target_buckets = target.sink.digest_buckets(table, spec, &names).await?;
         let has_json = spec.columns.iter().any(|c| c.encoding == crate::digest::Encoding::Presence);
         let target_json = if has_json { target.sink.json_digests(table, spec, &names).await? } else { Vec::new() };
@@ -251,7 +280,7 @@ impl Runner {
                     .await?;
                 let theirs: Vec<_> =
                     target_rows.iter().filter(|(t, _)| *t == verdict.database).map(|(_, r)| r.clone()).collect();
-                let in_flight_from = compare::in_flight_from(self, target, &tenant.schema, &tenant.spec).await;
+                let in_flight_from = windows.get(&verdict.database).cloned().flatten();
                 compare::rows(verdict, &source_rows, &theirs, in_flight_from.as_deref(), tenant.spec.key.is_empty());
                 if has_json && !json_by_value.contains(&verdict.database) {
                     json::drill(self, target, table, tenant, buckets, &source_rows, verdict, in_flight_from.as_deref())
@@ -260,7 +289,7 @@ impl Runner {
             }
         }
         if !json_by_value.is_empty() {
-            json::by_value(self, target, table, members, &json_by_value, &mut verdicts).await?;
+            json::by_value(self, target, table, members, &json_by_value, &windows, &mut verdicts).await?;
         }
         for v in &mut verdicts {
             v.settle();

@@ -24,7 +24,10 @@ pub(super) fn digest_spec(
     let column = |c: &crate::schema::Column| {
         let overridden = options.column_types.iter().find(|(k, _)| k.eq_ignore_ascii_case(&c.name)).map(|(_, t)| t);
         let encoding = match (&c.logical, overridden.map(|t| t.to_ascii_uppercase())) {
-            (LogicalType::Json, _) => Some(Encoding::Presence),
+            // A document stored as its text is compared as text.
+            (LogicalType::Json, Some(t)) if t == "STRING" => Some(Encoding::Value),
+            (LogicalType::Json, Some(_)) => None,
+            (LogicalType::Json, None) => Some(Encoding::Presence),
             (_, None) => Some(Encoding::Value),
             (LogicalType::Int64 | LogicalType::UInt64, Some(t)) if t == "BOOL" || t == "BOOLEAN" => {
                 Some(Encoding::Truthy)

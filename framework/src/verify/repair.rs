@@ -19,21 +19,26 @@ pub(super) async fn repair_tenant(
     options: &VerifyOptions,
 ) {
     let d = &verdict.differences;
-    // Keys without a table key are row digests, shown with their multiplicity (`h x2`).
-    let raw = |k: &String| k.split(' ').next().unwrap_or(k).to_string();
     let mut keys: Vec<String> = if options.repair_extra_only {
-        d.extra.iter().map(raw).collect()
+        d.extra.clone()
     } else {
-        d.missing.iter().chain(&d.extra).chain(&d.different).chain(&d.duplicated).map(raw).collect()
+        d.missing.iter().chain(&d.extra).chain(&d.different).chain(&d.duplicated).cloned().collect()
     };
     keys.sort();
     keys.dedup();
     if keys.is_empty() {
         return;
     }
+    // A table a change stream writes is repaired by the stream (or a new snapshot), and rows
+    // it soft-deleted must not be deleted for real.
+    if let Some(why) = not_repairable(target, tenant).await {
+        verdict.repaired = Some(Repaired { refused: Some(why), ..Default::default() });
+        return;
+    }
     // A source read that came back short looks exactly like a mass delete: refuse to remove
-    // more than the configured share of a tenant's rows unless forced.
-    let deletes = d.extra.len() + d.duplicated.len();
+    // more than the configured share of a tenant's rows unless forced. Rows, not keys: a key
+    // of a table without one stands for all its copies.
+    let deletes = d.rows_removed();
     let limit = runner.settings.repair_max_delete_pct;
     if !options.force && verdict.target_rows > 0 && deletes as f64 * 100.0 > limit * verdict.target_rows as f64 {
         verdict.repaired = Some(Repaired {
@@ -58,6 +63,24 @@ pub(super) async fn repair_tenant(
         Err(e) => repaired.error = Some(e.to_string()),
     }
     verdict.repaired = Some(repaired);
+}
+
+/// Why this tenant's table is not repaired by verify, if so.
+async fn not_repairable(target: &Target, tenant: &Tenant) -> Option<String> {
+    let table = &tenant.schema.table;
+    let streamed = target.state.load(&table.database).await.ok()?.table(&table.table).is_some_and(|s| s.cdc.is_some());
+    if streamed {
+        return Some(
+            "the table is streamed (--cdc): differences may be changes not applied yet; run --cdc --catch-up, \
+             verify again, and take a new snapshot (--cdc --full) if they stay"
+                .to_string(),
+        );
+    }
+    tenant.spec.skip_soft_deleted.then(|| {
+        "cdc_deletes is soft: repairing would delete rows the stream keeps as tombstones; sync the tenant with \
+         --cdc --full instead"
+            .to_string()
+    })
 }
 
 /// Reads the keys' rows from the source, stages them, and lets the sink replace the target's

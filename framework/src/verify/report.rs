@@ -34,6 +34,10 @@ pub struct Differences {
     /// not differences.
     #[serde(serialize_with = "keys")]
     pub in_flight: Vec<String>,
+    /// How many copies differ, where more than one: the copies of a duplicated key in the
+    /// target, or of a row of a table without a key on either side.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub copies: std::collections::BTreeMap<String, u64>,
 }
 
 fn keys<S: Serializer>(keys: &[String], s: S) -> Result<S::Ok, S::Error> {
@@ -44,6 +48,24 @@ impl Differences {
     /// Differences that are not in flight.
     pub fn count(&self) -> usize {
         self.missing.len() + self.extra.len() + self.different.len() + self.duplicated.len()
+    }
+
+    /// The target rows a repair deletes without writing them back: every copy of every extra
+    /// key, and the surplus copies of duplicated ones.
+    pub fn rows_removed(&self) -> u64 {
+        let copies = |k: &String| self.copies.get(k).copied().unwrap_or(1);
+        let extra: u64 = self.extra.iter().map(copies).sum();
+        let surplus: u64 =
+            self.duplicated.iter().filter(|k| !self.extra.contains(k)).map(|k| copies(k).saturating_sub(1)).sum();
+        extra + surplus
+    }
+
+    /// A key as the report shows it, with its copies.
+    pub fn shown(&self, key: &str) -> String {
+        match self.copies.get(key) {
+            Some(n) => format!("{} x{n}", display_key(key)),
+            None => display_key(key),
+        }
     }
 }
 
@@ -225,7 +247,7 @@ impl VerifyReport {
                 if list.is_empty() {
                     continue;
                 }
-                let shown: Vec<String> = list.iter().take(SHOWN).map(|k| display_key(k)).collect();
+                let shown: Vec<String> = list.iter().take(SHOWN).map(|k| d.shown(k)).collect();
                 let more = if list.len() > SHOWN { format!(" and {} more", list.len() - SHOWN) } else { String::new() };
                 out.push_str(&format!("    {kind}: {}{more}\n", shown.join(", ")));
             }
