@@ -28,7 +28,10 @@ DB_DIR="$ROOT/bench-work/cdc-mariadb"
 PORT=$(bash scripts/private-mariadb.sh start --dir "$DB_DIR" | tail -1)
 EMU_PORT="${CDC_BQ_PORT:-9071}"
 bash scripts/bq-emulator.sh start --port "$EMU_PORT" --project cdc-bench --fresh >/dev/null
-cleanup() { bash scripts/private-mariadb.sh stop --dir "$DB_DIR" >/dev/null 2>&1 || true; }
+cleanup() {
+  bash scripts/private-mariadb.sh stop --dir "$DB_DIR" >/dev/null 2>&1 || true
+  bash scripts/bq-emulator.sh stop --port "$EMU_PORT" >/dev/null 2>&1 || true
+}
 trap cleanup EXIT
 cargo build --release -p connector-run 2>&1 | tail -1
 BIN="$ROOT/target/release/connector-run"

@@ -51,8 +51,12 @@ cargo build --release -p connector-run 2>&1 | tail -1
 BIN="$ROOT/target/release/connector-run"
 
 POOL_BEFORE=$("${MYSQL[@]}" -N -e "SELECT @@innodb_buffer_pool_size")
-restore_pool() { "${MYSQL[@]}" -e "SET GLOBAL innodb_buffer_pool_size = $POOL_BEFORE" 2>/dev/null || true; }
-trap restore_pool EXIT
+cleanup() {
+  "${MYSQL[@]}" -e "SET GLOBAL innodb_buffer_pool_size = $POOL_BEFORE" 2>/dev/null || true
+  "${MYSQL[@]}" -e "DROP DATABASE IF EXISTS bench_shop1; DROP DATABASE IF EXISTS bench_shop2; DROP DATABASE IF EXISTS bench_shop3" 2>/dev/null || true
+  bash scripts/bq-emulator.sh stop --port "$PORT" >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
 if [ "$POOL_BEFORE" -lt $((2 << 30)) ]; then
   "${MYSQL[@]}" -e "SET GLOBAL innodb_buffer_pool_size = $((2 << 30))"
 fi
