@@ -179,7 +179,13 @@ pub fn normal_json(text: &str) -> Option<String> {
         let (first, rest) = significant.split_at(1);
         format!("{}{first}.{}E{exponent}", if negative { "-" } else { "" }, if rest.is_empty() { "0" } else { rest })
     }
-    fn walk(v: &serde_json::Value, out: &mut String) {
+    sorted_json(text, &number)
+}
+
+/// `text` as JSON with object members sorted by name, no spaces, strings as JSON prints them
+/// and numbers as `number` prints them; `None` for text that is not JSON.
+fn sorted_json(text: &str, number: &dyn Fn(&serde_json::Number) -> String) -> Option<String> {
+    fn walk(v: &serde_json::Value, out: &mut String, number: &dyn Fn(&serde_json::Number) -> String) {
         match v {
             serde_json::Value::Object(map) => {
                 let mut keys: Vec<&String> = map.keys().collect();
@@ -191,7 +197,7 @@ pub fn normal_json(text: &str) -> Option<String> {
                     }
                     out.push_str(&serde_json::Value::String((*k).clone()).to_string());
                     out.push(':');
-                    walk(&map[*k], out);
+                    walk(&map[*k], out, number);
                 }
                 out.push('}');
             }
@@ -201,7 +207,7 @@ pub fn normal_json(text: &str) -> Option<String> {
                     if i > 0 {
                         out.push(',');
                     }
-                    walk(item, out);
+                    walk(item, out, number);
                 }
                 out.push(']');
             }
@@ -211,7 +217,7 @@ pub fn normal_json(text: &str) -> Option<String> {
     }
     let value: serde_json::Value = serde_json::from_str(text).ok()?;
     let mut out = String::new();
-    walk(&value, &mut out);
+    walk(&value, &mut out, number);
     Some(out)
 }
 
@@ -256,46 +262,13 @@ pub fn display_key(key: &str) -> String {
 /// shortest text of their value (`1.0` and `1` are one number in BigQuery's JSON), no spaces.
 /// `None` for text that is not JSON.
 pub fn canonical_json(text: &str) -> Option<String> {
-    fn walk(v: &serde_json::Value, out: &mut String) {
-        match v {
-            serde_json::Value::Object(map) => {
-                let mut keys: Vec<&String> = map.keys().collect();
-                keys.sort();
-                out.push('{');
-                for (i, k) in keys.iter().enumerate() {
-                    if i > 0 {
-                        out.push(',');
-                    }
-                    out.push_str(&serde_json::Value::String((*k).clone()).to_string());
-                    out.push(':');
-                    walk(&map[*k], out);
-                }
-                out.push('}');
-            }
-            serde_json::Value::Array(items) => {
-                out.push('[');
-                for (i, item) in items.iter().enumerate() {
-                    if i > 0 {
-                        out.push(',');
-                    }
-                    walk(item, out);
-                }
-                out.push(']');
-            }
-            serde_json::Value::Number(n) => match (n.as_i64(), n.as_u64(), n.as_f64()) {
-                (Some(i), _, _) => out.push_str(&i.to_string()),
-                (_, Some(u), _) => out.push_str(&u.to_string()),
-                (_, _, Some(f)) if f.fract() == 0.0 && f.abs() < 1e15 => out.push_str(&(f as i64).to_string()),
-                (_, _, Some(f)) => out.push_str(&f.to_string()),
-                _ => out.push_str(&n.to_string()),
-            },
-            other => out.push_str(&other.to_string()),
-        }
-    }
-    let value: serde_json::Value = serde_json::from_str(text).ok()?;
-    let mut out = String::new();
-    walk(&value, &mut out);
-    Some(out)
+    sorted_json(text, &|n| match (n.as_i64(), n.as_u64(), n.as_f64()) {
+        (Some(i), _, _) => i.to_string(),
+        (_, Some(u), _) => u.to_string(),
+        (_, _, Some(f)) if f.fract() == 0.0 && f.abs() < 1e15 => (f as i64).to_string(),
+        (_, _, Some(f)) => f.to_string(),
+        _ => n.to_string(),
+    })
 }
 
 #[cfg(test)]
