@@ -10,23 +10,8 @@ use connector_framework::digest::{DigestColumn, DigestSpec, Encoding};
 use connector_framework::{ConnectorError, LogicalType, Result, SystemColumns};
 
 use crate::merge::quote_column;
-use crate::types::{canonical_type, column_name};
-
-/// The columns of the target table: BigQuery name → type (canonical names).
-pub(crate) type Fields = Vec<(String, String)>;
-
-pub(crate) fn fields_of(resource: &serde_json::Value) -> Fields {
-    resource["schema"]["fields"]
-        .as_array()
-        .map(|f| {
-            f.iter()
-                .filter_map(|f| {
-                    Some((f["name"].as_str()?.to_string(), canonical_type(f["type"].as_str()?).to_string()))
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
+use crate::schema::Fields;
+use crate::types::column_name;
 
 /// `1.500000000` → `1.5`, `100` → `100`: the shortest decimal.
 fn min_dec(expr: &str) -> String {

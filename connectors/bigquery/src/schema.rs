@@ -170,22 +170,29 @@ pub(crate) struct SchemaDiff {
     pub create: bool,
 }
 
+/// The columns of a table resource: BigQuery name → type (canonical names).
+pub(crate) type Fields = Vec<(String, String)>;
+
+pub(crate) fn fields_of(resource: &Json) -> Fields {
+    resource["schema"]["fields"]
+        .as_array()
+        .map(|f| {
+            f.iter()
+                .filter_map(|f| {
+                    Some((f["name"].as_str()?.to_string(), canonical_type(f["type"].as_str()?).to_string()))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 impl SchemaDiff {
     pub fn new(table: &TargetTable, existing: Option<&Json>) -> Result<Self> {
         let desired: Vec<(String, String)> = desired_columns(table)?.into_iter().map(|c| (c.name, c.ty)).collect();
         let Some(resource) = existing else {
             return Ok(Self { columns: desired, added: Vec::new(), widened: Vec::new(), create: true });
         };
-        let current: Vec<(String, String)> = resource["schema"]["fields"]
-            .as_array()
-            .map(|f| {
-                f.iter()
-                    .filter_map(|f| {
-                        Some((f["name"].as_str()?.to_string(), canonical_type(f["type"].as_str()?).to_string()))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let current = fields_of(resource);
         let mut diff = Self { columns: Vec::new(), added: Vec::new(), widened: Vec::new(), create: false };
         let row_hash = &table.system.row_hash;
         if table.key.is_empty() && !current.iter().any(|(n, _)| n == row_hash) {

@@ -153,6 +153,16 @@ impl BigQuerySink {
         Ok(shared)
     }
 
+    /// Loads the rows the writers of `table` handed over last (one partial chunk per shared
+    /// stage, not one per tenant) and returns its shared stages.
+    async fn settle_stages(&self, table: &str) -> Result<Vec<SharedStage>> {
+        let shared = self.stages.lock().await.get(table).cloned().unwrap_or_default();
+        for s in &shared {
+            s.stage.lock().await.settle(None).await?;
+        }
+        Ok(shared)
+    }
+
     /// The staging columns of one tenant's rows: its columns (target names and types), and
     /// the staging table's fields (fixed ASCII names: see `types::staging_name`).
     fn staging_fields(
@@ -413,12 +423,7 @@ impl Sink for BigQuerySink {
     }
 
     async fn commit(&self, table: &TargetTable, staged: &[Staged]) -> Result<CommitOutcome> {
-        // The rows the writers handed over last are loaded now: one partial chunk per shared
-        // stage, not one per tenant.
-        let shared = self.stages.lock().await.get(&table.name).cloned().unwrap_or_default();
-        for s in &shared {
-            s.stage.lock().await.settle(None).await?;
-        }
+        let shared = self.settle_stages(&table.name).await?;
         // Tenants whose rows did not load (or whose handle is unreadable) are left out before
         // anything is applied; the others commit.
         let mut rejected = Vec::new();
@@ -431,11 +436,7 @@ impl Sink for BigQuerySink {
                 ));
                 continue;
             };
-            let failure = match shared.iter().find(|sh| sh.table == handle.table) {
-                Some(sh) => sh.stage.lock().await.writer_failure(handle.writer),
-                None => None,
-            };
-            match failure {
+            match writer_failure(&shared, &handle).await {
                 Some(e) => rejected.push((s.tenant.clone(), e.context(format!("{}.{}", s.tenant, table.name)))),
                 None => accepted.push(s.clone()),
             }
@@ -554,6 +555,12 @@ impl Sink for BigQuerySink {
             .await?;
         Ok(())
     }
+}
+
+/// Why the writer of `handle` failed to stage its rows, if it did.
+async fn writer_failure(shared: &[SharedStage], handle: &StageHandle) -> Option<ConnectorError> {
+    let sh = shared.iter().find(|sh| sh.table == handle.table)?;
+    sh.stage.lock().await.writer_failure(handle.writer)
 }
 
 #[cfg(test)]

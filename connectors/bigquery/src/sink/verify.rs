@@ -21,7 +21,7 @@ impl BigQuerySink {
     async fn digest_exprs(&self, table: &TargetTable, spec: &DigestSpec) -> Result<Option<(String, digest::Exprs)>> {
         let id = table_id(table);
         let Some(resource) = self.client.get_table(&self.dataset, &id).await? else { return Ok(None) };
-        let fields = digest::fields_of(&resource);
+        let fields = crate::schema::fields_of(&resource);
         let exprs = digest::Exprs::new(spec, &fields, &table.system, &table.name)?;
         Ok(Some((qualified(self.client.project(), &self.dataset, &id), exprs)))
     }
@@ -187,13 +187,9 @@ impl BigQuerySink {
         keys: &[String],
         staged: &Staged,
     ) -> Result<CommitSummary> {
-        let shared = self.stages.lock().await.get(&table.name).cloned().unwrap_or_default();
-        for s in &shared {
-            s.stage.lock().await.settle(None).await?;
-        }
+        let shared = self.settle_stages(&table.name).await?;
         if let Some(handle) = staged.handle.as_deref().and_then(StageHandle::parse)
-            && let Some(sh) = shared.iter().find(|sh| sh.table == handle.table)
-            && let Some(e) = sh.stage.lock().await.writer_failure(handle.writer)
+            && let Some(e) = super::writer_failure(&shared, &handle).await
         {
             return Err(e);
         }
