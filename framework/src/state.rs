@@ -195,6 +195,23 @@ pub struct StreamState {
     pub updated_at: NaiveDateTime,
 }
 
+impl StreamState {
+    /// A stream that has applied nothing yet, in `status` as of `updated_at`.
+    pub fn new(status: &str, updated_at: NaiveDateTime) -> Self {
+        Self {
+            applied: None,
+            applied_commit_at: None,
+            applying_to: None,
+            head: None,
+            lag_seconds: None,
+            carried: BTreeMap::new(),
+            status: status.to_string(),
+            error: None,
+            updated_at,
+        }
+    }
+}
+
 /// Where an interrupted full sync left off: everything up to `after_key` is durable in
 /// `staging`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

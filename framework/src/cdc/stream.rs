@@ -114,17 +114,7 @@ impl<'a> TargetStream<'a> {
     ) -> Self {
         let mut one = runner.clone();
         one.targets = vec![target.clone()];
-        let state = state.unwrap_or_else(|| StreamState {
-            applied: None,
-            applied_commit_at: None,
-            applying_to: None,
-            head: None,
-            lag_seconds: None,
-            carried: Default::default(),
-            status: "starting".into(),
-            error: None,
-            updated_at: Utc::now().naive_utc(),
-        });
+        let state = state.unwrap_or_else(|| StreamState::new("starting", Utc::now().naive_utc()));
         Self {
             runner: one,
             target: target.clone(),

@@ -71,20 +71,7 @@ mod tests {
 
         scratch.record("shop1", TableState::in_progress("orders")).await.unwrap();
         scratch.record("shop1", TableState::in_progress("users")).await.unwrap();
-        scratch
-            .record_stream(StreamState {
-                applied: None,
-                applied_commit_at: None,
-                applying_to: None,
-                head: None,
-                lag_seconds: None,
-                carried: Default::default(),
-                status: "streaming".into(),
-                error: None,
-                updated_at: chrono::NaiveDateTime::default(),
-            })
-            .await
-            .unwrap();
+        scratch.record_stream(StreamState::new("streaming", chrono::NaiveDateTime::default())).await.unwrap();
         let seen = scratch.load("shop1").await.unwrap();
         assert_eq!(seen.tables["orders"].sync_status, SyncStatus::Failed, "its own writes are read back");
         assert!(seen.tables.contains_key("users"));
