@@ -384,12 +384,7 @@ impl<'a> TargetStream<'a> {
                     in_txn = true;
                     let Some(t) = self.tracked.get(&table).filter(|t| seq > t.after.seq) else { continue };
                     let before = fingerprint(&t.schema);
-                    let options = self.runner.table_options.get(&table.table).cloned().unwrap_or_default();
-                    let now = self
-                        .runner
-                        .retry(&format!("discover {table}"), || self.runner.source.discover(&table))
-                        .await
-                        .and_then(|s| crate::runner::apply_table_options(s, &options));
+                    let now = crate::runner::discover_configured(&self.runner, &table).await;
                     if now.as_ref().map_or(true, |s| fingerprint(s) != before) {
                         if let Some(t) = self.tracked.get_mut(&table) {
                             t.paused = true;

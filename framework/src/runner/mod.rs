@@ -41,7 +41,7 @@ use crate::strategy::Strategy;
 
 pub(crate) use table::commit_isolating;
 pub use unify::fingerprint;
-pub(crate) use unify::{apply_table_options, unify};
+pub(crate) use unify::{discover_and_unify, discover_configured, unify};
 
 /// One destination: a sink and the state that tracks what it holds.
 #[derive(Debug, Clone)]

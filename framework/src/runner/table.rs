@@ -11,7 +11,7 @@ use futures::StreamExt;
 use crate::error::{ConnectorError, Result};
 use crate::events::Event;
 use crate::pipeline::TableOptions;
-use crate::schema::{TableRef, TableSchema};
+use crate::schema::TableSchema;
 use crate::sink::{Staged, TargetTable};
 use crate::source::{ReadRequest, ReadSummary};
 use crate::state::{TableState, TargetStamp};
@@ -45,34 +45,7 @@ pub(super) async fn sync_table(ctx: &RunContext<'_>, name: &str, dbs: &[String])
     let table_options = runner.table_options.get(name).cloned().unwrap_or_default();
     let mut outcomes = Vec::new();
 
-    let discovered = futures::future::join_all(dbs.iter().map(|db| async move {
-        let table = TableRef::new(db, name);
-        let found = runner.retry(&format!("discover {table}"), || runner.source.discover(&table)).await;
-        (table, found)
-    }))
-    .await;
-    let mut found = Vec::new();
-    for (table, result) in discovered {
-        match result {
-            Ok(schema) => found.push(schema),
-            Err(e) => outcomes.extend(record::fail_everywhere(ctx, &table, &e).await),
-        }
-    }
-    if let Some(e) = unify::unknown_option_columns(name, &found, &table_options) {
-        for s in &found {
-            outcomes.extend(record::fail_everywhere(ctx, &s.table, &e).await);
-        }
-        return outcomes;
-    }
-    let mut schemas = Vec::new();
-    for schema in found {
-        let table = schema.table.clone();
-        match unify::apply_table_options(schema, &table_options) {
-            Ok(s) => schemas.push(Arc::new(s)),
-            Err(e) => outcomes.extend(record::fail_everywhere(ctx, &table, &e).await),
-        }
-    }
-    let unified = unify::unify(name, schemas, &table_options, &runner.settings.system_columns);
+    let unified = unify::discover_and_unify(runner, name, dbs, &table_options).await;
     for (table, e) in &unified.rejected {
         outcomes.extend(record::fail_everywhere(ctx, table, e).await);
     }

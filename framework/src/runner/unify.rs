@@ -66,13 +66,57 @@ pub(crate) fn apply_table_options(mut schema: TableSchema, options: &TableOption
     Ok(schema)
 }
 
+/// Discovers one tenant's table (retried) with its per-table options applied.
+pub(crate) async fn discover_configured(runner: &super::Runner, table: &TableRef) -> Result<TableSchema> {
+    let options = runner.table_options.get(&table.table).cloned().unwrap_or_default();
+    let schema = runner.retry(&format!("discover {table}"), || runner.source.discover(table)).await?;
+    apply_table_options(schema, &options)
+}
+
+/// Discovers table `name` in every one of `databases` and unifies the tenants as a sync
+/// does: per-table options checked and applied, and every tenant that cannot take part
+/// (not discovered, a bad option, a key or type that disagrees) in `rejected` with why.
+pub(crate) async fn discover_and_unify(
+    runner: &super::Runner,
+    name: &str,
+    databases: &[String],
+    options: &TableOptions,
+) -> Unified {
+    let discovered = futures::future::join_all(databases.iter().map(|db| async move {
+        let table = TableRef::new(db, name);
+        let found = runner.retry(&format!("discover {table}"), || runner.source.discover(&table)).await;
+        (table, found)
+    }))
+    .await;
+    let mut rejected = Vec::new();
+    let mut found = Vec::new();
+    for (table, result) in discovered {
+        match result {
+            Ok(schema) => found.push(schema),
+            Err(e) => rejected.push((table, e)),
+        }
+    }
+    if let Some(e) = unknown_option_columns(name, &found, options) {
+        rejected.extend(found.into_iter().map(|s| (s.table, e.duplicate())));
+        return Unified { target: None, tenants: Vec::new(), rejected };
+    }
+    let mut schemas = Vec::new();
+    for schema in found {
+        let table = schema.table.clone();
+        match apply_table_options(schema, options) {
+            Ok(s) => schemas.push(Arc::new(s)),
+            Err(e) => rejected.push((table, e)),
+        }
+    }
+    let mut unified = unify(name, schemas, options, &runner.settings.system_columns);
+    rejected.append(&mut unified.rejected);
+    unified.rejected = rejected;
+    unified
+}
+
 /// Column names of `exclude_columns` and `rename_columns` that no tenant has: a config error
 /// (a typo would otherwise leave a PII column in the data).
-pub(super) fn unknown_option_columns(
-    name: &str,
-    discovered: &[TableSchema],
-    options: &TableOptions,
-) -> Option<ConnectorError> {
+fn unknown_option_columns(name: &str, discovered: &[TableSchema], options: &TableOptions) -> Option<ConnectorError> {
     if discovered.is_empty() {
         return None;
     }

@@ -32,7 +32,7 @@ use futures::StreamExt;
 use crate::digest::DigestSpec;
 use crate::error::{ConnectorError, Result};
 use crate::runner::{RunOptions, Runner, Target};
-use crate::schema::{TableRef, TableSchema};
+use crate::schema::TableSchema;
 use crate::sink::TargetTable;
 
 pub use report::{Differences, Repaired, TableVerdict, VerdictStatus, VerifyReport};
@@ -108,16 +108,7 @@ impl Runner {
     async fn verify_table(&self, name: &str, databases: &[String], options: &VerifyOptions) -> Vec<TableVerdict> {
         let table_options = self.table_options.get(name).cloned().unwrap_or_default();
         let mut out = Vec::new();
-        let mut schemas = Vec::new();
-        for db in databases {
-            let table = TableRef::new(db, name);
-            let found = self.retry(&format!("discover {table}"), || self.source.discover(&table)).await;
-            match found.and_then(|s| crate::runner::apply_table_options(s, &table_options)) {
-                Ok(s) => schemas.push(Arc::new(s)),
-                Err(e) => out.extend(self.targets.iter().map(|t| TableVerdict::failed(db, name, &t.id, &e))),
-            }
-        }
-        let unified = crate::runner::unify(name, schemas, &table_options, &self.settings.system_columns);
+        let unified = crate::runner::discover_and_unify(self, name, databases, &table_options).await;
         for (table, e) in &unified.rejected {
             out.extend(self.targets.iter().map(|t| TableVerdict::failed(&table.database, name, &t.id, e)));
         }

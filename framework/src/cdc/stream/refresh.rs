@@ -141,8 +141,7 @@ impl TargetStream<'_> {
     pub(super) async fn track(&mut self, table: &TableRef, after_snapshot: bool) -> Result<bool> {
         let Some(prior) = self.load_state(table).await? else { return Ok(false) };
         let options = self.runner.table_options.get(&table.table).cloned().unwrap_or_default();
-        let discovered = self.runner.retry(&format!("discover {table}"), || self.runner.source.discover(table)).await;
-        let schema = match discovered.and_then(|s| crate::runner::apply_table_options(s, &options)) {
+        let schema = match crate::runner::discover_configured(&self.runner, table).await {
             Ok(s) => Arc::new(s),
             Err(e) => {
                 if after_snapshot {
