@@ -53,23 +53,6 @@ impl<'a> MakeWriter<'a> for RedactingFile {
     }
 }
 
-/// Opens (appends to) a file only its owner may read: created 0600, and an existing one
-/// narrowed to 0600. The umask can only take bits away, never add them.
-pub fn open_private(path: &Path, append: bool) -> Result<std::fs::File> {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let mut options = OpenOptions::new();
-    options.create(true).mode(0o600);
-    if append {
-        options.append(true);
-    } else {
-        options.write(true).truncate(true);
-    }
-    let file = options.open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    file.set_permissions(std::fs::Permissions::from_mode(0o600))
-        .with_context(|| format!("cannot make {} private", path.display()))?;
-    Ok(file)
-}
-
 pub fn init(log_file: Option<&Path>, quiet: bool) -> Result<LogGuard> {
     let default = if quiet { "warn" } else { "info" };
     let terminal_filter = EnvFilter::try_from_env("CONNECTOR_LOG").unwrap_or_else(|_| EnvFilter::new(default));
@@ -84,7 +67,8 @@ pub fn init(log_file: Option<&Path>, quiet: bool) -> Result<LogGuard> {
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                 std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
             }
-            let file = open_private(path, true).context("log file")?;
+            let file = connector_json_state::private_file(OpenOptions::new().create(true).append(true), path)
+                .with_context(|| format!("cannot open log file {}", path.display()))?;
             Some(fmt::layer().with_writer(RedactingFile(file)).with_ansi(false).with_filter(EnvFilter::new("info")))
         }
         None => None,
