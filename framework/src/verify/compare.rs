@@ -124,7 +124,7 @@ pub(super) fn cursor_at_or_after(cursor: &str, from: &str) -> bool {
         (Ok(c), Ok(f)) => c >= f,
         _ => {
             let width = cursor.len().min(from.len());
-            cursor[..width.min(cursor.len())] >= from[..width.min(from.len())]
+            cursor.get(..width) >= from.get(..width)
         }
     }
 }

@@ -78,7 +78,7 @@ pub struct Repaired {
     pub rows_inserted: Option<u64>,
     /// The tenant's table verified equal afterwards.
     pub equal_after: bool,
-    /// Why nothing was repaired (the delete guard), if so.
+    /// Why nothing was repaired (the delete guard, a streamed or soft-delete table), if so.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub refused: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
