@@ -3,7 +3,8 @@
 //!
 //! A source streams [`RowBatch`]es into a bounded channel ([`BatchSender`]) from **one
 //! consistent snapshot** per [`Source::read`] call, and reports the source's own clock taken
-//! inside that snapshot. The runner never uses the sync host's clock for watermarks.
+//! no later than that snapshot began (inside it, or just before it). The runner never uses
+//! the sync host's clock for watermarks.
 
 use std::sync::Arc;
 
@@ -125,7 +126,8 @@ impl ReadRequest {
 pub struct ReadSummary {
     pub rows: u64,
     pub bytes: u64,
-    /// The source server's clock (UTC) inside the read's snapshot.
+    /// The source server's clock (UTC) no later than the read's snapshot began: every row
+    /// committed before this instant is in the snapshot.
     pub snapshot_time: Option<NaiveDateTime>,
     /// The same instant in the cursor's zone (for DATETIME and DATE cursors, which
     /// applications stamp in some wall-clock zone).
@@ -220,6 +222,16 @@ pub trait Source: Send + Sync + std::fmt::Debug {
     async fn list_tables(&self, database: &str) -> Result<Vec<String>>;
     /// Columns, types and key of one table.
     async fn discover(&self, table: &TableRef) -> Result<TableSchema>;
+    /// Table `name` in each of `databases`, in that order: what [`Source::discover`] says of
+    /// each. A run discovers every tenant's table at once through this, so a source that can
+    /// ask about many databases in one statement keeps discovery's cost per table name, not
+    /// per tenant and table; the default asks one by one.
+    async fn discover_many(&self, name: &str, databases: &[String]) -> Vec<Result<TableSchema>> {
+        futures::future::join_all(
+            databases.iter().map(|db| async move { self.discover(&TableRef::new(db, name)).await }),
+        )
+        .await
+    }
     /// Streams the requested rows into `output` from one consistent snapshot.
     async fn read(&self, request: ReadRequest, output: BatchSender) -> Result<ReadSummary>;
     /// Per-bucket digests of one tenant's table (see [`crate::digest`]), for `verify`.

@@ -301,8 +301,9 @@ connector_framework::inventory::submit! {
         crate_name: env!("CARGO_PKG_NAME"),
         description: "Reads tables from MySQL / MariaDB databases (one database per tenant)",
         details: "Zero or invalid dates ('0000-00-00', '2024-00-10') are written as NULL and counted in the \
-report (zero_dates: \"fail\" fails the table instead). Each read runs in START TRANSACTION WITH CONSISTENT \
-SNAPSHOT, READ ONLY at UTC; the user needs SELECT only.",
+report (zero_dates: \"fail\" fails the table instead). Each read is one SELECT (InnoDB reads it \
+from one consistent snapshot) after the server's clock, at UTC in a read-only session; a change stream's reads run \
+in START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY. The user needs SELECT only.",
         types: crate::types::MYSQL_TYPES,
         fields: FIELDS,
         example: r#"{"kind": "mysql", "host": "127.0.0.1", "port": 3306, "user": "sync_reader", "password": "${MYSQL_PASSWORD}", "databases": ["shop1", "shop2"], "pool_size": 5}"#,

@@ -7,17 +7,17 @@ use async_trait::async_trait;
 use chrono::NaiveDateTime;
 use connector_framework::digest::{BucketDigest, DigestSpec, JsonDigest, RowDigest};
 use connector_framework::{
-    BatchSender, Column, ConnectorError, KeySource, Preflight, ReadRange, ReadRequest, ReadSummary, Result, RowBatch,
-    Source, TableRef, TableSchema, Value,
+    BatchSender, ConnectorError, Preflight, ReadRange, ReadRequest, ReadSummary, Result, RowBatch, Source, TableRef,
+    TableSchema, Value,
 };
 use mysql_async::prelude::Queryable;
 use mysql_async::{Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts};
 
 use crate::binlog::MySqlChangeLog;
-use crate::config::{MySqlSourceConfig, SslMode, validate_identifier};
+use crate::config::{MySqlSourceConfig, SslMode};
 use crate::error::wrap;
 use crate::tls;
-use crate::types::{ColumnInfo, Decoder, decode_or_null, map_column, quote_ident};
+use crate::types::{Decoder, decode_or_null, quote_ident, read_plan};
 
 /// Reads MySQL / MariaDB tables through one shared connection pool.
 pub struct MySqlSource {
@@ -78,7 +78,11 @@ impl MySqlSource {
     async fn connect_with(config: MySqlSourceConfig, ssl: Option<mysql_async::SslOpts>) -> Result<Self, Failure> {
         let pool_opts = PoolOpts::default()
             .with_constraints(PoolConstraints::new(0, config.pool_size).unwrap_or_default())
-            .with_inactive_connection_ttl(Duration::from_secs(60));
+            .with_inactive_connection_ttl(Duration::from_secs(60))
+            // Not reset on every checkout (a reset and the session set-up again would cost six
+            // statements per read): no caller leaves session state behind, and a read that
+            // opens a transaction marks its connection to be reset if it stops inside it.
+            .with_reset_connection(false);
         let opts: Opts = OptsBuilder::default()
             .ip_or_hostname(config.host.clone())
             .tcp_port(config.port)
@@ -121,91 +125,34 @@ impl MySqlSource {
     async fn conn(&self, what: &(dyn std::fmt::Display + Sync)) -> Result<mysql_async::Conn> {
         self.pool.get_conn().await.map_err(|e| wrap(e, format!("{what}: cannot get a connection")))
     }
+}
 
-    async fn columns(&self, table: &TableRef) -> Result<Vec<ColumnInfo>> {
-        let mut conn = self.conn(table).await?;
-        type Raw = (String, String, String, String, Option<u64>, Option<u64>, Option<u64>);
-        let rows: Vec<Raw> = conn
-            .exec(
-                "SELECT COLUMN_NAME, LOWER(DATA_TYPE), LOWER(COLUMN_TYPE), IS_NULLABLE, NUMERIC_PRECISION, \
-                 NUMERIC_SCALE, DATETIME_PRECISION FROM information_schema.COLUMNS \
-                 WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
-                (&table.database, &table.table),
-            )
+impl MySqlSource {
+    /// Starts a consistent snapshot for a change stream's read and returns its change-log
+    /// position.
+    async fn open_snapshot(
+        &self,
+        conn: &mut mysql_async::Conn,
+        schema: &TableSchema,
+    ) -> Result<Option<connector_framework::ChangePosition>> {
+        let table = &schema.table;
+        // The log's end before the snapshot, in case the server cannot tell the snapshot's own
+        // position (MySQL without Percona's binlog_snapshot_*).
+        let before = self.change_log.head_on(conn).await?;
+        conn.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
             .await
-            .map_err(|e| wrap(e, format!("{table}: reading information_schema.COLUMNS")))?;
-        // MariaDB's JSON is LONGTEXT with CHECK (json_valid(`col`)); MySQL 8 lacks the
-        // TABLE_NAME column here and has a real JSON type, so a failure is ignored.
-        let checks: Vec<String> = match conn
-            .exec(
-                "SELECT CHECK_CLAUSE FROM information_schema.CHECK_CONSTRAINTS \
-                 WHERE CONSTRAINT_SCHEMA = ? AND TABLE_NAME = ?",
-                (&table.database, &table.table),
-            )
-            .await
-        {
-            Ok(checks) => checks,
-            Err(mysql_async::Error::Server(_)) => Vec::new(),
-            Err(e) => return Err(wrap(e, format!("{table}: reading information_schema.CHECK_CONSTRAINTS"))),
-        };
-        Ok(rows
-            .into_iter()
-            .map(|(name, data_type, column_type, nullable, precision, scale, dt_precision)| {
-                let json_check = checks
-                    .iter()
-                    .any(|c| c.to_ascii_lowercase().contains(&format!("json_valid(`{}`)", name.to_ascii_lowercase())));
-                ColumnInfo {
-                    nullable: nullable == "YES",
-                    name,
-                    data_type,
-                    column_type,
-                    numeric_precision: precision,
-                    numeric_scale: scale,
-                    datetime_precision: dt_precision,
-                    json_check,
-                }
-            })
-            .collect())
-    }
-
-    /// The primary key, else the smallest unique index over NOT NULL columns.
-    async fn key(&self, table: &TableRef, nullable: &[(String, bool)]) -> Result<(Vec<String>, KeySource)> {
-        let mut conn = self.conn(table).await?;
-        // COLUMN_NAME is NULL for functional key parts (MySQL 8); such indexes are no key.
-        let rows: Vec<(String, Option<String>, u64)> = conn
-            .exec(
-                "SELECT INDEX_NAME, COLUMN_NAME, NON_UNIQUE FROM information_schema.STATISTICS \
-                 WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY INDEX_NAME, SEQ_IN_INDEX",
-                (&table.database, &table.table),
-            )
-            .await
-            .map_err(|e| wrap(e, format!("{table}: reading information_schema.STATISTICS")))?;
-        let mut indexes: Vec<(String, Vec<Option<String>>)> = Vec::new();
-        for (index, column, non_unique) in rows {
-            if non_unique != 0 {
-                continue;
-            }
-            match indexes.iter_mut().find(|(n, _)| *n == index) {
-                Some((_, cols)) => cols.push(column),
-                None => indexes.push((index, vec![column])),
-            }
+            .map_err(|e| wrap(e, format!("{table}: starting a snapshot")))?;
+        match self.change_log.snapshot_position(conn).await? {
+            Some(exact) => Ok(Some(exact)),
+            // Changes between `before` and the snapshot are applied again over rows that have
+            // them: harmless by key, but a table without one would count them twice.
+            None if schema.key.is_empty() => Err(ConnectorError::config(format!(
+                "{table} has no primary key, and this server cannot tell a snapshot's exact binlog position (MariaDB \
+                 and Percona Server can); give the table a key (or table_options.{}.primary_key), or sync it by cursor",
+                table.table
+            ))),
+            None => Ok(Some(before)),
         }
-        let indexes: Vec<(String, Vec<String>)> = indexes
-            .into_iter()
-            .filter_map(|(n, cols)| cols.into_iter().collect::<Option<Vec<_>>>().map(|c| (n, c)))
-            .collect();
-        if let Some((_, cols)) = indexes.iter().find(|(n, _)| n == "PRIMARY") {
-            return Ok((cols.clone(), KeySource::PrimaryKey));
-        }
-        let not_null = |c: &String| nullable.iter().any(|(n, null)| n == c && !null);
-        let best = indexes
-            .into_iter()
-            .filter(|(_, cols)| cols.iter().all(not_null))
-            .min_by(|a, b| a.1.len().cmp(&b.1.len()).then_with(|| a.0.cmp(&b.0)));
-        Ok(match best {
-            Some((_, cols)) => (cols, KeySource::UniqueIndex),
-            None => (Vec::new(), KeySource::None),
-        })
     }
 }
 
@@ -217,13 +164,12 @@ struct ReadColumn {
     decoder: Decoder,
 }
 
-fn read_columns(schema: &TableSchema, infos: &[ColumnInfo]) -> Vec<ReadColumn> {
+fn read_columns(schema: &TableSchema) -> Vec<ReadColumn> {
     schema
         .columns
         .iter()
         .map(|c| {
-            let info = infos.iter().find(|i| i.name == c.name);
-            let (_, decoder, expr) = info.map(map_column).unwrap_or((c.logical.clone(), Decoder::Text, None));
+            let (decoder, expr) = read_plan(c);
             let quoted = quote_ident(&c.name);
             ReadColumn {
                 name: c.name.clone(),
@@ -249,64 +195,29 @@ impl Source for MySqlSource {
 
     async fn list_tables(&self, database: &str) -> Result<Vec<String>> {
         let mut conn = self.conn(&database).await?;
-        let tables: Vec<String> = conn
-            .exec(
-                "SELECT TABLE_NAME FROM information_schema.TABLES \
-                 WHERE TABLE_SCHEMA = ? AND TABLE_TYPE = 'BASE TABLE' ORDER BY TABLE_NAME",
-                (database,),
-            )
-            .await
-            .map_err(|e| wrap(e, format!("{database}: listing tables")))?;
-        if tables.is_empty() {
-            let exists: Option<String> = conn
-                .exec_first("SELECT SCHEMA_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = ?", (database,))
-                .await
-                .map_err(|e| wrap(e, format!("{database}: listing tables")))?;
-            if exists.is_none() {
-                return Err(ConnectorError::permanent(format!(
-                    "database `{database}` does not exist or the user cannot see it; check db_list and grants"
-                )));
-            }
-        }
-        Ok(tables)
+        crate::schema::list_tables(&mut conn, database).await
     }
 
     async fn discover(&self, table: &TableRef) -> Result<TableSchema> {
-        validate_identifier("table", &table.table)?;
-        let infos = self.columns(table).await?;
-        if infos.is_empty() {
-            return Err(ConnectorError::permanent(format!(
-                "table {table} does not exist or the user cannot see it; check table_list and grants"
-            )));
+        let mut found = self.discover_many(&table.table, std::slice::from_ref(&table.database)).await;
+        found.pop().unwrap_or_else(|| Err(ConnectorError::permanent(format!("{table}: discovery found nothing"))))
+    }
+
+    async fn discover_many(&self, name: &str, databases: &[String]) -> Vec<Result<TableSchema>> {
+        let mut out = Vec::with_capacity(databases.len());
+        for chunk in databases.chunks(crate::schema::DISCOVERY_CHUNK) {
+            match self.conn(&format!("`{name}`")).await {
+                Ok(mut conn) => out.extend(crate::schema::discover_chunk(&mut conn, name, chunk).await),
+                Err(e) => out.extend(chunk.iter().map(|_| Err(e.duplicate()))),
+            }
         }
-        let nullable: Vec<(String, bool)> = infos.iter().map(|i| (i.name.clone(), i.nullable)).collect();
-        let columns = infos
-            .iter()
-            .map(|info| Column {
-                name: info.name.clone(),
-                source_type: info.column_type.clone(),
-                logical: map_column(info).0,
-                nullable: info.nullable,
-            })
-            .collect();
-        let (key, key_source) = self.key(table, &nullable).await?;
-        let mut conn = self.conn(table).await?;
-        let estimated_rows: Option<u64> = conn
-            .exec_first(
-                "SELECT TABLE_ROWS FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
-                (&table.database, &table.table),
-            )
-            .await
-            .map_err(|e| wrap(e, format!("{table}: reading information_schema.TABLES")))?
-            .flatten();
-        Ok(TableSchema { table: table.clone(), columns, key, key_source, estimated_rows })
+        out
     }
 
     async fn read(&self, request: ReadRequest, output: BatchSender) -> Result<ReadSummary> {
         let schema = &request.schema;
         let table = &schema.table;
-        let infos = self.columns(table).await?;
-        let columns = read_columns(schema, &infos);
+        let columns = read_columns(schema);
         let cursor_index = request.track_cursor.as_deref().and_then(|c| schema.column_index(c));
 
         let mut sql = format!(
@@ -360,40 +271,34 @@ impl Source for MySqlSource {
         }
 
         let mut conn = self.conn(table).await?;
-        // For a change stream: the log's end before the snapshot, in case the server cannot
-        // tell the snapshot's own position (MySQL without Percona's binlog_snapshot_*).
-        let before = if request.capture_position { Some(self.change_log.head_on(&mut conn).await?) } else { None };
-        conn.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
-            .await
-            .map_err(|e| wrap(e, format!("{table}: starting a snapshot")))?;
-        let change_position = match before {
-            None => None,
-            Some(before) => match self.change_log.snapshot_position(&mut conn).await? {
-                Some(exact) => Some(exact),
-                // Changes between `before` and the snapshot are applied again over rows that
-                // have them: harmless by key, but a table without one would count them twice.
-                None if schema.key.is_empty() => {
-                    return Err(ConnectorError::config(format!(
-                        "{table} has no primary key, and this server cannot tell a snapshot's exact binlog position \
-                         (MariaDB and Percona Server can); give the table a key (or table_options.{}.primary_key), or \
-                         sync it by cursor",
-                        table.table
-                    )));
-                }
-                None => Some(before),
-            },
+        // A plain read is one SELECT, which InnoDB runs in a consistent snapshot of its own: no
+        // transaction around it, two statements in all (the clock, then the rows). A change
+        // stream's read needs the snapshot's log position, so it opens the snapshot itself.
+        let (change_position, snapshot_seq) = if request.capture_position {
+            // A read that stops halfway must not hand the pool a connection still inside its
+            // snapshot: this one is reset when it goes back, unless the COMMIT below ran.
+            conn.reset_connection(true);
+            let position = self.open_snapshot(&mut conn, schema).await?;
+            let seq = position.as_ref().map(|p| p.seq.clone());
+            (position, seq)
+        } else {
+            (None, None)
         };
-        let snapshot_seq = change_position.as_ref().map(|p| p.seq.clone());
-        // The source clock, in the snapshot: UTC, and the zone DATETIME cursors are stamped in
-        // (the server's default zone unless cursor_time_zone says otherwise).
+        // The source clock, just before the SELECT's snapshot (inside it, for a change stream):
+        // UTC, and the zone DATETIME cursors are stamped in (the server's default zone unless
+        // cursor_time_zone says otherwise). The NULL-cursor count rides along.
         let zone = request.cursor_time_zone.clone().unwrap_or_else(|| "@@global.time_zone".to_string());
         let zone_sql =
             if request.cursor_time_zone.is_some() { format!("'{}'", zone.replace('\'', "")) } else { zone.clone() };
-        let clock: Option<(NaiveDateTime, Option<NaiveDateTime>)> = conn
-            .query_first(format!("SELECT UTC_TIMESTAMP(6), CONVERT_TZ(UTC_TIMESTAMP(6), '+00:00', {zone_sql})"))
+        let asked = std::time::Instant::now();
+        let clock: Option<(NaiveDateTime, Option<NaiveDateTime>, Option<u64>)> = conn
+            .query_first(format!(
+                "SELECT UTC_TIMESTAMP(6), CONVERT_TZ(UTC_TIMESTAMP(6), '+00:00', {zone_sql}), {}",
+                count_nulls.as_deref().map_or_else(|| "NULL".to_string(), |c| format!("({c})"))
+            ))
             .await
             .map_err(|e| wrap(e, format!("{table}: reading the server clock")))?;
-        let Some((utc, local)) = clock else {
+        let Some((utc, local, skipped)) = clock else {
             return Err(ConnectorError::permanent(format!("{table}: the server returned no clock")));
         };
         let local = match (local, &request.cursor_time_zone) {
@@ -434,14 +339,15 @@ impl Source for MySqlSource {
             ));
         }
 
-        if let Some(count_sql) = count_nulls {
-            let skipped: Option<u64> =
-                conn.query_first(count_sql).await.map_err(|e| wrap(e, format!("{table}: counting NULL cursors")))?;
-            summary.null_cursor_rows_skipped = skipped.unwrap_or(0);
-        }
+        summary.null_cursor_rows_skipped = skipped.unwrap_or(0);
 
         let label = table.to_string();
         let mut result = conn.exec_iter(sql.as_str(), params).await.map_err(|e| wrap(e, format!("{table}: SELECT")))?;
+        // The SELECT's snapshot began after the clock was read and before its answer came: a
+        // row stamped within that slack is not from the future (the runner still caps the
+        // watermark at the clock).
+        let slack = chrono::TimeDelta::from_std(asked.elapsed()).unwrap_or_default();
+        let (utc_bound, local_bound) = (utc + slack, local + slack);
         let mut batch = RowBatch::with_capacity(request.batch_size);
         let mut max_cursor: Option<Value> = None;
         let mut zero_dates = 0u64;
@@ -466,7 +372,7 @@ impl Source for MySqlSource {
                 // A row stamped later than the source's clock (an import, a 2099 sentinel, a
                 // client with a wrong clock) must not move the watermark past rows not yet
                 // written: it is read, counted, and left out of the maximum.
-                let clock = if matches!(v, Value::Timestamp(_)) { utc } else { local };
+                let clock = if matches!(v, Value::Timestamp(_)) { utc_bound } else { local_bound };
                 match v.cursor_instant() {
                     Some(t) if t > clock && !matches!(v, Value::Date(_)) => summary.future_cursor_rows += 1,
                     Some(t) if matches!(v, Value::Date(_)) && t.date() > clock.date() => {
@@ -503,7 +409,10 @@ impl Source for MySqlSource {
                 return Err(ConnectorError::permanent(format!("{table}: every target stopped accepting rows")));
             }
         }
-        conn.query_drop("COMMIT").await.map_err(|e| wrap(e, format!("{table}: ending the snapshot")))?;
+        if request.capture_position {
+            conn.query_drop("COMMIT").await.map_err(|e| wrap(e, format!("{table}: ending the snapshot")))?;
+            conn.reset_connection(false);
+        }
         summary.max_cursor = max_cursor;
         summary.last_key = last_key;
         if zero_dates > 0 {

@@ -4,7 +4,7 @@
 //! read, so the per-value work is a single match.
 
 use chrono::{NaiveDate, NaiveDateTime, NaiveTime, TimeZone, Utc};
-use connector_framework::{ConnectorError, LogicalType, Result, TypeRow, Value};
+use connector_framework::{Column, ConnectorError, LogicalType, Result, TypeRow, Value};
 use mysql_async::Value as Wire;
 
 /// MySQL / MariaDB types → logical types, as documented for users (`connector-run describe
@@ -123,6 +123,27 @@ pub fn map_column(c: &ColumnInfo) -> (LogicalType, Decoder, Option<String>) {
         "inet4" | "inet6" | "uuid" => (LogicalType::String, Decoder::Text, Some(format!("CAST({quoted} AS CHAR)"))),
         _ => (LogicalType::String, Decoder::Text, Some(format!("CAST({quoted} AS CHAR)"))),
     }
+}
+
+/// The decoder and SELECT expression of a discovered column, from what discovery kept of it:
+/// its declared type (`COLUMN_TYPE`, whose first word is `DATA_TYPE`) and its logical type
+/// (which tells MariaDB's JSON, a LONGTEXT with a `json_valid` check, from other text). A
+/// read needs no second look at `information_schema`.
+pub fn read_plan(column: &Column) -> (Decoder, Option<String>) {
+    let column_type = column.source_type.to_ascii_lowercase();
+    let data_type = column_type.split(['(', ' ']).next().unwrap_or_default().to_string();
+    let info = ColumnInfo {
+        name: column.name.clone(),
+        data_type,
+        column_type,
+        numeric_precision: None,
+        numeric_scale: None,
+        datetime_precision: None,
+        json_check: column.logical == LogicalType::Json,
+        nullable: column.nullable,
+    };
+    let (_, decoder, expr) = map_column(&info);
+    (decoder, expr)
 }
 
 /// Quotes an identifier with backticks.
@@ -306,6 +327,50 @@ mod tests {
         ];
         for (dt, ct, want) in cases {
             assert_eq!(&map_column(&info(dt, ct)).0, want, "{ct}");
+        }
+    }
+
+    /// A read plans its columns from the discovered schema alone: the same decoder and SELECT
+    /// expression as discovery's full look at `information_schema`.
+    #[test]
+    fn a_read_plans_each_column_as_discovery_mapped_it() {
+        let mut cases: Vec<ColumnInfo> = [
+            ("tinyint", "tinyint(1)"),
+            ("int", "int(10) unsigned"),
+            ("bigint", "bigint(20) unsigned zerofill"),
+            ("decimal", "decimal(12,2)"),
+            ("float", "float"),
+            ("double", "double"),
+            ("bit", "bit(64)"),
+            ("bit", "bit(3)"),
+            ("year", "year(4)"),
+            ("date", "date"),
+            ("datetime", "datetime(6)"),
+            ("timestamp", "timestamp(3)"),
+            ("time", "time(6)"),
+            ("varchar", "varchar(10)"),
+            ("enum", "enum('a b','c(d)')"),
+            ("set", "set('a','b')"),
+            ("longtext", "longtext"),
+            ("longblob", "longblob"),
+            ("json", "json"),
+            ("geometry", "geometry"),
+            ("point", "point"),
+            ("inet6", "inet6"),
+            ("uuid", "uuid"),
+            ("vector", "vector(3)"),
+        ]
+        .iter()
+        .map(|(dt, ct)| info(dt, ct))
+        .collect();
+        let mut json = info("longtext", "longtext");
+        json.json_check = true;
+        cases.push(json);
+        for info in cases {
+            let (logical, decoder, expr) = map_column(&info);
+            let column =
+                Column { name: info.name.clone(), source_type: info.column_type.clone(), logical, nullable: true };
+            assert_eq!(read_plan(&column), (decoder, expr), "{}", info.column_type);
         }
         let mut dec = info("decimal", "decimal(65,30)");
         dec.numeric_precision = Some(65);

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::error::{ConnectorError, Result};
+use crate::error::{ConnectorError, ErrorClass, Result};
 use crate::pipeline::TableOptions;
 use crate::schema::{Column, KeySource, LogicalType, TableRef, TableSchema};
 use crate::sink::{TargetOptions, TargetTable};
@@ -82,9 +82,17 @@ pub(crate) async fn discover_and_unify(
     databases: &[String],
     options: &TableOptions,
 ) -> Unified {
-    let discovered = futures::future::join_all(databases.iter().map(|db| async move {
+    // One batched discovery; a tenant it failed for transiently is retried alone.
+    let batch = runner.source.discover_many(name, databases).await;
+    let discovered = futures::future::join_all(databases.iter().zip(batch).map(|(db, found)| async move {
         let table = TableRef::new(db, name);
-        let found = runner.retry(&format!("discover {table}"), || runner.source.discover(&table)).await;
+        let found = match found {
+            Err(e) if e.class() == ErrorClass::Transient => {
+                tracing::debug!(%table, error = %e, "batched discovery failed; retrying this tenant alone");
+                runner.retry(&format!("discover {table}"), || runner.source.discover(&table)).await
+            }
+            other => other,
+        };
         (table, found)
     }))
     .await;

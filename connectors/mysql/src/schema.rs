@@ -1,0 +1,234 @@
+//! Discovery: the base tables of a database, and one table's columns, types and key in many
+//! databases at once, from `information_schema`.
+//!
+//! A fleet's run discovers every table name in every tenant. Asking per tenant costs four
+//! statements per tenant and table; asking per table name with the tenants in an `IN` list
+//! costs four per [`DISCOVERY_CHUNK`] tenants, whatever the fleet's size.
+
+use std::collections::HashMap;
+
+use connector_framework::{Column, ConnectorError, KeySource, Result, TableRef, TableSchema};
+use mysql_async::Conn;
+use mysql_async::prelude::Queryable;
+
+use crate::config::validate_identifier;
+use crate::error::wrap;
+use crate::types::{ColumnInfo, map_column};
+
+/// Databases per discovery statement: far below the server's placeholder limit, and a short
+/// enough statement for any `max_allowed_packet`.
+pub(crate) const DISCOVERY_CHUNK: usize = 500;
+
+/// The base tables of `database`, by name; an error when the database does not exist or the
+/// user cannot see it.
+pub(crate) async fn list_tables(conn: &mut Conn, database: &str) -> Result<Vec<String>> {
+    let tables: Vec<String> = conn
+        .exec(
+            "SELECT TABLE_NAME FROM information_schema.TABLES \
+             WHERE TABLE_SCHEMA = ? AND TABLE_TYPE = 'BASE TABLE' ORDER BY TABLE_NAME",
+            (database,),
+        )
+        .await
+        .map_err(|e| wrap(e, format!("{database}: listing tables")))?;
+    if tables.is_empty() {
+        let exists: Option<String> = conn
+            .exec_first("SELECT SCHEMA_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = ?", (database,))
+            .await
+            .map_err(|e| wrap(e, format!("{database}: listing tables")))?;
+        if exists.is_none() {
+            return Err(ConnectorError::permanent(format!(
+                "database `{database}` does not exist or the user cannot see it; check db_list and grants"
+            )));
+        }
+    }
+    Ok(tables)
+}
+
+/// Table `name` in each of `databases` (at most [`DISCOVERY_CHUNK`]), in that order: four
+/// statements for all of them. A statement that fails fails every database of the chunk with
+/// its error.
+pub(crate) async fn discover_chunk(conn: &mut Conn, name: &str, databases: &[String]) -> Vec<Result<TableSchema>> {
+    let label = match databases {
+        [one] => TableRef::new(one, name).to_string(),
+        _ => format!("`{name}` in {} databases", databases.len()),
+    };
+    match read_chunk(conn, name, databases, &label).await {
+        Ok(mut found) => databases
+            .iter()
+            .map(|db| {
+                let table = TableRef::new(db, name);
+                validate_identifier("table", name)?;
+                let facts = found.remove(db.as_str()).unwrap_or_default();
+                facts.into_schema(table)
+            })
+            .collect(),
+        Err(e) => databases.iter().map(|_| Err(e.duplicate())).collect(),
+    }
+}
+
+/// What `information_schema` says of one database's table.
+#[derive(Default)]
+struct TableFacts {
+    columns: Vec<ColumnInfo>,
+    /// Unique indexes in index-name order, each with its columns in index order (`None`: a
+    /// functional key part, MySQL 8).
+    unique_indexes: Vec<(String, Vec<Option<String>>)>,
+    checks: Vec<String>,
+    estimated_rows: Option<u64>,
+}
+
+impl TableFacts {
+    fn into_schema(self, table: TableRef) -> Result<TableSchema> {
+        if self.columns.is_empty() {
+            return Err(ConnectorError::permanent(format!(
+                "table {table} does not exist or the user cannot see it; check table_list and grants"
+            )));
+        }
+        let mut infos = self.columns;
+        // MariaDB's JSON is LONGTEXT with CHECK (json_valid(`col`)).
+        for info in &mut infos {
+            let check = format!("json_valid(`{}`)", info.name.to_ascii_lowercase());
+            info.json_check = self.checks.iter().any(|c| c.to_ascii_lowercase().contains(&check));
+        }
+        let (key, key_source) = choose_key(self.unique_indexes, &infos);
+        let columns = infos
+            .iter()
+            .map(|info| Column {
+                name: info.name.clone(),
+                source_type: info.column_type.clone(),
+                logical: map_column(info).0,
+                nullable: info.nullable,
+            })
+            .collect();
+        Ok(TableSchema { table, columns, key, key_source, estimated_rows: self.estimated_rows })
+    }
+}
+
+/// The primary key, else the smallest unique index over NOT NULL columns (ties: the first
+/// index name).
+fn choose_key(indexes: Vec<(String, Vec<Option<String>>)>, infos: &[ColumnInfo]) -> (Vec<String>, KeySource) {
+    let indexes: Vec<(String, Vec<String>)> = indexes
+        .into_iter()
+        .filter_map(|(n, cols)| cols.into_iter().collect::<Option<Vec<_>>>().map(|c| (n, c)))
+        .collect();
+    if let Some((_, cols)) = indexes.iter().find(|(n, _)| n == "PRIMARY") {
+        return (cols.clone(), KeySource::PrimaryKey);
+    }
+    let not_null = |c: &String| infos.iter().any(|i| &i.name == c && !i.nullable);
+    let best = indexes
+        .into_iter()
+        .filter(|(_, cols)| cols.iter().all(not_null))
+        .min_by(|a, b| a.1.len().cmp(&b.1.len()).then_with(|| a.0.cmp(&b.0)));
+    match best {
+        Some((_, cols)) => (cols, KeySource::UniqueIndex),
+        None => (Vec::new(), KeySource::None),
+    }
+}
+
+/// `?, ?, …` for `n` values.
+fn placeholders(n: usize) -> String {
+    vec!["?"; n].join(", ")
+}
+
+async fn read_chunk<'a>(
+    conn: &mut Conn,
+    name: &str,
+    databases: &'a [String],
+    label: &str,
+) -> Result<HashMap<&'a str, TableFacts>> {
+    let mut facts: HashMap<&'a str, TableFacts> = HashMap::new();
+    // information_schema compares case-insensitively, so `Shop1` can bring `shop1`'s rows
+    // too: only rows of the database and table named exactly as asked count.
+    let asked = |db: &str, table: &str| if table == name { databases.iter().find(|d| *d == db) } else { None };
+    let params = || {
+        std::iter::once(mysql_async::Value::from(name))
+            .chain(databases.iter().map(|d| mysql_async::Value::from(d.as_str())))
+            .collect::<Vec<_>>()
+    };
+    let list = placeholders(databases.len());
+
+    type Raw = (String, String, String, String, String, String, Option<u64>, Option<u64>, Option<u64>);
+    let columns: Vec<Raw> = conn
+        .exec(
+            format!(
+                "SELECT TABLE_SCHEMA, TABLE_NAME, COLUMN_NAME, LOWER(DATA_TYPE), LOWER(COLUMN_TYPE), IS_NULLABLE, \
+                 NUMERIC_PRECISION, NUMERIC_SCALE, DATETIME_PRECISION FROM information_schema.COLUMNS \
+                 WHERE TABLE_NAME = ? AND TABLE_SCHEMA IN ({list}) ORDER BY TABLE_SCHEMA, ORDINAL_POSITION"
+            ),
+            params(),
+        )
+        .await
+        .map_err(|e| wrap(e, format!("{label}: reading information_schema.COLUMNS")))?;
+    for (db, table, column, data_type, column_type, nullable, precision, scale, dt_precision) in columns {
+        let Some(db) = asked(&db, &table) else { continue };
+        facts.entry(db.as_str()).or_default().columns.push(ColumnInfo {
+            nullable: nullable == "YES",
+            name: column,
+            data_type,
+            column_type,
+            numeric_precision: precision,
+            numeric_scale: scale,
+            datetime_precision: dt_precision,
+            json_check: false,
+        });
+    }
+
+    // MySQL 8 lacks TABLE_NAME here (and has a real JSON type): a server error means no checks.
+    let checks: Vec<(String, String, String)> = match conn
+        .exec(
+            format!(
+                "SELECT CONSTRAINT_SCHEMA, TABLE_NAME, CHECK_CLAUSE FROM information_schema.CHECK_CONSTRAINTS \
+                 WHERE TABLE_NAME = ? AND CONSTRAINT_SCHEMA IN ({list})"
+            ),
+            params(),
+        )
+        .await
+    {
+        Ok(checks) => checks,
+        Err(mysql_async::Error::Server(_)) => Vec::new(),
+        Err(e) => return Err(wrap(e, format!("{label}: reading information_schema.CHECK_CONSTRAINTS"))),
+    };
+    for (db, table, clause) in checks {
+        if let Some(db) = asked(&db, &table) {
+            facts.entry(db.as_str()).or_default().checks.push(clause);
+        }
+    }
+
+    // COLUMN_NAME is NULL for functional key parts (MySQL 8); such indexes are no key.
+    let indexes: Vec<(String, String, String, Option<String>)> = conn
+        .exec(
+            format!(
+                "SELECT TABLE_SCHEMA, TABLE_NAME, INDEX_NAME, COLUMN_NAME FROM information_schema.STATISTICS \
+                 WHERE TABLE_NAME = ? AND TABLE_SCHEMA IN ({list}) AND NON_UNIQUE = 0 \
+                 ORDER BY TABLE_SCHEMA, INDEX_NAME, SEQ_IN_INDEX"
+            ),
+            params(),
+        )
+        .await
+        .map_err(|e| wrap(e, format!("{label}: reading information_schema.STATISTICS")))?;
+    for (db, table, index, column) in indexes {
+        let Some(db) = asked(&db, &table) else { continue };
+        let unique = &mut facts.entry(db.as_str()).or_default().unique_indexes;
+        match unique.iter_mut().find(|(n, _)| *n == index) {
+            Some((_, cols)) => cols.push(column),
+            None => unique.push((index, vec![column])),
+        }
+    }
+
+    let sizes: Vec<(String, String, Option<u64>)> = conn
+        .exec(
+            format!(
+                "SELECT TABLE_SCHEMA, TABLE_NAME, TABLE_ROWS FROM information_schema.TABLES \
+                 WHERE TABLE_NAME = ? AND TABLE_SCHEMA IN ({list})"
+            ),
+            params(),
+        )
+        .await
+        .map_err(|e| wrap(e, format!("{label}: reading information_schema.TABLES")))?;
+    for (db, table, rows) in sizes {
+        if let Some(db) = asked(&db, &table) {
+            facts.entry(db.as_str()).or_default().estimated_rows = rows;
+        }
+    }
+    Ok(facts)
+}
