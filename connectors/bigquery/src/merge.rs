@@ -178,14 +178,14 @@ impl CommitPlan {
                 // writer it resumed); writer numbers are unique. A chunk loaded twice (a job lost
                 // and redone) shows as a repeated (_writer, _seq): keep one.
                 let tenants: Vec<String> = handles.iter().map(|(t, _)| string_literal(t)).collect();
-                let rows: Vec<String> = handles.iter().map(|(_, h)| h.condition()).collect();
+                let rows = StageHandle::condition(&handles.iter().map(|(_, h)| h).collect::<Vec<_>>());
                 format!(
                     "SELECT {} FROM (SELECT * FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY {WRITER_FIELD}, {SEQ_FIELD}) \
                      AS _copy FROM {} WHERE {TENANT_FIELD} IN ({}) AND ({})) WHERE _copy = 1)",
                     exprs.join(", "),
                     qualified(&self.project, &self.staging_dataset, &handles[0].1.table),
                     tenants.join(", "),
-                    rows.join(" OR "),
+                    rows,
                 )
             })
             .collect();
@@ -456,12 +456,11 @@ mod tests {
         let selects: Vec<&str> = sql.split("UNION ALL").collect();
         assert_eq!(selects.len(), 2, "one SELECT per staging table and column set: {sql}");
         assert!(
-            selects[0].contains(
-                "_tenant IN ('shop1', 'shop\\'2') AND (_writer = 3 OR _writer = 7 OR (_writer = 5 AND _seq < 1000))"
-            ),
+            selects[0]
+                .contains("_tenant IN ('shop1', 'shop\\'2') AND (_writer IN (3, 7) OR (_writer = 5 AND _seq < 1000))"),
             "{sql}"
         );
-        assert!(selects[1].contains("_tenant IN ('shop3') AND (_writer = 9)"), "{sql}");
+        assert!(selects[1].contains("_tenant IN ('shop3') AND (_writer IN (9))"), "{sql}");
         // Duplicates of a row are numbered per tenant, as when each tenant was read alone.
         assert!(sql.contains("PARTITION BY _tenant, _hash"), "{sql}");
         assert!(sql.contains("PARTITION BY _writer, _seq"), "{sql}");

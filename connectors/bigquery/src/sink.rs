@@ -44,9 +44,10 @@ fn change_fields(request: &StageRequest<'_>) -> ChangeFields {
 /// Staging tables expire on their own if a run dies before dropping them.
 const STAGING_TTL_MS: i64 = 7 * 24 * 3600 * 1000;
 
-/// Tenants applied by one MERGE: a statement's text and parameters stay far below BigQuery's
-/// query size limits.
-const TENANTS_PER_COMMIT: usize = 200;
+/// Tenants applied by one MERGE. Each adds its name and writer number to the statement's text
+/// (at most about 90 characters), so 4,000 keep it under 400 KB, far below BigQuery's 1 MB
+/// limit on a query's text, and a fleet of that size gets one MERGE per table.
+const TENANTS_PER_COMMIT: usize = 4000;
 
 /// The version of the row hash of tables without a key (see `writer::row_hash`): part of the
 /// table generation, so a table hashed with another version is re-synced in full.
@@ -158,7 +159,11 @@ impl BigQuerySink {
     async fn settle_stages(&self, table: &str) -> Result<Vec<SharedStage>> {
         let shared = self.stages.lock().await.get(table).cloned().unwrap_or_default();
         for s in &shared {
-            s.stage.lock().await.settle(None).await?;
+            let mut stage = s.stage.lock().await;
+            stage.settle(None).await?;
+            // The commit takes no more rows: the chunk memory goes back now, not when the
+            // stage is dropped after the commit (other tables fill theirs meanwhile).
+            stage.release_buffers();
         }
         Ok(shared)
     }

@@ -133,6 +133,14 @@ impl Stage {
         }
     }
 
+    /// Frees the chunk buffers (a later append allocates again).
+    pub fn release_buffers(&mut self) {
+        if self.buffer.is_empty() {
+            self.buffer = Vec::new();
+        }
+        self.spare = None;
+    }
+
     /// Why `writer`'s rows failed to load, if they did.
     pub fn writer_failure(&self, writer: u64) -> Option<ConnectorError> {
         self.check(writer).err()

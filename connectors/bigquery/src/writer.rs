@@ -69,10 +69,15 @@ impl StageHandle {
         Some(Self { table, writer, earlier })
     }
 
-    /// The SQL condition that selects these rows of a staging table.
-    pub fn condition(&self) -> String {
-        let mut terms = vec![format!("{WRITER_FIELD} = {}", self.writer)];
-        terms.extend(self.earlier.iter().map(|(w, rows)| format!("({WRITER_FIELD} = {w} AND {SEQ_FIELD} < {rows})")));
+    /// The SQL condition that selects the rows of these handles in one staging table: one
+    /// `IN` list of the finished writers (a fleet's thousand tenants make one short term, not
+    /// a thousand ORs), and the durable part of each writer a handle resumed.
+    pub fn condition(handles: &[&StageHandle]) -> String {
+        let writers: Vec<String> = handles.iter().map(|h| h.writer.to_string()).collect();
+        let mut terms = vec![format!("{WRITER_FIELD} IN ({})", writers.join(", "))];
+        for h in handles {
+            terms.extend(h.earlier.iter().map(|(w, rows)| format!("({WRITER_FIELD} = {w} AND {SEQ_FIELD} < {rows})")));
+        }
         terms.join(" OR ")
     }
 }
