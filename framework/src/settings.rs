@@ -145,7 +145,13 @@ pub const SETTINGS_FIELDS: &[FieldDoc] = &[
         default: "5",
         doc: "first retry wait; doubles, jittered",
     },
-    FieldDoc { name: "concurrency", ty: "integer", required: false, default: "5", doc: "tables read at once" },
+    FieldDoc {
+        name: "concurrency",
+        ty: "integer",
+        required: false,
+        default: "5",
+        doc: "tables read at once (as many more may be committing meanwhile)",
+    },
     FieldDoc {
         name: "lookback_minutes",
         ty: "integer",

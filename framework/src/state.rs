@@ -328,6 +328,16 @@ pub trait StateStore: Send + Sync + std::fmt::Debug {
     async fn load(&self, database: &str) -> Result<DatabaseState>;
     /// Records one table's outcome durably (atomic replace).
     async fn record(&self, database: &str, state: TableState) -> Result<()>;
+    /// Records many tables' outcomes (a table's tenants after one commit), each durably and
+    /// atomically, with one result per record in order. A store that can make a batch durable
+    /// at once (one flush for all its files) overrides this; the default records one by one.
+    async fn record_many(&self, records: Vec<(String, TableState)>) -> Vec<Result<()>> {
+        let mut out = Vec::with_capacity(records.len());
+        for (database, state) in records {
+            out.push(self.record(&database, state).await);
+        }
+        out
+    }
     /// Where the state lives, for messages.
     fn location(&self) -> String;
     /// The change stream's state (`--cdc`), if one was recorded.

@@ -96,6 +96,9 @@ struct RunContext<'a> {
     options: &'a RunOptions,
     /// Bounds the tenant reads in flight over all tables.
     reads: Semaphore,
+    /// Bounds the tables being read and staged; a table that is committing (waiting on its
+    /// target) holds no permit, so the next tables read meanwhile.
+    staging: Semaphore,
     /// Targets found unreachable in this run (after their retries), with the reason: the
     /// rest of the run skips them at once instead of waiting on them table after table.
     down: std::sync::Mutex<HashMap<String, String>>,
@@ -241,6 +244,7 @@ impl Runner {
             runner: self,
             options,
             reads: Semaphore::new(self.settings.concurrency),
+            staging: Semaphore::new(self.settings.concurrency),
             down: std::sync::Mutex::default(),
         };
         if self.targets.len() > 1 && !options.dry_run {
@@ -276,7 +280,8 @@ impl Runner {
                     table::sync_table(ctx, &table, &dbs).await
                 }
             })
-            .buffer_unordered(self.settings.concurrency);
+            // As many tables committing as being staged: a commit is a wait on the target.
+            .buffer_unordered(self.settings.concurrency * 2);
         while let Some(mut o) = per_table.next().await {
             outcomes.append(&mut o);
         }

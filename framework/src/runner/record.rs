@@ -27,7 +27,49 @@ pub(super) struct Success<'a> {
     pub retries: u32,
 }
 
-pub(super) async fn record_success(ctx: &RunContext<'_>, target: &Target, s: Success<'_>) -> TableOutcome {
+/// Records the tenants one commit to `target` applied: their report lines, and their state in
+/// one batched write (a table's thousand tenants are one flush, not a thousand).
+pub(super) async fn record_successes(
+    ctx: &RunContext<'_>,
+    target: &Target,
+    successes: Vec<Success<'_>>,
+) -> Vec<TableOutcome> {
+    let mut outcomes = Vec::new();
+    let mut lines = Vec::new();
+    let mut records = Vec::new();
+    for s in successes {
+        match success_state(ctx, &s) {
+            Ok(state) => {
+                lines.push((success_line(target, &s), s.schema.table.clone()));
+                records.push((s.schema.table.database.clone(), state));
+            }
+            Err(e) => outcomes
+                .push(record_failure(ctx, target, &s.schema.table, Some(s.plan.mode), &e, s.retries, s.elapsed).await),
+        }
+    }
+    if !ctx.records() {
+        outcomes.extend(lines.into_iter().map(|(line, _)| line));
+        return outcomes;
+    }
+    let written = target.state.record_many(records).await;
+    for ((mut line, table), result) in lines.into_iter().zip(written) {
+        match result {
+            // The data is committed; only the checkpoint is missing. The next run re-reads
+            // from the older watermark, which the idempotent writes absorb.
+            Err(e) => {
+                line.status = OutcomeStatus::Failed;
+                line.error = Some(format!("data committed but state not saved: {e}"));
+            }
+            Ok(()) => Event::CheckpointCommitted { table, target: target.id.clone() }.emit(ctx.listeners()),
+        }
+        outcomes.push(line);
+    }
+    outcomes
+}
+
+/// The state a success leaves; an error when it cannot count as one (a change stream's
+/// snapshot whose position the source did not report).
+fn success_state(ctx: &RunContext<'_>, s: &Success<'_>) -> Result<TableState, ConnectorError> {
     let table = &s.schema.table;
     let now = Utc::now().naive_utc();
     let read_at = s.read.snapshot_time.unwrap_or(now);
@@ -41,11 +83,10 @@ pub(super) async fn record_success(ctx: &RunContext<'_>, target: &Target, s: Suc
                 deletes: cdc.tracking.deletes,
             }),
             None => {
-                let e = ConnectorError::permanent(format!(
+                return Err(ConnectorError::permanent(format!(
                     "{table}: the source did not report the change-log position of its snapshot, so the change \
                      stream cannot take over from it; report this as a bug"
-                ));
-                return record_failure(ctx, target, table, Some(s.plan.mode), &e, s.retries, s.elapsed).await;
+                )));
             }
         },
     };
@@ -55,7 +96,7 @@ pub(super) async fn record_success(ctx: &RunContext<'_>, target: &Target, s: Suc
         next_watermark(s.schema, s.plan, s.read, s.prior.and_then(|p| p.watermark.as_ref()))
     };
     let mode = if cdc.is_some() { SyncMode::Cdc } else { s.plan.mode };
-    let state = TableState {
+    Ok(TableState {
         watermark,
         duration_seconds: Some(s.elapsed.as_secs_f64()),
         key: Some(s.schema.key.clone()),
@@ -65,8 +106,12 @@ pub(super) async fn record_success(ctx: &RunContext<'_>, target: &Target, s: Suc
         notes: s.plan.warnings.clone(),
         cdc,
         ..TableState::succeeded(&table.table, mode, s.rows, read_at)
-    };
-    let mut outcome = TableOutcome::new(table, &target.id, OutcomeStatus::Success);
+    })
+}
+
+/// The report line of a success.
+fn success_line(target: &Target, s: &Success<'_>) -> TableOutcome {
+    let mut outcome = TableOutcome::new(&s.schema.table, &target.id, OutcomeStatus::Success);
     outcome.mode = Some(s.plan.mode);
     outcome.rows = s.rows;
     outcome.bytes = s.read.bytes;
@@ -78,17 +123,6 @@ pub(super) async fn record_success(ctx: &RunContext<'_>, target: &Target, s: Suc
     outcome.window = Some(s.read.window.clone().unwrap_or_else(|| s.plan.range.describe()));
     outcome.detail = Some(s.plan.reason.clone());
     outcome.warnings = s.plan.warnings.clone();
-    if !ctx.records() {
-        return outcome;
-    }
-    if let Err(e) = target.state.record(&table.database, state).await {
-        // The data is committed; only the checkpoint is missing. The next run re-reads from
-        // the older watermark, which the idempotent writes absorb.
-        outcome.status = OutcomeStatus::Failed;
-        outcome.error = Some(format!("data committed but state not saved: {e}"));
-    } else {
-        Event::CheckpointCommitted { table: table.clone(), target: target.id.clone() }.emit(ctx.listeners());
-    }
     outcome
 }
 

@@ -1,6 +1,7 @@
 //! One source table name, all its tenants: discover → unify → prepare each target → resolve
 //! writes in doubt → stage every tenant (one read each, fanned out) → one commit per target →
-//! record each outcome.
+//! record each outcome. Everything before the commit holds one of the run's `concurrency`
+//! staging permits; the commit, a wait on the targets, does not.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -44,6 +45,7 @@ pub(super) async fn sync_table(ctx: &RunContext<'_>, name: &str, dbs: &[String])
     let runner = ctx.runner;
     let table_options = runner.table_options.get(name).cloned().unwrap_or_default();
     let mut outcomes = Vec::new();
+    let staging = ctx.staging.acquire().await;
 
     let unified = unify::discover_and_unify(runner, name, dbs, &table_options).await;
     for (table, e) in &unified.rejected {
@@ -110,6 +112,7 @@ pub(super) async fn sync_table(ctx: &RunContext<'_>, name: &str, dbs: &[String])
         .buffer_unordered(runner.settings.concurrency)
         .collect()
         .await;
+    drop(staging);
 
     for l in &live {
         outcomes.extend(commit_target(ctx, l, &target_table, &results).await);
@@ -288,23 +291,21 @@ async fn commit_target(
         }
         .emit(ctx.listeners());
     }
+    let no_read = ReadSummary::default();
+    let mut successes = Vec::new();
     for (t, plan, s) in staged {
         let elapsed = t.elapsed + started.elapsed();
         match results_by_tenant.get(&s.tenant) {
-            Some(Ok(())) => {
-                let read = t.read.clone().unwrap_or_default();
-                let success = Success {
-                    schema: &t.schema,
-                    plan,
-                    read: &read,
-                    prior: t.priors.get(&target.id).and_then(Option::as_ref),
-                    stamp: &l.stamp,
-                    rows: s.rows,
-                    elapsed,
-                    retries: t.retries,
-                };
-                outcomes.push(record::record_success(ctx, target, success).await);
-            }
+            Some(Ok(())) => successes.push(Success {
+                schema: &t.schema,
+                plan,
+                read: t.read.as_ref().unwrap_or(&no_read),
+                prior: t.priors.get(&target.id).and_then(Option::as_ref),
+                stamp: &l.stamp,
+                rows: s.rows,
+                elapsed,
+                retries: t.retries,
+            }),
             Some(Err(e)) => {
                 ctx.note_failure(target, e);
                 outcomes.push(
@@ -319,6 +320,7 @@ async fn commit_target(
             }
         }
     }
+    outcomes.extend(record::record_successes(ctx, target, successes).await);
     outcomes
 }
 
