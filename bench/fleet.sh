@@ -80,13 +80,7 @@ change_one_percent() {
 }
 
 questions() { "${MYSQL[@]}" -e "SHOW GLOBAL STATUS LIKE 'Questions'" | awk '{ print $2 }'; }
-server_cpu() {
-  if [ -n "$SERVER_PID" ] && [ -r "/proc/$SERVER_PID/stat" ]; then
-    awk -v hz="$(getconf CLK_TCK)" '{ print ($14 + $15) / hz }' "/proc/$SERVER_PID/stat"
-  else
-    echo 0
-  fi
-}
+server_cpu() { process_cpu "$SERVER_PID"; }
 
 # jobs: how many BigQuery jobs the emulator has run so far (its job list, every page).
 jobs() {

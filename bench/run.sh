@@ -30,6 +30,7 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
+NAME=bench source scripts/lib.sh
 PEERS=0
 for arg in "$@"; do
   case "$arg" in
@@ -97,13 +98,7 @@ rm -rf "$WORK/status" "$WORK/sync.log"
 
 SERVER_PID=$(pidof mariadbd || pidof mysqld || true)
 # server_cpu: the server's CPU seconds so far (0 when its pid is unknown).
-server_cpu() {
-  if [ -n "$SERVER_PID" ] && [ -r "/proc/$SERVER_PID/stat" ]; then
-    awk -v hz="$(getconf CLK_TCK)" '{ print ($14 + $15) / hz }' "/proc/$SERVER_PID/stat"
-  else
-    echo 0
-  fi
-}
+server_cpu() { process_cpu "$SERVER_PID"; }
 
 # run_timed NAME COMMAND...: runs COMMAND once; sets ELAPSED, CPU (the command's), SERVER (the
 # server's CPU meanwhile) and RSS_MB; exits the benchmark on failure.

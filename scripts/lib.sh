@@ -15,6 +15,16 @@ usage() {
   exit 2
 }
 
+# process_cpu PID: the CPU seconds (user + system) process PID has used so far; 0 when it is
+# unknown or gone (benchmarks measure the server's share with it)
+process_cpu() {
+  if [ -n "$1" ] && [ -r "/proc/$1/stat" ]; then
+    awk -v hz="$(getconf CLK_TCK)" '{ print ($14 + $15) / hz }' "/proc/$1/stat"
+  else
+    echo 0
+  fi
+}
+
 # something listens on 127.0.0.1:$1
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 

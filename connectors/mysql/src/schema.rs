@@ -130,6 +130,25 @@ fn placeholders(n: usize) -> String {
     vec!["?"; n].join(", ")
 }
 
+/// Runs one discovery statement: `columns` of information_schema's `view` for table `name` in
+/// `databases`, `filter` added to the WHERE clause (the view's database column is `schema`).
+async fn select_chunk<T: mysql_async::prelude::FromRow + Send + 'static>(
+    conn: &mut Conn,
+    (view, schema, columns, filter): (&str, &str, &str, &str),
+    name: &str,
+    databases: &[String],
+) -> std::result::Result<Vec<T>, mysql_async::Error> {
+    let params: Vec<mysql_async::Value> = std::iter::once(mysql_async::Value::from(name))
+        .chain(databases.iter().map(|d| mysql_async::Value::from(d.as_str())))
+        .collect();
+    let sql = format!(
+        "SELECT {schema}, TABLE_NAME, {columns} FROM information_schema.{view} WHERE TABLE_NAME = ? AND {schema} IN \
+         ({}){filter}",
+        placeholders(databases.len())
+    );
+    conn.exec(sql, params).await
+}
+
 async fn read_chunk<'a>(
     conn: &mut Conn,
     name: &str,
@@ -140,25 +159,22 @@ async fn read_chunk<'a>(
     // information_schema compares case-insensitively, so `Shop1` can bring `shop1`'s rows
     // too: only rows of the database and table named exactly as asked count.
     let asked = |db: &str, table: &str| if table == name { databases.iter().find(|d| *d == db) } else { None };
-    let params = || {
-        std::iter::once(mysql_async::Value::from(name))
-            .chain(databases.iter().map(|d| mysql_async::Value::from(d.as_str())))
-            .collect::<Vec<_>>()
-    };
-    let list = placeholders(databases.len());
 
     type Raw = (String, String, String, String, String, String, Option<u64>, Option<u64>, Option<u64>);
-    let columns: Vec<Raw> = conn
-        .exec(
-            format!(
-                "SELECT TABLE_SCHEMA, TABLE_NAME, COLUMN_NAME, LOWER(DATA_TYPE), LOWER(COLUMN_TYPE), IS_NULLABLE, \
-                 NUMERIC_PRECISION, NUMERIC_SCALE, DATETIME_PRECISION FROM information_schema.COLUMNS \
-                 WHERE TABLE_NAME = ? AND TABLE_SCHEMA IN ({list}) ORDER BY TABLE_SCHEMA, ORDINAL_POSITION"
-            ),
-            params(),
-        )
-        .await
-        .map_err(|e| wrap(e, format!("{label}: reading information_schema.COLUMNS")))?;
+    let columns: Vec<Raw> = select_chunk(
+        conn,
+        (
+            "COLUMNS",
+            "TABLE_SCHEMA",
+            "COLUMN_NAME, LOWER(DATA_TYPE), LOWER(COLUMN_TYPE), IS_NULLABLE, NUMERIC_PRECISION, NUMERIC_SCALE, \
+             DATETIME_PRECISION",
+            " ORDER BY TABLE_SCHEMA, ORDINAL_POSITION",
+        ),
+        name,
+        databases,
+    )
+    .await
+    .map_err(|e| wrap(e, format!("{label}: reading information_schema.COLUMNS")))?;
     for (db, table, column, data_type, column_type, nullable, precision, scale, dt_precision) in columns {
         let Some(db) = asked(&db, &table) else { continue };
         facts.entry(db.as_str()).or_default().columns.push(ColumnInfo {
@@ -174,20 +190,13 @@ async fn read_chunk<'a>(
     }
 
     // MySQL 8 lacks TABLE_NAME here (and has a real JSON type): a server error means no checks.
-    let checks: Vec<(String, String, String)> = match conn
-        .exec(
-            format!(
-                "SELECT CONSTRAINT_SCHEMA, TABLE_NAME, CHECK_CLAUSE FROM information_schema.CHECK_CONSTRAINTS \
-                 WHERE TABLE_NAME = ? AND CONSTRAINT_SCHEMA IN ({list})"
-            ),
-            params(),
-        )
-        .await
-    {
-        Ok(checks) => checks,
-        Err(mysql_async::Error::Server(_)) => Vec::new(),
-        Err(e) => return Err(wrap(e, format!("{label}: reading information_schema.CHECK_CONSTRAINTS"))),
-    };
+    let checks: Vec<(String, String, String)> =
+        match select_chunk(conn, ("CHECK_CONSTRAINTS", "CONSTRAINT_SCHEMA", "CHECK_CLAUSE", ""), name, databases).await
+        {
+            Ok(checks) => checks,
+            Err(mysql_async::Error::Server(_)) => Vec::new(),
+            Err(e) => return Err(wrap(e, format!("{label}: reading information_schema.CHECK_CONSTRAINTS"))),
+        };
     for (db, table, clause) in checks {
         if let Some(db) = asked(&db, &table) {
             facts.entry(db.as_str()).or_default().checks.push(clause);
@@ -195,17 +204,19 @@ async fn read_chunk<'a>(
     }
 
     // COLUMN_NAME is NULL for functional key parts (MySQL 8); such indexes are no key.
-    let indexes: Vec<(String, String, String, Option<String>)> = conn
-        .exec(
-            format!(
-                "SELECT TABLE_SCHEMA, TABLE_NAME, INDEX_NAME, COLUMN_NAME FROM information_schema.STATISTICS \
-                 WHERE TABLE_NAME = ? AND TABLE_SCHEMA IN ({list}) AND NON_UNIQUE = 0 \
-                 ORDER BY TABLE_SCHEMA, INDEX_NAME, SEQ_IN_INDEX"
-            ),
-            params(),
-        )
-        .await
-        .map_err(|e| wrap(e, format!("{label}: reading information_schema.STATISTICS")))?;
+    let indexes: Vec<(String, String, String, Option<String>)> = select_chunk(
+        conn,
+        (
+            "STATISTICS",
+            "TABLE_SCHEMA",
+            "INDEX_NAME, COLUMN_NAME",
+            " AND NON_UNIQUE = 0 ORDER BY TABLE_SCHEMA, INDEX_NAME, SEQ_IN_INDEX",
+        ),
+        name,
+        databases,
+    )
+    .await
+    .map_err(|e| wrap(e, format!("{label}: reading information_schema.STATISTICS")))?;
     for (db, table, index, column) in indexes {
         let Some(db) = asked(&db, &table) else { continue };
         let unique = &mut facts.entry(db.as_str()).or_default().unique_indexes;
@@ -215,16 +226,10 @@ async fn read_chunk<'a>(
         }
     }
 
-    let sizes: Vec<(String, String, Option<u64>)> = conn
-        .exec(
-            format!(
-                "SELECT TABLE_SCHEMA, TABLE_NAME, TABLE_ROWS FROM information_schema.TABLES \
-                 WHERE TABLE_NAME = ? AND TABLE_SCHEMA IN ({list})"
-            ),
-            params(),
-        )
-        .await
-        .map_err(|e| wrap(e, format!("{label}: reading information_schema.TABLES")))?;
+    let sizes: Vec<(String, String, Option<u64>)> =
+        select_chunk(conn, ("TABLES", "TABLE_SCHEMA", "TABLE_ROWS", ""), name, databases)
+            .await
+            .map_err(|e| wrap(e, format!("{label}: reading information_schema.TABLES")))?;
     for (db, table, rows) in sizes {
         if let Some(db) = asked(&db, &table) {
             facts.entry(db.as_str()).or_default().estimated_rows = rows;
