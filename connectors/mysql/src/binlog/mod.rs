@@ -282,23 +282,26 @@ impl ChangeLog for MySqlChangeLog {
             )));
         }
         // The same coordinates in a log that was reset (RESET MASTER) are another place: on
-        // MariaDB the GTID at the position tells.
-        if let Some(expected) = &request.from.gtid {
-            // NULL (no GTID there: a position past the end of a log that was reset) is a value,
-            // not a failure to convert.
-            let found: Option<String> = conn
-                .exec_first::<Option<String>, _, _>("SELECT BINLOG_GTID_POS(?, ?)", (&file, offset))
-                .await
-                .ok()
-                .flatten()
-                .flatten();
-            if let Some(found) = found.filter(|f| !f.is_empty())
-                && !same_gtid_position(expected, &found)
-            {
-                return Err(ConnectorError::position_lost(format!(
-                    "the binlog at {file}:{offset} is at GTID {found}, not {expected} as when it was read: the log was \
-                     reset or rewritten"
-                )));
+        // MariaDB the GTID at the position tells. NULL there means the coordinates are no event
+        // boundary of this log (past its end, or inside an event of the new log): the log was
+        // reset too, and reading from there would decode garbage.
+        if let Some(expected) = request.from.gtid.as_ref().filter(|g| !g.is_empty()) {
+            let found =
+                match conn.exec_first::<Option<String>, _, _>("SELECT BINLOG_GTID_POS(?, ?)", (&file, offset)).await {
+                    Ok(found) => found.flatten(),
+                    // MySQL has no such function, and its GTIDs are checked by the server.
+                    Err(mysql_async::Error::Server(_)) => Some(expected.clone()),
+                    Err(e) => return Err(wrap(e, format!("checking the GTID at {file}:{offset}"))),
+                };
+            match found.filter(|f| !f.is_empty()) {
+                Some(found) if same_gtid_position(expected, &found) => {}
+                found => {
+                    return Err(ConnectorError::position_lost(format!(
+                        "the binlog at {file}:{offset} is {}, not at GTID {expected} as when it was read: the log was \
+                         reset or rewritten",
+                        found.map_or_else(|| "no event boundary".to_string(), |f| format!("at GTID {f}"))
+                    )));
+                }
             }
         }
         drop(conn);
