@@ -191,9 +191,7 @@ impl JsonStateStore {
     /// Replaces one table's entry in its database file (read, modify, atomic write). Callers
     /// serialize writes to one database file.
     pub fn record_blocking(&self, database: &str, state: TableState) -> Result<()> {
-        let (path, bytes) = self.replaced_file(database, vec![state])?;
-        private_dir(&self.dir).map_err(|e| io_err("cannot create status_dir", &self.dir, e))?;
-        Self::write_atomic(&path, &bytes).map_err(|e| io_err("cannot write state file", &path, e))
+        self.record_many_blocking(vec![(database.to_string(), state)]).pop().unwrap_or(Ok(()))
     }
 
     /// Many records at once, each file replaced atomically as [`Self::record_blocking`] does,

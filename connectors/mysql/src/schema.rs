@@ -52,15 +52,14 @@ pub(crate) async fn discover_chunk(conn: &mut Conn, name: &str, databases: &[Str
         [one] => TableRef::new(one, name).to_string(),
         _ => format!("`{name}` in {} databases", databases.len()),
     };
-    match read_chunk(conn, name, databases, &label).await {
+    let found = match validate_identifier("table", name) {
+        Ok(()) => read_chunk(conn, name, databases, &label).await,
+        Err(e) => Err(e),
+    };
+    match found {
         Ok(mut found) => databases
             .iter()
-            .map(|db| {
-                let table = TableRef::new(db, name);
-                validate_identifier("table", name)?;
-                let facts = found.remove(db.as_str()).unwrap_or_default();
-                facts.into_schema(table)
-            })
+            .map(|db| found.remove(db.as_str()).unwrap_or_default().into_schema(TableRef::new(db, name)))
             .collect(),
         Err(e) => databases.iter().map(|_| Err(e.duplicate())).collect(),
     }
