@@ -98,6 +98,12 @@ struct RunArgs {
     /// With --cdc: stop once every change committed before the start is applied.
     #[arg(long, requires = "cdc")]
     catch_up: bool,
+    /// This worker's share of the tenants, I/N with I from 0 (docs/deploy.md): N workers with
+    /// 0/N … N-1/N together sync every tenant once. Without it, the engines' task variables
+    /// are read: CONNECTOR_SHARD_INDEX, JOB_COMPLETION_INDEX (Kubernetes Indexed Jobs) or
+    /// CLOUD_RUN_TASK_INDEX, with CONNECTOR_SHARD_COUNT or CLOUD_RUN_TASK_COUNT.
+    #[arg(long, value_name = "I/N", value_parser = parse_shard)]
+    shard: Option<connector_framework::Shard>,
     /// Benchmarks only: read and encode everything, send nothing to the targets; the state is
     /// read but never written.
     #[arg(long, hide = true)]
@@ -155,14 +161,22 @@ struct StateLocation {
 
 #[derive(Debug, Subcommand)]
 enum StateCommand {
-    /// Convert the older one-file-per-table layout into per-database files; the old files move
-    /// to backup_single_table_files/.
+    /// Convert the older one-file-per-table layout into per-database files (the old files move
+    /// to backup_single_table_files/); with --to, copy the pipeline's state into the other
+    /// store (json files ↔ bigquery rows), leaving the original as it is.
     Migrate {
         #[command(flatten)]
         location: StateLocation,
         /// Show what would change; change nothing.
         #[arg(long)]
         preview: bool,
+        /// Copy the state into this store kind: `bigquery` (the first target's project and
+        /// dataset) or `json` (--to-status-dir, default sync_status).
+        #[arg(long, value_name = "KIND", requires = "pipeline", value_parser = ["json", "bigquery"])]
+        to: Option<String>,
+        /// With --to json: the folder to write.
+        #[arg(long, value_name = "DIR", requires = "to")]
+        to_status_dir: Option<PathBuf>,
     },
     /// Make the next run sync these tables in full.
     Reset {
@@ -181,6 +195,62 @@ fn state_dirs(location: &StateLocation) -> Result<Vec<(String, PathBuf)>> {
     state_cmd::status_dirs(pipeline.as_ref(), location.status_dir.as_deref())
 }
 
+/// Runs a state command on every target's store (JSON files or BigQuery rows).
+fn with_state<T>(
+    location: &StateLocation,
+    command: impl AsyncFnOnce(Vec<state_cmd::StateHandle>) -> Result<T>,
+) -> Result<T> {
+    let pipeline = location.pipeline.as_deref().map(load_pipeline).transpose()?;
+    let runtime = tokio::runtime::Runtime::new().context("tokio runtime")?;
+    runtime.block_on(async {
+        let handles = state_cmd::state_handles(pipeline.as_ref(), location.status_dir.as_deref()).await?;
+        command(handles).await
+    })
+}
+
+/// For `status --pipeline` with a tenant list of patterns: which tenants the server has now,
+/// against the state (new, present, gone). Unreachable, it is a warning, not a failure.
+async fn tenant_overview(location: &StateLocation) -> Option<connector_framework::TenantChanges> {
+    let pipeline = load_pipeline(location.pipeline.as_deref()?).ok()?;
+    if location.status_dir.is_some() {
+        return None;
+    }
+    let runner = match build_runner(&pipeline, &new_run_id(), false, &[], &Arc::default()).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("warning: cannot compare the tenants with the server: {e}");
+            return None;
+        }
+    };
+    if runner.source.tenant_selection().is_static() {
+        return None;
+    }
+    let found = runner.tenant_overview(&RunOptions::default()).await;
+    runner.source.close().await;
+    found.map_err(|e| eprintln!("warning: cannot compare the tenants with the server: {e}")).ok()
+}
+
+/// `state migrate --to KIND`: the pipeline's state copied into the other store.
+fn migrate_to(location: &StateLocation, kind: &str, to_dir: Option<&Path>, preview: bool) -> Result<()> {
+    let path = location.pipeline.as_deref().context("--to needs --pipeline")?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let raw: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))?;
+    let other = state_cmd::with_state_kind(&raw, kind, to_dir)?;
+    let document = format!("{} (with its state in {kind})", path.display());
+    let target = params::pipeline_from_file_json(&other, &document).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let current = load_pipeline(path)?;
+    if current.state_kind == kind && to_dir.is_none() {
+        return Err(anyhow::anyhow!("the pipeline keeps its state in `{kind}` already; nothing to copy"));
+    }
+    let runtime = tokio::runtime::Runtime::new().context("tokio runtime")?;
+    runtime.block_on(async {
+        let from = state_cmd::state_handles(Some(&current), location.status_dir.as_deref()).await?;
+        let to = state_cmd::state_handles(Some(&target), None).await?;
+        state_cmd::copy_state(&from, &to, preview).await
+    })
+}
+
 fn main() -> ExitCode {
     // A panic's message may quote a value; it is printed with secrets replaced.
     std::panic::set_hook(Box::new(|info| {
@@ -196,15 +266,21 @@ fn main() -> ExitCode {
         Some(Command::Validate { pipeline, online: false }) => validate(&pipeline).map(|()| ExitCode::SUCCESS),
         Some(Command::Validate { pipeline, online: true }) => validate_online(&pipeline),
         Some(Command::Verify(args)) => verify_cmd::verify(&args),
-        Some(Command::Status { location, json }) => state_dirs(&location)
-            .and_then(|dirs| state_cmd::status(&dirs, json))
-            .map(|healthy| if healthy { ExitCode::SUCCESS } else { ExitCode::from(EXIT_TABLE_FAILED) }),
-        Some(Command::State { command: StateCommand::Migrate { location, preview } }) => {
+        Some(Command::Status { location, json }) => with_state(&location, async |handles| {
+            let tenants = tenant_overview(&location).await;
+            state_cmd::status(&handles, tenants.as_ref(), json).await
+        })
+        .map(|healthy| if healthy { ExitCode::SUCCESS } else { ExitCode::from(EXIT_TABLE_FAILED) }),
+        Some(Command::State {
+            command: StateCommand::Migrate { location, preview, to: Some(kind), to_status_dir },
+        }) => migrate_to(&location, &kind, to_status_dir.as_deref(), preview).map(|()| ExitCode::SUCCESS),
+        Some(Command::State { command: StateCommand::Migrate { location, preview, to: None, .. } }) => {
             state_dirs(&location).and_then(|dirs| state_cmd::migrate(&dirs, preview)).map(|()| ExitCode::SUCCESS)
         }
-        Some(Command::State { command: StateCommand::Reset { location, database, table } }) => state_dirs(&location)
-            .and_then(|dirs| state_cmd::reset(&dirs, &database, table.as_deref()))
-            .map(|()| ExitCode::SUCCESS),
+        Some(Command::State { command: StateCommand::Reset { location, database, table } }) => {
+            with_state(&location, async |handles| state_cmd::reset(&handles, &database, table.as_deref()).await)
+                .map(|()| ExitCode::SUCCESS)
+        }
         None => match &cli.run.pipeline {
             Some(_) => run(cli.run),
             None => Err(anyhow::anyhow!(
@@ -486,6 +562,23 @@ fn publish_report(args: &RunArgs, text: &str, report: &impl serde::Serialize) ->
     Ok(())
 }
 
+fn parse_shard(text: &str) -> std::result::Result<connector_framework::Shard, String> {
+    connector_framework::Shard::parse(text)
+}
+
+/// `--shard`, else the share the environment names (see [`connector_framework::tenants::SHARD_ENV`]).
+pub(crate) fn shard_of(args: &RunArgs) -> Result<Option<connector_framework::Shard>> {
+    if args.shard.is_some() {
+        return Ok(args.shard);
+    }
+    let shard = connector_framework::Shard::from_env(|name| std::env::var(name).ok().filter(|v| !v.is_empty()))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    if let Some(s) = shard {
+        tracing::info!(shard = %s, "this worker's share of the tenants comes from the environment");
+    }
+    Ok(shard)
+}
+
 /// A run's id: its start time and a random suffix (staging tables and jobs are named by it).
 pub(crate) fn new_run_id() -> String {
     format!("{}_{}", chrono::Utc::now().format("%Y%m%dT%H%M%S"), &uuid::Uuid::new_v4().simple().to_string()[..8])
@@ -556,6 +649,7 @@ async fn run_once(
         tables: args.tables.clone(),
         wait_lock: args.wait_lock,
         cdc: None,
+        shard: shard_of(args)?,
     };
     if args.cdc {
         let cdc = connector_framework::CdcOptions { catch_up: args.catch_up };

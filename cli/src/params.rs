@@ -49,6 +49,7 @@ pub const FLAT_KEYS: &[(&str, &[Dest])] = &[
     ("db_ssl_key", &[Dest::Source("ssl_key")]),
     ("require_readonly", &[Dest::Source("require_readonly")]),
     ("db_list", &[Dest::Source("databases")]),
+    ("db_exclude", &[Dest::Source("exclude_databases")]),
     ("zero_dates", &[Dest::Source("zero_dates")]),
     ("connect_timeout", &[Dest::Source("connect_timeout")]),
     ("table_list", &[Dest::Top("tables")]),
@@ -78,6 +79,7 @@ pub const FLAT_KEYS: &[(&str, &[Dest])] = &[
     ("cdc_deletes", &[Dest::Top("cdc_deletes")]),
     ("repair_max_delete_pct", &[Dest::Top("repair_max_delete_pct")]),
     ("delete_detection", &[Dest::Top("delete_detection")]),
+    ("drop_missing_tenants", &[Dest::Top("drop_missing_tenants")]),
     ("system_columns", &[Dest::Top("system_columns")]),
     ("table_options", &[Dest::Top("table_options")]),
 ];
@@ -89,6 +91,15 @@ const TARGETS: FieldDoc = FieldDoc {
     required: false,
     default: "one target from the bq_* keys",
     doc: "several BigQuery targets fed by one read: [{\"id\": ..., \"bq_dataset\": ..., ...}], each taking any bq_* key (top-level ones are defaults); give each an id",
+};
+
+/// The flat `state_store` key: where the state lives.
+const STATE_STORE: FieldDoc = FieldDoc {
+    name: "state_store",
+    ty: "json | bigquery",
+    required: false,
+    default: "json",
+    doc: "json: files in status_dir; bigquery: rows of _connector_state in bq_dataset (for containers without a lasting disk; docs/deploy.md)",
 };
 
 fn descriptor(role: Role, kind: &str) -> Option<&'static ConnectorDescriptor> {
@@ -118,6 +129,7 @@ pub fn flat_fields() -> Vec<FieldDoc> {
         })
         .collect();
     out.push(TARGETS);
+    out.push(STATE_STORE);
     out
 }
 
@@ -135,6 +147,9 @@ pub fn flat_keys_of(d: &ConnectorDescriptor) -> Vec<FieldDoc> {
         .collect();
     if d.role() == Role::Sink && d.kind == FLAT_SINK {
         out.push(TARGETS);
+    }
+    if d.role() == Role::State {
+        out.push(STATE_STORE);
     }
     out
 }
@@ -247,6 +262,27 @@ fn flat_to_general(flat: &Map<String, Value>, problems: &mut Vec<Problem>) -> Va
     source.insert("kind".into(), json!(FLAT_SOURCE));
     sink.insert("kind".into(), json!(FLAT_SINK));
     state.insert("kind".into(), json!(FLAT_STATE));
+    match flat.get("state_store").filter(|v| !v.is_null()) {
+        None => {}
+        Some(Value::String(kind)) if kind == FLAT_STATE => {}
+        Some(Value::String(kind)) if kind == "bigquery" => {
+            if state.contains_key("status_dir") {
+                problems
+                    .push(Problem::at("status_dir", "is for state_store json; remove it, or set state_store to json"));
+            }
+            // The state lives in the (first) target's project and dataset.
+            state = Map::new();
+            state.insert("kind".into(), json!("bigquery"));
+            for key in ["project", "dataset", "location", "endpoint", "credentials"] {
+                if let Some(v) = sink.get(key) {
+                    state.insert(key.into(), v.clone());
+                }
+            }
+        }
+        Some(other) => {
+            problems.push(Problem::at("state_store", format!("must be \"json\" or \"bigquery\", got {other}")))
+        }
+    }
     let sinks: Vec<Value> = match flat.get("targets").filter(|t| !t.is_null()) {
         None => vec![Value::Object(sink)],
         Some(Value::Array(targets)) if !targets.is_empty() => {
@@ -428,7 +464,7 @@ mod tests {
         let readme = include_str!("../../README.md");
         let start = readme.find("Its keys:").expect("the README's key list");
         let list = &readme[start..start + readme[start..].find("Every key is").expect("the end of the key list")];
-        let keys: Vec<&str> = FLAT_KEYS.iter().map(|(n, _)| *n).chain(["targets"]).collect();
+        let keys: Vec<&str> = FLAT_KEYS.iter().map(|(n, _)| *n).chain(["targets", "state_store"]).collect();
         for name in &keys {
             assert!(docs.contains(&format!("`{name}`")), "docs/configuration.md does not document `{name}`");
             assert!(list.contains(&format!("`{name}`")), "README.md's key list does not name `{name}`");

@@ -1,14 +1,25 @@
 //! `connector-run status` and `connector-run state migrate|reset`: the original tool's
-//! test_status_manager.py and migrate_status_files.py.
+//! test_status_manager.py and migrate_status_files.py, over any state store (JSON files or
+//! BigQuery rows), and `state migrate --to` to move state from one store to the other.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use anyhow::{Result, anyhow};
+use anyhow::{Context, Result, anyhow};
 use chrono::Utc;
-use connector_framework::{Pipeline, SyncStatus};
-use connector_json_state::tools;
+use connector_framework::{BuildContext, LockScope, Pipeline, StateStore, SyncStatus};
+use connector_json_state::{JsonStateStore, tools};
 
-/// The status folders of a pipeline: one, or one per target when there are several.
+/// One target's state: its store, and its folder when the store is the JSON one.
+#[derive(Debug, Clone)]
+pub struct StateHandle {
+    pub target: String,
+    pub store: Arc<dyn StateStore>,
+    pub dir: Option<PathBuf>,
+}
+
+/// The status folders of a pipeline with JSON state: one, or one per target when there are
+/// several.
 pub fn status_dirs(pipeline: Option<&Pipeline>, status_dir: Option<&Path>) -> Result<Vec<(String, PathBuf)>> {
     if let Some(dir) = status_dir {
         return Ok(vec![("default".into(), dir.to_path_buf())]);
@@ -17,7 +28,10 @@ pub fn status_dirs(pipeline: Option<&Pipeline>, status_dir: Option<&Path>) -> Re
         return Ok(vec![("default".into(), PathBuf::from("sync_status"))]);
     };
     if p.state_kind != "json" {
-        return Err(anyhow!("the state tools work on the `json` state store; this pipeline uses `{}`", p.state_kind));
+        return Err(anyhow!(
+            "this works on the `json` state store's files; this pipeline keeps its state in `{}`",
+            p.state_kind
+        ));
     }
     let described = p.describe();
     let base = described["state"]["config"]["status_dir"].as_str().unwrap_or("sync_status").to_string();
@@ -26,6 +40,32 @@ pub fn status_dirs(pipeline: Option<&Pipeline>, status_dir: Option<&Path>) -> Re
     } else {
         vec![("default".into(), PathBuf::from(base))]
     })
+}
+
+/// Every target's state store: built from the pipeline (any kind), or the JSON files of
+/// `status_dir` (default `sync_status`).
+pub async fn state_handles(pipeline: Option<&Pipeline>, status_dir: Option<&Path>) -> Result<Vec<StateHandle>> {
+    match pipeline {
+        Some(p) if status_dir.is_none() && p.state_kind != "json" => {
+            let mut out = Vec::new();
+            for t in &p.targets {
+                let ctx = BuildContext {
+                    run_id: crate::new_run_id(),
+                    target_id: t.id.clone(),
+                    state_subdir: (p.targets.len() > 1).then(|| t.id.clone()),
+                    retry: p.settings.retry_policy(),
+                    discard_writes: false,
+                };
+                let store = p.state.build(&ctx).await.map_err(|e| anyhow!("state: {e}"))?;
+                out.push(StateHandle { target: t.id.clone(), store, dir: None });
+            }
+            Ok(out)
+        }
+        _ => Ok(status_dirs(pipeline, status_dir)?
+            .into_iter()
+            .map(|(target, dir)| StateHandle { target, store: Arc::new(JsonStateStore::new(&dir)), dir: Some(dir) })
+            .collect()),
+    }
 }
 
 /// One row of the overview: a table, or a target's change stream.
@@ -97,11 +137,25 @@ fn mode_of(t: &connector_framework::TableState) -> String {
     t.sync_mode.as_str().to_string()
 }
 
-pub fn status(dirs: &[(String, PathBuf)], json: bool) -> Result<bool> {
+pub async fn status(
+    handles: &[StateHandle],
+    tenants: Option<&connector_framework::TenantChanges>,
+    json: bool,
+) -> Result<bool> {
     let now = Utc::now().naive_utc();
     let mut rows = Vec::new();
-    for (target, dir) in dirs {
-        for (database, state) in tools::overview(dir).map_err(|e| anyhow!("{e}"))? {
+    if let Some(t) = tenants {
+        for (list, status) in [(&t.new, "NEW"), (&t.present, "PRESENT"), (&t.gone, "GONE")] {
+            for database in list {
+                let mut row = StatusRow::corrupt("tenant", "*", database.clone(), None, &"");
+                row.status = status.into();
+                row.error = None;
+                rows.push(row);
+            }
+        }
+    }
+    for StateHandle { target, store, .. } in handles {
+        for (database, state) in store.load_all().await.map_err(|e| anyhow!("{e}"))? {
             match state {
                 Err(e) => rows.push(StatusRow::corrupt("table", target, database, None, &e)),
                 Ok(state) => {
@@ -128,7 +182,7 @@ pub fn status(dirs: &[(String, PathBuf)], json: bool) -> Result<bool> {
                 }
             }
         }
-        match tools::stream_state(dir) {
+        match store.load_stream().await {
             Ok(None) => {}
             Ok(Some(s)) => rows.push(StatusRow {
                 kind: "stream",
@@ -164,20 +218,22 @@ pub fn status(dirs: &[(String, PathBuf)], json: bool) -> Result<bool> {
             r.last_sync_time = at.clone();
         }
     }
-    let healthy = |r: &StatusRow| matches!(r.status.as_str(), "SUCCESS" | "STREAMING" | "STOPPED" | "STARTING");
+    let healthy = |r: &StatusRow| {
+        matches!(r.status.as_str(), "SUCCESS" | "STREAMING" | "STOPPED" | "STARTING" | "NEW" | "PRESENT" | "GONE")
+    };
     let unhealthy = rows.iter().any(|r| !healthy(r));
     if json {
         crate::out(&format!("{}\n", serde_json::to_string_pretty(&rows)?));
         return Ok(!unhealthy);
     }
-    if rows.is_empty() {
+    if rows.iter().all(|r| r.kind == "tenant") && tenants.is_none_or(|t| t.present.is_empty() && t.gone.is_empty()) {
         crate::out(&format!(
             "no state yet in {}\n",
-            dirs.iter().map(|(_, d)| d.display().to_string()).collect::<Vec<_>>().join(", ")
+            handles.iter().map(|h| h.store.location()).collect::<Vec<_>>().join(", ")
         ));
         return Ok(true);
     }
-    let multi = dirs.len() > 1;
+    let multi = handles.len() > 1;
     let name = |r: &StatusRow| {
         let t = format!("{}.{}", r.database, r.table.as_deref().unwrap_or("*"));
         if multi { format!("{t} → {}", r.target) } else { t }
@@ -218,10 +274,21 @@ pub fn status(dirs: &[(String, PathBuf)], json: bool) -> Result<bool> {
             r.error.as_deref().map(|e| format!("; last error: {e}")).unwrap_or_default()
         ));
     }
+    if let Some(t) = tenants {
+        let names = |l: &Vec<String>| if l.is_empty() { String::new() } else { format!(" ({})", l.join(", ")) };
+        text.push_str(&format!(
+            "tenants on the server: {} present, {} new{}, {} gone{}\n",
+            t.present.len(),
+            t.new.len(),
+            names(&t.new),
+            t.gone.len(),
+            names(&t.gone)
+        ));
+    }
     let tables = rows.iter().filter(|r| r.kind == "table").count();
     let failed = rows.iter().filter(|r| !healthy(r)).count();
     text.push_str(&format!("{tables} tables, {failed} not healthy\n"));
-    for (_, dir) in dirs {
+    for dir in handles.iter().filter_map(|h| h.dir.as_ref()) {
         let exposed = connector_json_state::exposure(dir);
         if !exposed.is_empty() {
             text.push_str(&format!(
@@ -258,14 +325,127 @@ pub fn migrate(dirs: &[(String, PathBuf)], preview: bool) -> Result<()> {
     Ok(())
 }
 
-pub fn reset(dirs: &[(String, PathBuf)], database: &str, table: Option<&str>) -> Result<()> {
-    for (target, dir) in dirs {
-        let tables = tools::reset(dir, database, table).map_err(|e| anyhow!("{e}"))?;
-        let where_ = if dirs.len() > 1 { format!(" (target {target})") } else { String::new() };
+/// Makes the next run sync these tables in full: their watermarks, keys and resume points are
+/// removed (the rest of their state stays), under the whole state's lock.
+pub async fn reset(handles: &[StateHandle], database: &str, table: Option<&str>) -> Result<()> {
+    for h in handles {
+        let lock = h.store.lock(LockScope::Whole, None).await.map_err(|e| anyhow!("{e}"))?;
+        let current = h.store.load(database).await.map_err(|e| anyhow!("{e}"));
+        let mut changed = Vec::new();
+        if let Ok(current) = &current {
+            if let Some(t) = table.filter(|t| !current.tables.contains_key(*t)) {
+                lock.release().await;
+                return Err(anyhow!(
+                    "{database}.{t} has no state in {}; it will sync in full on its first run anyway",
+                    h.store.location()
+                ));
+            }
+            for (name, state) in current.tables.iter().filter(|(n, _)| table.is_none_or(|t| t == *n)) {
+                let mut state = state.clone();
+                state.watermark = None;
+                state.key = None;
+                // An interrupted full sync's staging may be days old: start over.
+                state.resume = None;
+                changed.push((name.clone(), state));
+            }
+        }
+        let records: Vec<(String, connector_framework::TableState)> =
+            changed.iter().map(|(_, s)| (database.to_string(), s.clone())).collect();
+        let written = h.store.record_many(records).await;
+        lock.release().await;
+        current?;
+        for r in written {
+            r.map_err(|e| anyhow!("{e}"))?;
+        }
+        let where_ = if handles.len() > 1 { format!(" (target {})", h.target) } else { String::new() };
         crate::out(&format!(
             "reset {}{where_}: the next run syncs them in full\n",
-            tables.iter().map(|t| format!("{database}.{t}")).collect::<Vec<_>>().join(", ")
+            changed.iter().map(|(t, _)| format!("{database}.{t}")).collect::<Vec<_>>().join(", ")
         ));
     }
     Ok(())
+}
+
+/// Copies every tenant's state (and the change stream's) from one store to another, target by
+/// target, holding both stores' locks; the source is left as it was. Then point the pipeline
+/// at the new store (`state_store`).
+pub async fn copy_state(from: &[StateHandle], to: &[StateHandle], preview: bool) -> Result<()> {
+    for (src, dst) in from.iter().zip(to) {
+        let src_lock = src.store.lock(LockScope::Whole, None).await.map_err(|e| anyhow!("{e}"))?;
+        let dst_lock = match dst.store.lock(LockScope::Whole, None).await {
+            Ok(l) => l,
+            Err(e) => {
+                src_lock.release().await;
+                return Err(anyhow!("{e}"));
+            }
+        };
+        let outcome = copy_one(src, dst, preview).await;
+        dst_lock.release().await;
+        src_lock.release().await;
+        crate::out(&outcome?);
+    }
+    Ok(())
+}
+
+async fn copy_one(src: &StateHandle, dst: &StateHandle, preview: bool) -> Result<String> {
+    let mut records = Vec::new();
+    let mut databases = 0;
+    for (database, state) in src.store.load_all().await.map_err(|e| anyhow!("{e}"))? {
+        let state = state.map_err(|e| anyhow!("{database}: {e}; nothing was copied"))?;
+        databases += 1;
+        records.extend(state.tables.into_values().map(|t| (database.clone(), t)));
+    }
+    let stream = src.store.load_stream().await.map_err(|e| anyhow!("{e}"))?;
+    let tables = records.len();
+    if !preview {
+        for r in dst.store.record_many(records).await {
+            r.map_err(|e| anyhow!("{e}"))?;
+        }
+        if let Some(stream) = stream.clone() {
+            dst.store.record_stream(stream).await.map_err(|e| anyhow!("{e}"))?;
+        }
+    }
+    Ok(format!(
+        "{}{} → {}: {databases} databases, {tables} tables{}\n",
+        if preview { "preview (nothing copied): " } else { "copied " },
+        src.store.location(),
+        dst.store.location(),
+        if stream.is_some() { ", and the change stream's position" } else { "" }
+    ))
+}
+
+/// The same pipeline file with its state in `kind` instead: the flat form's `state_store`, or
+/// the general form's `state` (a `bigquery` state takes the first sink's project, dataset,
+/// location, endpoint and credentials; a `json` one `status_dir`).
+pub fn with_state_kind(raw: &serde_json::Value, kind: &str, status_dir: Option<&Path>) -> Result<serde_json::Value> {
+    let mut value = raw.clone();
+    let object = value.as_object_mut().context("the pipeline is not a JSON object")?;
+    let general = object.contains_key("source") || object.contains_key("sinks");
+    if !general {
+        object.insert("state_store".into(), serde_json::json!(kind));
+        object.remove("status_dir");
+        if let (Some(dir), "json") = (status_dir, kind) {
+            object.insert("status_dir".into(), serde_json::json!(dir));
+        }
+        return Ok(value);
+    }
+    let mut state = serde_json::Map::new();
+    state.insert("kind".into(), serde_json::json!(kind));
+    match kind {
+        "bigquery" => {
+            let sink = object.get("sinks").and_then(|s| s.get(0)).cloned().unwrap_or_default();
+            for key in ["project", "dataset", "location", "endpoint", "credentials"] {
+                if let Some(v) = sink.get(key) {
+                    state.insert(key.into(), v.clone());
+                }
+            }
+        }
+        _ => {
+            if let Some(dir) = status_dir {
+                state.insert("status_dir".into(), serde_json::json!(dir));
+            }
+        }
+    }
+    object.insert("state".into(), serde_json::Value::Object(state));
+    Ok(value)
 }

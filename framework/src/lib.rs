@@ -76,6 +76,7 @@ pub mod source;
 pub mod state;
 pub mod strategy;
 pub mod system;
+pub mod tenants;
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
 pub mod value;
@@ -101,11 +102,12 @@ pub use sink::{
 };
 pub use source::{BatchSender, Preflight, ReadRange, ReadRequest, ReadSummary, Source};
 pub use state::{
-    CdcTableState, DatabaseState, MemoryStateStore, ResumePoint, ScratchState, StateLock, StateStore, StreamState,
-    SyncMode, SyncStatus, TableState, TargetStamp, Watermark,
+    CdcTableState, DatabaseState, LockScope, MemoryStateStore, ResumePoint, ScratchState, StateLock, StateStore,
+    StreamState, SyncMode, SyncStatus, TableState, TargetStamp, Watermark,
 };
 pub use strategy::{CursorStrategy, NullCursorPolicy, PlanOptions, Strategy, TablePlan};
 pub use system::SystemColumns;
+pub use tenants::{Shard, TenantChanges, TenantSelection};
 pub use value::{Row, RowBatch, Value};
 pub use verify::{VerifyOptions, VerifyReport};
 

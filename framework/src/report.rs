@@ -7,6 +7,7 @@ use serde::Serialize;
 use crate::error::{ConnectorError, ErrorClass};
 use crate::schema::TableRef;
 use crate::state::SyncMode;
+use crate::tenants::TenantChanges;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -117,6 +118,13 @@ pub struct RunReport {
     /// What the delete detection after the sync did (`delete_detection: verify`), a line each.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub deletes_detected: Vec<String>,
+    /// Tenants that appeared or disappeared since the state was written (a tenant list with
+    /// patterns), and what was done about those gone.
+    #[serde(skip_serializing_if = "TenantChanges::is_empty")]
+    pub tenants: TenantChanges,
+    /// This worker's share of the tenants (`--shard`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shard: Option<String>,
 }
 
 impl RunReport {
@@ -134,6 +142,7 @@ impl RunReport {
             return self.render_plan();
         }
         let mut out = String::from("=== Sync statistics report ===\n");
+        out.push_str(&self.render_tenants());
         let width = self.outcomes.iter().map(|o| self.name(o).chars().count()).max().unwrap_or(10).max(10);
         out.push_str(&format!(
             "{:width$}  {:11}  {:>10}  {:>8}  {:>10}  {}\n",
@@ -207,6 +216,46 @@ impl RunReport {
         out
     }
 
+    /// The shard and the tenants that came and went, a line each (nothing when neither).
+    fn render_tenants(&self) -> String {
+        let mut out = String::new();
+        if let Some(shard) = &self.shard {
+            out.push_str(&format!("shard {shard}: this worker's share of the tenants\n"));
+        }
+        let t = &self.tenants;
+        if !t.new.is_empty() {
+            out.push_str(&format!(
+                "new {}: {} (synced in full, after the others)\n",
+                if t.new.len() == 1 { "tenant" } else { "tenants" },
+                t.new.join(", ")
+            ));
+        }
+        if !t.gone.is_empty() {
+            let kept = if t.dropped.is_empty() && !self.dry_run {
+                " (their rows stay in the targets; drop_missing_tenants: true deletes them)"
+            } else {
+                ""
+            };
+            out.push_str(&format!(
+                "{} no longer on the server: {}{kept}\n",
+                if t.gone.len() == 1 { "tenant" } else { "tenants" },
+                t.gone.join(", ")
+            ));
+        }
+        for d in &t.dropped {
+            match &d.outcome {
+                Ok(n) => out.push_str(&format!(
+                    "dropped tenant {} from {}: {} deleted, its state forgotten\n",
+                    d.tenant,
+                    d.target,
+                    plural(*n as usize, "row", "rows")
+                )),
+                Err(e) => out.push_str(&format!("dropping tenant {} from {} FAILED: {e}\n", d.tenant, d.target)),
+            }
+        }
+        out
+    }
+
     fn name(&self, o: &TableOutcome) -> String {
         if self.outcomes.iter().any(|o| o.target != "default") {
             format!("{}.{} → {}", o.database, o.table, o.target)
@@ -219,6 +268,7 @@ impl RunReport {
     /// would need, then how many tables go each way.
     fn render_plan(&self) -> String {
         let mut out = String::from("=== Sync plan (dry run: nothing written) ===\n");
+        out.push_str(&self.render_tenants());
         let (mut full, mut incremental, mut failed) = (0, 0, 0);
         for o in &self.outcomes {
             let name = self.name(o);

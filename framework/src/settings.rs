@@ -237,6 +237,13 @@ pub const SETTINGS_FIELDS: &[FieldDoc] = &[
         doc: "verify: after each sync, compare keys and delete rows gone from the source (docs/verify.md)",
     },
     FieldDoc {
+        name: "drop_missing_tenants",
+        ty: "boolean",
+        required: false,
+        default: "false",
+        doc: "a tenant matched by a db_list pattern that is gone from the server has its rows deleted from the targets (atomically, counted in the report) and its state forgotten; false keeps them",
+    },
+    FieldDoc {
         name: "system_columns",
         ty: "object",
         required: false,
@@ -283,6 +290,8 @@ pub struct Settings {
     pub repair_max_delete_pct: f64,
     /// After each sync, find rows deleted in the source and remove them (`verify`), or not.
     pub delete_detection: DeleteDetection,
+    /// Tenants gone from the server: delete their rows from the targets, or keep them.
+    pub drop_missing_tenants: bool,
 }
 
 /// Whether a sync looks for rows deleted in the source afterwards.
@@ -332,6 +341,7 @@ impl Default for Settings {
             system_columns: SystemColumns::default(),
             repair_max_delete_pct: 10.0,
             delete_detection: DeleteDetection::None,
+            drop_missing_tenants: false,
         }
     }
 }

@@ -323,4 +323,13 @@ pub trait Sink: Send + Sync + std::fmt::Debug {
             self.id()
         )))
     }
+    /// `drop_missing_tenants`: deletes every row of `tenant` from these target tables (names
+    /// as [`Sink::target_name`] gives them) all at once or not at all, and returns how many rows
+    /// went. A table that does not exist holds none.
+    async fn drop_tenant(&self, tenant: &str, _tables: &[String], _system: &SystemColumns) -> Result<u64> {
+        Err(ConnectorError::config(format!(
+            "tenant `{tenant}`: sink `{}` cannot delete a tenant's rows; set drop_missing_tenants to false",
+            self.id()
+        )))
+    }
 }

@@ -216,8 +216,21 @@ pub trait Source: Send + Sync + std::fmt::Debug {
     async fn preflight(&self, _change_stream: bool) -> Result<Preflight> {
         Ok(Preflight::default())
     }
-    /// The databases (tenants) this source is configured to read.
+    /// The databases (tenants) this source is configured to read, as configured: names, and
+    /// patterns when [`Source::tenant_selection`] has them.
     fn databases(&self) -> Vec<String>;
+    /// The tenants as a selection (names, patterns, exclusions; see [`crate::tenants`]). The
+    /// default takes [`Source::databases`] as names.
+    fn tenant_selection(&self) -> crate::tenants::TenantSelection {
+        crate::tenants::TenantSelection::parse(&self.databases(), &[]).unwrap_or_default()
+    }
+    /// Every database on the server the user can see: what a selection with patterns is
+    /// matched against at the start of each run.
+    async fn list_databases(&self) -> Result<Vec<String>> {
+        Err(crate::error::ConnectorError::config(
+            "this source cannot list its server's databases; name each tenant instead of a pattern",
+        ))
+    }
     /// The base tables of one database.
     async fn list_tables(&self, database: &str) -> Result<Vec<String>>;
     /// Columns, types and key of one table.

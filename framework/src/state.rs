@@ -319,13 +319,51 @@ impl DatabaseState {
     }
 }
 
+/// What a run locks: the whole state (an ordinary run, the state tools), or one worker's
+/// share of the tenants (`--shard`). Shares of one `count` do not exclude each other; the whole
+/// excludes every share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockScope {
+    Whole,
+    Shard(crate::tenants::Shard),
+}
+
+impl LockScope {
+    /// A name for the lock (file or row): `whole`, `shard-1-of-3`.
+    pub fn name(&self) -> String {
+        match self {
+            Self::Whole => "whole".into(),
+            Self::Shard(s) => format!("shard-{}-of-{}", s.index, s.count),
+        }
+    }
+
+    /// Whether a run holding `self` and one holding `other` would sync the same tenants.
+    pub fn conflicts_with(&self, other: &LockScope) -> bool {
+        match (self, other) {
+            (Self::Shard(a), Self::Shard(b)) => a == b || a.count != b.count,
+            _ => true,
+        }
+    }
+}
+
 /// Stores per-table sync state, one record set per database.
 #[async_trait]
 pub trait StateStore: Send + Sync + std::fmt::Debug {
-    /// Takes the exclusive run lock. Without `wait` a second concurrent run fails at once;
-    /// with it, the call waits up to that long for the other run to finish.
-    async fn lock(&self, wait: Option<Duration>) -> Result<Box<dyn StateLock>>;
+    /// Takes the run lock for `scope` (see [`LockScope`]). Without `wait` a conflicting
+    /// concurrent run fails at once; with it, the call waits up to that long for it to finish.
+    async fn lock(&self, scope: LockScope, wait: Option<Duration>) -> Result<Box<dyn StateLock>>;
     async fn load(&self, database: &str) -> Result<DatabaseState>;
+    /// Every database the store holds state for, sorted.
+    async fn databases(&self) -> Result<Vec<String>>;
+    /// Every database's state; one that cannot be read is an error of its own, never skipped.
+    async fn load_all(&self) -> Result<Vec<(String, Result<DatabaseState>)>> {
+        let mut out = Vec::new();
+        for database in self.databases().await? {
+            let state = self.load(&database).await;
+            out.push((database, state));
+        }
+        Ok(out)
+    }
     /// Records one table's outcome durably (atomic replace).
     async fn record(&self, database: &str, state: TableState) -> Result<()>;
     /// Records many tables' outcomes (a table's tenants after one commit), each durably and
@@ -338,6 +376,9 @@ pub trait StateStore: Send + Sync + std::fmt::Debug {
         }
         out
     }
+    /// Forgets one table of a database, or the whole database (`table` `None`): the next run
+    /// syncs it in full. Returns the tables forgotten.
+    async fn forget(&self, database: &str, table: Option<&str>) -> Result<Vec<String>>;
     /// Where the state lives, for messages.
     fn location(&self) -> String;
     /// The change stream's state (`--cdc`), if one was recorded.
@@ -353,5 +394,9 @@ pub trait StateStore: Send + Sync + std::fmt::Debug {
     }
 }
 
-/// Held for the duration of a run; released on drop.
-pub trait StateLock: Send + Sync + std::fmt::Debug {}
+/// Held for the duration of a run; released on drop, or by [`StateLock::release`], which a
+/// store whose lock lives remotely uses to give it back at once instead of at its expiry.
+#[async_trait]
+pub trait StateLock: Send + Sync + std::fmt::Debug {
+    async fn release(self: Box<Self>) {}
+}

@@ -70,12 +70,18 @@ impl std::fmt::Debug for BqClient {
     }
 }
 
-/// Job failure reasons that a retry can get past.
-fn job_error_class(reason: &str) -> ErrorClass {
+/// Job failures that a retry can get past: the service's own, and a DML statement or
+/// transaction that lost a race with another one on the same table ("Could not serialize access
+/// to table … due to concurrent update", "Transaction is aborted due to concurrent update"),
+/// which BigQuery reports as `invalidQuery` — sharded workers and their state MERGEs meet it
+/// (confluentinc/kafka-connect-bigquery#239, estuary/connectors#111). A failed job changed
+/// nothing, and the retry runs under a new job id.
+fn job_error_class(reason: &str, message: &str) -> ErrorClass {
     match reason {
         "backendError" | "internalError" | "rateLimitExceeded" | "jobBackendError" | "jobInternalError" => {
             ErrorClass::Transient
         }
+        _ if message.contains("due to concurrent update") => ErrorClass::Transient,
         _ => ErrorClass::Permanent,
     }
 }
@@ -339,7 +345,7 @@ impl BqClient {
                         })
                         .unwrap_or_default();
                     return Ok(Err(ConnectorError::new(
-                        job_error_class(reason),
+                        job_error_class(reason, message),
                         format!("BigQuery job {job_id} ({what}) failed ({reason}): {message} {}", details.join("; "))
                             .trim_end()
                             .to_string(),
@@ -521,6 +527,12 @@ pub(crate) mod tests {
             if state == "UNREACHABLE" {
                 return Err(ConnectorError::transient("connection refused"));
             }
+            if state == "CONFLICT" {
+                let error = json!({"reason": "invalidQuery", "message": "Transaction is aborted due to concurrent update against table p.d._connector_state"});
+                return Ok(Some(
+                    json!({"jobReference": {"jobId": id}, "status": {"state": "DONE", "errorResult": error}}),
+                ));
+            }
             Ok(Some(json!({"jobReference": {"jobId": id}, "status": {"state": state}})))
         }
         async fn cancel_job(&self, _: &str, id: &str, _: Option<&str>) -> Result<()> {
@@ -614,5 +626,29 @@ pub(crate) mod tests {
             e.message().contains("still running after it was cancelled") && e.in_doubt() == Some("commit_y_0"),
             "{e}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_dml_that_lost_a_race_on_its_table_runs_again_under_a_new_job_id() {
+        // The job fails on a concurrent update; the lookup after the wait sees it failed; the
+        // retry under the next id succeeds.
+        let t = Arc::new(Scripted { states: Mutex::new(vec!["CONFLICT", "CONFLICT", "DONE"]), ..Default::default() });
+        let options = ClientOptions {
+            project: "p".into(),
+            location: None,
+            retry: RetryPolicy {
+                max_retries: 2,
+                base_delay: Duration::from_millis(1),
+                max_delay: Duration::from_millis(5),
+            },
+            job_timeout: Duration::from_secs(5),
+            max_concurrent_jobs: 1,
+        };
+        let c = BqClient::new(options, t.clone());
+        let outcome = c.query("MERGE ...", json!([]), "state_x", "state of 30 tenants").await.unwrap();
+        assert_eq!(outcome.job["jobReference"]["jobId"], "state_x_1");
+        let inserts = t.calls.lock().unwrap().iter().filter(|c| c.starts_with("insert_job")).count();
+        assert_eq!(inserts, 2);
+        assert_eq!(job_error_class("invalidQuery", "Syntax error: Unexpected keyword"), ErrorClass::Permanent);
     }
 }

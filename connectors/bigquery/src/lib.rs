@@ -10,6 +10,8 @@
 //!   (media upload, no Cloud Storage bucket).
 //! - `merge`: the one MERGE that applies every staged tenant of a table.
 //! - [`sink`]: the `Sink` implementation that drives them.
+//! - [`state_store`] (kind `bigquery` of the state role, config in `state_config`): sync state
+//!   as rows of a BigQuery table, with leased run locks, for workers without a lasting disk.
 //! - [`client`] over [`transport`]: the REST calls (retried, jobs exactly once, every wait
 //!   bounded and logged); [`types`]: logical types → BigQuery types and values → NDJSON.
 
@@ -20,6 +22,8 @@ mod merge;
 mod schema;
 pub mod sink;
 mod stage;
+mod state_config;
+pub mod state_store;
 pub mod transport;
 pub mod types;
 mod writer;

@@ -26,6 +26,7 @@ use crate::writer::{
 };
 
 mod expiry;
+mod tenants;
 mod verify;
 
 /// The BigQuery table id of a target table (see [`crate::types::table_id`]).
@@ -534,6 +535,15 @@ impl Sink for BigQuerySink {
 
     async fn resolve(&self, handle: &str) -> Result<()> {
         self.client.resolve(handle).await
+    }
+
+    async fn drop_tenant(
+        &self,
+        tenant: &str,
+        tables: &[String],
+        system: &connector_framework::SystemColumns,
+    ) -> Result<u64> {
+        self.delete_tenant(tenant, tables, system).await
     }
 
     async fn truncate(&self, table: &TargetTable, tenant: &str, before: &ChangeSeq) -> Result<()> {

@@ -6,7 +6,9 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use chrono::{NaiveDateTime, Utc};
-use connector_framework::{ConnectorError, DatabaseState, Result, StateLock, StateStore, StreamState, TableState};
+use connector_framework::{
+    ConnectorError, DatabaseState, LockScope, Result, StateLock, StateStore, StreamState, TableState,
+};
 use serde::{Deserialize, Serialize};
 
 /// The on-disk layout of one database's file.
@@ -31,9 +33,12 @@ pub struct JsonStateStore {
     files: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
 }
 
+/// The OS file locks a run holds: `.lock` (exclusive for the whole state, shared for a
+/// shard) and, for a shard, its own `.lock-shard-I-of-N` (exclusive). The kernel releases them
+/// when the process ends, however it ends.
 #[derive(Debug)]
 struct FileLock {
-    _file: File,
+    _files: Vec<File>,
 }
 
 impl StateLock for FileLock {}
@@ -142,13 +147,17 @@ fn io_err(what: &str, path: &Path, e: std::io::Error) -> ConnectorError {
 }
 
 impl JsonStateStore {
-    /// Takes the run lock (also used by the state tools, so they never race a sync); with
-    /// `wait`, waits up to that long for the other run to let go.
-    pub async fn lock_waiting(&self, wait: Option<std::time::Duration>) -> Result<Box<dyn StateLock>> {
+    /// Takes the run lock for `scope` (the state tools take the whole, so they never race a
+    /// sync); with `wait`, waits up to that long for the other run to let go.
+    pub async fn lock_waiting(
+        &self,
+        scope: LockScope,
+        wait: Option<std::time::Duration>,
+    ) -> Result<Box<dyn StateLock>> {
         let deadline = wait.map(|w| std::time::Instant::now() + w);
         let mut logged = false;
         loop {
-            match self.lock_blocking() {
+            match self.lock_blocking(scope) {
                 Err(e)
                     if e.message().contains("already syncing")
                         && deadline.is_some_and(|d| std::time::Instant::now() < d) =>
@@ -171,20 +180,75 @@ impl JsonStateStore {
         }
     }
 
-    /// Takes the run lock at once, or fails.
-    pub fn lock_blocking(&self) -> Result<Box<dyn StateLock>> {
+    /// Takes the run lock for `scope` at once, or fails.
+    pub fn lock_blocking(&self, scope: LockScope) -> Result<Box<dyn StateLock>> {
         private_dir(&self.dir).map_err(|e| io_err("cannot create status_dir", &self.dir, e))?;
-        let path = self.dir.join(".lock");
-        let file = private_file(OpenOptions::new().create(true).truncate(false).write(true), &path)
-            .map_err(|e| io_err("cannot open lock file", &path, e))?;
-        match file.try_lock() {
-            Ok(()) => Ok(Box::new(FileLock { _file: file })),
-            Err(std::fs::TryLockError::WouldBlock) => Err(ConnectorError::config(format!(
-                "another connector-run is already syncing with status_dir {}; wait for it to finish \
+        let open = |name: &str| {
+            let path = self.dir.join(name);
+            private_file(OpenOptions::new().create(true).truncate(false).write(true), &path)
+                .map(|f| (path.clone(), f))
+                .map_err(|e| io_err("cannot open lock file", &path, e))
+        };
+        let busy = |what: &str| {
+            ConnectorError::config(format!(
+                "another connector-run is already syncing {what} with status_dir {}; wait for it to finish \
                  (runs never overlap)",
                 self.dir.display()
-            ))),
-            Err(std::fs::TryLockError::Error(e)) => Err(io_err("cannot lock", &path, e)),
+            ))
+        };
+        let (path, whole) = open(".lock")?;
+        let mut files = Vec::new();
+        match scope {
+            LockScope::Whole => match whole.try_lock() {
+                Ok(()) => files.push(whole),
+                Err(std::fs::TryLockError::WouldBlock) => return Err(busy("these tenants")),
+                Err(std::fs::TryLockError::Error(e)) => return Err(io_err("cannot lock", &path, e)),
+            },
+            LockScope::Shard(shard) => {
+                match whole.try_lock_shared() {
+                    Ok(()) => files.push(whole),
+                    Err(std::fs::TryLockError::WouldBlock) => return Err(busy("every tenant")),
+                    Err(std::fs::TryLockError::Error(e)) => return Err(io_err("cannot lock", &path, e)),
+                }
+                let (path, own) = open(&format!(".lock-{}", scope.name()))?;
+                match own.try_lock() {
+                    Ok(()) => files.push(own),
+                    Err(std::fs::TryLockError::WouldBlock) => return Err(busy(&format!("shard {shard}"))),
+                    Err(std::fs::TryLockError::Error(e)) => return Err(io_err("cannot lock", &path, e)),
+                }
+            }
+        }
+        Ok(Box::new(FileLock { _files: files }))
+    }
+
+    /// The databases with a state file here, sorted. Files of the original tool's older
+    /// one-file-per-table layout are not databases (`state migrate` converts them).
+    pub fn databases_blocking(&self) -> Result<Vec<String>> {
+        Ok(crate::tools::database_files(&self.dir)?.into_iter().map(|(name, _)| name).collect())
+    }
+
+    /// Forgets a table, or a whole database (its file removed, the folder flushed).
+    pub fn forget_blocking(&self, database: &str, table: Option<&str>) -> Result<Vec<String>> {
+        let path = self.path_for(database)?;
+        let current = Self::read_file(&path, database)?;
+        match table {
+            None => {
+                match fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(io_err("cannot remove state file", &path, e)),
+                }
+                File::open(&self.dir).and_then(|d| d.sync_all()).map_err(|e| io_err("cannot flush", &self.dir, e))?;
+                Ok(current.tables.into_keys().collect())
+            }
+            Some(t) if !current.tables.contains_key(t) => Ok(Vec::new()),
+            Some(t) => {
+                let mut tables = current.tables;
+                tables.remove(t);
+                let bytes = Self::file_bytes(database, tables)?;
+                Self::write_atomic(&path, &bytes).map_err(|e| io_err("cannot write state file", &path, e))?;
+                Ok(vec![t.to_string()])
+            }
         }
     }
 
@@ -246,16 +310,20 @@ impl JsonStateStore {
         for state in states {
             current.tables.insert(state.table_name.clone(), state);
         }
+        Ok((path, Self::file_bytes(database, current.tables)?))
+    }
+
+    /// A database file's content.
+    fn file_bytes(database: &str, tables: BTreeMap<String, TableState>) -> Result<Vec<u8>> {
         let file = DatabaseFile {
             database_info: DatabaseInfo {
                 tenant_id: database.to_string(),
                 last_updated: Utc::now().naive_utc(),
-                total_tables: current.tables.len(),
+                total_tables: tables.len(),
             },
-            tables: current.tables,
+            tables,
         };
-        let bytes = serde_json::to_vec_pretty(&file).map_err(|e| ConnectorError::permanent(e.to_string()))?;
-        Ok((path, bytes))
+        serde_json::to_vec_pretty(&file).map_err(|e| ConnectorError::permanent(e.to_string()))
     }
 }
 
@@ -269,8 +337,8 @@ fn write_flushed(path: &Path, bytes: &[u8]) -> std::io::Result<PathBuf> {
 
 #[async_trait]
 impl StateStore for JsonStateStore {
-    async fn lock(&self, wait: Option<std::time::Duration>) -> Result<Box<dyn StateLock>> {
-        let lock = self.lock_waiting(wait).await?;
+    async fn lock(&self, scope: LockScope, wait: Option<std::time::Duration>) -> Result<Box<dyn StateLock>> {
+        let lock = self.lock_waiting(scope, wait).await?;
         let exposed = exposure(&self.dir);
         if !exposed.is_empty() {
             tracing::warn!(
@@ -285,6 +353,19 @@ impl StateStore for JsonStateStore {
     async fn load(&self, database: &str) -> Result<DatabaseState> {
         let path = self.path_for(database)?;
         Self::read_file(&path, database)
+    }
+
+    async fn databases(&self) -> Result<Vec<String>> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.databases_blocking())
+            .await
+            .map_err(|e| ConnectorError::permanent(format!("listing {} failed: {e}", self.dir.display())))?
+    }
+
+    async fn forget(&self, database: &str, table: Option<&str>) -> Result<Vec<String>> {
+        let mutex = self.file_mutex(database);
+        let _guard = mutex.lock().await;
+        self.forget_blocking(database, table)
     }
 
     async fn record(&self, database: &str, state: TableState) -> Result<()> {
@@ -463,10 +544,10 @@ mod tests {
     async fn a_second_lock_is_refused_while_the_first_is_held() {
         let dir = tempfile::tempdir().unwrap();
         let store = JsonStateStore::new(dir.path());
-        let held = store.lock(None).await.unwrap();
-        let err = store.lock(None).await.unwrap_err();
+        let held = store.lock(LockScope::Whole, None).await.unwrap();
+        let err = store.lock(LockScope::Whole, None).await.unwrap_err();
         assert!(err.message().contains("already syncing"), "{err}");
-        let waited = store.lock(Some(std::time::Duration::from_millis(300))).await.unwrap_err();
+        let waited = store.lock(LockScope::Whole, Some(std::time::Duration::from_millis(300))).await.unwrap_err();
         assert!(waited.message().contains("waited 0 s (--wait-lock)"), "{waited}");
         let store2 = store.clone();
         let release = tokio::spawn(async move {
@@ -474,9 +555,43 @@ mod tests {
             drop(held);
         });
         assert!(
-            store2.lock(Some(std::time::Duration::from_secs(10))).await.is_ok(),
+            store2.lock(LockScope::Whole, Some(std::time::Duration::from_secs(10))).await.is_ok(),
             "the lock is taken once it is free"
         );
         release.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn shards_lock_apart_from_each_other_and_the_whole_excludes_them() {
+        use connector_framework::Shard;
+        let dir = tempfile::tempdir().unwrap();
+        let store = JsonStateStore::new(dir.path());
+        let shard = |index| LockScope::Shard(Shard { index, count: 2 });
+        let first = store.lock(shard(0), None).await.unwrap();
+        let second = store.lock(shard(1), None).await.expect("another shard runs alongside");
+        let same = store.lock(shard(0), None).await.unwrap_err();
+        assert!(same.message().contains("shard 0/2"), "{same}");
+        let whole = store.lock(LockScope::Whole, None).await.unwrap_err();
+        assert!(whole.message().contains("already syncing"), "{whole}");
+        drop((first, second));
+        let whole = store.lock(LockScope::Whole, None).await.unwrap();
+        assert!(store.lock(shard(1), None).await.is_err(), "a whole run excludes every shard");
+        drop(whole);
+    }
+
+    #[tokio::test]
+    async fn databases_are_listed_and_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = JsonStateStore::new(dir.path());
+        store.record("shop2", state("users", 1)).await.unwrap();
+        store.record("shop1", state("users", 1)).await.unwrap();
+        store.record("shop1", state("orders", 1)).await.unwrap();
+        fs::write(dir.path().join("shop3_users.json"), r#"{"table_name": "users"}"#).unwrap();
+        assert_eq!(store.databases().await.unwrap(), ["shop1", "shop2"], "an old per-table file is no database");
+        assert_eq!(store.forget("shop1", Some("users")).await.unwrap(), ["users"]);
+        assert_eq!(store.load("shop1").await.unwrap().tables.keys().collect::<Vec<_>>(), ["orders"]);
+        assert_eq!(store.forget("shop1", None).await.unwrap(), ["orders"]);
+        assert!(!dir.path().join("shop1.json").exists());
+        assert_eq!(store.databases().await.unwrap(), ["shop2"]);
     }
 }

@@ -16,6 +16,15 @@ pub const BACKUP_DIR: &str = "backup_single_table_files";
 /// Every `<database>.json` in a status folder, with its tables; unreadable files are reported
 /// as errors next to the readable ones.
 pub fn overview(dir: &Path) -> Result<Vec<(String, std::result::Result<DatabaseState, ConnectorError>)>> {
+    Ok(database_files(dir)?
+        .into_iter()
+        .map(|(name, path)| (name.clone(), JsonStateStore::read_file(&path, &name)))
+        .collect())
+}
+
+/// Every `<database>.json` in a status folder (name, path), sorted by name: files that are a
+/// database's (or cannot be parsed, which the overview then reports).
+pub fn database_files(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
     let mut out = Vec::new();
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
@@ -26,13 +35,13 @@ pub fn overview(dir: &Path) -> Result<Vec<(String, std::result::Result<DatabaseS
     files.sort();
     for path in files {
         let Some(stem) = path.file_stem().and_then(|s| s.to_str()).map(str::to_string) else { continue };
-        if path.extension().and_then(|e| e.to_str()) != Some("json") || stem.starts_with('.') {
+        if path.extension().and_then(|e| e.to_str()) != Some("json") || stem.starts_with('.') || !path.is_file() {
             continue;
         }
         if !is_database_file(&path) {
             continue;
         }
-        out.push((stem.clone(), JsonStateStore::read_file(&path, &stem)));
+        out.push((stem, path));
     }
     Ok(out)
 }
@@ -137,7 +146,7 @@ pub fn migrate(dir: &Path, preview: bool) -> Result<Migration> {
         return Ok(report);
     }
     let store = JsonStateStore::new(dir);
-    let _lock = store.lock_blocking()?;
+    let _lock = store.lock_blocking(connector_framework::LockScope::Whole)?;
     for (database, tables) in merged {
         let current = JsonStateStore::read_file(&store.path_for(&database)?, &database)?;
         for (table, state) in tables {
@@ -160,35 +169,6 @@ pub fn migrate(dir: &Path, preview: bool) -> Result<Migration> {
         })?;
     }
     Ok(report)
-}
-
-/// Forces the next run of these tables (all of the database's when `table` is `None`) to sync
-/// in full, by removing their watermarks. Returns the tables reset.
-pub fn reset(dir: &Path, database: &str, table: Option<&str>) -> Result<Vec<String>> {
-    let store = JsonStateStore::new(dir);
-    let _lock = store.lock_blocking()?;
-    let path = store.path_for(database)?;
-    let current = JsonStateStore::read_file(&path, database)?;
-    let mut reset = Vec::new();
-    for (name, state) in &current.tables {
-        if table.is_some_and(|t| t != name) {
-            continue;
-        }
-        let mut state = state.clone();
-        state.watermark = None;
-        state.key = None;
-        // An interrupted full sync's staging may be days old: start over.
-        state.resume = None;
-        store.record_blocking(database, state)?;
-        reset.push(name.clone());
-    }
-    if let Some(t) = table.filter(|t| !current.tables.contains_key(*t)) {
-        return Err(ConnectorError::config(format!(
-            "{database}.{t} has no state in {}; it will sync in full on its first run anyway",
-            dir.display()
-        )));
-    }
-    Ok(reset)
 }
 
 #[cfg(test)]
@@ -223,23 +203,5 @@ mod tests {
         let names: Vec<&str> = all.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["shop2", "shop3_orders", "shop_1"]);
         assert!(all[1].1.is_err(), "the corrupt file is reported, not hidden");
-    }
-
-    #[test]
-    fn reset_removes_watermarks() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = JsonStateStore::new(dir.path());
-        let mut state: TableState = serde_json::from_str(OLD).unwrap();
-        state.watermark = Some(connector_framework::Watermark {
-            column: "updated_at".into(),
-            column_type: "datetime".into(),
-            value: "2025-01-01 00:00:00.000000".into(),
-            utc_offset: None,
-        });
-        store.record_blocking("shop1", state).unwrap();
-        assert_eq!(reset(dir.path(), "shop1", None).unwrap(), ["users"]);
-        let after = JsonStateStore::read_file(&dir.path().join("shop1.json"), "shop1").unwrap();
-        assert!(after.table("users").unwrap().watermark.is_none());
-        assert!(reset(dir.path(), "shop1", Some("nope")).is_err());
     }
 }

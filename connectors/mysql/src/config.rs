@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use connector_framework::config::{self, Problem, lenient, string_list};
+use connector_framework::tenants::{TenantPattern, TenantSelection};
 use connector_framework::{
     BuildContext, ConnectorDescriptor, ConnectorError, Factory, FieldDoc, Result, Secret, Source, SourceConfig,
 };
@@ -78,7 +79,14 @@ pub(crate) const FIELDS: &[FieldDoc] = &[
         ty: "list of strings",
         required: true,
         default: "",
-        doc: "databases (tenants) to read",
+        doc: "databases (tenants) to read: names, glob patterns (shop*, shop_??) or regular expressions (re:^shop[0-9]+$), matched at the start of every run",
+    },
+    FieldDoc {
+        name: "exclude_databases",
+        ty: "list of strings",
+        required: false,
+        default: "none",
+        doc: "databases to leave out of those `databases` matches, in the same forms",
     },
     FieldDoc { name: "pool_size", ty: "integer", required: false, default: "5", doc: "maximum connections" },
     FieldDoc {
@@ -122,6 +130,8 @@ pub struct MySqlSourceConfig {
     pub require_readonly: bool,
     #[serde(deserialize_with = "string_list::deserialize")]
     pub databases: Vec<String>,
+    #[serde(default, deserialize_with = "string_list::deserialize")]
+    pub exclude_databases: Vec<String>,
     #[serde(default = "default_pool", deserialize_with = "lenient::deserialize")]
     pub pool_size: usize,
     #[serde(default = "default_connect_timeout", deserialize_with = "lenient::deserialize")]
@@ -182,6 +192,11 @@ fn default_connect_timeout() -> u64 {
 
 impl MySqlSourceConfig {
     /// Checks the config without touching the network; every mistake, each with its key.
+    /// The tenants as a selection (validated by [`Self::validate`]).
+    pub fn tenant_selection(&self) -> TenantSelection {
+        TenantSelection::parse(&self.databases, &self.exclude_databases).unwrap_or_default()
+    }
+
     pub fn validate(&mut self) -> Result<()> {
         let mut problems = Vec::new();
         if self.host.trim().is_empty() {
@@ -196,10 +211,20 @@ impl MySqlSourceConfig {
         if self.databases.is_empty() {
             problems.push(Problem::at("databases", "names no database; list the tenants' databases"));
         }
-        for (i, db) in self.databases.iter().enumerate() {
-            if let Err(e) = validate_identifier("database", db) {
-                problems.push(Problem::at("databases", e.message().to_string()));
+        for (key, list) in [("databases", &self.databases), ("exclude_databases", &self.exclude_databases)] {
+            for entry in list {
+                match TenantPattern::parse(entry) {
+                    Err(e) => problems.push(Problem::at(key, e)),
+                    Ok(p) if !p.is_pattern() => {
+                        if let Err(e) = validate_identifier("database", entry) {
+                            problems.push(Problem::at(key, e.message().to_string()));
+                        }
+                    }
+                    Ok(_) => {}
+                }
             }
+        }
+        for (i, db) in self.databases.iter().enumerate() {
             if self.databases[..i].contains(db) {
                 problems.push(Problem::at("databases", format!("names `{db}` twice; list each database once")));
             }

@@ -168,7 +168,14 @@ pub(crate) async fn preflight(
     // `SHOW GRANTS` without FOR: the session's active roles count too.
     let grants: Vec<String> =
         conn.query("SHOW GRANTS").await.map_err(|e| wrap(e, format!("{endpoint}: reading the user's grants")))?;
-    let excess = excess(&grants, &config.databases, change_stream);
+    // With patterns, the grants are checked on the databases they match now.
+    let selection = config.tenant_selection();
+    let databases = if selection.is_static() {
+        config.databases.clone()
+    } else {
+        selection.select(&crate::schema::list_databases(conn).await?)
+    };
+    let excess = excess(&grants, &databases, change_stream);
     if !excess.is_empty() {
         let what = format!(
             "the MySQL user `{}` holds more than this tool needs (SELECT{}): {}",

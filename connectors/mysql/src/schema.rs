@@ -19,6 +19,18 @@ use crate::types::{ColumnInfo, map_column};
 /// enough statement for any `max_allowed_packet`.
 pub(crate) const DISCOVERY_CHUNK: usize = 500;
 
+/// The server's own schemas: never a tenant, whatever a pattern matches.
+const SYSTEM_SCHEMAS: &[&str] = &["information_schema", "mysql", "performance_schema", "sys"];
+
+/// Every database the user can see, but the server's own, sorted.
+pub(crate) async fn list_databases(conn: &mut Conn) -> Result<Vec<String>> {
+    let names: Vec<String> = conn
+        .query("SELECT SCHEMA_NAME FROM information_schema.SCHEMATA ORDER BY SCHEMA_NAME")
+        .await
+        .map_err(|e| wrap(e, "listing the server's databases"))?;
+    Ok(names.into_iter().filter(|n| !SYSTEM_SCHEMAS.contains(&n.to_ascii_lowercase().as_str())).collect())
+}
+
 /// The base tables of `database`, by name; an error when the database does not exist or the
 /// user cannot see it.
 pub(crate) async fn list_tables(conn: &mut Conn, database: &str) -> Result<Vec<String>> {

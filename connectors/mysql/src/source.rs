@@ -187,6 +187,16 @@ impl Source for MySqlSource {
         self.config.databases.clone()
     }
 
+    fn tenant_selection(&self) -> connector_framework::TenantSelection {
+        self.config.tenant_selection()
+    }
+
+    async fn list_databases(&self) -> Result<Vec<String>> {
+        let endpoint = format!("MySQL at {}:{}", self.config.host, self.config.port);
+        let mut conn = self.conn(&endpoint).await?;
+        crate::schema::list_databases(&mut conn).await
+    }
+
     async fn preflight(&self, change_stream: bool) -> Result<Preflight> {
         let endpoint = format!("MySQL at {}:{} as {}", self.config.host, self.config.port, self.config.user);
         let mut conn = self.conn(&endpoint).await?;

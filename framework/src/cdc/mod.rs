@@ -132,10 +132,19 @@ impl Runner {
         let log = self.source.change_log().ok_or_else(|| {
             ConnectorError::config("--cdc: this pipeline's source has no change log that connector-run can stream")
         })?;
-        self.select_databases(options)?;
+        if options.shard.is_some() {
+            return Err(ConnectorError::config(
+                "--cdc with --shard: a change stream reads the whole server's log, so one stream serves all \
+                 tenants; run one --cdc process without --shard",
+            ));
+        }
+        // The tenants are resolved once: a tenant created while the stream runs joins when the
+        // stream is started again.
+        let databases = self.select_databases(options).await?;
+        let options = &RunOptions { databases: Some(databases), ..options.clone() };
         self.preflight(true).await?;
         log.check().await?;
-        let _locks = self.lock(options).await?;
+        let locks = self.lock(options).await?;
         let settings = &self.settings;
         let tracking = ChangeTracking { deletes: settings.cdc_deletes };
         let flush_every = Duration::from_secs_f64(settings.cdc_flush_seconds);
@@ -152,6 +161,7 @@ impl Runner {
             streams.push(TargetStream::new(self, target, log.clone(), options, config, state));
         }
         let targets = futures::future::join_all(streams.into_iter().map(TargetStream::run)).await;
+        crate::runner::release(locks).await;
         Ok(CdcReport { targets })
     }
 }

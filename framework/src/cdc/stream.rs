@@ -242,7 +242,8 @@ impl<'a> TargetStream<'a> {
     }
 
     fn request(&self, from: ChangePosition) -> Result<ChangeRequest> {
-        let databases = self.runner.select_databases(self.selection)?.into_iter().collect();
+        // run_cdc resolved the tenants (patterns included) into the selection.
+        let databases = self.selection.databases.clone().unwrap_or_default().into_iter().collect();
         let tables = self
             .tracked
             .iter()

@@ -19,6 +19,7 @@ mod read;
 mod record;
 mod resume;
 mod table;
+mod tenants;
 mod unify;
 
 use std::collections::{BTreeMap, HashMap};
@@ -36,7 +37,7 @@ use crate::report::{RunReport, TableOutcome};
 use crate::schema::TableRef;
 use crate::sink::{Sink, TargetOptions};
 use crate::source::Source;
-use crate::state::StateStore;
+use crate::state::{LockScope, StateStore};
 use crate::strategy::Strategy;
 
 pub(crate) use table::commit_isolating;
@@ -62,6 +63,8 @@ pub struct RunOptions {
     pub tables: Option<Vec<String>>,
     /// Wait this long for another run's lock instead of failing at once.
     pub wait_lock: Option<Duration>,
+    /// This worker's share of the tenants (`--shard I/N`); `None` takes them all.
+    pub shard: Option<crate::tenants::Shard>,
     /// Snapshots for a change stream (`--cdc`): instead of the strategy's plan, every table a
     /// target's stream does not carry yet is read in full at a captured log position.
     pub cdc: Option<CdcSnapshots>,
@@ -154,10 +157,12 @@ impl Runner {
     /// Fails as a whole only on problems no table can get past (lock held, bad selection); a
     /// run that cannot start writes nothing.
     pub async fn run(&self, options: &RunOptions) -> Result<RunReport> {
-        self.select_databases(options)?;
+        self.select_databases(options).await?;
         self.preflight(false).await?;
-        let _locks = if options.dry_run { Vec::new() } else { self.lock(options).await? };
-        self.run_locked(options).await
+        let locks = if options.dry_run { Vec::new() } else { self.lock(options).await? };
+        let report = self.run_locked(options).await;
+        release(locks).await;
+        report
     }
 
     /// The source's checks before anything is read or written, logged; an error stops the run.
@@ -229,9 +234,16 @@ impl Runner {
 
     /// Takes every target's run lock.
     pub(crate) async fn lock(&self, options: &RunOptions) -> Result<Vec<Box<dyn crate::state::StateLock>>> {
+        let scope = options.shard.map_or(LockScope::Whole, LockScope::Shard);
         let mut locks = Vec::new();
         for t in &self.targets {
-            locks.push(t.state.lock(options.wait_lock).await?);
+            match t.state.lock(scope, options.wait_lock).await {
+                Ok(lock) => locks.push(lock),
+                Err(e) => {
+                    release(locks).await;
+                    return Err(e);
+                }
+            }
         }
         Ok(locks)
     }
@@ -239,7 +251,11 @@ impl Runner {
     /// A run by a caller that holds the locks already.
     pub(crate) async fn run_locked(&self, options: &RunOptions) -> Result<RunReport> {
         let started = Instant::now();
-        let databases = self.select_databases(options)?;
+        let databases = self.select_databases(options).await?;
+        let mut tenants = self.tenant_changes(&databases, options).await;
+        if self.settings.drop_missing_tenants && !options.dry_run {
+            self.drop_gone(&mut tenants).await;
+        }
         let ctx = RunContext {
             runner: self,
             options,
@@ -267,25 +283,23 @@ impl Runner {
                 outcomes.extend(record::fail_everywhere(&ctx, &TableRef::new(&db, &table), &e).await);
             }
         }
-        let not_started = AtomicUsize::new(0);
-        let mut per_table = futures::stream::iter(by_table)
-            .map(|(table, dbs)| {
-                let ctx = &ctx;
-                let not_started = &not_started;
-                async move {
-                    if self.stop.load(Ordering::SeqCst) {
-                        not_started.fetch_add(dbs.len(), Ordering::SeqCst);
-                        return Vec::new();
-                    }
-                    table::sync_table(ctx, &table, &dbs).await
+        // New tenants' first full syncs go after the others: a big new tenant neither delays
+        // nor shares a commit with the tenants already synced.
+        let mut new_tenants: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        if !tenants.present.is_empty() {
+            for (table, dbs) in by_table.iter_mut() {
+                let (new, known): (Vec<String>, Vec<String>) = dbs.drain(..).partition(|d| tenants.new.contains(d));
+                *dbs = known;
+                if !new.is_empty() {
+                    new_tenants.insert(table.clone(), new);
                 }
-            })
-            // As many tables committing as being staged: a commit is a wait on the target.
-            .buffer_unordered(self.settings.concurrency * 2);
-        while let Some(mut o) = per_table.next().await {
-            outcomes.append(&mut o);
+            }
+            by_table.retain(|_, dbs| !dbs.is_empty());
         }
-        drop(per_table);
+        let not_started = AtomicUsize::new(0);
+        for group in [by_table, new_tenants] {
+            outcomes.append(&mut self.sync_tables(&ctx, group, &not_started).await);
+        }
         outcomes.sort_by(|a, b| (&a.database, &a.table, &a.target).cmp(&(&b.database, &b.table, &b.target)));
         let mut report = RunReport {
             outcomes,
@@ -293,12 +307,38 @@ impl Runner {
             dry_run: options.dry_run,
             not_started: not_started.into_inner(),
             deletes_detected: Vec::new(),
+            tenants,
+            shard: options.shard.map(|s| s.to_string()),
         };
         if self.settings.delete_detection == crate::settings::DeleteDetection::Verify && !options.dry_run {
             self.detect_deletes(&mut report).await;
         }
         report.elapsed = started.elapsed();
         Ok(report)
+    }
+
+    /// Syncs each table name's tenants, `concurrency` tables staging at once.
+    async fn sync_tables(
+        &self,
+        ctx: &RunContext<'_>,
+        by_table: BTreeMap<String, Vec<String>>,
+        not_started: &AtomicUsize,
+    ) -> Outcomes {
+        let mut outcomes = Vec::new();
+        let mut per_table = futures::stream::iter(by_table)
+            .map(|(table, dbs)| async move {
+                if self.stop.load(Ordering::SeqCst) {
+                    not_started.fetch_add(dbs.len(), Ordering::SeqCst);
+                    return Vec::new();
+                }
+                table::sync_table(ctx, &table, &dbs).await
+            })
+            // As many tables committing as being staged: a commit is a wait on the target.
+            .buffer_unordered(self.settings.concurrency * 2);
+        while let Some(mut o) = per_table.next().await {
+            outcomes.append(&mut o);
+        }
+        outcomes
     }
 
     /// Source tables whose target tables would be one and the same in some target (names the
@@ -331,20 +371,6 @@ impl Runner {
             }
         }
         clashes.into_iter().collect()
-    }
-
-    pub(crate) fn select_databases(&self, options: &RunOptions) -> Result<Vec<String>> {
-        let configured = self.source.databases();
-        let Some(wanted) = &options.databases else { return Ok(configured) };
-        let unknown: Vec<&String> = wanted.iter().filter(|w| !configured.contains(w)).collect();
-        if !unknown.is_empty() {
-            return Err(ConnectorError::config(format!(
-                "--databases: {} not in the pipeline's databases ({}); nothing was synced",
-                unknown.iter().map(|w| format!("`{w}` is")).collect::<Vec<_>>().join(", "),
-                configured.join(", ")
-            )));
-        }
-        Ok(configured.into_iter().filter(|d| wanted.contains(d)).collect())
     }
 
     pub(crate) async fn select_tables(&self, database: &str, options: &RunOptions) -> Result<Vec<String>> {
@@ -385,6 +411,13 @@ impl Runner {
             })
             .await;
         (out, retries)
+    }
+}
+
+/// Gives every lock back (a remote lock at once, rather than at its expiry).
+pub(crate) async fn release(locks: Vec<Box<dyn crate::state::StateLock>>) {
+    for lock in locks {
+        lock.release().await;
     }
 }
 

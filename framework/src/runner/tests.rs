@@ -234,7 +234,7 @@ async fn a_selection_that_cannot_start_takes_no_lock() {
     let options = RunOptions { databases: Some(vec!["a".into(), "nosuchdb".into()]), ..Default::default() };
     let e = runner.run(&options).await.unwrap_err();
     assert!(e.message().contains("`nosuchdb` is not in the pipeline's databases"), "{e}");
-    assert!(state.lock(None).await.is_ok(), "the lock was never taken");
+    assert!(state.lock(crate::state::LockScope::Whole, None).await.is_ok(), "the lock was never taken");
 }
 
 #[tokio::test]
@@ -258,4 +258,67 @@ async fn two_source_tables_with_one_target_name_both_fail_naming_each_other() {
     }
     assert!(sink.committed_rows("orders", "a").is_empty(), "nothing reached the shared table");
     assert_eq!(sink.committed_rows("users", "a").len(), 2, "the other tables sync");
+}
+
+#[tokio::test]
+async fn a_pattern_finds_new_tenants_which_sync_after_the_others_and_gone_ones_are_dropped_when_asked() {
+    let source = source_with(&[("shop1", 2), ("shop2", 3), ("other", 1)]);
+    let source = MemorySource { databases: vec!["shop*".into()], ..source };
+    let sink = CollectingSink::new("t");
+    let state = MemoryStateStore::default();
+    let settings = Settings { drop_missing_tenants: true, ..Settings::default() };
+    let run = |source: MemorySource| {
+        let r = runner(source, vec![("t", sink.clone(), state.clone())], settings.clone());
+        async move { r.run(&RunOptions::default()).await }
+    };
+    let first = run(source.clone()).await.unwrap();
+    assert_eq!(first.tenants.new, ["shop1", "shop2"], "the first run: every tenant is new; `other` never matches");
+    assert_eq!(first.outcomes.len(), 2);
+
+    // shop3 appears, shop1 disappears.
+    let (schema, rows) = sample_table("shop3", "orders", 4);
+    source.add_table(schema, rows);
+    source.tables.lock().unwrap().retain(|t, _| t.database != "shop1");
+    let commits_before = sink.commits.lock().unwrap().len();
+    let second = run(source.clone()).await.unwrap();
+    assert_eq!(second.tenants.new, ["shop3"]);
+    assert_eq!(second.tenants.present, ["shop2"]);
+    assert_eq!(second.tenants.gone, ["shop1"]);
+    let commits = sink.commits.lock().unwrap()[commits_before..].to_vec();
+    let order: Vec<Vec<&str>> = commits.iter().map(|c| c.tenants.iter().map(|t| t.0.as_str()).collect()).collect();
+    assert_eq!(order, [vec!["shop2"], vec!["shop3"]], "the new tenant commits on its own, after the others");
+    assert_eq!(second.tenants.dropped.len(), 1);
+    assert_eq!(second.tenants.dropped[0].outcome, Ok(2), "shop1's two rows deleted");
+    assert!(sink.committed_rows("orders", "shop1").is_empty());
+    assert_eq!(state.databases().await.unwrap(), ["shop2", "shop3"], "the gone tenant's state is forgotten");
+    assert!(second.render().contains("dropped tenant shop1 from t: 2 rows deleted"), "{}", second.render());
+
+    // Without drop_missing_tenants a gone tenant is reported and kept.
+    source.tables.lock().unwrap().retain(|t, _| t.database != "shop3");
+    let keep = runner(source.clone(), vec![("t", sink.clone(), state.clone())], Settings::default());
+    let third = keep.run(&RunOptions::default()).await.unwrap();
+    assert_eq!(third.tenants.gone, ["shop3"]);
+    assert!(third.tenants.dropped.is_empty());
+    assert_eq!(sink.committed_rows("orders", "shop3").len(), 4, "kept");
+    assert!(third.render().contains("drop_missing_tenants: true deletes them"), "{}", third.render());
+}
+
+#[tokio::test]
+async fn shards_split_the_tenants_and_together_sync_each_once() {
+    let names: Vec<String> = (0..12).map(|i| format!("shop{i}")).collect();
+    let tenants: Vec<(&str, usize)> = names.iter().map(|n| (n.as_str(), 1)).collect();
+    let mut seen: Vec<String> = Vec::new();
+    for index in 0..3 {
+        let sink = CollectingSink::new("t");
+        let r = runner(source_with(&tenants), vec![("t", sink, MemoryStateStore::default())], Settings::default());
+        let shard = crate::tenants::Shard { index, count: 3 };
+        let report = r.run(&RunOptions { shard: Some(shard), ..Default::default() }).await.unwrap();
+        assert!(report.outcomes.iter().all(|o| shard.owns(&o.database)));
+        assert_eq!(report.shard.as_deref(), Some(format!("{index}/3").as_str()));
+        seen.extend(report.outcomes.iter().map(|o| o.database.clone()));
+    }
+    seen.sort();
+    let mut all = names.clone();
+    all.sort();
+    assert_eq!(seen, all, "every tenant exactly once over the three shards");
 }

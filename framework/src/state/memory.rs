@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::error::{ConnectorError, Result};
-use crate::state::{DatabaseState, StateLock, StateStore, StreamState, TableState};
+use crate::state::{DatabaseState, LockScope, StateLock, StateStore, StreamState, TableState};
 
 /// State in memory, with a lock that refuses (or waits for) a second holder.
 #[derive(Debug, Default, Clone)]
@@ -23,7 +23,8 @@ impl StateLock for MemoryLock {}
 
 #[async_trait]
 impl StateStore for MemoryStateStore {
-    async fn lock(&self, wait: Option<Duration>) -> Result<Box<dyn StateLock>> {
+    /// One lock for every scope: a test's runs never share a memory store.
+    async fn lock(&self, _scope: LockScope, wait: Option<Duration>) -> Result<Box<dyn StateLock>> {
         let busy = || ConnectorError::config("another run holds the lock of this memory state");
         let guard = match wait {
             None => self.locked.clone().try_lock_owned().map_err(|_| busy())?,
@@ -45,6 +46,20 @@ impl StateStore for MemoryStateStore {
             .or_insert_with(|| DatabaseState { database: database.into(), ..Default::default() });
         db.tables.insert(state.table_name.clone(), state);
         Ok(())
+    }
+    async fn databases(&self) -> Result<Vec<String>> {
+        let mut names: Vec<String> = self.databases.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect();
+        names.sort();
+        Ok(names)
+    }
+    async fn forget(&self, database: &str, table: Option<&str>) -> Result<Vec<String>> {
+        let mut dbs = self.databases.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(match table {
+            None => dbs.remove(database).map(|d| d.tables.into_keys().collect()).unwrap_or_default(),
+            Some(t) => {
+                dbs.get_mut(database).and_then(|d| d.tables.remove(t)).map(|_| vec![t.to_string()]).unwrap_or_default()
+            }
+        })
     }
     fn location(&self) -> String {
         "memory".into()

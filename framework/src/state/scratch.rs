@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::{DatabaseState, MemoryStateStore, StateLock, StateStore, StreamState, TableState};
+use super::{DatabaseState, LockScope, MemoryStateStore, StateLock, StateStore, StreamState, TableState};
 use crate::error::Result;
 
 /// Reads `real`, writes to memory (see the module doc).
@@ -30,8 +30,19 @@ impl ScratchState {
 #[async_trait]
 impl StateStore for ScratchState {
     /// Only the in-memory lock: the real one guards writes this store never makes.
-    async fn lock(&self, wait: Option<Duration>) -> Result<Box<dyn StateLock>> {
-        self.written.lock(wait).await
+    async fn lock(&self, scope: LockScope, wait: Option<Duration>) -> Result<Box<dyn StateLock>> {
+        self.written.lock(scope, wait).await
+    }
+    async fn databases(&self) -> Result<Vec<String>> {
+        let mut names = self.real.databases().await?;
+        names.extend(self.written.databases().await?);
+        names.sort();
+        names.dedup();
+        Ok(names)
+    }
+    /// Forgets nothing real: only what this store was given.
+    async fn forget(&self, database: &str, table: Option<&str>) -> Result<Vec<String>> {
+        self.written.forget(database, table).await
     }
     async fn load(&self, database: &str) -> Result<DatabaseState> {
         let mut state = self.real.load(database).await?;
@@ -81,7 +92,7 @@ mod tests {
         assert_eq!(untouched.tables["orders"].sync_status, SyncStatus::Success);
         assert!(!untouched.tables.contains_key("users"));
         assert!(real.load_stream().await.unwrap().is_none(), "no position reaches the real store");
-        let _held = real.lock(None).await.unwrap();
-        scratch.lock(None).await.expect("the real lock is not taken");
+        let _held = real.lock(LockScope::Whole, None).await.unwrap();
+        scratch.lock(LockScope::Whole, None).await.expect("the real lock is not taken");
     }
 }

@@ -124,6 +124,25 @@ impl Sink for CollectingSink {
         &self.id
     }
 
+    /// Removes the tenant's rows from every commit of these tables; returns how many.
+    async fn drop_tenant(
+        &self,
+        tenant: &str,
+        tables: &[String],
+        _system: &crate::system::SystemColumns,
+    ) -> Result<u64> {
+        self.check()?;
+        let mut removed = 0;
+        let mut commits = self.commits.lock().unwrap_or_else(|p| p.into_inner());
+        for c in commits.iter_mut().filter(|c| tables.contains(&c.table)) {
+            for t in c.tenants.iter_mut().filter(|t| t.0 == tenant) {
+                removed += t.2.len() as u64;
+                t.2.clear();
+            }
+        }
+        Ok(removed)
+    }
+
     fn destination(&self) -> String {
         format!("collecting {}", self.id)
     }

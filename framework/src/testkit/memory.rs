@@ -45,6 +45,15 @@ impl Source for MemorySource {
         self.databases.clone()
     }
 
+    /// The databases that have a table (a selection with patterns matches them).
+    async fn list_databases(&self) -> Result<Vec<String>> {
+        let tables = self.tables.lock().unwrap_or_else(|p| p.into_inner());
+        let mut names: Vec<String> = tables.keys().map(|t| t.database.clone()).collect();
+        names.sort();
+        names.dedup();
+        Ok(names)
+    }
+
     async fn list_tables(&self, database: &str) -> Result<Vec<String>> {
         let tables = self.tables.lock().unwrap_or_else(|p| p.into_inner());
         Ok(tables.keys().filter(|t| t.database == database).map(|t| t.table.clone()).collect())

@@ -71,10 +71,10 @@ impl Runner {
         let started = Instant::now();
         let selection =
             RunOptions { databases: options.databases.clone(), tables: options.tables.clone(), ..Default::default() };
-        let databases = self.select_databases(&selection)?;
+        let databases = self.select_databases(&selection).await?;
         self.preflight(false).await?;
         // A repair writes: it holds the run lock, so no sync interleaves with it.
-        let _locks = if options.repair { self.lock(&selection).await? } else { Vec::new() };
+        let locks = if options.repair { self.lock(&selection).await? } else { Vec::new() };
         let mut by_table: BTreeMap<String, Vec<String>> = BTreeMap::new();
         let mut verdicts = Vec::new();
         for db in &databases {
@@ -94,6 +94,7 @@ impl Runner {
             verdicts.append(&mut v);
         }
         drop(per_table);
+        crate::runner::release(locks).await;
         verdicts.sort_by(|a, b| (&a.database, &a.table, &a.target).cmp(&(&b.database, &b.table, &b.target)));
         let bytes_billed = self.targets.iter().filter_map(|t| Some((t.id.clone(), t.sink.bytes_billed()?))).collect();
         Ok(VerifyReport {

@@ -10,7 +10,7 @@ impl TargetStream<'_> {
     /// The selected tables: every configured database (or `--databases`) × its tables.
     pub(super) async fn scope(&self) -> Result<BTreeSet<TableRef>> {
         let mut out = BTreeSet::new();
-        for db in self.runner.select_databases(self.selection)? {
+        for db in self.runner.select_databases(self.selection).await? {
             match self.runner.select_tables(&db, self.selection).await {
                 Ok(tables) => out.extend(tables.into_iter().map(|t| TableRef::new(&db, t))),
                 // A tenant that cannot be listed (not created yet) joins when its tables appear.
@@ -24,7 +24,8 @@ impl TargetStream<'_> {
 
     /// Whether a table seen in the log is one this pipeline syncs.
     pub(super) fn wanted(&self, table: &TableRef) -> bool {
-        let db_ok = self.runner.source.databases().contains(&table.database)
+        // run_cdc resolved the tenants into the selection.
+        let db_ok = self.runner.source.tenant_selection().matches(&table.database)
             && self.selection.databases.as_ref().is_none_or(|d| d.contains(&table.database));
         let table_ok = (self.runner.tables.is_empty() || self.runner.tables.contains(&table.table))
             && self.selection.tables.as_ref().is_none_or(|t| t.contains(&table.table));
