@@ -123,20 +123,22 @@ pub struct Metrics {
 impl Metrics {
     /// Installs the recorder; with an address, serves `/metrics` there (inside the runtime).
     pub fn install(addr: Option<SocketAddr>) -> Result<Self> {
-        let mut builder = PrometheusBuilder::new();
-        if let Some(addr) = addr {
-            builder = builder.with_http_listener(addr);
-        }
-        let (recorder, exporter) = builder.build().context("metrics")?;
+        let Some(addr) = addr else {
+            // No listener at all: the builder's default one (0.0.0.0:9000) would be bound by
+            // `build`, and a second process on the machine (a sharded worker) would fail on it.
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            metrics::set_global_recorder(recorder).context("metrics recorder")?;
+            return Ok(Self { handle });
+        };
+        let (recorder, exporter) = PrometheusBuilder::new().with_http_listener(addr).build().context("metrics")?;
         let handle = recorder.handle();
         metrics::set_global_recorder(recorder).context("metrics recorder")?;
-        if addr.is_some() {
-            tokio::spawn(async move {
-                if let Err(e) = exporter.await {
-                    tracing::error!(error = ?e, "metrics server stopped");
-                }
-            });
-        }
+        tokio::spawn(async move {
+            if let Err(e) = exporter.await {
+                tracing::error!(error = ?e, "metrics server stopped");
+            }
+        });
         Ok(Self { handle })
     }
 

@@ -15,6 +15,8 @@ mod cli;
 mod fanout;
 /// Faults injected for real: killed connections, 503/429 answers, an emulator restart.
 mod faults;
+/// Fleets that grow: tenant patterns, new and gone tenants, sharded workers, state in BigQuery.
+mod fleets;
 /// Full syncs: values, tenant isolation, state files, failures, dry runs.
 mod full_sync;
 /// Incremental syncs: concurrent writers, late commits, cursor edge cases, crashes, tables

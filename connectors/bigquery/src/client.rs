@@ -209,6 +209,24 @@ impl BqClient {
         }
     }
 
+    /// Creates a table that another writer (a sharded worker) may be creating at the same
+    /// moment: `None` when it exists after all, created by someone else (BigQuery answers 409;
+    /// the emulator fails the second commit), so the caller takes it as an existing table.
+    pub async fn create_table_if_absent(&self, dataset: &str, resource: Json) -> Result<Option<Json>> {
+        let table = resource["tableReference"]["tableId"].as_str().unwrap_or_default().to_string();
+        match self.retry(|| self.transport.insert_table(self.project(), dataset, resource.clone())).await {
+            Ok(Some(created)) => Ok(Some(created)),
+            Ok(None) => Ok(None),
+            Err(e) => match self.get_table(dataset, &table).await {
+                Ok(Some(_)) => {
+                    tracing::info!(table = %table, error = %e, "the table was created meanwhile by another writer");
+                    Ok(None)
+                }
+                _ => Err(e),
+            },
+        }
+    }
+
     /// Replaces the table's schema (used to add NULLABLE columns).
     pub async fn patch_schema(&self, dataset: &str, table: &str, fields: Json) -> Result<()> {
         let patch = json!({"schema": {"fields": fields}});

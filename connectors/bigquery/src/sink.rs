@@ -343,7 +343,10 @@ impl Sink for BigQuerySink {
                 let mut fields = system_fields(&table.system, table.key.is_empty(), table.changes);
                 fields.extend(diff.columns.iter().map(|(n, t)| json!({"name": n, "type": t, "mode": "NULLABLE"})));
                 let resource = table_resource(self.client.project(), &self.dataset, table, fields)?;
-                let created = self.client.create_table(&self.dataset, resource).await?;
+                let Some(created) = self.client.create_table_if_absent(&self.dataset, resource).await? else {
+                    // Another worker created it first: evolve it as an existing table.
+                    return self.prepare(table).await;
+                };
                 (self.clear_inherited_expirations(&id, created).await?, true)
             }
             Some(resource) => {
