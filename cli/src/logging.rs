@@ -11,6 +11,9 @@ use tracing_subscriber::fmt;
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::prelude::*;
 
+/// The variable that sets what the terminal shows (an `EnvFilter`, e.g. `debug`).
+pub const LOG_ENV: &str = "CONNECTOR_LOG";
+
 /// Keeps logging alive for the run.
 #[derive(Debug)]
 pub struct LogGuard;
@@ -55,7 +58,7 @@ impl<'a> MakeWriter<'a> for RedactingFile {
 
 pub fn init(log_file: Option<&Path>, quiet: bool) -> Result<LogGuard> {
     let default = if quiet { "warn" } else { "info" };
-    let terminal_filter = EnvFilter::try_from_env("CONNECTOR_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let terminal_filter = EnvFilter::try_from_env(LOG_ENV).unwrap_or_else(|_| EnvFilter::new(default));
     // The statistics report is printed on stdout already; keep it out of the terminal log.
     let terminal = fmt::layer()
         .with_writer(RedactingStderr)

@@ -15,6 +15,8 @@ use connector_framework::{
     BuildContext, CursorStrategy, OutcomeStatus, Pipeline, RunOptions, Runner, Target, registry,
 };
 
+#[cfg(test)]
+mod deploy_manifests;
 mod logging;
 mod observe;
 mod params;

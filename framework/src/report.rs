@@ -223,6 +223,15 @@ impl RunReport {
             out.push_str(&format!("shard {shard}: this worker's share of the tenants\n"));
         }
         let t = &self.tenants;
+        if self.dry_run {
+            out.push_str(&format!(
+                "tenants: {} present, {} new, {} gone{}\n",
+                t.present.len(),
+                t.new.len(),
+                t.gone.len(),
+                if t.present.is_empty() { String::new() } else { format!(" (present: {})", t.present.join(", ")) }
+            ));
+        }
         if !t.new.is_empty() {
             out.push_str(&format!(
                 "new {}: {} (synced in full, after the others)\n",

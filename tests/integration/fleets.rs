@@ -46,6 +46,7 @@ async fn a_db_list_pattern_syncs_new_tenants_in_full_and_reports_or_drops_gone_o
     let plan = run.sync(&["--dry-run"]).await;
     assert!(plan.stdout.contains(&format!("new tenant: {c} (synced in full, after the others)")), "{}", plan.stdout);
     assert!(plan.stdout.contains(&format!("tenant no longer on the server: {a}")), "{}", plan.stdout);
+    assert!(plan.stdout.contains(&format!("tenants: 1 present, 1 new, 1 gone (present: {b})")), "{}", plan.stdout);
 
     let out = run.sync(&[]).await;
     let report = run.report();
@@ -258,6 +259,23 @@ async fn state_in_bigquery_outlives_the_working_folder_and_moves_to_files_and_ba
     third.sync(&[]).await;
     let report = third.report();
     assert!(report["outcomes"].as_array().unwrap().iter().all(|o| o["mode"] == "INCREMENTAL"), "{report}");
+    mysql_exec(&format!("UPDATE `{db}`.users SET balance = 1, updated_at = NOW(6) WHERE id = 1")).await;
+    third.sync(&[]).await;
+    let to_bq = run_cli(&["state", "migrate", "--pipeline", "params.json", "--to", "bigquery"], third.path());
+    assert_eq!(to_bq.code, 0, "{}", to_bq.all());
+    assert!(to_bq.stdout.contains("copied") && to_bq.stdout.contains("1 databases, 2 tables"), "{}", to_bq.stdout);
+    let in_bq = bq_query(
+        emulator,
+        &format!("SELECT JSON_VALUE(state, '$.records_synced') FROM `{dataset}`.`_connector_state` WHERE `database` = '{db}' AND table_name = 'users'"),
+    )
+    .await;
+    let from_file: Value = serde_json::from_slice(&std::fs::read(files.join(format!("{db}.json"))).unwrap()).unwrap();
+    assert_eq!(in_bq.len(), 1, "one row per tenant × table: {in_bq:?}");
+    assert_eq!(
+        in_bq[0][0].as_deref(),
+        Some(from_file["tables"]["users"]["records_synced"].to_string().as_str()),
+        "the files' state is what BigQuery holds now"
+    );
 
     let reset = run_cli(
         &["state", "reset", "--pipeline", "params.json", "--database", &db, "--table", "orders"],
