@@ -139,10 +139,17 @@ async fn sharded_workers_sync_every_tenant_once_together_and_a_killed_worker_rec
             assert_eq!(report["shard"], format!("{i}/{count}"), "worker {i} knows its share");
             let mine = synced_tenants(report);
             assert!(!mine.is_empty() && mine.len() < 30, "worker {i}/{count} took a share: {mine:?}");
+            let expected: BTreeSet<String> =
+                tenants.iter().filter(|t| connector_framework::Shard::owner(t, count) == i as u32).cloned().collect();
+            assert_eq!(mine, expected, "worker {i}/{count} took exactly its rendezvous share");
             assert!(union.is_disjoint(&mine), "worker {i}/{count} took a tenant another worker took: {mine:?}");
             union.extend(mine);
         }
         assert_eq!(union, tenants.iter().cloned().collect(), "{count} workers together synced every tenant");
+        for t in &tenants {
+            let state = run.state(t);
+            assert_eq!(state["tables"]["orders"]["sync_status"], "SUCCESS", "{t}: {state}");
+        }
     }
     for t in &tenants {
         assert_table_equal(emulator, &dataset, t, "orders", "id").await;
@@ -287,4 +294,55 @@ async fn state_in_bigquery_outlives_the_working_folder_and_moves_to_files_and_ba
         second.report()["outcomes"].as_array().unwrap().iter().find(|o| o["table"] == "orders").unwrap().clone();
     assert_eq!(orders["mode"], "FULL", "reset in BigQuery forces a full sync: {orders}");
     mysql_exec(&format!("DROP DATABASE `{db}`")).await;
+}
+
+/// A `bigquery` state store of the emulator's, as a pipeline would build it.
+async fn bigquery_state(dataset: &str, lease_seconds: u64) -> std::sync::Arc<dyn connector_framework::StateStore> {
+    let emulator = &*EMULATOR;
+    connector_bigquery::link();
+    let raw = json!({"kind": "bigquery", "project": emulator.project, "dataset": dataset,
+                     "endpoint": emulator.endpoint(), "lock_lease_seconds": lease_seconds});
+    let (_, config) = connector_framework::registry::parse_state(&raw).unwrap();
+    let ctx = connector_framework::BuildContext {
+        run_id: unique("run"),
+        target_id: "default".into(),
+        state_subdir: None,
+        retry: connector_framework::RetryPolicy {
+            max_retries: 2,
+            base_delay: Duration::from_millis(100),
+            ..Default::default()
+        },
+        discard_writes: false,
+    };
+    config.build(&ctx).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bigquery_state_locks_exclude_conflicting_runs_and_lapse_when_their_holder_dies() {
+    use connector_framework::{LockScope, Shard};
+    let dataset = unique("bqlock");
+    let (a, b) = (bigquery_state(&dataset, 5).await, bigquery_state(&dataset, 5).await);
+    let shard = |index| LockScope::Shard(Shard { index, count: 2 });
+
+    let whole = a.lock(LockScope::Whole, None).await.unwrap();
+    let refused = b.lock(LockScope::Whole, None).await.unwrap_err();
+    assert!(refused.message().contains("already syncing"), "{refused}");
+    assert!(b.lock(shard(0), None).await.is_err(), "a whole run excludes every share");
+    whole.release().await;
+
+    let first = a.lock(shard(0), None).await.unwrap();
+    let second = b.lock(shard(1), None).await.expect("another share runs alongside");
+    assert!(b.lock(shard(0), None).await.is_err(), "one share, one worker");
+    assert!(b.lock(LockScope::Whole, None).await.is_err(), "a share excludes a whole run");
+    second.release().await;
+
+    // The holder of share 0 dies: its row stays until the lease (5 s) runs out; a waiting
+    // worker then takes the share over.
+    drop(first);
+    let started = std::time::Instant::now();
+    let taken = b.lock(shard(0), Some(Duration::from_secs(30))).await.unwrap();
+    assert!(started.elapsed() >= Duration::from_secs(2), "it waited for the lease: {:?}", started.elapsed());
+    taken.release().await;
+    let rows = bq_query(&EMULATOR, &format!("SELECT COUNT(*) FROM `{dataset}`.`_connector_state_locks`")).await;
+    assert_eq!(rows[0][0].as_deref(), Some("0"), "the lapsed row was taken over, then deleted at release");
 }

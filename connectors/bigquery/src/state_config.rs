@@ -108,10 +108,10 @@ impl BigQueryStateConfig {
         if let Some(e) = self.endpoint.as_ref().filter(|e| !(e.starts_with("http://") || e.starts_with("https://"))) {
             problems.push(Problem::at("endpoint", format!("`{e}` must start with http:// or https://")));
         }
-        if !(30..=86_400).contains(&self.lock_lease_seconds) {
+        if !(5..=86_400).contains(&self.lock_lease_seconds) {
             problems.push(Problem::at(
                 "lock_lease_seconds",
-                format!("between 30 and 86400 seconds, got {}", self.lock_lease_seconds),
+                format!("between 5 and 86400 seconds, got {}", self.lock_lease_seconds),
             ));
         }
         if problems.is_empty() { Ok(()) } else { Err(ConnectorError::config_problems("state `bigquery`", problems)) }
