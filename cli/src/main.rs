@@ -15,11 +15,13 @@ use connector_framework::{
     BuildContext, CursorStrategy, OutcomeStatus, Pipeline, RunOptions, Runner, Target, registry,
 };
 
+mod alerts;
 #[cfg(test)]
 mod deploy_manifests;
 mod logging;
 mod observe;
 mod params;
+mod serve;
 mod state_cmd;
 mod verify_cmd;
 mod plugins {
@@ -143,6 +145,9 @@ enum Command {
     /// Compare every tenant × table of every target with the source (docs/verify.md): exit 0
     /// when all are equal, 1 when any differ, 2 when something could not be verified.
     Verify(verify_cmd::VerifyArgs),
+    /// The web console (docs/console.md): every tenant × table's state, the run history,
+    /// actions (with a token), /metrics and /healthz; with --every or --cdc it runs the syncs too.
+    Serve(serve::ServeArgs),
     /// Maintain the state files.
     State {
         #[command(subcommand)]
@@ -268,6 +273,7 @@ fn main() -> ExitCode {
         Some(Command::Validate { pipeline, online: false }) => validate(&pipeline).map(|()| ExitCode::SUCCESS),
         Some(Command::Validate { pipeline, online: true }) => validate_online(&pipeline),
         Some(Command::Verify(args)) => verify_cmd::verify(&args),
+        Some(Command::Serve(args)) => serve::serve(&args),
         Some(Command::Status { location, json }) => with_state(&location, async |handles| {
             let tenants = tenant_overview(&location).await;
             state_cmd::status(&handles, tenants.as_ref(), json).await
@@ -280,8 +286,12 @@ fn main() -> ExitCode {
             state_dirs(&location).and_then(|dirs| state_cmd::migrate(&dirs, preview)).map(|()| ExitCode::SUCCESS)
         }
         Some(Command::State { command: StateCommand::Reset { location, database, table } }) => {
-            with_state(&location, async |handles| state_cmd::reset(&handles, &database, table.as_deref()).await)
-                .map(|()| ExitCode::SUCCESS)
+            with_state(&location, async |handles| state_cmd::reset(&handles, &database, table.as_deref()).await).map(
+                |text| {
+                    out(&text);
+                    ExitCode::SUCCESS
+                },
+            )
         }
         None => match &cli.run.pipeline {
             Some(_) => run(cli.run),
@@ -664,12 +674,14 @@ async fn run_once(
         }
         return Ok(if report.failed() { ExitCode::from(EXIT_TABLE_FAILED) } else { ExitCode::SUCCESS });
     }
+    let prior = alerts::prior_failures(&runner).await;
     let report = runner.run(&options).await;
     source.close().await;
     let report = report.map_err(|e| anyhow::anyhow!("{e}"))?;
     publish_report(args, &report.render(), &report)?;
     if !options.dry_run && !args.bench_discard_uploads {
         metrics.record(&report);
+        alerts::after_run(&pipeline.settings.alerts, &report, &prior).await;
     }
     if let Some(path) = &args.metrics_file {
         metrics.write_file(path)?;

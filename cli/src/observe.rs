@@ -193,6 +193,11 @@ impl Metrics {
         metrics::gauge!("connector_verify_last_timestamp_seconds").set(now);
     }
 
+    /// The metrics in Prometheus text format.
+    pub fn render(&self) -> String {
+        self.handle.render()
+    }
+
     /// Writes the metrics in Prometheus text format, atomically (node_exporter's textfile
     /// collector reads `*.prom` files).
     pub fn write_file(&self, path: &Path) -> Result<()> {

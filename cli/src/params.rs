@@ -80,6 +80,8 @@ pub const FLAT_KEYS: &[(&str, &[Dest])] = &[
     ("repair_max_delete_pct", &[Dest::Top("repair_max_delete_pct")]),
     ("delete_detection", &[Dest::Top("delete_detection")]),
     ("drop_missing_tenants", &[Dest::Top("drop_missing_tenants")]),
+    ("freshness_slo_minutes", &[Dest::Top("freshness_slo_minutes")]),
+    ("alerts", &[Dest::Top("alerts")]),
     ("system_columns", &[Dest::Top("system_columns")]),
     ("table_options", &[Dest::Top("table_options")]),
 ];

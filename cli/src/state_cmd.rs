@@ -326,8 +326,9 @@ pub fn migrate(dirs: &[(String, PathBuf)], preview: bool) -> Result<()> {
 }
 
 /// Makes the next run sync these tables in full: their watermarks, keys and resume points are
-/// removed (the rest of their state stays), under the whole state's lock.
-pub async fn reset(handles: &[StateHandle], database: &str, table: Option<&str>) -> Result<()> {
+/// removed (the rest of their state stays), under the whole state's lock. Returns what it did.
+pub async fn reset(handles: &[StateHandle], database: &str, table: Option<&str>) -> Result<String> {
+    let mut text = String::new();
     for h in handles {
         let lock = h.store.lock(LockScope::Whole, None).await.map_err(|e| anyhow!("{e}"))?;
         let current = h.store.load(database).await.map_err(|e| anyhow!("{e}"));
@@ -358,12 +359,12 @@ pub async fn reset(handles: &[StateHandle], database: &str, table: Option<&str>)
             r.map_err(|e| anyhow!("{e}"))?;
         }
         let where_ = if handles.len() > 1 { format!(" (target {})", h.target) } else { String::new() };
-        crate::out(&format!(
+        text.push_str(&format!(
             "reset {}{where_}: the next run syncs them in full\n",
             changed.iter().map(|(t, _)| format!("{database}.{t}")).collect::<Vec<_>>().join(", ")
         ));
     }
-    Ok(())
+    Ok(text)
 }
 
 /// Copies every tenant's state (and the change stream's) from one store to another, target by

@@ -57,12 +57,14 @@
 //! [`ConnectorError`] classified as config, transient or permanent; only transient ones are
 //! retried, by a jittered [`RetryPolicy`]. See `docs/ARCHITECTURE.md` for the flow of a run.
 
+pub mod alerts;
 pub mod cdc;
 pub mod change;
 pub mod config;
 pub mod digest;
 pub mod error;
 pub mod events;
+pub mod history;
 pub mod pipeline;
 pub mod registry;
 pub mod report;
@@ -90,6 +92,7 @@ pub use change::{
 pub use config::{FieldDoc, Secret};
 pub use error::{ConnectorError, ErrorClass, Result};
 pub use events::{Event, EventListener};
+pub use history::{RunRecord, TableRun};
 pub use pipeline::{CdcDeletes, Pipeline, Settings, TableOptions};
 pub use registry::{BuildContext, ConnectorDescriptor, Factory, Role, SinkConfig, SourceConfig, StateConfig, TypeRow};
 pub use report::{OutcomeStatus, RunReport, TableOutcome};

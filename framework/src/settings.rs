@@ -237,6 +237,20 @@ pub const SETTINGS_FIELDS: &[FieldDoc] = &[
         doc: "verify: after each sync, compare keys and delete rows gone from the source (docs/verify.md)",
     },
     FieldDoc {
+        name: "freshness_slo_minutes",
+        ty: "integer",
+        required: false,
+        default: "2 × the serve schedule, else 120",
+        doc: "a table whose last success is older than this is stale: the console shows it, /healthz fails, and a `stale` alert is sent",
+    },
+    FieldDoc {
+        name: "alerts",
+        ty: "list of objects",
+        required: false,
+        default: "none",
+        doc: "messages when a table fails, recovers or goes stale: [{\"kind\": \"webhook\", \"url\": ..., \"on\": [\"failure\", \"recovery\", \"stale\"]}, {\"kind\": \"command\", \"run\": [...]}] (docs/console.md)",
+    },
+    FieldDoc {
         name: "drop_missing_tenants",
         ty: "boolean",
         required: false,
@@ -292,6 +306,11 @@ pub struct Settings {
     pub delete_detection: DeleteDetection,
     /// Tenants gone from the server: delete their rows from the targets, or keep them.
     pub drop_missing_tenants: bool,
+    /// Minutes after the last success when a table counts as stale.
+    #[serde(deserialize_with = "lenient::option::deserialize")]
+    pub freshness_slo_minutes: Option<u64>,
+    /// Where to send a message when a table fails, recovers or goes stale.
+    pub alerts: Vec<crate::alerts::AlertConfig>,
 }
 
 /// Whether a sync looks for rows deleted in the source afterwards.
@@ -342,6 +361,8 @@ impl Default for Settings {
             repair_max_delete_pct: 10.0,
             delete_detection: DeleteDetection::None,
             drop_missing_tenants: false,
+            freshness_slo_minutes: None,
+            alerts: Vec::new(),
         }
     }
 }
@@ -388,6 +409,14 @@ impl Settings {
                 "repair_max_delete_pct",
                 format!("between 0 and 100, got {}", self.repair_max_delete_pct),
             ));
+        }
+        for (i, alert) in self.alerts.iter().enumerate() {
+            if let Some(p) = alert.problem() {
+                out.push(Problem::at("alerts", format!("entry {}: {p}", i + 1)));
+            }
+        }
+        if self.freshness_slo_minutes == Some(0) {
+            out.push(Problem::at("freshness_slo_minutes", "must be at least 1"));
         }
         if self.max_retries > 100 {
             out.push(Problem::at("max_retries", format!("at most 100, got {}", self.max_retries)));

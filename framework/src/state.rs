@@ -381,6 +381,15 @@ pub trait StateStore: Send + Sync + std::fmt::Debug {
     async fn forget(&self, database: &str, table: Option<&str>) -> Result<Vec<String>>;
     /// Where the state lives, for messages.
     fn location(&self) -> String;
+    /// Adds a finished run to the history, keeping the last [`crate::history::HISTORY_RUNS`].
+    /// A store without a history ignores it.
+    async fn record_run(&self, _run: crate::history::RunRecord) -> Result<()> {
+        Ok(())
+    }
+    /// The runs recorded, oldest first.
+    async fn runs(&self) -> Result<Vec<crate::history::RunRecord>> {
+        Ok(Vec::new())
+    }
     /// The change stream's state (`--cdc`), if one was recorded.
     async fn load_stream(&self) -> Result<Option<StreamState>> {
         Ok(None)

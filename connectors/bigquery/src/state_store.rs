@@ -17,8 +17,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use connector_framework::history::HISTORY_RUNS;
 use connector_framework::{
-    ConnectorError, DatabaseState, LockScope, Result, Shard, StateLock, StateStore, StreamState, TableState,
+    ConnectorError, DatabaseState, LockScope, Result, RunRecord, Shard, StateLock, StateStore, StreamState, TableState,
 };
 use serde_json::{Value as Json, json};
 use tokio::sync::Mutex;
@@ -477,6 +478,36 @@ impl StateStore for BigQueryStateStore {
             self.table,
             self.scope
         )
+    }
+
+    async fn record_run(&self, run: RunRecord) -> Result<()> {
+        let text = serde_json::to_string(&run).map_err(|e| ConnectorError::permanent(e.to_string()))?;
+        let table = self.state_table();
+        // The run, and the runs beyond the last HISTORY_RUNS gone, in one script.
+        let sql = format!(
+            "INSERT INTO {table} (scope, kind, `database`, table_name, state, updated_at) \
+             VALUES (@scope, 'run', '', '', @state, CURRENT_TIMESTAMP());\n\
+             DELETE FROM {table} WHERE scope = @scope AND kind = 'run' AND updated_at < (\
+             SELECT MIN(updated_at) FROM (SELECT updated_at FROM {table} WHERE scope = @scope AND kind = 'run' \
+             ORDER BY updated_at DESC LIMIT {HISTORY_RUNS}));"
+        );
+        let params = json!([Self::param("scope", "STRING", &self.scope), Self::param("state", "STRING", &text)]);
+        self.execute(&sql, params, "history").await
+    }
+
+    async fn runs(&self) -> Result<Vec<RunRecord>> {
+        let sql = format!(
+            "SELECT state FROM {} WHERE scope = @scope AND kind = 'run' ORDER BY updated_at DESC LIMIT {HISTORY_RUNS}",
+            self.state_table()
+        );
+        let rows = self.select(&sql, json!([Self::param("scope", "STRING", &self.scope)]), "history").await?;
+        let mut runs: Vec<RunRecord> = rows
+            .iter()
+            .filter_map(|r| r.first().cloned().flatten())
+            .filter_map(|t| serde_json::from_str(&t).ok())
+            .collect();
+        runs.reverse();
+        Ok(runs)
     }
 
     async fn load_stream(&self) -> Result<Option<StreamState>> {

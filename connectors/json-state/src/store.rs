@@ -6,8 +6,9 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use chrono::{NaiveDateTime, Utc};
+use connector_framework::history::HISTORY_RUNS;
 use connector_framework::{
-    ConnectorError, DatabaseState, LockScope, Result, StateLock, StateStore, StreamState, TableState,
+    ConnectorError, DatabaseState, LockScope, Result, RunRecord, StateLock, StateStore, StreamState, TableState,
 };
 use serde::{Deserialize, Serialize};
 
@@ -398,6 +399,20 @@ impl StateStore for JsonStateStore {
         self.dir.display().to_string()
     }
 
+    async fn record_run(&self, run: RunRecord) -> Result<()> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.record_run_blocking(run))
+            .await
+            .map_err(|e| ConnectorError::permanent(format!("writing the run history failed: {e}")))?
+    }
+
+    async fn runs(&self) -> Result<Vec<RunRecord>> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.runs_blocking())
+            .await
+            .map_err(|e| ConnectorError::permanent(format!("reading the run history failed: {e}")))?
+    }
+
     async fn load_stream(&self) -> Result<Option<StreamState>> {
         let path = self.stream_path();
         match fs::read_to_string(&path) {
@@ -425,6 +440,51 @@ impl StateStore for JsonStateStore {
 /// The change stream's state lives in `<status_dir>/cdc/stream.json`: a folder, so it can never
 /// be taken for a database's file.
 pub const STREAM_DIR: &str = "cdc";
+
+/// The run history lives in `<status_dir>/history/runs.jsonl`, one run per line.
+pub const HISTORY_DIR: &str = "history";
+
+impl JsonStateStore {
+    pub fn history_path(&self) -> PathBuf {
+        self.dir.join(HISTORY_DIR).join("runs.jsonl")
+    }
+
+    /// The runs recorded, oldest first; a line that cannot be read is skipped (and logged).
+    pub fn runs_blocking(&self) -> Result<Vec<RunRecord>> {
+        let path = self.history_path();
+        let text = match fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io_err("cannot read", &path, e)),
+        };
+        let mut runs = Vec::new();
+        for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+            match serde_json::from_str(line) {
+                Ok(run) => runs.push(run),
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), line = i + 1, error = %e, "a run history line was skipped")
+                }
+            }
+        }
+        Ok(runs)
+    }
+
+    /// Adds a run and keeps the last [`HISTORY_RUNS`] (the file replaced atomically).
+    pub fn record_run_blocking(&self, run: RunRecord) -> Result<()> {
+        let dir = self.dir.join(HISTORY_DIR);
+        private_dir(&dir).map_err(|e| io_err("cannot create", &dir, e))?;
+        let mut runs = self.runs_blocking()?;
+        runs.push(run);
+        let keep = runs.len().saturating_sub(HISTORY_RUNS);
+        let mut text = String::new();
+        for run in &runs[keep..] {
+            text.push_str(&serde_json::to_string(run).map_err(|e| ConnectorError::permanent(e.to_string()))?);
+            text.push('\n');
+        }
+        let path = self.history_path();
+        Self::write_atomic(&path, text.as_bytes()).map_err(|e| io_err("cannot write", &path, e))
+    }
+}
 
 impl JsonStateStore {
     /// Where the change stream's state is.

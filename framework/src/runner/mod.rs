@@ -159,10 +159,27 @@ impl Runner {
     pub async fn run(&self, options: &RunOptions) -> Result<RunReport> {
         self.select_databases(options).await?;
         self.preflight(false).await?;
+        let started_at = chrono::Utc::now().naive_utc();
         let locks = if options.dry_run { Vec::new() } else { self.lock(options).await? };
         let report = self.run_locked(options).await;
+        if let Ok(report) = report.as_ref()
+            && !options.dry_run
+        {
+            self.record_history(report, started_at).await;
+        }
         release(locks).await;
         report
+    }
+
+    /// Adds the run to each target's history (a failure to is logged: the run itself is done).
+    async fn record_history(&self, report: &RunReport, started_at: chrono::NaiveDateTime) {
+        for target in &self.targets {
+            if let Some(run) = crate::history::RunRecord::of(report, &target.id, started_at)
+                && let Err(e) = target.state.record_run(run).await
+            {
+                tracing::warn!(target = %target.id, error = %e, "cannot add the run to the history");
+            }
+        }
     }
 
     /// The source's checks before anything is read or written, logged; an error stops the run.
