@@ -7,7 +7,8 @@
 #    dir under target/test-servers, binary log and TLS on; tests that need other settings start
 #    their own the same way): the machine's own MariaDB is never used or modified.
 # 2. the BigQuery emulator installed (scripts/bq-emulator.sh install); the tests start their
-#    own emulators on free ports under target/test-servers/bq
+#    own emulators on free ports under target/test-servers/bq; Debian's chromium and
+#    chromium-driver for the console's browser test (installed when missing)
 # 3. cargo fmt --check; cargo clippy --all-targets --all-features -D warnings; cargo doc with
 #    warnings denied; a build with the toolchain of the declared rust-version
 # 4. cargo test --workspace --features connector-run/e2e (unit tests, and the end-to-end tests
@@ -43,6 +44,8 @@ export MYSQL_URL="mysql://root@127.0.0.1:$PRIVATE_PORT"
 export MYSQL_TLS_DIR="$SERVERS/mariadb/tls"
 step "BigQuery emulator (install only)"
 bash scripts/bq-emulator.sh install
+step "Chromium and ChromeDriver for the console's browser test"
+need chromedriver chromium chromium-driver
 echo "MYSQL_URL=$MYSQL_URL (private)  BQ_EMULATOR_RUN_DIR=$BQ_EMULATOR_RUN_DIR"
 
 FAILED=()

@@ -11,6 +11,8 @@ mod support;
 mod cdc;
 /// The command line: list, describe, validate, config errors, secrets, the run lock.
 mod cli;
+/// The web console: pages, API, actions and their rules over real runs; alerts; a real browser.
+mod console;
 /// Several targets from one read, and the example connector crate.
 mod fanout;
 /// Faults injected for real: killed connections, 503/429 answers, an emulator restart.
