@@ -141,14 +141,15 @@ impl StaleWatch {
     /// The cells newly stale in `snapshot` (and forgets those fresh again).
     pub fn newly_stale(&self, snapshot: &connector_console::Snapshot, slo_minutes: u64) -> Vec<Alert> {
         let now = chrono::Utc::now().naive_utc();
-        let stale: BTreeSet<(String, String, String)> = snapshot
+        // Forgotten only once fresh again: a run marking a table `running` does not make it fresh.
+        let fresh: BTreeSet<(String, String, String)> = snapshot
             .cells
             .iter()
-            .filter(|c| c.status == connector_console::Status::Stale)
+            .filter(|c| matches!(c.status, connector_console::Status::Ok | connector_console::Status::Cdc))
             .map(|c| (c.database.clone(), c.table.clone(), c.target.clone()))
             .collect();
         let mut alerted = self.alerted.lock().unwrap_or_else(|p| p.into_inner());
-        alerted.retain(|k| stale.contains(k));
+        alerted.retain(|k| !fresh.contains(k));
         let mut out = Vec::new();
         for cell in snapshot.cells.iter().filter(|c| c.status == connector_console::Status::Stale) {
             if alerted.insert((cell.database.clone(), cell.table.clone(), cell.target.clone())) {

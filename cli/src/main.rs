@@ -581,7 +581,8 @@ fn parse_shard(text: &str) -> std::result::Result<connector_framework::Shard, St
 /// `--shard`, else the share the environment names (see [`connector_framework::tenants::SHARD_ENV`]).
 pub(crate) fn shard_of(args: &RunArgs) -> Result<Option<connector_framework::Shard>> {
     if args.shard.is_some() {
-        return Ok(args.shard);
+        // 0/1 is the whole fleet.
+        return Ok(args.shard.filter(|s| s.count > 1));
     }
     let shard = connector_framework::Shard::from_env(|name| std::env::var(name).ok().filter(|v| !v.is_empty()))
         .map_err(|e| anyhow::anyhow!("{e}"))?;

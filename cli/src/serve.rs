@@ -74,6 +74,7 @@ pub fn serve(args: &ServeArgs) -> Result<ExitCode> {
     runtime.block_on(async move {
         let metrics = observe::Metrics::install(None)?;
         let handles = state_handles(Some(&pipeline), None).await?;
+        let refresh = handles.iter().map(|h| h.store.poll_interval()).max().unwrap_or(Duration::from_secs(3));
         let sources: Vec<StateSource> =
             handles.iter().map(|h| StateSource { target: h.target.clone(), store: h.store.clone() }).collect();
         let slo = pipeline
@@ -89,7 +90,8 @@ pub fn serve(args: &ServeArgs) -> Result<ExitCode> {
             addr: args.addr,
             token,
             freshness_slo_minutes: slo as i64,
-            refresh: Duration::from_secs(3),
+            // As often as the slowest store allows (BigQuery rows: a minute; files: 3 s).
+            refresh,
             title: "connector-run".into(),
         };
         let console = Console::new(options, sources, operator.clone());

@@ -397,7 +397,8 @@ async fn copy_one(src: &StateHandle, dst: &StateHandle, preview: bool) -> Result
         records.extend(state.tables.into_values().map(|t| (database.clone(), t)));
     }
     let stream = src.store.load_stream().await.map_err(|e| anyhow!("{e}"))?;
-    let tables = records.len();
+    let runs = src.store.runs().await.map_err(|e| anyhow!("{e}"))?;
+    let (tables, run_count) = (records.len(), runs.len());
     if !preview {
         for r in dst.store.record_many(records).await {
             r.map_err(|e| anyhow!("{e}"))?;
@@ -405,9 +406,12 @@ async fn copy_one(src: &StateHandle, dst: &StateHandle, preview: bool) -> Result
         if let Some(stream) = stream.clone() {
             dst.store.record_stream(stream).await.map_err(|e| anyhow!("{e}"))?;
         }
+        for run in runs {
+            dst.store.record_run(run).await.map_err(|e| anyhow!("{e}"))?;
+        }
     }
     Ok(format!(
-        "{}{} → {}: {databases} databases, {tables} tables{}\n",
+        "{}{} → {}: {databases} databases, {tables} tables, {run_count} runs of history{}\n",
         if preview { "preview (nothing copied): " } else { "copied " },
         src.store.location(),
         dst.store.location(),

@@ -17,9 +17,14 @@ fn cross_site(headers: &HeaderMap) -> Option<String> {
         return Some(format!("the browser says this request came from another site ({site})"));
     }
     let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok())?;
-    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or_default();
     let origin_host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
-    (origin_host != host).then(|| format!("the request came from {origin}, not from this console ({host})"))
+    // Behind a reverse proxy the page's host is the one the proxy was asked for.
+    let hosts: Vec<&str> = [header::HOST.as_str(), "x-forwarded-host"]
+        .iter()
+        .filter_map(|h| headers.get(*h).and_then(|v| v.to_str().ok()))
+        .collect();
+    (!hosts.contains(&origin_host))
+        .then(|| format!("the request came from {origin}, not from this console ({})", hosts.join(", ")))
 }
 
 /// Lets an action through, or says why not.
@@ -80,6 +85,13 @@ mod tests {
         let (code, why) = authorize(&other, Some("s3cret")).unwrap_err();
         assert_eq!(code, StatusCode::FORBIDDEN);
         assert!(why.contains("evil.example") && !why.contains("s3cret"), "{why}");
+        let proxied = headers(&[
+            ("host", "127.0.0.1:8080"),
+            ("x-forwarded-host", "sync.example.com"),
+            ("origin", "https://sync.example.com"),
+            ("authorization", "Bearer s3cret"),
+        ]);
+        assert!(authorize(&proxied, Some("s3cret")).is_ok(), "behind a proxy");
         let fetched = headers(&[("sec-fetch-site", "cross-site"), ("authorization", "Bearer s3cret")]);
         assert_eq!(authorize(&fetched, Some("s3cret")).unwrap_err().0, StatusCode::FORBIDDEN);
     }

@@ -355,7 +355,8 @@ pub trait StateStore: Send + Sync + std::fmt::Debug {
     async fn load(&self, database: &str) -> Result<DatabaseState>;
     /// Every database the store holds state for, sorted.
     async fn databases(&self) -> Result<Vec<String>>;
-    /// Every database's state; one that cannot be read is an error of its own, never skipped.
+    /// Every database's state, as stored now (not as this store last cached it); one that cannot
+    /// be read is an error of its own, never skipped.
     async fn load_all(&self) -> Result<Vec<(String, Result<DatabaseState>)>> {
         let mut out = Vec::new();
         for database in self.databases().await? {
@@ -381,6 +382,11 @@ pub trait StateStore: Send + Sync + std::fmt::Debug {
     async fn forget(&self, database: &str, table: Option<&str>) -> Result<Vec<String>>;
     /// Where the state lives, for messages.
     fn location(&self) -> String;
+    /// How often a reader that polls the state (the console) should read it again: reading a
+    /// remote store costs queries.
+    fn poll_interval(&self) -> Duration {
+        Duration::from_secs(3)
+    }
     /// Adds a finished run to the history, keeping the last [`crate::history::HISTORY_RUNS`].
     /// A store without a history ignores it.
     async fn record_run(&self, _run: crate::history::RunRecord) -> Result<()> {

@@ -94,13 +94,21 @@ impl TenantSelection {
     }
 
     /// The tenants among the databases a server has: a static selection's names in their
-    /// order; otherwise every matching database, sorted.
+    /// order; otherwise every matching database and every listed name (a listed name the
+    /// server lacks fails its tables, as in a static list), sorted.
     pub fn select(&self, on_server: &[String]) -> Vec<String> {
         if self.is_static() {
             return self.names();
         }
-        let found: BTreeSet<&String> = on_server.iter().filter(|d| self.matches(d)).collect();
-        found.into_iter().cloned().collect()
+        let mut found: BTreeSet<String> = on_server.iter().filter(|d| self.matches(d)).cloned().collect();
+        found.extend(self.names());
+        found.into_iter().collect()
+    }
+
+    /// Whether `database` is named literally (not only matched by a pattern): such a tenant is
+    /// never taken for gone.
+    pub fn is_listed(&self, database: &str) -> bool {
+        self.include.iter().any(|p| !p.is_pattern() && p.matches(database))
     }
 
     /// The entries as written, for messages.
@@ -160,8 +168,9 @@ impl Shard {
                      (the job's completions / task count), or pass --shard I/N"
                 ));
             };
+            // One task of one (Cloud Run sets its variables even then) is the whole fleet.
             return Self::new(index.trim(), count.trim())
-                .map(Some)
+                .map(|s| (s.count > 1).then_some(s))
                 .map_err(|e| format!("{index_var}/{count_var}: {e}"));
         }
         Ok(None)
@@ -200,7 +209,8 @@ pub struct TenantChanges {
     pub new: Vec<String>,
     /// Tenants with state that are still there.
     pub present: Vec<String>,
-    /// Tenants with state that the server no longer has (or no longer match the list).
+    /// Tenants with state that a pattern of the list still matches, but that the server no
+    /// longer has. (A tenant taken out of the list keeps its state and is not reported.)
     pub gone: Vec<String>,
     /// Gone tenants whose rows were deleted from the targets (`drop_missing_tenants`), with
     /// the rows deleted per target.
@@ -243,6 +253,9 @@ mod tests {
         assert_eq!(s.select(&on_server), names(&["shop2", "shop1"]), "a static list keeps its order");
         let s = TenantSelection::parse(&names(&["shop2", "shop1"]), &names(&["shop1"])).unwrap();
         assert_eq!(s.select(&on_server), names(&["shop2"]));
+        let s = TenantSelection::parse(&names(&["shop99", "shop1*"]), &[]).unwrap();
+        assert_eq!(s.select(&on_server), names(&["shop1", "shop10", "shop99"]), "a listed name is kept");
+        assert!(s.is_listed("shop99") && !s.is_listed("shop10"));
         assert!(TenantSelection::parse(&names(&["re:shop("]), &[]).unwrap_err().contains("re:shop("));
     }
 
@@ -288,5 +301,10 @@ mod tests {
         );
         assert!(Shard::from_env(env(&[("JOB_COMPLETION_INDEX", "0")])).unwrap_err().contains("CONNECTOR_SHARD_COUNT"));
         assert_eq!(Shard::from_env(env(&[])).unwrap(), None);
+        assert_eq!(
+            Shard::from_env(env(&[("CLOUD_RUN_TASK_INDEX", "0"), ("CLOUD_RUN_TASK_COUNT", "1")])).unwrap(),
+            None,
+            "one task is the whole fleet"
+        );
     }
 }

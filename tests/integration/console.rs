@@ -189,6 +189,9 @@ async fn the_console_shows_real_state_and_its_actions_follow_the_token_the_origi
 
     let (_, table) = serve.get("/table/orders").await;
     assert!(table.contains("the last 2 runs"), "the cron run and the console's: {table}");
+    let actions = serve.json("/api/actions").await;
+    let kinds: Vec<&str> = actions.as_array().unwrap().iter().map(|a| a["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["sync", "reset", "verify"], "refused actions leave no record: {actions}");
     let log = run.log();
     assert!(!log.contains(TOKEN) && !log.contains("SECRETWEBHOOK123"), "no secret in the log");
 

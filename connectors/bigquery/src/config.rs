@@ -36,6 +36,31 @@ pub const OVERRIDE_TYPES: &[&str] = &[
 /// The environment variable that points every BigQuery client at an emulator.
 pub const EMULATOR_ENV: &str = "BIGQUERY_EMULATOR_HOST";
 
+/// Keys the sink and the `bigquery` state store share.
+pub(crate) const PROJECT: FieldDoc =
+    FieldDoc { name: "project", ty: "string", required: true, default: "", doc: "Google Cloud project id" };
+pub(crate) const LOCATION: FieldDoc = FieldDoc {
+    name: "location",
+    ty: "string",
+    required: false,
+    default: "the dataset's",
+    doc: "e.g. US, EU, asia-east1",
+};
+pub(crate) const ENDPOINT: FieldDoc = FieldDoc {
+    name: "endpoint",
+    ty: "URL",
+    required: false,
+    default: "$BIGQUERY_EMULATOR_HOST, else Google",
+    doc: "an emulator's URL; credentials are then anonymous",
+};
+pub(crate) const CREDENTIALS: FieldDoc = FieldDoc {
+    name: "credentials",
+    ty: "path",
+    required: false,
+    default: "Application Default Credentials",
+    doc: "a service-account (or authorized-user) JSON key file",
+};
+
 pub(crate) const FIELDS: &[FieldDoc] = &[
     FieldDoc {
         name: "id",
@@ -44,7 +69,7 @@ pub(crate) const FIELDS: &[FieldDoc] = &[
         default: "default",
         doc: "names this target in state paths and reports",
     },
-    FieldDoc { name: "project", ty: "string", required: true, default: "", doc: "Google Cloud project id" },
+    PROJECT,
     FieldDoc {
         name: "dataset",
         ty: "string",
@@ -52,27 +77,9 @@ pub(crate) const FIELDS: &[FieldDoc] = &[
         default: "",
         doc: "dataset holding one table per source table",
     },
-    FieldDoc {
-        name: "location",
-        ty: "string",
-        required: false,
-        default: "the dataset's",
-        doc: "e.g. US, EU, asia-east1",
-    },
-    FieldDoc {
-        name: "endpoint",
-        ty: "URL",
-        required: false,
-        default: "$BIGQUERY_EMULATOR_HOST, else Google",
-        doc: "an emulator's URL; credentials are then anonymous",
-    },
-    FieldDoc {
-        name: "credentials",
-        ty: "path",
-        required: false,
-        default: "Application Default Credentials",
-        doc: "a service-account (or authorized-user) JSON key file",
-    },
+    LOCATION,
+    ENDPOINT,
+    CREDENTIALS,
     FieldDoc {
         name: "staging_dataset",
         ty: "string",
@@ -140,38 +147,53 @@ fn default_job_timeout() -> u64 {
     3600
 }
 
-/// Dataset ids: letters, digits and underscores, at most 1024.
-fn dataset_problem(key: &str, id: &str) -> Option<Problem> {
+/// Dataset ids (and the state table's): letters, digits and underscores, at most 1024.
+pub(crate) fn dataset_problem(key: &str, id: &str) -> Option<Problem> {
+    let what = if key == "table" { "table" } else { "dataset" };
     (id.is_empty() || id.len() > 1024 || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
-        .then(|| Problem::at(key, format!("`{id}` is not a dataset id (letters, digits and underscores)")))
+        .then(|| Problem::at(key, format!("`{id}` is not a {what} id (letters, digits and underscores)")))
+}
+
+/// A project id that is not one.
+pub(crate) fn project_problem(project: &str) -> Option<Problem> {
+    (project.trim().is_empty()
+        || !project.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | ':' | '_')))
+    .then(|| Problem::at("project", format!("`{project}` is not a Google Cloud project id")))
+}
+
+/// The endpoint as given, else `BIGQUERY_EMULATOR_HOST` (with `http://` added when it has no
+/// scheme); whether it came from there; and a problem when it is no URL.
+pub(crate) fn resolve_endpoint(endpoint: &mut Option<String>) -> (bool, Option<Problem>) {
+    if endpoint.as_deref().is_some_and(|e| e.trim().is_empty()) {
+        *endpoint = None;
+    }
+    let mut from_env = false;
+    if endpoint.is_none() {
+        from_env = std::env::var(EMULATOR_ENV).is_ok_and(|e| !e.is_empty());
+        *endpoint = std::env::var(EMULATOR_ENV)
+            .ok()
+            .filter(|e| !e.is_empty())
+            .map(|e| if e.starts_with("http://") || e.starts_with("https://") { e } else { format!("http://{e}") });
+    }
+    let problem = endpoint
+        .as_ref()
+        .filter(|e| !(e.starts_with("http://") || e.starts_with("https://")))
+        .map(|e| Problem::at("endpoint", format!("`{e}` must start with http:// or https://")));
+    (from_env, problem)
 }
 
 impl BigQuerySinkConfig {
     /// Checks the config without touching the network; every mistake, each with its key.
     pub fn validate(&mut self) -> Result<()> {
         let mut problems = Vec::new();
-        if self.project.trim().is_empty()
-            || !self.project.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | ':' | '_'))
-        {
-            problems.push(Problem::at("project", format!("`{}` is not a Google Cloud project id", self.project)));
-        }
+        problems.extend(project_problem(&self.project));
         problems.extend(dataset_problem("dataset", &self.dataset));
         if let Some(s) = &self.staging_dataset {
             problems.extend(dataset_problem("staging_dataset", s));
         }
-        if self.endpoint.as_deref().is_some_and(|e| e.trim().is_empty()) {
-            self.endpoint = None;
-        }
-        if self.endpoint.is_none() {
-            self.endpoint_from_env = std::env::var(EMULATOR_ENV).is_ok_and(|e| !e.is_empty());
-            self.endpoint = std::env::var(EMULATOR_ENV)
-                .ok()
-                .filter(|e| !e.is_empty())
-                .map(|e| if e.starts_with("http://") || e.starts_with("https://") { e } else { format!("http://{e}") });
-        }
-        if let Some(e) = self.endpoint.as_ref().filter(|e| !(e.starts_with("http://") || e.starts_with("https://"))) {
-            problems.push(Problem::at("endpoint", format!("`{e}` must start with http:// or https://")));
-        }
+        let (from_env, problem) = resolve_endpoint(&mut self.endpoint);
+        self.endpoint_from_env = from_env;
+        problems.extend(problem);
         if !(1..=100).contains(&self.max_concurrent_jobs) {
             problems.push(Problem::at(
                 "max_concurrent_jobs",

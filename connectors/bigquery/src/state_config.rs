@@ -13,12 +13,12 @@ use connector_framework::{
 use serde::{Deserialize, Serialize};
 
 use crate::client::{BqClient, ClientOptions};
-use crate::config::EMULATOR_ENV;
+use crate::config::{CREDENTIALS, ENDPOINT, LOCATION, PROJECT, dataset_problem, project_problem, resolve_endpoint};
 use crate::state_store::BigQueryStateStore;
 use crate::transport::{GoogleOptions, GoogleTransport};
 
 pub(crate) const FIELDS: &[FieldDoc] = &[
-    FieldDoc { name: "project", ty: "string", required: true, default: "", doc: "Google Cloud project id" },
+    PROJECT,
     FieldDoc {
         name: "dataset",
         ty: "string",
@@ -33,21 +33,9 @@ pub(crate) const FIELDS: &[FieldDoc] = &[
         default: "_connector_state",
         doc: "the state table (one row per tenant × table × target); its locks are in <table>_locks",
     },
-    FieldDoc { name: "location", ty: "string", required: false, default: "the dataset's", doc: "e.g. US, EU" },
-    FieldDoc {
-        name: "endpoint",
-        ty: "URL",
-        required: false,
-        default: "$BIGQUERY_EMULATOR_HOST, else Google",
-        doc: "an emulator's URL; credentials are then anonymous",
-    },
-    FieldDoc {
-        name: "credentials",
-        ty: "path",
-        required: false,
-        default: "Application Default Credentials",
-        doc: "a service-account (or authorized-user) JSON key file",
-    },
+    LOCATION,
+    ENDPOINT,
+    CREDENTIALS,
     FieldDoc {
         name: "lock_lease_seconds",
         ty: "seconds",
@@ -85,29 +73,15 @@ fn default_lease() -> u64 {
 impl BigQueryStateConfig {
     fn validate(&mut self) -> Result<()> {
         let mut problems = Vec::new();
-        if self.project.trim().is_empty()
-            || !self.project.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | ':' | '_'))
-        {
-            problems.push(Problem::at("project", format!("`{}` is not a Google Cloud project id", self.project)));
-        }
-        for (key, id) in [("dataset", &self.dataset), ("table", &self.table)] {
-            if id.is_empty() || id.len() > 1000 || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                problems
-                    .push(Problem::at(key, format!("`{id}` is not a BigQuery id (letters, digits and underscores)")));
-            }
-        }
-        if self.endpoint.as_deref().is_some_and(|e| e.trim().is_empty()) {
-            self.endpoint = None;
-        }
-        if self.endpoint.is_none() {
-            self.endpoint = std::env::var(EMULATOR_ENV)
-                .ok()
-                .filter(|e| !e.is_empty())
-                .map(|e| if e.starts_with("http://") || e.starts_with("https://") { e } else { format!("http://{e}") });
-        }
-        if let Some(e) = self.endpoint.as_ref().filter(|e| !(e.starts_with("http://") || e.starts_with("https://"))) {
-            problems.push(Problem::at("endpoint", format!("`{e}` must start with http:// or https://")));
-        }
+        problems.extend(project_problem(&self.project));
+        problems.extend(dataset_problem("dataset", &self.dataset));
+        // The lock table's id adds `_locks`: the state table's stays within BigQuery's 1,024.
+        problems.extend(
+            dataset_problem("table", &self.table)
+                .or_else(|| (self.table.len() > 1000).then(|| Problem::at("table", "at most 1000 characters"))),
+        );
+        let (_, problem) = resolve_endpoint(&mut self.endpoint);
+        problems.extend(problem);
         if !(5..=86_400).contains(&self.lock_lease_seconds) {
             problems.push(Problem::at(
                 "lock_lease_seconds",

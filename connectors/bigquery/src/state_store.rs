@@ -200,17 +200,30 @@ impl BigQueryStateStore {
         self.execute(&sql, params, "write").await
     }
 
-    /// The live lock rows of other owners: (name, owner).
+    /// A lock row's name: the store's scope (each target's state is locked on its own), then
+    /// the lock scope (`default/whole`, `main/shard-1-of-3`).
+    fn lock_name(&self, scope: LockScope) -> String {
+        format!("{}/{}", self.scope, scope.name())
+    }
+
+    /// The live lock rows of other owners in this store's scope: (name without the scope, owner).
     async fn other_locks(&self) -> Result<Vec<(String, String)>> {
         let sql = format!(
-            "SELECT name, owner FROM {} WHERE expires_at > CURRENT_TIMESTAMP() AND owner != @owner",
+            "SELECT name, owner FROM {} WHERE expires_at > CURRENT_TIMESTAMP() AND owner != @owner \
+             AND STARTS_WITH(name, @prefix)",
             self.lock_table()
         );
-        let rows = self.select(&sql, json!([Self::param("owner", "STRING", &self.owner)]), "locks").await?;
+        let prefix = format!("{}/", self.scope);
+        let params = json!([Self::param("owner", "STRING", &self.owner), Self::param("prefix", "STRING", &prefix)]);
+        let rows = self.select(&sql, params, "locks").await?;
         Ok(rows
             .into_iter()
             .map(|r| {
-                (r.first().cloned().flatten().unwrap_or_default(), r.get(1).cloned().flatten().unwrap_or_default())
+                let name = r.first().cloned().flatten().unwrap_or_default();
+                (
+                    name.strip_prefix(&prefix).unwrap_or(&name).to_string(),
+                    r.get(1).cloned().flatten().unwrap_or_default(),
+                )
             })
             .collect())
     }
@@ -218,7 +231,7 @@ impl BigQueryStateStore {
     /// One attempt at the lock: `Ok(None)` when taken, `Ok(Some(holder))` when another run
     /// holds a conflicting one.
     async fn try_lock(&self, scope: LockScope) -> Result<Option<String>> {
-        let name = scope.name();
+        let name = self.lock_name(scope);
         let take = format!(
             "MERGE {} T USING (SELECT @name AS name) S ON T.name = S.name \
              WHEN MATCHED AND (T.expires_at <= CURRENT_TIMESTAMP() OR T.owner = @owner) THEN \
@@ -233,11 +246,18 @@ impl BigQueryStateStore {
             Self::param("lease", "INT64", &self.lease.as_secs().to_string()),
         ]);
         self.execute(&take, params, "lock").await?;
-        let conflicting = self
-            .other_locks()
-            .await?
+        let others = match self.other_locks().await {
+            Ok(o) => o,
+            Err(e) => {
+                // Unchecked, the row must not stay: it would keep the share from everyone.
+                let _ = self.delete_lock(&name).await;
+                return Err(e);
+            }
+        };
+        let own = scope.name();
+        let conflicting = others
             .into_iter()
-            .find(|(other, _)| other == &name || parse_lock_name(other).is_none_or(|o| scope.conflicts_with(&o)));
+            .find(|(other, _)| other == &own || parse_lock_name(other).is_none_or(|o| scope.conflicts_with(&o)));
         match conflicting {
             None => Ok(None),
             Some((other, holder)) => {
@@ -253,7 +273,9 @@ impl BigQueryStateStore {
         self.execute(&sql, params, "unlock").await
     }
 
-    async fn renew_lock(&self, name: &str) -> Result<()> {
+    /// Extends the lease; `false` when the row is no longer this owner's (the lease ran out and
+    /// another run took the share).
+    async fn renew_lock(&self, name: &str) -> Result<bool> {
         let sql = format!(
             "UPDATE {} SET expires_at = TIMESTAMP_ADD(CURRENT_TIMESTAMP(), INTERVAL @lease SECOND) \
              WHERE name = @name AND owner = @owner",
@@ -264,7 +286,9 @@ impl BigQueryStateStore {
             Self::param("owner", "STRING", &self.owner),
             Self::param("lease", "INT64", &self.lease.as_secs().to_string()),
         ]);
-        self.execute(&sql, params, "renew").await
+        self.ensure().await?;
+        let outcome = self.client.query(&sql, params, &self.job_id("renew"), "renew").await?;
+        Ok(outcome.statistic(&["query", "numDmlAffectedRows"]).is_none_or(|n| n > 0))
     }
 
     /// A copy for the lock's renewal task (same owner, same client).
@@ -332,7 +356,9 @@ impl StateStore for BigQueryStateStore {
                     tracing::info!(state = %self.location(), %holder, "another run holds the lock; waiting (--wait-lock)");
                     logged = true;
                 }
-                tokio::time::sleep(Duration::from_secs(2)).await;
+                // Jittered, so two conflicting waiters do not withdraw in step for ever.
+                let jitter = u64::from(uuid::Uuid::new_v4().as_u128() as u16) % 2000;
+                tokio::time::sleep(Duration::from_millis(1000 + jitter)).await;
                 continue;
             }
             return Err(ConnectorError::config(format!(
@@ -343,7 +369,9 @@ impl StateStore for BigQueryStateStore {
                 if wait.is_some() { ", or wait longer with --wait-lock" } else { ", or pass --wait-lock" }
             )));
         }
-        let name = scope.name();
+        // Held now: whatever was read before (by a caller, or while waiting) may be stale.
+        *self.cache.lock().await = None;
+        let name = self.lock_name(scope);
         let store = Arc::new(self.handle());
         let renewing = store.clone();
         let every = self.lease / 3;
@@ -351,8 +379,14 @@ impl StateStore for BigQueryStateStore {
         let renewal = tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
-                if let Err(e) = renewing.renew_lock(&lock_name).await {
-                    tracing::warn!(lock = %lock_name, error = %e, "cannot renew the run lock's lease");
+                match renewing.renew_lock(&lock_name).await {
+                    Ok(true) => {}
+                    Ok(false) => tracing::error!(
+                        lock = %lock_name,
+                        "the run lock's lease ran out and another run took it: this run's state writes may now race \
+                         it; raise lock_lease_seconds"
+                    ),
+                    Err(e) => tracing::warn!(lock = %lock_name, error = %e, "cannot renew the run lock's lease"),
                 }
             }
         });
@@ -372,11 +406,14 @@ impl StateStore for BigQueryStateStore {
         self.cached(|cache| cache.keys().cloned().collect()).await
     }
 
+    /// Read fresh from BigQuery (the console and the state tools see other workers' writes),
+    /// and kept as this store's copy.
     async fn load_all(&self) -> Result<Vec<(String, Result<DatabaseState>)>> {
-        self.cached(|cache| {
-            cache.iter().map(|(name, db)| (name.clone(), db.clone().map_err(ConnectorError::permanent))).collect()
-        })
-        .await
+        let fresh = self.read_all().await?;
+        let out =
+            fresh.iter().map(|(name, db)| (name.clone(), db.clone().map_err(ConnectorError::permanent))).collect();
+        *self.cache.lock().await = Some(fresh);
+        Ok(out)
     }
 
     async fn record(&self, database: &str, state: TableState) -> Result<()> {
@@ -469,6 +506,11 @@ impl StateStore for BigQueryStateStore {
         Ok(tables)
     }
 
+    /// Each read is three queries (tables, stream, history), each billed at least 10 MB.
+    fn poll_interval(&self) -> Duration {
+        Duration::from_secs(60)
+    }
+
     fn location(&self) -> String {
         format!(
             "bigquery {} {}.{}.{} (scope {})",
@@ -484,12 +526,15 @@ impl StateStore for BigQueryStateStore {
         let text = serde_json::to_string(&run).map_err(|e| ConnectorError::permanent(e.to_string()))?;
         let table = self.state_table();
         // The run, and the runs beyond the last HISTORY_RUNS gone, in one script.
+        // One transaction: a retry after a lost race (another shard's write) adds the run once.
         let sql = format!(
-            "INSERT INTO {table} (scope, kind, `database`, table_name, state, updated_at) \
+            "BEGIN TRANSACTION;\n\
+             INSERT INTO {table} (scope, kind, `database`, table_name, state, updated_at) \
              VALUES (@scope, 'run', '', '', @state, CURRENT_TIMESTAMP());\n\
              DELETE FROM {table} WHERE scope = @scope AND kind = 'run' AND updated_at < (\
              SELECT MIN(updated_at) FROM (SELECT updated_at FROM {table} WHERE scope = @scope AND kind = 'run' \
-             ORDER BY updated_at DESC LIMIT {HISTORY_RUNS}));"
+             ORDER BY updated_at DESC LIMIT {HISTORY_RUNS}));\n\
+             COMMIT TRANSACTION;"
         );
         let params = json!([Self::param("scope", "STRING", &self.scope), Self::param("state", "STRING", &text)]);
         self.execute(&sql, params, "history").await

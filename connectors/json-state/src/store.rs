@@ -217,9 +217,33 @@ impl JsonStateStore {
                     Err(std::fs::TryLockError::WouldBlock) => return Err(busy(&format!("shard {shard}"))),
                     Err(std::fs::TryLockError::Error(e)) => return Err(io_err("cannot lock", &path, e)),
                 }
+                // Shards of another count cover other tenants: one still held means workers of
+                // two sizes at once, which would sync tenants twice.
+                if let Some(other) = self.held_shard_of_another_count(shard.count)? {
+                    return Err(busy(&format!("as shard {other} (workers of another count)")));
+                }
             }
         }
         Ok(Box::new(FileLock { _files: files }))
+    }
+
+    /// A shard lock of a count other than `count` that another process holds (its `I/N`).
+    fn held_shard_of_another_count(&self, count: u32) -> Result<Option<String>> {
+        let entries = fs::read_dir(&self.dir).map_err(|e| io_err("cannot read", &self.dir, e))?;
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().to_string();
+            let Some((index, n)) = name.strip_prefix(".lock-shard-").and_then(|r| r.split_once("-of-")) else {
+                continue;
+            };
+            if n.parse::<u32>().ok() == Some(count) {
+                continue;
+            }
+            let Ok(file) = OpenOptions::new().write(true).open(entry.path()) else { continue };
+            if matches!(file.try_lock(), Err(std::fs::TryLockError::WouldBlock)) {
+                return Ok(Some(format!("{index}/{n}")));
+            }
+        }
+        Ok(None)
     }
 
     /// The databases with a state file here, sorted. Files of the original tool's older
@@ -473,6 +497,11 @@ impl JsonStateStore {
     pub fn record_run_blocking(&self, run: RunRecord) -> Result<()> {
         let dir = self.dir.join(HISTORY_DIR);
         private_dir(&dir).map_err(|e| io_err("cannot create", &dir, e))?;
+        // Sharded workers share the file: one read-modify-write at a time.
+        let lock_path = dir.join(".lock");
+        let lock = private_file(OpenOptions::new().create(true).truncate(false).write(true), &lock_path)
+            .map_err(|e| io_err("cannot open", &lock_path, e))?;
+        lock.lock().map_err(|e| io_err("cannot lock", &lock_path, e))?;
         let mut runs = self.runs_blocking()?;
         runs.push(run);
         let keep = runs.len().saturating_sub(HISTORY_RUNS);
@@ -633,6 +662,8 @@ mod tests {
         assert!(same.message().contains("shard 0/2"), "{same}");
         let whole = store.lock(LockScope::Whole, None).await.unwrap_err();
         assert!(whole.message().contains("already syncing"), "{whole}");
+        let resized = store.lock(LockScope::Shard(Shard { index: 2, count: 3 }), None).await.unwrap_err();
+        assert!(resized.message().contains("workers of another count"), "{resized}");
         drop((first, second));
         let whole = store.lock(LockScope::Whole, None).await.unwrap();
         assert!(store.lock(shard(1), None).await.is_err(), "a whole run excludes every shard");

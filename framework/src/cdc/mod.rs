@@ -157,7 +157,13 @@ impl Runner {
                 tracking,
                 heartbeat: flush_every.clamp(Duration::from_secs(1), Duration::from_secs(5)),
             };
-            let state = target.state.load_stream().await?;
+            let state = match target.state.load_stream().await {
+                Ok(s) => s,
+                Err(e) => {
+                    crate::runner::release(locks).await;
+                    return Err(e);
+                }
+            };
             streams.push(TargetStream::new(self, target, log.clone(), options, config, state));
         }
         let targets = futures::future::join_all(streams.into_iter().map(TargetStream::run)).await;

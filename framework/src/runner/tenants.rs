@@ -76,7 +76,8 @@ impl Runner {
             let here: BTreeSet<&String> = databases.iter().collect();
             known
                 .iter()
-                .filter(|d| !here.contains(d) && selection.matches(d) && options.shard.is_none_or(|s| s.owns(d)))
+                .filter(|d| !here.contains(d) && selection.matches(d) && !selection.is_listed(d))
+                .filter(|d| options.shard.is_none_or(|s| s.owns(d)))
                 .cloned()
                 .collect()
         };
@@ -87,6 +88,28 @@ impl Runner {
     /// table its state names (one atomic delete per target), then its state forgotten. A target
     /// that fails keeps the tenant's state, so the next run tries again.
     pub(crate) async fn drop_gone(&self, changes: &mut TenantChanges) {
+        // An empty or much shorter list of databases is more often lost grants, a wrong
+        // replica or a mistyped pattern than a fleet that shrank by half: nothing is deleted then.
+        let known = changes.present.len() + changes.gone.len();
+        if !changes.gone.is_empty() && (changes.present.is_empty() || changes.gone.len() * 2 > known) {
+            let why = format!(
+                "not deleted: {} of the {known} tenants with state would go at once{}; check the user's grants \
+                 and the db_list patterns, or delete them by hand",
+                changes.gone.len(),
+                if changes.present.is_empty() { " (the server showed none of them)" } else { "" }
+            );
+            tracing::error!("{why}");
+            for tenant in &changes.gone {
+                for target in &self.targets {
+                    changes.dropped.push(DroppedTenant {
+                        tenant: tenant.clone(),
+                        target: target.id.clone(),
+                        outcome: Err(why.clone()),
+                    });
+                }
+            }
+            return;
+        }
         for tenant in &changes.gone {
             for target in &self.targets {
                 let outcome = self.drop_tenant_from(target, tenant).await.map_err(|e| e.to_string());
