@@ -303,8 +303,12 @@ struct Driver {
 impl Driver {
     async fn start() -> Self {
         let port = free_port();
+        use std::os::unix::process::CommandExt;
         let child = std::process::Command::new("chromedriver")
             .arg(format!("--port={port}"))
+            // Its own process group, with the browsers it starts: all are killed together, even
+            // when a failed assertion leaves the session open.
+            .process_group(0)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -322,7 +326,8 @@ impl Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        let group = format!("-{}", self.child.id());
+        let _ = std::process::Command::new("kill").args(["-KILL", "--", &group]).status();
         let _ = self.child.wait();
     }
 }
