@@ -96,6 +96,16 @@ struct StatusRow {
 }
 
 impl StatusRow {
+    /// A tenant as the server shows it now (`NEW`, `PRESENT`, `GONE`).
+    fn tenant(database: &str, status: &str) -> Self {
+        Self {
+            kind: "tenant",
+            status: status.into(),
+            error: None,
+            ..Self::corrupt("tenant", "*", database.into(), None, &"")
+        }
+    }
+
     /// A state file that cannot be read: shown, never skipped.
     fn corrupt(
         kind: &'static str,
@@ -125,18 +135,6 @@ impl StatusRow {
     }
 }
 
-/// A table's mode as `status` shows it: `CDC`, `SNAPSHOT 37%` while a snapshot for the
-/// change stream is under way, else the sync mode.
-fn mode_of(t: &connector_framework::TableState) -> String {
-    if let Some(r) = t.resume.as_ref().filter(|r| r.change_position.is_some()) {
-        return match r.estimated_rows.filter(|n| *n > 0) {
-            Some(n) => format!("SNAPSHOT {}%", (r.rows.saturating_mul(100) / n).min(99)),
-            None => "SNAPSHOT".to_string(),
-        };
-    }
-    t.sync_mode.as_str().to_string()
-}
-
 pub async fn status(
     handles: &[StateHandle],
     tenants: Option<&connector_framework::TenantChanges>,
@@ -146,12 +144,7 @@ pub async fn status(
     let mut rows = Vec::new();
     if let Some(t) = tenants {
         for (list, status) in [(&t.new, "NEW"), (&t.present, "PRESENT"), (&t.gone, "GONE")] {
-            for database in list {
-                let mut row = StatusRow::corrupt("tenant", "*", database.clone(), None, &"");
-                row.status = status.into();
-                row.error = None;
-                rows.push(row);
-            }
+            rows.extend(list.iter().map(|database| StatusRow::tenant(database, status)));
         }
     }
     for StateHandle { target, store, .. } in handles {
@@ -166,7 +159,7 @@ pub async fn status(
                             database: database.clone(),
                             table: Some(table),
                             status: if t.sync_status == SyncStatus::Success { "SUCCESS" } else { "FAILED" }.into(),
-                            mode: Some(mode_of(&t)),
+                            mode: Some(t.shown_mode()),
                             last_sync_time: t.last_sync_time.map(|d| d.format("%Y-%m-%d %H:%M:%S").to_string()),
                             last_success_at: t.last_success_at.map(|d| d.format("%Y-%m-%d %H:%M:%S").to_string()),
                             stale_seconds: t.last_success_at.map(|d| (now - d).num_seconds()),

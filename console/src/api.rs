@@ -38,16 +38,10 @@ fn error(code: StatusCode, message: impl Into<String>) -> Response {
 /// Every tenant × table (of every target, or `?target=`), filtered like the overview.
 async fn state(State(console): State<Arc<Console>>, Query(q): Query<OverviewQuery>) -> Response {
     let snapshot = console.snapshot();
-    let status = q.status.as_deref().and_then(Status::parse);
-    let contains = |hay: &str, needle: &Option<String>| {
-        needle.as_ref().is_none_or(|n| hay.to_lowercase().contains(&n.to_lowercase()))
-    };
     let tables: Vec<&crate::snapshot::Cell> = snapshot
         .cells
         .iter()
-        .filter(|c| q.target.as_ref().is_none_or(|t| &c.target == t))
-        .filter(|c| contains(&c.database, &q.tenant) && contains(&c.table, &q.table))
-        .filter(|c| status.is_none_or(|s| c.status == s))
+        .filter(|c| q.target.as_ref().is_none_or(|t| &c.target == t) && crate::views::cell_matches(c, &q))
         .collect();
     Json(json!({
         "taken_at": snapshot.taken_at,

@@ -163,7 +163,7 @@ impl Snapshot {
                                 database: database.clone(),
                                 table,
                                 status,
-                                mode: mode_of(&t),
+                                mode: t.shown_mode(),
                                 cursor: t.watermark.as_ref().map(|w| w.column.clone()),
                                 watermark: t.watermark.as_ref().map(|w| w.value.clone()),
                                 rows: t.records_synced,
@@ -202,15 +202,4 @@ impl Snapshot {
         }
         out
     }
-}
-
-/// The mode as `status` shows it: SNAPSHOT n% while a change stream's snapshot runs.
-fn mode_of(t: &TableState) -> String {
-    if let Some(r) = t.resume.as_ref().filter(|r| r.change_position.is_some()) {
-        return match r.estimated_rows.filter(|n| *n > 0) {
-            Some(n) => format!("SNAPSHOT {}%", (r.rows.saturating_mul(100) / n).min(99)),
-            None => "SNAPSHOT".to_string(),
-        };
-    }
-    t.sync_mode.as_str().to_string()
 }

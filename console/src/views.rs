@@ -75,6 +75,14 @@ fn contains(hay: &str, needle: Option<&String>) -> bool {
     needle.is_none_or(|n| n.is_empty() || hay.to_lowercase().contains(&n.to_lowercase()))
 }
 
+/// Whether a cell passes the query's tenant, table and status filters (the target is chosen
+/// apart: the overview shows one, the API any).
+pub fn cell_matches(c: &Cell, query: &OverviewQuery) -> bool {
+    contains(&c.database, query.tenant.as_ref())
+        && contains(&c.table, query.table.as_ref())
+        && query.status.as_deref().and_then(Status::parse).is_none_or(|s| c.status == s)
+}
+
 fn title(c: &Cell) -> String {
     let mut t = format!("{}.{}: {} {}, {} rows", c.database, c.table, c.status.as_str(), c.mode, c.rows);
     if let Some(at) = c.last_success {
@@ -98,7 +106,6 @@ pub fn overview(snapshot: &Snapshot, query: &OverviewQuery) -> Overview {
         .filter(|t| targets.contains(t))
         .or_else(|| targets.first().cloned())
         .unwrap_or_else(|| "default".into());
-    let status = query.status.as_deref().and_then(Status::parse);
     let of_target: Vec<&Cell> = snapshot.cells.iter().filter(|c| c.target == target).collect();
     let mut counts: BTreeMap<Status, usize> = Status::ALL.into_iter().map(|s| (s, 0)).collect();
     for c in &of_target {
@@ -106,11 +113,7 @@ pub fn overview(snapshot: &Snapshot, query: &OverviewQuery) -> Overview {
     }
     let all_tables: BTreeSet<&str> = of_target.iter().map(|c| c.table.as_str()).collect();
     let all_tenants: BTreeSet<&str> = of_target.iter().map(|c| c.database.as_str()).collect();
-    let matching: Vec<&Cell> = of_target
-        .into_iter()
-        .filter(|c| contains(&c.database, query.tenant.as_ref()) && contains(&c.table, query.table.as_ref()))
-        .filter(|c| status.is_none_or(|s| c.status == s))
-        .collect();
+    let matching: Vec<&Cell> = of_target.into_iter().filter(|c| cell_matches(c, query)).collect();
     // Tenants: with problems first when asked, else by name.
     let mut problems: BTreeMap<&str, usize> = BTreeMap::new();
     for c in &matching {

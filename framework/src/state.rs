@@ -245,6 +245,18 @@ fn is_zero(n: &u32) -> bool {
 }
 
 impl TableState {
+    /// The mode as `status` and the console show it: `SNAPSHOT 37%` while a snapshot for the
+    /// change stream is under way, else the sync mode.
+    pub fn shown_mode(&self) -> String {
+        if let Some(r) = self.resume.as_ref().filter(|r| r.change_position.is_some()) {
+            return match r.estimated_rows.filter(|n| *n > 0) {
+                Some(n) => format!("SNAPSHOT {}%", (r.rows.saturating_mul(100) / n).min(99)),
+                None => "SNAPSHOT".to_string(),
+            };
+        }
+        self.sync_mode.as_str().to_string()
+    }
+
     /// A first full sync that has begun staging and not committed: recorded as failed (it has
     /// not succeeded), so the next run does not take it for a synced table, and resumes it.
     pub fn in_progress(table: &str) -> Self {

@@ -85,16 +85,15 @@ async fn a_db_list_pattern_syncs_new_tenants_in_full_and_reports_or_drops_gone_o
     }
 }
 
-/// `count` workers at once, worker `i` with `--shard i/count` (the last one through Cloud Run's
-/// task variables instead); their outputs in worker order.
-async fn sharded_runs(run: &TestRun, count: u32, extra: &[&str]) -> Vec<(RunOutput, Value)> {
+/// `count` workers at once (all but `skip`), worker `i` with `--shard i/count` (the last one
+/// through Cloud Run's task variables instead); their outputs and reports in worker order.
+async fn sharded_runs(run: &TestRun, count: u32, skip: Option<u32>) -> Vec<(RunOutput, Value)> {
     let mut children = Vec::new();
-    for index in 0..count {
+    for index in (0..count).filter(|i| Some(*i) != skip) {
         let report = format!("report-{index}.json");
         let mut command = std::process::Command::new(binary());
         command
             .args(["--pipeline", &run.file, "--report-json", &report, "-q"])
-            .args(extra)
             .current_dir(run.path())
             .env_remove("BIGQUERY_EMULATOR_HOST")
             .stdout(std::process::Stdio::piped())
@@ -132,7 +131,7 @@ async fn sharded_workers_sync_every_tenant_once_together_and_a_killed_worker_rec
     run.params(&params);
 
     for count in [3, 2] {
-        let runs = sharded_runs(&run, count, &[]).await;
+        let runs = sharded_runs(&run, count, None).await;
         let mut union = BTreeSet::new();
         for (i, (out, report)) in runs.iter().enumerate() {
             assert_eq!(out.code, 0, "worker {i}/{count}: {}", out.all());
@@ -168,7 +167,7 @@ async fn sharded_workers_sync_every_tenant_once_together_and_a_killed_worker_rec
     assert!(victim.try_wait().unwrap().is_none(), "the worker is still running when it is killed");
     victim.kill().unwrap();
     let _ = victim.wait();
-    let others = sharded_runs_except(&run, 3, 1).await;
+    let others = sharded_runs(&run, 3, Some(1)).await;
     for (i, (out, _)) in others.into_iter().enumerate() {
         assert_eq!(out.code, 0, "worker {i}: {}", out.all());
     }
@@ -180,19 +179,6 @@ async fn sharded_workers_sync_every_tenant_once_together_and_a_killed_worker_rec
     for t in &tenants {
         mysql_exec(&format!("DROP DATABASE `{t}`")).await;
     }
-}
-
-/// Every worker of `count` but `skip`, at once; their outputs.
-async fn sharded_runs_except(run: &TestRun, count: u32, skip: u32) -> Vec<(RunOutput, ())> {
-    let mut children = Vec::new();
-    for index in (0..count).filter(|i| *i != skip) {
-        children.push(run.spawn(&["--shard", &format!("{index}/{count}")]));
-    }
-    let mut out = Vec::new();
-    for child in children {
-        out.push((wait(child).await, ()));
-    }
-    out
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -231,7 +217,7 @@ async fn state_in_bigquery_outlives_the_working_folder_and_moves_to_files_and_ba
     assert_table_equal(emulator, &dataset, &db, "orders", "id").await;
 
     // Two shards at once: their lock rows do not exclude each other.
-    let shards = sharded_runs(&second, 2, &[]).await;
+    let shards = sharded_runs(&second, 2, None).await;
     for (out, _) in &shards {
         assert_eq!(out.code, 0, "{}", out.all());
     }
