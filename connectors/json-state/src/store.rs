@@ -69,16 +69,18 @@ impl JsonStateStore {
 
     /// Reads a database file; a missing file is an empty state, a corrupt one an error.
     pub fn read_file(path: &Path, database: &str) -> Result<DatabaseState> {
-        let text = match fs::read_to_string(path) {
-            Ok(t) => t,
+        match fs::read_to_string(path) {
+            Ok(text) => Self::parse_file(path, database, &text),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(DatabaseState { database: database.to_string(), tables: BTreeMap::new() });
+                Ok(DatabaseState { database: database.to_string(), tables: BTreeMap::new() })
             }
-            Err(e) => {
-                return Err(ConnectorError::permanent(format!("cannot read state file {}: {e}", path.display())));
-            }
-        };
-        let file: DatabaseFile = serde_json::from_str(&text).map_err(|e| {
+            Err(e) => Err(ConnectorError::permanent(format!("cannot read state file {}: {e}", path.display()))),
+        }
+    }
+
+    /// A database file's content (read from `path`), parsed; corrupt content is an error.
+    pub fn parse_file(path: &Path, database: &str, text: &str) -> Result<DatabaseState> {
+        let file: DatabaseFile = serde_json::from_str(text).map_err(|e| {
             ConnectorError::permanent(format!(
                 "state file {} is corrupt ({e}); it was left untouched. Restore it from a backup, or move it \
                  away to make every table of `{database}` sync in full",
@@ -249,7 +251,7 @@ impl JsonStateStore {
     /// The databases with a state file here, sorted. Files of the original tool's older
     /// one-file-per-table layout are not databases (`state migrate` converts them).
     pub fn databases_blocking(&self) -> Result<Vec<String>> {
-        Ok(crate::tools::database_files(&self.dir)?.into_iter().map(|(name, _)| name).collect())
+        Ok(crate::tools::overview(&self.dir)?.into_iter().map(|(name, _)| name).collect())
     }
 
     /// Forgets a table, or a whole database (its file removed, the folder flushed).
@@ -385,6 +387,14 @@ impl StateStore for JsonStateStore {
         tokio::task::spawn_blocking(move || store.databases_blocking())
             .await
             .map_err(|e| ConnectorError::permanent(format!("listing {} failed: {e}", self.dir.display())))?
+    }
+
+    /// Each file read once (the default would list them, then read each again).
+    async fn load_all(&self) -> Result<Vec<(String, Result<DatabaseState>)>> {
+        let dir = self.dir.clone();
+        tokio::task::spawn_blocking(move || crate::tools::overview(&dir))
+            .await
+            .map_err(|e| ConnectorError::permanent(format!("reading {} failed: {e}", self.dir.display())))?
     }
 
     async fn forget(&self, database: &str, table: Option<&str>) -> Result<Vec<String>> {

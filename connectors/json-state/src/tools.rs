@@ -13,18 +13,10 @@ use crate::store::JsonStateStore;
 /// The folder that receives migrated per-table files.
 pub const BACKUP_DIR: &str = "backup_single_table_files";
 
-/// Every `<database>.json` in a status folder, with its tables; unreadable files are reported
-/// as errors next to the readable ones.
+/// Every `<database>.json` in a status folder, sorted, with its tables, each file read once.
+/// A file that cannot be read or parsed is reported as an error next to the readable ones; a
+/// file of the older one-file-per-table layout (no `tables`, no `database_info`) is no database.
 pub fn overview(dir: &Path) -> Result<Vec<(String, std::result::Result<DatabaseState, ConnectorError>)>> {
-    Ok(database_files(dir)?
-        .into_iter()
-        .map(|(name, path)| (name.clone(), JsonStateStore::read_file(&path, &name)))
-        .collect())
-}
-
-/// Every `<database>.json` in a status folder (name, path), sorted by name: files that are a
-/// database's (or cannot be parsed, which the overview then reports).
-pub fn database_files(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
     let mut out = Vec::new();
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
@@ -38,33 +30,20 @@ pub fn database_files(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
         if path.extension().and_then(|e| e.to_str()) != Some("json") || stem.starts_with('.') || !path.is_file() {
             continue;
         }
-        if !is_database_file(&path) {
-            continue;
-        }
-        out.push((stem, path));
+        let state = match fs::read_to_string(&path) {
+            Err(e) => Err(ConnectorError::permanent(format!("cannot read state file {}: {e}", path.display()))),
+            Ok(text) => {
+                let is_database = serde_json::from_str::<serde_json::Value>(&text)
+                    .map_or(true, |v| v.get("tables").is_some() || v.get("database_info").is_some());
+                if !is_database {
+                    continue;
+                }
+                JsonStateStore::parse_file(&path, &stem, &text)
+            }
+        };
+        out.push((stem, state));
     }
     Ok(out)
-}
-
-/// The change stream's state in a status folder (`cdc/stream.json`), if `--cdc` ran there.
-pub fn stream_state(dir: &Path) -> Result<Option<connector_framework::StreamState>> {
-    let path = JsonStateStore::new(dir).stream_path();
-    match fs::read_to_string(&path) {
-        Ok(text) => serde_json::from_str(&text)
-            .map(Some)
-            .map_err(|e| ConnectorError::permanent(format!("{} is corrupt: {e}", path.display()))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(ConnectorError::permanent(format!("cannot read {}: {e}", path.display()))),
-    }
-}
-
-/// A per-database file has `database_info` and `tables` (or cannot be parsed at all, which the
-/// overview then reports).
-fn is_database_file(path: &Path) -> bool {
-    match fs::read_to_string(path).ok().and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok()) {
-        Some(v) => v.get("tables").is_some() || v.get("database_info").is_some(),
-        None => true,
-    }
 }
 
 /// What a migration did (or, in preview, would do).

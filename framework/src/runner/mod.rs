@@ -157,7 +157,11 @@ impl Runner {
     /// Fails as a whole only on problems no table can get past (lock held, bad selection); a
     /// run that cannot start writes nothing.
     pub async fn run(&self, options: &RunOptions) -> Result<RunReport> {
-        self.select_databases(options).await?;
+        // A bad --databases fails before the lock is taken; the tenants themselves are resolved
+        // once, under the lock (a pattern's listing of the server is not done twice).
+        if options.databases.is_some() {
+            self.select_databases(options).await?;
+        }
         self.preflight(false).await?;
         let started_at = chrono::Utc::now().naive_utc();
         let locks = if options.dry_run { Vec::new() } else { self.lock(options).await? };
