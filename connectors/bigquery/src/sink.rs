@@ -25,6 +25,9 @@ use crate::writer::{
     SYNCED_FIELD, StageHandle, TENANT_FIELD, WRITER_FIELD, hash_order,
 };
 
+/// Attempts at preparing a target table that other writers prepare at the same time.
+const PREPARE_ATTEMPTS: u32 = 3;
+
 mod expiry;
 mod tenants;
 mod verify;
@@ -305,35 +308,10 @@ impl BigQuerySink {
     }
 }
 
-#[async_trait]
-impl Sink for BigQuerySink {
-    fn id(&self) -> &str {
-        &self.id
-    }
-
-    fn destination(&self) -> String {
-        self.destination.clone()
-    }
-
-    fn target_name(&self, source: &str, options: &TargetOptions) -> String {
-        crate::types::table_id(options.table_name(source))
-    }
-
-    async fn probe(&self) -> Result<()> {
-        self.client.probe(&self.dataset).await
-    }
-
-    async fn plan(&self, table: &TargetTable) -> Result<TargetPlan> {
-        let desired = desired_columns(table)?;
-        let columns = desired.iter().map(|c| format!("{} {}", c.name, c.ty)).collect();
-        let changes = match self.client.get_table(&self.dataset, &table_id(table)).await {
-            Ok(existing) => SchemaDiff::new(table, existing.as_ref())?.describe(),
-            Err(e) => vec![format!("cannot tell ({e})")],
-        };
-        Ok(TargetPlan { columns, changes })
-    }
-
-    async fn prepare(&self, table: &TargetTable) -> Result<Prepared> {
+impl BigQuerySink {
+    /// One [`Sink::prepare`] attempt; `None` when it lost a race with another writer of the
+    /// table (`last`: fail instead).
+    async fn prepare_attempt(&self, table: &TargetTable, last: bool) -> Result<Option<Prepared>> {
         let dataset = self.ensure_datasets().await?.clone();
         let id = table_id(table);
         let existing = self.client.get_table(&self.dataset, &id).await?;
@@ -345,7 +323,14 @@ impl Sink for BigQuerySink {
                 let resource = table_resource(self.client.project(), &self.dataset, table, fields)?;
                 let Some(created) = self.client.create_table_if_absent(&self.dataset, resource).await? else {
                     // Another worker created it first: evolve it as an existing table.
-                    return self.prepare(table).await;
+                    if last {
+                        return Err(ConnectorError::transient(format!(
+                            "{}: the target table was created by another writer and then not found; the next run \
+                             prepares it again",
+                            table.name
+                        )));
+                    }
+                    return Ok(None);
                 };
                 (self.clear_inherited_expirations(&id, created).await?, true)
             }
@@ -353,7 +338,11 @@ impl Sink for BigQuerySink {
                 if !diff.added.is_empty() {
                     let mut all: Vec<Json> = resource["schema"]["fields"].as_array().cloned().unwrap_or_default();
                     all.extend(diff.added.iter().map(|(n, t)| json!({"name": n, "type": t, "mode": "NULLABLE"})));
-                    self.client.patch_schema(&self.dataset, &id, json!(all)).await?;
+                    match self.client.patch_schema(&self.dataset, &id, json!(all)).await {
+                        // Another worker changed the schema since it was read.
+                        Err(e) if !last && e.message().contains("does not match") => return Ok(None),
+                        other => other?,
+                    }
                 }
                 for (name, from, to) in &diff.widened {
                     let sql = format!(
@@ -390,7 +379,48 @@ impl Sink for BigQuerySink {
             .map(str::to_string)
             .or_else(|| resource["creationTime"].as_i64().map(|t| t.to_string()));
         let generation = created_at.map(|t| if table.key.is_empty() { format!("{t}/{ROW_HASH_VERSION}") } else { t });
-        Ok(Prepared { generation, created, warnings: self.expiration_warnings(&dataset, &resource) })
+        Ok(Some(Prepared { generation, created, warnings: self.expiration_warnings(&dataset, &resource) }))
+    }
+}
+
+#[async_trait]
+impl Sink for BigQuerySink {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn destination(&self) -> String {
+        self.destination.clone()
+    }
+
+    fn target_name(&self, source: &str, options: &TargetOptions) -> String {
+        crate::types::table_id(options.table_name(source))
+    }
+
+    async fn probe(&self) -> Result<()> {
+        self.client.probe(&self.dataset).await
+    }
+
+    async fn plan(&self, table: &TargetTable) -> Result<TargetPlan> {
+        let desired = desired_columns(table)?;
+        let columns = desired.iter().map(|c| format!("{} {}", c.name, c.ty)).collect();
+        let changes = match self.client.get_table(&self.dataset, &table_id(table)).await {
+            Ok(existing) => SchemaDiff::new(table, existing.as_ref())?.describe(),
+            Err(e) => vec![format!("cannot tell ({e})")],
+        };
+        Ok(TargetPlan { columns, changes })
+    }
+
+    async fn prepare(&self, table: &TargetTable) -> Result<Prepared> {
+        // Sharded workers prepare the same target table at once: an attempt that loses a race
+        // (the table created meanwhile, its schema changed meanwhile) reads the table again.
+        for attempt in 1..=PREPARE_ATTEMPTS {
+            if let Some(prepared) = self.prepare_attempt(table, attempt == PREPARE_ATTEMPTS).await? {
+                return Ok(prepared);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200 * u64::from(attempt))).await;
+        }
+        Err(ConnectorError::permanent(format!("{}: preparing the target table lost every race", table.name)))
     }
 
     async fn stage(&self, request: StageRequest<'_>) -> Result<Box<dyn StagingWriter>> {
