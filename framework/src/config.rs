@@ -262,6 +262,24 @@ impl Secret {
     }
 }
 
+impl Secret {
+    /// The secret in file `path`: its first line, a trailing newline dropped (how secret mounts
+    /// and `echo > file` leave it). The error names the file, never its content.
+    pub fn from_file(path: &std::path::Path, key: &str) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConnectorError::config(format!(
+                "{key} {}: cannot read it ({e}); check the path and that this user may read it",
+                path.display()
+            ))
+        })?;
+        let value = text.strip_suffix('\n').map(|t| t.strip_suffix('\r').unwrap_or(t)).unwrap_or(&text);
+        if value.is_empty() {
+            return Err(ConnectorError::config(format!("{key} {}: the file is empty", path.display())));
+        }
+        Ok(Self::new(value))
+    }
+}
+
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(if self.0.is_empty() { "\"\"" } else { "\"***\"" })

@@ -103,7 +103,7 @@ pub use sink::{
     ChangeTracking, CommitOutcome, CommitSummary, Prepared, ResumeFrom, Sink, StageRequest, Staged, StagingWriter,
     TargetOptions, TargetPlan, TargetTable, WriteMode,
 };
-pub use source::{BatchSender, Preflight, ReadRange, ReadRequest, ReadSummary, Source};
+pub use source::{BatchSender, Preflight, ReadRange, ReadRequest, ReadSummary, RowSink, Source};
 pub use state::{
     CdcTableState, DatabaseState, LockScope, MemoryStateStore, ResumePoint, ScratchState, StateLock, StateStore,
     StreamState, SyncMode, SyncStatus, TableState, TargetStamp, Watermark,

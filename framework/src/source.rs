@@ -83,6 +83,28 @@ impl ReadRange {
     }
 }
 
+impl ReadRange {
+    /// After a daylight-saving fall-back an hour of wall-clock times repeats: rows stamped in it
+    /// sort before a watermark taken at the larger offset. For a `Since` range whose watermark
+    /// was taken at a larger UTC offset than the cursor zone's `offset_now`, the lower bound
+    /// moved back by the difference, and the window as the report shows it.
+    pub fn widened_for_offset(&self, offset_now: i32) -> Option<(String, String)> {
+        let ReadRange::Since { from, from_utc_offset: Some(then), .. } = self else { return None };
+        if offset_now >= *then {
+            return None;
+        }
+        let bound = crate::state::parse_watermark_text(from)?;
+        let widened = crate::state::watermark_text(&(bound - chrono::TimeDelta::seconds(i64::from(then - offset_now))));
+        tracing::info!(from = %from, widened = %widened, "the cursor zone's offset shrank (daylight saving ended): widening the window");
+        let window = format!(
+            "{} (moved back {} min: the cursor zone's clock went back)",
+            self.describe().replace(from.as_str(), &widened),
+            (then - offset_now) / 60
+        );
+        Some((widened, window))
+    }
+}
+
 /// One read: a table, the rows wanted, and how to deliver them.
 #[derive(Debug, Clone)]
 pub struct ReadRequest {
@@ -266,4 +288,122 @@ pub trait Source: Send + Sync + std::fmt::Debug {
     }
     /// Releases connections.
     async fn close(&self) {}
+}
+
+/// The rows of one read on their way out: batches of `batch_size` sent into the channel, the
+/// counts and the cursor's maximum kept for the [`ReadSummary`]. Every source's read loop ends
+/// in this, so the watermark rules live in one place.
+#[derive(Debug)]
+pub struct RowSink {
+    output: BatchSender,
+    batch: RowBatch,
+    batch_size: usize,
+    snapshot_seq: Option<ChangeSeq>,
+    table: TableRef,
+    cursor: Option<usize>,
+    utc_bound: NaiveDateTime,
+    local_bound: NaiveDateTime,
+    max_cursor: Option<Value>,
+    future_cursor_rows: u64,
+    key: Option<usize>,
+    last_key: Option<String>,
+    rows: u64,
+    bytes: u64,
+}
+
+impl RowSink {
+    /// Rows of `request` into `output`. `utc_bound` and `local_bound` are the source's clock
+    /// when the snapshot began (UTC, and the cursor's zone) plus whatever slack the source
+    /// cannot rule out: a cursor later than that is "from the future".
+    pub fn new(
+        request: &ReadRequest,
+        output: BatchSender,
+        utc_bound: NaiveDateTime,
+        local_bound: NaiveDateTime,
+    ) -> Self {
+        let schema = &request.schema;
+        let key = match &request.range {
+            ReadRange::KeyRange { key, .. } => schema.column_index(key),
+            _ => None,
+        };
+        Self {
+            output,
+            batch: RowBatch::with_capacity(request.batch_size),
+            batch_size: request.batch_size,
+            snapshot_seq: None,
+            table: schema.table.clone(),
+            cursor: request.track_cursor.as_deref().and_then(|c| schema.column_index(c)),
+            utc_bound,
+            local_bound,
+            max_cursor: None,
+            future_cursor_rows: 0,
+            key,
+            last_key: None,
+            rows: 0,
+            bytes: 0,
+        }
+    }
+
+    /// Stamps every batch with the change-log position of the snapshot the rows come from.
+    pub fn with_snapshot_seq(mut self, seq: Option<ChangeSeq>) -> Self {
+        self.snapshot_seq = seq;
+        self
+    }
+
+    /// Adds one row (its values in the request's column order); sends a full batch.
+    pub async fn push(&mut self, values: Vec<Value>) -> Result<()> {
+        if let Some(i) = self.cursor {
+            self.observe_cursor(&values[i]);
+        }
+        if let Some(i) = self.key {
+            match &values[i] {
+                Value::Int(k) => self.last_key = Some(k.to_string()),
+                Value::UInt(k) => self.last_key = Some(k.to_string()),
+                _ => {}
+            }
+        }
+        self.batch.push(values);
+        if self.batch.is_full(self.batch_size) {
+            let full = std::mem::replace(&mut self.batch, RowBatch::with_capacity(self.batch_size));
+            self.send(full).await?;
+        }
+        Ok(())
+    }
+
+    /// A row stamped later than the source's clock (an import, a 2099 sentinel, a client with
+    /// a wrong clock) must not move the watermark past rows not yet written: it is read,
+    /// counted, and left out of the maximum.
+    fn observe_cursor(&mut self, v: &Value) {
+        let clock = if matches!(v, Value::Timestamp(_)) { self.utc_bound } else { self.local_bound };
+        match v.cursor_instant() {
+            Some(t) if matches!(v, Value::Date(_)) && t.date() > clock.date() => self.future_cursor_rows += 1,
+            Some(t) if t > clock && !matches!(v, Value::Date(_)) => self.future_cursor_rows += 1,
+            Some(_) if self.max_cursor.as_ref().is_none_or(|m| v.cursor_gt(m)) => self.max_cursor = Some(v.clone()),
+            _ => {}
+        }
+    }
+
+    async fn send(&mut self, mut batch: RowBatch) -> Result<()> {
+        self.rows += batch.len() as u64;
+        self.bytes += batch.bytes as u64;
+        batch.snapshot_seq = self.snapshot_seq.clone();
+        self.output.send(batch).await.map_err(|_| {
+            crate::error::ConnectorError::permanent(format!("{}: every target stopped accepting rows", self.table))
+        })
+    }
+
+    /// Sends the last batch and writes the counts, the cursor's maximum and the last key into
+    /// `summary`.
+    pub async fn finish(mut self, summary: &mut ReadSummary) -> Result<()> {
+        if !self.batch.is_empty() {
+            let last = std::mem::take(&mut self.batch);
+            self.send(last).await?;
+        }
+        summary.rows += self.rows;
+        summary.bytes += self.bytes;
+        summary.max_cursor = self.max_cursor;
+        summary.future_cursor_rows += self.future_cursor_rows;
+        summary.last_key = self.last_key;
+        Ok(())
+    }
 }

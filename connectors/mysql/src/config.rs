@@ -287,22 +287,6 @@ pub(crate) fn validate_identifier(what: &str, name: &str) -> Result<()> {
     Ok(())
 }
 
-/// The password in `path`: its first line, a trailing newline dropped (how secret mounts and
-/// `echo > file` leave it). The error names the file, never its content.
-fn read_password_file(path: &std::path::Path) -> Result<Secret> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        ConnectorError::config(format!(
-            "password_file {}: cannot read it ({e}); check the path and that this user may read it",
-            path.display()
-        ))
-    })?;
-    let password = text.strip_suffix('\n').map(|t| t.strip_suffix('\r').unwrap_or(t)).unwrap_or(&text);
-    if password.is_empty() {
-        return Err(ConnectorError::config(format!("password_file {}: the file is empty", path.display())));
-    }
-    Ok(Secret::new(password))
-}
-
 fn parse(raw: &serde_json::Value) -> Result<Box<dyn SourceConfig>> {
     let mut c: MySqlSourceConfig = config::parse("source `mysql`", raw, FIELDS)?;
     c.validate()?;
@@ -314,7 +298,7 @@ impl SourceConfig for MySqlSourceConfig {
     async fn build(&self, _ctx: &BuildContext) -> Result<Arc<dyn Source>> {
         let mut config = self.clone();
         if let Some(path) = &self.password_file {
-            config.password = read_password_file(path)?;
+            config.password = Secret::from_file(path, "password_file")?;
         }
         Ok(Arc::new(MySqlSource::connect(config).await?))
     }

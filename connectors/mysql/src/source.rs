@@ -7,8 +7,8 @@ use async_trait::async_trait;
 use chrono::NaiveDateTime;
 use connector_framework::digest::{BucketDigest, DigestSpec, JsonDigest, RowDigest};
 use connector_framework::{
-    BatchSender, ConnectorError, Preflight, ReadRange, ReadRequest, ReadSummary, Result, RowBatch, Source, TableRef,
-    TableSchema, Value,
+    BatchSender, ConnectorError, Preflight, ReadRange, ReadRequest, ReadSummary, Result, RowSink, Source, TableRef,
+    TableSchema,
 };
 use mysql_async::prelude::Queryable;
 use mysql_async::{Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts};
@@ -228,7 +228,6 @@ impl Source for MySqlSource {
         let schema = &request.schema;
         let table = &schema.table;
         let columns = read_columns(schema);
-        let cursor_index = request.track_cursor.as_deref().and_then(|c| schema.column_index(c));
 
         let mut sql = format!(
             "SELECT {} FROM {}.{}",
@@ -254,19 +253,13 @@ impl Source for MySqlSource {
             }
             params.push(mysql_async::Value::from(from.as_str()));
         }
-        let since_offset = match &request.range {
-            ReadRange::Since { from_utc_offset, .. } => *from_utc_offset,
-            _ => None,
-        };
         if let ReadRange::Keys { digest, keys } = &request.range {
             let (condition, values) = crate::digest::keys_condition(digest, keys)?;
             sql.push_str(&format!(" WHERE {condition}"));
             params.extend(values);
         }
-        let mut key_index = None;
         if let ReadRange::KeyRange { key, after, limit } = &request.range {
             let k = quote_ident(key);
-            key_index = schema.column_index(key);
             if let Some(after) = after {
                 sql.push_str(&format!(" WHERE {k} > ?"));
                 // Keys are integers; bind them as such so the index range is used.
@@ -331,22 +324,9 @@ impl Source for MySqlSource {
             change_position,
             ..Default::default()
         };
-        // After a daylight-saving fall-back an hour of wall-clock times repeats: rows stamped in
-        // it sort before the watermark taken in the larger offset, so the bound moves back by
-        // the difference.
-        if let (Some(then), Some(param)) = (since_offset, params.first_mut())
-            && offset < then
-            && let ReadRange::Since { from, .. } = &request.range
-            && let Some(bound) = connector_framework::state::parse_watermark_text(from)
-        {
-            let widened = bound - chrono::TimeDelta::seconds(i64::from(then - offset));
-            tracing::info!(%table, from = %from, widened = %widened, "the cursor zone's offset shrank (daylight saving ended): widening the window");
-            *param = mysql_async::Value::from(connector_framework::state::watermark_text(&widened));
-            summary.window = Some(format!(
-                "{} (moved back {} min: the cursor zone's clock went back)",
-                request.range.describe().replace(from.as_str(), &connector_framework::state::watermark_text(&widened)),
-                (then - offset) / 60
-            ));
+        if let (Some(param), Some((widened, window))) = (params.first_mut(), request.range.widened_for_offset(offset)) {
+            *param = mysql_async::Value::from(widened);
+            summary.window = Some(window);
         }
 
         summary.null_cursor_rows_skipped = skipped.unwrap_or(0);
@@ -357,11 +337,8 @@ impl Source for MySqlSource {
         // row stamped within that slack is not from the future (the runner still caps the
         // watermark at the clock).
         let slack = chrono::TimeDelta::from_std(asked.elapsed()).unwrap_or_default();
-        let (utc_bound, local_bound) = (utc + slack, local + slack);
-        let mut batch = RowBatch::with_capacity(request.batch_size);
-        let mut max_cursor: Option<Value> = None;
+        let mut rows = RowSink::new(&request, output, utc + slack, local + slack).with_snapshot_seq(snapshot_seq);
         let mut zero_dates = 0u64;
-        let mut last_key: Option<String> = None;
         while let Some(row) = result.next().await.map_err(|e| wrap(e, format!("{table}: reading rows")))? {
             let raw = row.unwrap_raw();
             let mut values = Vec::with_capacity(raw.len());
@@ -377,54 +354,14 @@ impl Source for MySqlSource {
                     &col.source_type,
                 )?);
             }
-            if let Some(i) = cursor_index {
-                let v = &values[i];
-                // A row stamped later than the source's clock (an import, a 2099 sentinel, a
-                // client with a wrong clock) must not move the watermark past rows not yet
-                // written: it is read, counted, and left out of the maximum.
-                let clock = if matches!(v, Value::Timestamp(_)) { utc_bound } else { local_bound };
-                match v.cursor_instant() {
-                    Some(t) if t > clock && !matches!(v, Value::Date(_)) => summary.future_cursor_rows += 1,
-                    Some(t) if matches!(v, Value::Date(_)) && t.date() > clock.date() => {
-                        summary.future_cursor_rows += 1
-                    }
-                    Some(_) if max_cursor.as_ref().is_none_or(|m| v.cursor_gt(m)) => max_cursor = Some(v.clone()),
-                    _ => {}
-                }
-            }
-            if let Some(i) = key_index {
-                last_key = match &values[i] {
-                    Value::Int(k) => Some(k.to_string()),
-                    Value::UInt(k) => Some(k.to_string()),
-                    _ => last_key,
-                };
-            }
-            batch.push(values);
-            if batch.is_full(request.batch_size) {
-                summary.rows += batch.len() as u64;
-                summary.bytes += batch.bytes as u64;
-                let mut full = std::mem::replace(&mut batch, RowBatch::with_capacity(request.batch_size));
-                full.snapshot_seq = snapshot_seq.clone();
-                if output.send(full).await.is_err() {
-                    return Err(ConnectorError::permanent(format!("{table}: every target stopped accepting rows")));
-                }
-            }
+            rows.push(values).await?;
         }
         drop(result);
-        if !batch.is_empty() {
-            batch.snapshot_seq = snapshot_seq.clone();
-            summary.rows += batch.len() as u64;
-            summary.bytes += batch.bytes as u64;
-            if output.send(batch).await.is_err() {
-                return Err(ConnectorError::permanent(format!("{table}: every target stopped accepting rows")));
-            }
-        }
+        rows.finish(&mut summary).await?;
         if request.capture_position {
             conn.query_drop("COMMIT").await.map_err(|e| wrap(e, format!("{table}: ending the snapshot")))?;
             conn.reset_connection(false);
         }
-        summary.max_cursor = max_cursor;
-        summary.last_key = last_key;
         if zero_dates > 0 {
             summary.nulled_values.insert("invalid dates".to_string(), zero_dates);
         }

@@ -112,10 +112,11 @@ pub fn documented_fields_match(d: &crate::registry::ConnectorDescriptor) -> crat
             return fail(format!("the documentation lists `{}`, which the config does not have", f.name));
         }
     }
-    // Defaults: the example with only the required keys.
+    // Defaults: the example with only the required keys, and those without a default (one of
+    // several alternatives a config needs, such as a source's tenant list per layout).
     let mut minimal = serde_json::Map::new();
     minimal.insert("kind".into(), serde_json::json!(d.kind));
-    for f in d.fields.iter().filter(|f| f.required) {
+    for f in d.fields.iter().filter(|f| f.required || (f.default == "none" && example.get(f.name).is_some())) {
         minimal.insert(f.name.into(), example[f.name].clone());
     }
     let defaults = to_json(&serde_json::Value::Object(minimal))?;
