@@ -3,9 +3,10 @@
 #
 #   scripts/test.sh [ARGS...]      ARGS are appended to the cargo test command (e.g. a filter)
 #
-# 1. a private MariaDB for the end-to-end tests (scripts/private-mariadb.sh: own port and data
-#    dir under target/test-servers, binary log and TLS on; tests that need other settings start
-#    their own the same way): the machine's own MariaDB is never used or modified.
+# 1. a private MariaDB and a private PostgreSQL for the end-to-end tests
+#    (scripts/private-mariadb.sh, scripts/private-postgres.sh: own ports and data dirs under
+#    target/test-servers, TLS on, MariaDB's binary log on; tests that need other settings start
+#    their own the same way): the machine's own servers are never used or modified.
 # 2. the BigQuery emulator installed (scripts/bq-emulator.sh install); the tests start their
 #    own emulators on free ports under target/test-servers/bq; Debian's chromium and
 #    chromium-driver for the console's browser test (installed when missing)
@@ -33,6 +34,7 @@ cleanup() {
   [ "${TEST_KEEP_SERVERS:-0}" = 1 ] && return 0
   bash scripts/bq-emulator.sh stop-all >/dev/null 2>&1 || true
   bash scripts/private-mariadb.sh stop --dir "$SERVERS/mariadb" >/dev/null 2>&1 || true
+  bash scripts/private-postgres.sh stop --dir "$SERVERS/postgres" >/dev/null 2>&1 || true
   rm -rf "$SERVERS"
 }
 trap cleanup EXIT
@@ -42,11 +44,15 @@ step "MariaDB: a private server for the tests"
 PRIVATE_PORT="$(bash scripts/private-mariadb.sh start --dir "$SERVERS/mariadb")"
 export MYSQL_URL="mysql://root@127.0.0.1:$PRIVATE_PORT"
 export MYSQL_TLS_DIR="$SERVERS/mariadb/tls"
+step "PostgreSQL: a private server for the tests"
+PG_PORT="$(bash scripts/private-postgres.sh start --dir "$SERVERS/postgres")"
+export PG_PORT
+export PG_TLS_DIR="$SERVERS/postgres/tls"
 step "BigQuery emulator (install only)"
 bash scripts/bq-emulator.sh install
 step "Chromium and ChromeDriver for the console's browser test"
 need chromedriver chromium chromium-driver
-echo "MYSQL_URL=$MYSQL_URL (private)  BQ_EMULATOR_RUN_DIR=$BQ_EMULATOR_RUN_DIR"
+echo "MYSQL_URL=$MYSQL_URL (private)  PG_PORT=$PG_PORT (private)  BQ_EMULATOR_RUN_DIR=$BQ_EMULATOR_RUN_DIR"
 
 FAILED=()
 SUMMARY=()

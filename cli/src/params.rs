@@ -28,8 +28,8 @@ pub enum Dest {
     Top(&'static str),
 }
 
-/// The kinds the flat form assembles.
-pub const FLAT_SOURCE: &str = "mysql";
+/// The kinds the flat form assembles: the source by `db_type` (the first is the default).
+pub const FLAT_SOURCES: &[&str] = &["mysql", "postgres"];
 pub const FLAT_SINK: &str = "bigquery";
 pub const FLAT_STATE: &str = "json";
 
@@ -50,7 +50,10 @@ pub const FLAT_KEYS: &[(&str, &[Dest])] = &[
     ("require_readonly", &[Dest::Source("require_readonly")]),
     ("db_list", &[Dest::Source("databases")]),
     ("db_exclude", &[Dest::Source("exclude_databases")]),
+    ("db_name", &[Dest::Source("database")]),
+    ("tenant_by", &[Dest::Source("tenant_by")]),
     ("zero_dates", &[Dest::Source("zero_dates")]),
+    ("out_of_range", &[Dest::Source("out_of_range")]),
     ("connect_timeout", &[Dest::Source("connect_timeout")]),
     ("table_list", &[Dest::Top("tables")]),
     ("bq_project", &[Dest::Sink("project")]),
@@ -95,6 +98,15 @@ const TARGETS: FieldDoc = FieldDoc {
     doc: "several BigQuery targets fed by one read: [{\"id\": ..., \"bq_dataset\": ..., ...}], each taking any bq_* key (top-level ones are defaults); give each an id",
 };
 
+/// The flat `db_type` key: which source reads the `db_*` keys.
+const DB_TYPE: FieldDoc = FieldDoc {
+    name: "db_type",
+    ty: "mysql | postgres",
+    required: false,
+    default: "mysql",
+    doc: "the source: mysql (MySQL and MariaDB) or postgres; postgres also takes db_name and tenant_by (schema: db_list names schemas of db_name)",
+};
+
 /// The flat `state_store` key: where the state lives.
 const STATE_STORE: FieldDoc = FieldDoc {
     name: "state_store",
@@ -111,7 +123,13 @@ fn descriptor(role: Role, kind: &str) -> Option<&'static ConnectorDescriptor> {
 /// The documentation of the key a flat key maps to.
 fn doc_of(dest: Dest) -> Option<FieldDoc> {
     let (fields, key): (&[FieldDoc], &str) = match dest {
-        Dest::Source(k) => (descriptor(Role::Source, FLAT_SOURCE)?.fields, k),
+        // The first flat source that has the key documents it.
+        Dest::Source(k) => {
+            return FLAT_SOURCES
+                .iter()
+                .filter_map(|kind| descriptor(Role::Source, kind))
+                .find_map(|d| d.fields.iter().find(|f| f.name == k).copied());
+        }
         Dest::Sink(k) => (descriptor(Role::Sink, FLAT_SINK)?.fields, k),
         Dest::State(k) => (descriptor(Role::State, FLAT_STATE)?.fields, k),
         Dest::Top(k) => {
@@ -132,13 +150,14 @@ pub fn flat_fields() -> Vec<FieldDoc> {
         .collect();
     out.push(TARGETS);
     out.push(STATE_STORE);
+    out.push(DB_TYPE);
     out
 }
 
 /// The flat keys that configure connector `d`, for `describe`.
 pub fn flat_keys_of(d: &ConnectorDescriptor) -> Vec<FieldDoc> {
     let mine = |dest: &Dest| match (d.role(), dest) {
-        (Role::Source, Dest::Source(_)) => d.kind == FLAT_SOURCE,
+        (Role::Source, Dest::Source(k)) => FLAT_SOURCES.contains(&d.kind) && d.fields.iter().any(|f| f.name == *k),
         (Role::Sink, Dest::Sink(_)) => d.kind == FLAT_SINK,
         (Role::State, Dest::State(_)) => d.kind == FLAT_STATE,
         _ => false,
@@ -152,6 +171,9 @@ pub fn flat_keys_of(d: &ConnectorDescriptor) -> Vec<FieldDoc> {
     }
     if d.role() == Role::State {
         out.push(STATE_STORE);
+    }
+    if d.role() == Role::Source && FLAT_SOURCES.contains(&d.kind) {
+        out.push(DB_TYPE);
     }
     out
 }
@@ -180,7 +202,15 @@ impl KeyNames for FlatNames {
         let (head, rest) = key.split_once('.').map_or((key, None), |(h, r)| (h, Some(r)));
         let dest = match scope {
             Scope::Pipeline => Self::flat_name(|d| matches!(d, Dest::Top(k) if *k == head)),
-            Scope::Source => Self::flat_name(|d| matches!(d, Dest::Source(k) if *k == head)),
+            Scope::Source => {
+                // The schema layout's tenant lists come from db_list / db_exclude too.
+                let head = match head {
+                    "schemas" => "databases",
+                    "exclude_schemas" => "exclude_databases",
+                    other => other,
+                };
+                Self::flat_name(|d| matches!(d, Dest::Source(k) if *k == head))
+            }
             Scope::Sink(_) => Self::flat_name(|d| matches!(d, Dest::Sink(k) if *k == head)),
             Scope::State => Self::flat_name(|d| matches!(d, Dest::State(k) if *k == head)),
         };
@@ -261,7 +291,24 @@ fn flat_to_general(flat: &Map<String, Value>, problems: &mut Vec<Problem>) -> Va
             map.insert(k.to_string(), v.clone());
         }
     }
-    source.insert("kind".into(), json!(FLAT_SOURCE));
+    let kind = match flat.get("db_type").filter(|v| !v.is_null()) {
+        None => FLAT_SOURCES[0],
+        Some(Value::String(t)) if t == "mysql" || t == "mariadb" => "mysql",
+        Some(Value::String(t)) if t == "postgres" || t == "postgresql" => "postgres",
+        Some(other) => {
+            problems.push(Problem::at("db_type", format!("must be \"mysql\" or \"postgres\", got {other}")));
+            FLAT_SOURCES[0]
+        }
+    };
+    // PostgreSQL's schema layout: db_list and db_exclude name schemas.
+    if kind == "postgres" && source.get("tenant_by").and_then(Value::as_str) == Some("schema") {
+        for (from, to) in [("databases", "schemas"), ("exclude_databases", "exclude_schemas")] {
+            if let Some(v) = source.remove(from) {
+                source.insert(to.into(), v);
+            }
+        }
+    }
+    source.insert("kind".into(), json!(kind));
     sink.insert("kind".into(), json!(FLAT_SINK));
     state.insert("kind".into(), json!(FLAT_STATE));
     match flat.get("state_store").filter(|v| !v.is_null()) {
@@ -466,7 +513,7 @@ mod tests {
         let readme = include_str!("../../README.md");
         let start = readme.find("Its keys:").expect("the README's key list");
         let list = &readme[start..start + readme[start..].find("Every key is").expect("the end of the key list")];
-        let keys: Vec<&str> = FLAT_KEYS.iter().map(|(n, _)| *n).chain(["targets", "state_store"]).collect();
+        let keys: Vec<&str> = FLAT_KEYS.iter().map(|(n, _)| *n).chain(["targets", "state_store", "db_type"]).collect();
         for name in &keys {
             assert!(docs.contains(&format!("`{name}`")), "docs/configuration.md does not document `{name}`");
             assert!(list.contains(&format!("`{name}`")), "README.md's key list does not name `{name}`");

@@ -26,6 +26,8 @@ mod full_sync;
 mod incremental;
 /// Operations: --every, SIGTERM, metrics, status and the state tools.
 mod ops;
+/// PostgreSQL as a second source: both fleet layouts, writers, resumes, every type, TLS.
+mod postgres;
 /// Schema changes between runs and tenants on different schema versions.
 mod schema;
 /// TLS in every mode, privileges, secrets in nothing a run leaves, private files.

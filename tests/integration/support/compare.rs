@@ -17,6 +17,11 @@ fn canonical_mysql(data_type: &str, v: Option<String>) -> Option<String> {
         // FLOAT is single precision: compare the float the value rounds to.
         "float" => v.parse::<f64>().map(|f| (f as f32).to_string()).unwrap_or(v),
         "binary" => v.replace(['\n', '\r'], ""),
+        // A time of day with six fractional digits, as the target holds it.
+        "time6" => match v.split_once('.') {
+            Some((hms, frac)) => format!("{hms}.{frac:0<6}"),
+            None => format!("{v}.000000"),
+        },
         "json" => serde_json::from_str::<Value>(&v).map(|j| j.to_string()).unwrap_or(v),
         _ => v,
     })
@@ -150,9 +155,24 @@ pub async fn assert_table_equal_as(
         ),
     )
     .await;
-    assert_eq!(mysql.len(), bq.len(), "{database}.{table}: {} rows in MySQL, {} in BigQuery", mysql.len(), bq.len());
-    for (i, (m, b)) in mysql.into_iter().zip(bq).enumerate() {
-        for (j, ((name, kind, _), (mv, bv))) in columns.iter().zip(m.into_iter().zip(b)).enumerate() {
+    let kinds: Vec<(String, String)> = columns.iter().map(|(n, k, _)| (n.clone(), k.clone())).collect();
+    compare_rows(&format!("{database}.{table}"), "MySQL", &kinds, mysql, &schema, bq);
+    columns.len()
+}
+
+/// Asserts that `source` rows (canonical kinds per column, as [`canonical_mysql`] knows them)
+/// equal BigQuery's rows (`schema`: name and type per column), in order.
+pub fn compare_rows(
+    label: &str,
+    source_name: &str,
+    columns: &[(String, String)],
+    source: Vec<Vec<Option<String>>>,
+    schema: &[(String, String)],
+    bq: Vec<Vec<Option<String>>>,
+) {
+    assert_eq!(source.len(), bq.len(), "{label}: {} rows in {source_name}, {} in BigQuery", source.len(), bq.len());
+    for (i, (m, b)) in source.into_iter().zip(bq).enumerate() {
+        for (j, ((name, kind), (mv, bv))) in columns.iter().zip(m.into_iter().zip(b)).enumerate() {
             let bq_type = schema[j].1.as_str();
             let kind = if kind == "json_or_text" && bq_type == "JSON" { "json" } else { kind.as_str() };
             let mut expected = canonical_mysql(kind, mv.clone());
@@ -162,14 +182,13 @@ pub async fn assert_table_equal_as(
                 ("decimal", "STRING") => got = got.map(|g| trim_decimal(&g)),
                 ("float", _) => got = got.map(|g| g.parse::<f64>().map(|f| (f as f32).to_string()).unwrap_or(g)),
                 // An integer stored as BOOL (column_types override): nonzero is true.
-                (_, "BOOL" | "BOOLEAN") => expected = expected.map(|e| (e != "0").to_string()),
+                (_, "BOOL" | "BOOLEAN") if kind != "bool" => expected = expected.map(|e| (e != "0").to_string()),
                 _ => {}
             }
             assert_eq!(
                 expected, got,
-                "{database}.{table} row {i} column `{name}` ({bq_type}): MySQL {mv:?} vs BigQuery {bv:?}"
+                "{label} row {i} column `{name}` ({bq_type}): {source_name} {mv:?} vs BigQuery {bv:?}"
             );
         }
     }
-    columns.len()
 }

@@ -8,9 +8,11 @@ mod cli;
 mod compare;
 mod fault_proxy;
 mod mysql;
+mod postgres;
 
 pub use bigquery::*;
 pub use cli::*;
 pub use compare::*;
 pub use fault_proxy::*;
 pub use mysql::*;
+pub use postgres::*;

@@ -1,0 +1,128 @@
+#!/usr/bin/env bash
+# A private PostgreSQL server for the tests, the demo and the benchmarks: its own data dir and
+# port, so the machine's own server (and its databases) is never touched.
+#
+#   scripts/private-postgres.sh start --dir DIR [--port N] [--no-tls]   start (or reuse) it; prints the port
+#   scripts/private-postgres.sh stop --dir DIR                          stop it
+#   scripts/private-postgres.sh status --dir DIR                        exit 0 when it answers, 3 when not
+#
+# The server: the superuser postgres over TCP on 127.0.0.1 without a password (trust), except
+# the role connector_pw, which must give its password (scram-sha-256); TLS with a CA and a
+# server certificate for localhost/127.0.0.1 made with openssl at first start (DIR/tls/ca.pem,
+# and other-ca.pem, a CA that signed nothing here; never committed). --no-tls: no TLS at all.
+# Installs postgresql and openssl from Debian when missing (needs root). As root, the server
+# runs as the postgres user (initdb refuses root). DIR/port holds the port, DIR/server.log the
+# server's log.
+set -euo pipefail
+NAME=private-postgres
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+DIR=""
+PORT=""
+TLS=1
+while [ $# -gt 1 ]; do
+  case "$2" in
+    --dir) DIR="${3:?--dir needs a value}"; set -- "$1" "${@:4}" ;;
+    --port) PORT="${3:?--port needs a value}"; set -- "$1" "${@:4}" ;;
+    --no-tls) TLS=0; set -- "$1" "${@:3}" ;;
+    *) die "unknown option: $2" ;;
+  esac
+done
+CMD="${1:-}"
+[ -n "$CMD" ] || usage
+[ -n "$DIR" ] || die "give --dir DIR"
+mkdir -p "$DIR"
+DIR="$(cd "$DIR" && pwd)"
+
+pg_bin() {
+  local d
+  d="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)"
+  [ -n "$d" ] && [ -x "$d/initdb" ] && echo "$d"
+}
+# runs a command as the server's owner (postgres when this is root)
+as_owner() {
+  if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+tcp_ok() {
+  [ -f "$DIR/port" ] && psql "host=127.0.0.1 port=$(cat "$DIR/port") user=postgres dbname=postgres sslmode=disable connect_timeout=2" \
+    -Atc 'select 1' >/dev/null 2>&1
+}
+
+make_tls() {
+  [ -f "$DIR/tls/server-key.pem" ] && return 0
+  need openssl openssl
+  mkdir -p "$DIR/tls"
+  (
+    cd "$DIR/tls"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj "/CN=connector test CA" \
+      -keyout ca-key.pem -out ca.pem 2>/dev/null
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" -keyout server-key.pem -out server.csr 2>/dev/null
+    printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' >san.ext
+    openssl x509 -req -in server.csr -CA ca.pem -CAkey ca-key.pem -CAcreateserial -days 30 \
+      -extfile san.ext -out server.pem 2>/dev/null
+    openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj "/CN=another CA" \
+      -keyout other-ca-key.pem -out other-ca.pem 2>/dev/null
+    chmod 600 ./*-key.pem
+  )
+}
+
+cmd_start() {
+  if tcp_ok; then
+    cat "$DIR/port"
+    return 0
+  fi
+  pg_bin >/dev/null || need psql postgresql postgresql-client
+  pg_bin >/dev/null || need /usr/lib/postgresql postgresql
+  command -v psql >/dev/null || need psql postgresql-client
+  local bin
+  bin="$(pg_bin)" || die "no initdb under /usr/lib/postgresql/*/bin after installing postgresql"
+  [ -n "$PORT" ] || PORT="$(free_port)"
+  port_busy "$PORT" && die "port $PORT is in use"
+  local tls_opts=()
+  if [ "$TLS" = 1 ]; then
+    make_tls
+    tls_opts=(-c ssl=on -c "ssl_cert_file=$DIR/tls/server.pem" -c "ssl_key_file=$DIR/tls/server-key.pem"
+      -c "ssl_ca_file=$DIR/tls/ca.pem")
+  fi
+  [ "$(id -u)" = 0 ] && chown -R postgres: "$DIR"
+  if [ ! -f "$DIR/data/PG_VERSION" ]; then
+    as_owner "$bin/initdb" -D "$DIR/data" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >"$DIR/initdb.log" 2>&1 ||
+      { tail -20 "$DIR/initdb.log" >&2; die "initdb failed (log: $DIR/initdb.log)"; }
+    # The password role first: pg_hba.conf's first matching line decides.
+    { echo "host all connector_pw 127.0.0.1/32 scram-sha-256"; cat "$DIR/data/pg_hba.conf"; } >"$DIR/hba.tmp"
+    mv "$DIR/hba.tmp" "$DIR/data/pg_hba.conf"
+    [ "$(id -u)" = 0 ] && chown postgres: "$DIR/data/pg_hba.conf"
+    touch "$DIR/.fresh"
+  fi
+  echo "$PORT" >"$DIR/port"
+  as_owner "$bin/pg_ctl" -D "$DIR/data" -l "$DIR/server.log" -w -t 60 start -o \
+    "-p $PORT -k $DIR -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=off -c synchronous_commit=off \
+     -c full_page_writes=off -c shared_buffers=256MB ${tls_opts[*]}" >/dev/null ||
+    { tail -30 "$DIR/server.log" >&2; die "the server did not start"; }
+  if [ -f "$DIR/.fresh" ]; then
+    psql "host=127.0.0.1 port=$PORT user=postgres dbname=postgres sslmode=disable" -q \
+      -c "CREATE ROLE connector_pw LOGIN PASSWORD 'pw-s3cret-9'" >/dev/null
+    rm -f "$DIR/.fresh"
+  fi
+  tcp_ok || die "started, but postgres cannot log in over TCP 127.0.0.1:$PORT"
+  log "PostgreSQL $(psql "host=127.0.0.1 port=$PORT user=postgres dbname=postgres sslmode=disable" -Atc 'show server_version') on 127.0.0.1:$PORT (data $DIR/data, $([ "$TLS" = 1 ] && echo "TLS CA $DIR/tls/ca.pem" || echo "no TLS"))"
+  echo "$PORT"
+}
+
+cmd_stop() {
+  local bin
+  bin="$(pg_bin)" || { log "no PostgreSQL installed"; return 0; }
+  if [ ! -f "$DIR/data/postmaster.pid" ]; then
+    log "not running ($DIR)"
+    return 0
+  fi
+  as_owner "$bin/pg_ctl" -D "$DIR/data" -m fast -w -t 60 stop >/dev/null 2>&1 || true
+  log "stopped ($DIR)"
+}
+
+case "$CMD" in
+  start) cmd_start ;;
+  stop) cmd_stop ;;
+  status) if tcp_ok; then echo "running on 127.0.0.1:$(cat "$DIR/port")"; else echo "not running"; exit 3; fi ;;
+  *) usage ;;
+esac
