@@ -461,6 +461,8 @@ async fn flat_params_with_db_type_postgres_sync_a_schema_fleet_by_pattern() {
     for s in ["shop_a", "shop_b", "other"] {
         pg_exec(&home, &shop_sql(s, 30)).await;
     }
+    // Schema drift across tenants: one tenant has a column the others lack.
+    pg_exec(&home, "ALTER TABLE shop_b.orders ADD COLUMN coupon text; UPDATE shop_b.orders SET coupon = 'X' || id WHERE id < 5").await;
     let dataset = unique("pgflat");
     let run = TestRun::new();
     run.params(&json!({
@@ -471,12 +473,16 @@ async fn flat_params_with_db_type_postgres_sync_a_schema_fleet_by_pattern() {
         "status_dir": run.path().join("status").display().to_string(),
         "log_file": run.path().join("sync.log").display().to_string(),
     }));
+    let plan = run.sync(&["--dry-run"]).await;
+    assert!(plan.stdout.contains("amount numeric(12,2)") && plan.stdout.contains("tags text[]"), "{}", plan.stdout);
+    assert!(plan.stdout.contains("amount decimal(12,2)") || plan.stdout.contains("amount NUMERIC"), "{}", plan.stdout);
     let out = run.sync(&[]).await;
     assert!(out.stdout.contains("shop_a.orders") && out.stdout.contains("shop_b.orders"), "{}", out.stdout);
     assert!(!out.stdout.contains("other.orders"), "{}", out.stdout);
-    for s in ["shop_a", "shop_b"] {
-        assert_pg_table_equal(emulator, &dataset, s, (&home, s, "orders"), "id").await;
-    }
+    assert_eq!(assert_pg_table_equal(emulator, &dataset, "shop_a", (&home, "shop_a", "orders"), "id").await, 5);
+    assert_eq!(assert_pg_table_equal(emulator, &dataset, "shop_b", (&home, "shop_b", "orders"), "id").await, 6);
+    let coupons = bq_query(emulator, &format!("SELECT COUNT(coupon) FROM `{dataset}`.orders WHERE tenant_id = 'shop_a'")).await;
+    assert_eq!(coupons[0][0].as_deref(), Some("0"), "shop_a has no coupon column: NULL there");
     // A key of the other source is named as written.
     let mut bad =
         serde_json::from_str::<Value>(&std::fs::read_to_string(run.path().join("params.json")).unwrap()).unwrap();

@@ -133,24 +133,29 @@ pub fn map_column(info: &ColumnInfo) -> LogicalType {
 const UNBOUNDED_NUMERIC: LogicalType = LogicalType::Decimal { precision: 76, scale: 38 };
 
 /// How a discovered column is read: its decoder, and the SELECT expression that feeds it
-/// (`None`: the column itself). Decided by the logical type alone, so that a read needs
-/// nothing but the schema the runner hands it.
+/// (`None`: the column itself, whose text COPY sends as it is). Decided by the logical type
+/// and the declared type alone, so that a read needs nothing but the schema the runner hands
+/// it; expressions only where the text must change, as they cost the server time per row.
 pub fn read_plan(column: &Column) -> (Decoder, Option<String>) {
     let q = quote_ident(&column.name);
+    let declared = column.source_type.as_str();
+    let plain_numeric = declared == "numeric" || declared.starts_with("numeric(");
+    // A domain's text is its base type's; money's is in the server's locale ('$1,234.50').
+    let as_numeric = (!plain_numeric).then(|| format!("{q}::numeric"));
     match &column.logical {
         LogicalType::Bool => (Decoder::Bool, None),
         LogicalType::Int64 | LogicalType::UInt64 => (Decoder::Int, None),
         LogicalType::Float32 | LogicalType::Float64 => (Decoder::Float, None),
-        // `::numeric` turns money's locale text ('$1,234.50') into digits; a no-op otherwise.
-        d if *d == UNBOUNDED_NUMERIC => (Decoder::NumericUnbounded, Some(format!("{q}::numeric"))),
-        LogicalType::Decimal { .. } => (Decoder::Numeric, Some(format!("{q}::numeric"))),
+        d if *d == UNBOUNDED_NUMERIC => (Decoder::NumericUnbounded, as_numeric),
+        LogicalType::Decimal { .. } => (Decoder::Numeric, as_numeric),
         LogicalType::String | LogicalType::Geometry => (Decoder::Text, None),
         LogicalType::Bytes => (Decoder::Bytea, None),
         LogicalType::Date => (Decoder::Date, None),
         LogicalType::DateTime { .. } => (Decoder::DateTime, None),
         LogicalType::Timestamp { .. } => (Decoder::Timestamp, Some(format!("{q} AT TIME ZONE 'UTC'"))),
         LogicalType::Time { .. } => (Decoder::Time, None),
-        // Arrays and composites become JSON here; json and jsonb pass through unchanged.
+        // json and jsonb as they are; arrays, composites and domains become JSON on the server.
+        LogicalType::Json if declared == "json" || declared == "jsonb" => (Decoder::Json, None),
         LogicalType::Json => (Decoder::Json, Some(format!("to_json({q})"))),
     }
 }
@@ -292,32 +297,50 @@ fn in_bigquery_range(year: i32) -> bool {
     (1..=9999).contains(&year)
 }
 
+/// The number in ASCII digits `b` (at most 9 of them).
+fn digits(b: &[u8]) -> Option<u32> {
+    if b.is_empty() || b.len() > 9 {
+        return None;
+    }
+    b.iter().try_fold(0u32, |n, &c| c.is_ascii_digit().then(|| n * 10 + u32::from(c - b'0')))
+}
+
+/// Whether PostgreSQL's text is a date (or timestamp) BigQuery cannot hold by its form alone:
+/// BC, or ±infinity.
+fn never_in_range(text: &str) -> bool {
+    text.ends_with(" BC") || text == "infinity" || text == "-infinity"
+}
+
 /// `2024-01-31` (`Some(Err)` for what BigQuery cannot hold: BC, year > 9999, ±infinity;
 /// `None` for text that is no date).
 fn parse_date(text: &str) -> Option<std::result::Result<NaiveDate, ()>> {
-    if text == "infinity" || text == "-infinity" || text.ends_with(" BC") {
+    if never_in_range(text) {
         return Some(Err(()));
     }
-    let (y, rest) = text.split_once('-')?;
-    let (m, d) = rest.split_once('-')?;
-    let year: i32 = y.parse().ok()?;
-    if !in_bigquery_range(year) {
+    let b = text.as_bytes();
+    // Years of five or more digits (PostgreSQL goes to 5874897) come before the first '-'.
+    let dash = memchr::memchr(b'-', b)?;
+    if b.len() != dash + 6 || b[dash + 3] != b'-' {
+        return None;
+    }
+    let year = digits(&b[..dash])?;
+    if !in_bigquery_range(i32::try_from(year).ok()?) {
         return Some(Err(()));
     }
-    NaiveDate::from_ymd_opt(year, m.parse().ok()?, d.parse().ok()?).map(Ok)
+    NaiveDate::from_ymd_opt(year as i32, digits(&b[dash + 1..dash + 3])?, digits(&b[dash + 4..])?).map(Ok)
 }
 
 /// `2024-01-31 12:34:56.123456`, as [`parse_date`] says for the date part.
 pub(crate) fn parse_datetime(text: &str) -> Option<std::result::Result<NaiveDateTime, ()>> {
-    if text == "infinity" || text == "-infinity" || text.ends_with(" BC") {
+    if never_in_range(text) {
         return Some(Err(()));
     }
-    let (date, time) = text.split_once(' ')?;
-    let date = match parse_date(date)? {
+    let space = memchr::memchr(b' ', text.as_bytes())?;
+    let date = match parse_date(&text[..space])? {
         Ok(d) => d,
         Err(()) => return Some(Err(())),
     };
-    let micros = parse_time(time)?;
+    let micros = parse_time(&text[space + 1..])?;
     let time = NaiveTime::from_num_seconds_from_midnight_opt(
         u32::try_from(micros / 1_000_000).ok()?,
         u32::try_from(micros % 1_000_000).ok()? * 1000,
@@ -327,19 +350,17 @@ pub(crate) fn parse_datetime(text: &str) -> Option<std::result::Result<NaiveDate
 
 /// `HH:MM:SS[.ffffff]` → microseconds (PostgreSQL's time runs to 24:00:00).
 fn parse_time(text: &str) -> Option<i64> {
-    let (hms, frac) = text.split_once('.').unwrap_or((text, ""));
-    let mut parts = hms.split(':');
-    let h: i64 = parts.next()?.parse().ok()?;
-    let m: i64 = parts.next()?.parse().ok()?;
-    let s: i64 = parts.next()?.parse().ok()?;
-    if parts.next().is_some() || frac.len() > 6 || !frac.bytes().all(|b| b.is_ascii_digit()) {
+    let b = text.as_bytes();
+    if b.len() < 8 || b[2] != b':' || b[5] != b':' {
         return None;
     }
-    let mut micros: i64 = if frac.is_empty() { 0 } else { frac.parse().ok()? };
-    for _ in frac.len()..6 {
-        micros *= 10;
-    }
-    Some(((h * 60 + m) * 60 + s) * 1_000_000 + micros)
+    let (h, m, s) = (digits(&b[..2])?, digits(&b[3..5])?, digits(&b[6..8])?);
+    let micros = match &b[8..] {
+        [] => 0,
+        [b'.', frac @ ..] if (1..=6).contains(&frac.len()) => digits(frac)? * 10u32.pow(6 - frac.len() as u32),
+        _ => return None,
+    };
+    Some((i64::from(h * 3600 + m * 60 + s)) * 1_000_000 + i64::from(micros))
 }
 
 #[cfg(test)]
