@@ -462,7 +462,11 @@ async fn flat_params_with_db_type_postgres_sync_a_schema_fleet_by_pattern() {
         pg_exec(&home, &shop_sql(s, 30)).await;
     }
     // Schema drift across tenants: one tenant has a column the others lack.
-    pg_exec(&home, "ALTER TABLE shop_b.orders ADD COLUMN coupon text; UPDATE shop_b.orders SET coupon = 'X' || id WHERE id < 5").await;
+    pg_exec(
+        &home,
+        "ALTER TABLE shop_b.orders ADD COLUMN coupon text; UPDATE shop_b.orders SET coupon = 'X' || id WHERE id < 5",
+    )
+    .await;
     let dataset = unique("pgflat");
     let run = TestRun::new();
     run.params(&json!({
@@ -481,7 +485,8 @@ async fn flat_params_with_db_type_postgres_sync_a_schema_fleet_by_pattern() {
     assert!(!out.stdout.contains("other.orders"), "{}", out.stdout);
     assert_eq!(assert_pg_table_equal(emulator, &dataset, "shop_a", (&home, "shop_a", "orders"), "id").await, 5);
     assert_eq!(assert_pg_table_equal(emulator, &dataset, "shop_b", (&home, "shop_b", "orders"), "id").await, 6);
-    let coupons = bq_query(emulator, &format!("SELECT COUNT(coupon) FROM `{dataset}`.orders WHERE tenant_id = 'shop_a'")).await;
+    let coupons =
+        bq_query(emulator, &format!("SELECT COUNT(coupon) FROM `{dataset}`.orders WHERE tenant_id = 'shop_a'")).await;
     assert_eq!(coupons[0][0].as_deref(), Some("0"), "shop_a has no coupon column: NULL there");
     // A key of the other source is named as written.
     let mut bad =
