@@ -71,9 +71,9 @@ cmd_start() {
     cat "$DIR/port"
     return 0
   fi
-  pg_bin >/dev/null || need psql postgresql postgresql-client
-  pg_bin >/dev/null || need /usr/lib/postgresql postgresql
-  command -v psql >/dev/null || need psql postgresql-client
+  # The server's binaries (pg_ctlcluster comes with them), then the client.
+  pg_bin >/dev/null || need pg_ctlcluster postgresql
+  need psql postgresql-client
   local bin
   bin="$(pg_bin)" || die "no initdb under /usr/lib/postgresql/*/bin after installing postgresql"
   [ -n "$PORT" ] || PORT="$(free_port)"
