@@ -63,7 +63,9 @@ cat >"$WORK/params.json" <<JSON
  "tables": ["orders"], "batch_size": 5000, "log_file": "$WORK/sync.log"}
 JSON
 
-PM_PID="$(head -1 "$WORK/server/data/postmaster.pid")"
+SERVER_RUN="$WORK/server"
+[ -f "$WORK/server/rundir" ] && SERVER_RUN="$(cat "$WORK/server/rundir")"
+PM_PID="$(head -1 "$SERVER_RUN/data/postmaster.pid")"
 # server_cpu: the postmaster's CPU and that of the backends it has reaped (each connection is a
 # process of its own, gone when the client disconnects).
 server_cpu() {

@@ -11,8 +11,10 @@
 # server certificate for localhost/127.0.0.1 made with openssl at first start (DIR/tls/ca.pem,
 # and other-ca.pem, a CA that signed nothing here; never committed). --no-tls: no TLS at all.
 # Installs postgresql and openssl from Debian when missing (needs root). As root, the server
-# runs as the postgres user (initdb refuses root). DIR/port holds the port, DIR/server.log the
-# server's log.
+# runs as the postgres user (initdb refuses root); when that user cannot reach DIR (a clone in
+# a private folder such as mktemp's), the server's files live in a folder of its own under /tmp,
+# named in DIR/rundir, linked as DIR/tls, and removed by stop. DIR/port holds the port,
+# DIR/server.log the server's log.
 set -euo pipefail
 NAME=private-postgres
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -33,6 +35,9 @@ CMD="${1:-}"
 [ -n "$DIR" ] || die "give --dir DIR"
 mkdir -p "$DIR"
 DIR="$(cd "$DIR" && pwd)"
+# RUN: where the server's own files are (data, TLS, socket, log).
+RUN="$DIR"
+[ -f "$DIR/rundir" ] && RUN="$(cat "$DIR/rundir")"
 
 pg_bin() {
   local d
@@ -49,11 +54,11 @@ tcp_ok() {
 }
 
 make_tls() {
-  [ -f "$DIR/tls/server-key.pem" ] && return 0
+  [ -f "$RUN/tls/server-key.pem" ] && return 0
   need openssl openssl
-  mkdir -p "$DIR/tls"
+  mkdir -p "$RUN/tls"
   (
-    cd "$DIR/tls"
+    cd "$RUN/tls"
     openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj "/CN=connector test CA" \
       -keyout ca-key.pem -out ca.pem 2>/dev/null
     openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" -keyout server-key.pem -out server.csr 2>/dev/null
@@ -76,48 +81,59 @@ cmd_start() {
   need psql postgresql-client
   local bin
   bin="$(pg_bin)" || die "no initdb under /usr/lib/postgresql/*/bin after installing postgresql"
+  if [ "$(id -u)" = 0 ] && [ "$RUN" = "$DIR" ] && ! runuser -u postgres -- test -x "$DIR"; then
+    RUN="$(mktemp -d /tmp/connector-postgres.XXXXXX)"
+    chmod 755 "$RUN"
+    echo "$RUN" >"$DIR/rundir"
+  fi
+  [ "$RUN" = "$DIR" ] || { ln -sfn "$RUN/tls" "$DIR/tls"; ln -sfn "$RUN/server.log" "$DIR/server.log"; }
   [ -n "$PORT" ] || PORT="$(free_port)"
   port_busy "$PORT" && die "port $PORT is in use"
   local tls_opts=()
   if [ "$TLS" = 1 ]; then
     make_tls
-    tls_opts=(-c ssl=on -c "ssl_cert_file=$DIR/tls/server.pem" -c "ssl_key_file=$DIR/tls/server-key.pem"
-      -c "ssl_ca_file=$DIR/tls/ca.pem")
+    tls_opts=(-c ssl=on -c "ssl_cert_file=$RUN/tls/server.pem" -c "ssl_key_file=$RUN/tls/server-key.pem"
+      -c "ssl_ca_file=$RUN/tls/ca.pem")
   fi
-  [ "$(id -u)" = 0 ] && chown -R postgres: "$DIR"
-  if [ ! -f "$DIR/data/PG_VERSION" ]; then
-    as_owner "$bin/initdb" -D "$DIR/data" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >"$DIR/initdb.log" 2>&1 ||
+  [ "$(id -u)" = 0 ] && chown -R postgres: "$RUN"
+  if [ ! -f "$RUN/data/PG_VERSION" ]; then
+    as_owner "$bin/initdb" -D "$RUN/data" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >"$DIR/initdb.log" 2>&1 ||
       { tail -20 "$DIR/initdb.log" >&2; die "initdb failed (log: $DIR/initdb.log)"; }
     # The password role first: pg_hba.conf's first matching line decides.
-    { echo "host all connector_pw 127.0.0.1/32 scram-sha-256"; cat "$DIR/data/pg_hba.conf"; } >"$DIR/hba.tmp"
-    mv "$DIR/hba.tmp" "$DIR/data/pg_hba.conf"
-    [ "$(id -u)" = 0 ] && chown postgres: "$DIR/data/pg_hba.conf"
+    { echo "host all connector_pw 127.0.0.1/32 scram-sha-256"; cat "$RUN/data/pg_hba.conf"; } >"$DIR/hba.tmp"
+    cat "$DIR/hba.tmp" >"$RUN/data/pg_hba.conf"
+    rm -f "$DIR/hba.tmp"
     touch "$DIR/.fresh"
   fi
   echo "$PORT" >"$DIR/port"
-  as_owner "$bin/pg_ctl" -D "$DIR/data" -l "$DIR/server.log" -w -t 60 start -o \
-    "-p $PORT -k $DIR -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=off -c synchronous_commit=off \
+  as_owner "$bin/pg_ctl" -D "$RUN/data" -l "$RUN/server.log" -w -t 60 start -o \
+    "-p $PORT -k $RUN -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=off -c synchronous_commit=off \
      -c full_page_writes=off -c shared_buffers=256MB ${tls_opts[*]}" >/dev/null ||
-    { tail -30 "$DIR/server.log" >&2; die "the server did not start"; }
+    { tail -30 "$RUN/server.log" >&2; die "the server did not start"; }
   if [ -f "$DIR/.fresh" ]; then
     psql "host=127.0.0.1 port=$PORT user=postgres dbname=postgres sslmode=disable" -q \
       -c "CREATE ROLE connector_pw LOGIN PASSWORD 'pw-s3cret-9'" >/dev/null
     rm -f "$DIR/.fresh"
   fi
   tcp_ok || die "started, but postgres cannot log in over TCP 127.0.0.1:$PORT"
-  log "PostgreSQL $(psql "host=127.0.0.1 port=$PORT user=postgres dbname=postgres sslmode=disable" -Atc 'show server_version') on 127.0.0.1:$PORT (data $DIR/data, $([ "$TLS" = 1 ] && echo "TLS CA $DIR/tls/ca.pem" || echo "no TLS"))"
+  log "PostgreSQL $(psql "host=127.0.0.1 port=$PORT user=postgres dbname=postgres sslmode=disable" -Atc 'show server_version') on 127.0.0.1:$PORT (data $RUN/data, $([ "$TLS" = 1 ] && echo "TLS CA $DIR/tls/ca.pem" || echo "no TLS"))"
   echo "$PORT"
 }
 
 cmd_stop() {
   local bin
   bin="$(pg_bin)" || { log "no PostgreSQL installed"; return 0; }
-  if [ ! -f "$DIR/data/postmaster.pid" ]; then
+  if [ -f "$RUN/data/postmaster.pid" ]; then
+    as_owner "$bin/pg_ctl" -D "$RUN/data" -m fast -w -t 60 stop >/dev/null 2>&1 || true
+    log "stopped ($DIR)"
+  else
     log "not running ($DIR)"
-    return 0
   fi
-  as_owner "$bin/pg_ctl" -D "$DIR/data" -m fast -w -t 60 stop >/dev/null 2>&1 || true
-  log "stopped ($DIR)"
+  # A folder of its own under /tmp goes with it.
+  if [ "$RUN" != "$DIR" ]; then
+    rm -rf "$RUN"
+    rm -f "$DIR/rundir" "$DIR/tls" "$DIR/server.log"
+  fi
 }
 
 case "$CMD" in

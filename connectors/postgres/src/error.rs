@@ -7,11 +7,15 @@ use tokio_postgres::error::SqlState;
 /// request wrong.
 pub(crate) fn classify(e: &tokio_postgres::Error) -> ErrorClass {
     let Some(code) = e.code() else {
-        // No SQLSTATE: the connection closed, an I/O error, a timeout.
-        return if e.is_closed() || std::error::Error::source(e).is_some() {
-            ErrorClass::Transient
-        } else {
-            ErrorClass::Permanent
+        // No SQLSTATE: a closed connection or an I/O error (a timeout, a reset) passes; a TLS
+        // certificate refused, a missing password or an unsupported authentication does not.
+        let io = std::error::Error::source(e).and_then(|s| s.downcast_ref::<std::io::Error>());
+        let tls = io.and_then(|io| io.get_ref()).is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some());
+        return match (e.is_closed(), io, tls) {
+            (true, _, _) => ErrorClass::Transient,
+            (_, Some(_), false) => ErrorClass::Transient,
+            (_, Some(_), true) => ErrorClass::Config,
+            _ => ErrorClass::Permanent,
         };
     };
     let transient = [
@@ -24,6 +28,10 @@ pub(crate) fn classify(e: &tokio_postgres::Error) -> ErrorClass {
         SqlState::CANNOT_CONNECT_NOW,
         SqlState::QUERY_CANCELED,
         SqlState::LOCK_NOT_AVAILABLE,
+        // Resources the server runs short of for a while.
+        SqlState::DISK_FULL,
+        SqlState::OUT_OF_MEMORY,
+        SqlState::IO_ERROR,
     ];
     if transient.contains(code) || code.code().starts_with("08") {
         return ErrorClass::Transient;

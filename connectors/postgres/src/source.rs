@@ -76,7 +76,9 @@ struct ReadColumn {
 /// wall clock for timestamptz). The text was written by this tool; it is checked anyway, as it
 /// goes into the statement.
 fn cursor_literal(table: &TableRef, logical: &LogicalType, from: &str) -> Result<String> {
-    if connector_framework::state::parse_watermark_text(from).is_none() {
+    // Date cursors keep date watermarks (`2025-06-01`); the others are date and time.
+    let is_date = chrono::NaiveDate::parse_from_str(from, "%Y-%m-%d").is_ok();
+    if connector_framework::state::parse_watermark_text(from).is_none() && !is_date {
         return Err(ConnectorError::permanent(format!("{table}: the watermark `{from}` is not a date and time")));
     }
     Ok(match logical {
@@ -86,16 +88,34 @@ fn cursor_literal(table: &TableRef, logical: &LogicalType, from: &str) -> Result
     })
 }
 
-/// The zone expression for `now() AT TIME ZONE ...`: an offset as an interval, whose sign is
-/// ISO 8601's (a string '-05:00' would be read POSIX-style, the other way round).
-fn zone_expr(zone: &str) -> String {
-    let b = zone.as_bytes();
-    let offset = b.len() == 6
-        && matches!(b[0], b'+' | b'-')
-        && b[1..3].iter().all(u8::is_ascii_digit)
-        && b[3] == b':'
-        && b[4..6].iter().all(u8::is_ascii_digit);
-    if offset { format!("INTERVAL {}", quote_literal(zone)) } else { quote_literal(zone) }
+/// The zone expression for `now() AT TIME ZONE ...`: a UTC offset (`-05:00`, `+0530`, `-5`)
+/// as an interval, whose sign is ISO 8601's; PostgreSQL would read such a string POSIX-style,
+/// the other way round, so any other text that starts like an offset is refused.
+fn zone_expr(table: &TableRef, zone: &str) -> Result<String> {
+    let refuse = || {
+        ConnectorError::config(format!(
+            "{table}: cursor_time_zone `{zone}` is neither a zone name nor an offset like \"-05:00\""
+        ))
+    };
+    let Some(rest) = zone.strip_prefix(['+', '-']) else {
+        if zone.starts_with(|c: char| c.is_ascii_digit()) {
+            return Err(refuse());
+        }
+        return Ok(quote_literal(zone));
+    };
+    let (hours, minutes) = match rest.split_once(':') {
+        Some((h, m)) => (h, m),
+        None if rest.len() > 2 => rest.split_at(rest.len() - 2),
+        None => (rest, "0"),
+    };
+    let valid = |d: &str, max: u32| {
+        (1..=2).contains(&d.len()) && d.bytes().all(|b| b.is_ascii_digit()) && d.parse::<u32>().is_ok_and(|n| n <= max)
+    };
+    if !valid(hours, 15) || !valid(minutes, 59) {
+        return Err(refuse());
+    }
+    let sign = if zone.starts_with('-') { "-" } else { "" };
+    Ok(format!("INTERVAL '{sign}{hours}:{minutes:0>2}'"))
 }
 
 #[async_trait]
@@ -211,8 +231,14 @@ impl Source for PostgresSource {
                     ConnectorError::config(format!("{table}: the cursor column `{cursor}` is not in the table"))
                 })?;
                 let c = quote_ident(&column.name);
-                // -infinity sorts below every watermark: treated like NULL, as MySQL's zero dates.
-                let null_like = format!("{c} IS NULL OR {c} = '-infinity'");
+                // Dates before year 1 (BC, -infinity) sort below every watermark and are written
+                // as NULL: treated like NULL, as MySQL's zero dates.
+                let first_day = match column.logical {
+                    LogicalType::Timestamp { .. } => "'0001-01-01 00:00:00+00'",
+                    LogicalType::Date => "'0001-01-01'::date",
+                    _ => "'0001-01-01 00:00:00'::timestamp",
+                };
+                let null_like = format!("{c} IS NULL OR {c} < {first_day}");
                 if *include_nulls {
                     since_read = Some((column, format!(" OR {null_like}")));
                 } else {
@@ -240,7 +266,7 @@ impl Source for PostgresSource {
         // Inside the transaction until COMMIT: never back to the pool before it.
         conn.discard();
         let zone = match &request.cursor_time_zone {
-            Some(z) => format!("now() AT TIME ZONE {}", zone_expr(z)),
+            Some(z) => format!("now() AT TIME ZONE {}", zone_expr(table, z)?),
             None => "localtimestamp".to_string(),
         };
         // BEGIN and the clock in one round trip. now() is the transaction's start, before the
@@ -339,5 +365,29 @@ impl Source for PostgresSource {
 
     async fn close(&self) {
         self.pool.close();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offsets_become_iso_intervals_and_lookalikes_are_refused() {
+        let t = TableRef::new("shop1", "orders");
+        assert_eq!(zone_expr(&t, "-05:00").unwrap(), "INTERVAL '-05:00'");
+        assert_eq!(zone_expr(&t, "+0530").unwrap(), "INTERVAL '05:30'");
+        assert_eq!(zone_expr(&t, "-5").unwrap(), "INTERVAL '-5:00'");
+        assert_eq!(zone_expr(&t, "America/New_York").unwrap(), "'America/New_York'");
+        for bad in ["5", "+25:00", "-05:60", "+5:3:0", "-"] {
+            assert!(zone_expr(&t, bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn date_watermarks_bound_date_cursors() {
+        let t = TableRef::new("shop1", "orders");
+        assert_eq!(cursor_literal(&t, &LogicalType::Date, "2025-06-01").unwrap(), "'2025-06-01'::date");
+        assert!(cursor_literal(&t, &LogicalType::Date, "2025-06-01'; DROP").is_err());
     }
 }
