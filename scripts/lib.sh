@@ -62,3 +62,32 @@ need() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" </dev/null >/dev/null
   command -v "$cmd" >/dev/null 2>&1 || die "installed $* but $cmd is still missing"
 }
+
+# make_test_tls DIR SAN: a test CA (DIR/ca.pem), a server certificate for SAN
+# (DIR/server.pem, server-key.pem), a client certificate of the same CA (client.pem,
+# client-key.pem) and a CA that signed nothing (other-ca.pem), made once with openssl.
+make_test_tls() {
+  local dir="$1" san="$2"
+  [ -f "$dir/server-key.pem" ] && return 0
+  need openssl openssl
+  mkdir -p "$dir"
+  (
+    cd "$dir"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj "/CN=connector test CA" \
+      -keyout ca-key.pem -out ca.pem 2>/dev/null
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" -keyout server-key.pem -out server.csr 2>/dev/null
+    printf 'subjectAltName=%s\n' "$san" >san.ext
+    openssl x509 -req -in server.csr -CA ca.pem -CAkey ca-key.pem -CAcreateserial -days 30 \
+      -extfile san.ext -out server.pem 2>/dev/null
+    # A client certificate of the same CA, for users that REQUIRE X509.
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=connector test client" -keyout client-key.pem \
+      -out client.csr 2>/dev/null
+    printf 'extendedKeyUsage=clientAuth\n' >client.ext
+    openssl x509 -req -in client.csr -CA ca.pem -CAkey ca-key.pem -CAcreateserial -days 30 -extfile client.ext \
+      -out client.pem 2>/dev/null
+    # A second CA that signed nothing here: "a wrong CA" for the TLS tests.
+    openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj "/CN=another CA" \
+      -keyout other-ca-key.pem -out other-ca.pem 2>/dev/null
+    chmod 600 ./*-key.pem
+  )
+}

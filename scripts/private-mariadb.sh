@@ -53,31 +53,6 @@ tcp_ok() {
     --connect-timeout=2 -N -B -e 'select 1' >/dev/null 2>&1
 }
 
-make_tls() {
-  [ -f "$DIR/tls/server-key.pem" ] && return 0
-  need openssl openssl
-  mkdir -p "$DIR/tls"
-  (
-    cd "$DIR/tls"
-    openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj "/CN=connector test CA" \
-      -keyout ca-key.pem -out ca.pem 2>/dev/null
-    openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" -keyout server-key.pem -out server.csr 2>/dev/null
-    printf 'subjectAltName=%s\n' "$TLS_SAN" >san.ext
-    openssl x509 -req -in server.csr -CA ca.pem -CAkey ca-key.pem -CAcreateserial -days 30 \
-      -extfile san.ext -out server.pem 2>/dev/null
-    # A client certificate of the same CA, for users that REQUIRE X509.
-    openssl req -newkey rsa:2048 -nodes -subj "/CN=connector test client" -keyout client-key.pem \
-      -out client.csr 2>/dev/null
-    printf 'extendedKeyUsage=clientAuth\n' >client.ext
-    openssl x509 -req -in client.csr -CA ca.pem -CAkey ca-key.pem -CAcreateserial -days 30 -extfile client.ext \
-      -out client.pem 2>/dev/null
-    # A second CA that signed nothing here: "a wrong CA" for the TLS tests.
-    openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj "/CN=another CA" \
-      -keyout other-ca-key.pem -out other-ca.pem 2>/dev/null
-    chmod 600 ./*-key.pem
-  )
-}
-
 cmd_start() {
   if tcp_ok; then
     cat "$DIR/port"
@@ -89,7 +64,7 @@ cmd_start() {
   [ -d /usr/share/zoneinfo/America ] || need tzselect tzdata
   TLS_OPTS=()
   if [ "$TLS" = 1 ]; then
-    make_tls
+    make_test_tls "$DIR/tls" "$TLS_SAN"
     TLS_OPTS=(--ssl-ca="$DIR/tls/ca.pem" --ssl-cert="$DIR/tls/server.pem" --ssl-key="$DIR/tls/server-key.pem")
   fi
   [ -n "$PORT" ] || PORT="$(free_port)"

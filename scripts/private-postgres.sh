@@ -53,24 +53,6 @@ tcp_ok() {
     -Atc 'select 1' >/dev/null 2>&1
 }
 
-make_tls() {
-  [ -f "$RUN/tls/server-key.pem" ] && return 0
-  need openssl openssl
-  mkdir -p "$RUN/tls"
-  (
-    cd "$RUN/tls"
-    openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj "/CN=connector test CA" \
-      -keyout ca-key.pem -out ca.pem 2>/dev/null
-    openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" -keyout server-key.pem -out server.csr 2>/dev/null
-    printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' >san.ext
-    openssl x509 -req -in server.csr -CA ca.pem -CAkey ca-key.pem -CAcreateserial -days 30 \
-      -extfile san.ext -out server.pem 2>/dev/null
-    openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj "/CN=another CA" \
-      -keyout other-ca-key.pem -out other-ca.pem 2>/dev/null
-    chmod 600 ./*-key.pem
-  )
-}
-
 cmd_start() {
   if tcp_ok; then
     cat "$DIR/port"
@@ -91,7 +73,7 @@ cmd_start() {
   port_busy "$PORT" && die "port $PORT is in use"
   local tls_opts=()
   if [ "$TLS" = 1 ]; then
-    make_tls
+    make_test_tls "$RUN/tls" "DNS:localhost,IP:127.0.0.1"
     tls_opts=(-c ssl=on -c "ssl_cert_file=$RUN/tls/server.pem" -c "ssl_key_file=$RUN/tls/server-key.pem"
       -c "ssl_ca_file=$RUN/tls/ca.pem")
   fi

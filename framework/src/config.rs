@@ -280,6 +280,79 @@ impl Secret {
     }
 }
 
+/// The connection keys every database source has, checked alike (no I/O besides reading the
+/// environment for `password_env`): the pool and timeout bounds, the password given one way
+/// only, and TLS files that fit the mode. `password` receives the `password_env` value.
+#[derive(Debug)]
+pub struct ConnectionKeys<'a> {
+    pub pool_size: usize,
+    pub connect_timeout: u64,
+    pub password: &'a mut Secret,
+    pub password_env: Option<&'a str>,
+    pub password_file: bool,
+    /// The `ssl_mode` value as written, for messages.
+    pub ssl_mode: &'a str,
+    /// The mode checks the certificate against `ssl_ca`.
+    pub ssl_verifies: bool,
+    /// The mode is "no TLS".
+    pub ssl_disabled: bool,
+    pub ssl_ca: bool,
+    pub ssl_cert: bool,
+    pub ssl_key: bool,
+}
+
+impl ConnectionKeys<'_> {
+    /// Every mistake, each with its key.
+    pub fn problems(self) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        if self.pool_size == 0 || self.pool_size > 256 {
+            problems.push(Problem::at("pool_size", format!("between 1 and 256, got {}", self.pool_size)));
+        }
+        if self.connect_timeout == 0 || self.connect_timeout > 3600 {
+            problems.push(Problem::at(
+                "connect_timeout",
+                format!("between 1 and 3600 seconds, got {}", self.connect_timeout),
+            ));
+        }
+        let sources = [!self.password.expose().is_empty(), self.password_env.is_some(), self.password_file];
+        if sources.iter().filter(|s| **s).count() > 1 {
+            problems.push(Problem::at(
+                "password",
+                "give the password one way only: password, password_env or password_file",
+            ));
+        }
+        if self.ssl_verifies && !self.ssl_ca {
+            problems.push(Problem::at(
+                "ssl_ca",
+                format!(
+                    "ssl_mode {} checks the server's certificate against a CA: give the CA certificate's path",
+                    self.ssl_mode
+                ),
+            ));
+        }
+        if self.ssl_cert != self.ssl_key {
+            problems.push(Problem::at(
+                if self.ssl_cert { "ssl_key" } else { "ssl_cert" },
+                "a client certificate needs both ssl_cert and ssl_key",
+            ));
+        }
+        if self.ssl_disabled && (self.ssl_ca || self.ssl_cert || self.ssl_key) {
+            problems.push(Problem::at(
+                "ssl_mode",
+                format!("is {}, yet ssl_ca / ssl_cert / ssl_key are set", self.ssl_mode),
+            ));
+        }
+        if let Some(var) = self.password_env {
+            match Secret::from_env(var, "password_env") {
+                Ok(secret) => *self.password = secret,
+                Err(e) => problems
+                    .push(Problem::at("password_env", e.message().trim_start_matches("password_env: ").to_string())),
+            }
+        }
+        problems
+    }
+}
+
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(if self.0.is_empty() { "\"\"" } else { "\"***\"" })

@@ -235,14 +235,7 @@ async fn the_mysql_source_passes_the_source_conformance_checks() {
     let (host, port) = mysql_host_port();
     let config: connector_mysql::MySqlSourceConfig =
         serde_json::from_value(json!({"host": host, "port": port, "user": "root", "databases": [db]})).unwrap();
-    let ctx = connector_framework::BuildContext {
-        run_id: "conformance".into(),
-        target_id: "default".into(),
-        state_subdir: None,
-        retry: Default::default(),
-        discard_writes: false,
-    };
-    let source = config.build(&ctx).await.unwrap();
+    let source = config.build(&test_build_context()).await.unwrap();
     let table = connector_framework::TableRef::new(&db, "items");
     let checks = connector_framework::testkit::source_conformance(source.as_ref(), &table).await.unwrap();
     assert_eq!(checks, ["full", "since", "key ranges"]);

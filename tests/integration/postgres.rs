@@ -352,14 +352,7 @@ async fn the_postgres_source_passes_the_source_conformance_checks() {
     .await;
     let config: connector_postgres::PostgresSourceConfig =
         serde_json::from_value(pg_source("database", std::slice::from_ref(&db), "")).unwrap();
-    let ctx = connector_framework::BuildContext {
-        run_id: "conformance".into(),
-        target_id: "default".into(),
-        state_subdir: None,
-        retry: Default::default(),
-        discard_writes: false,
-    };
-    let source = config.build(&ctx).await.unwrap();
+    let source = config.build(&test_build_context()).await.unwrap();
     let table = connector_framework::TableRef::new(&db, "items");
     let checks = connector_framework::testkit::source_conformance(source.as_ref(), &table).await.unwrap();
     assert_eq!(checks, ["full", "since", "key ranges"]);

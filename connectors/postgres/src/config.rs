@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use connector_framework::config::{self, Problem, lenient, string_list};
+use connector_framework::config::{self, ConnectionKeys, Problem, lenient, string_list};
 use connector_framework::tenants::{TenantPattern, TenantSelection};
 use connector_framework::{
     BuildContext, ConnectorDescriptor, ConnectorError, Factory, FieldDoc, Result, Secret, Source, SourceConfig,
@@ -350,50 +350,22 @@ impl PostgresSourceConfig {
                 problems.push(Problem::at(key, e.message().to_string()));
             }
         }
-        if self.pool_size == 0 || self.pool_size > 256 {
-            problems.push(Problem::at("pool_size", format!("between 1 and 256, got {}", self.pool_size)));
-        }
-        if self.connect_timeout == 0 || self.connect_timeout > 3600 {
-            problems.push(Problem::at(
-                "connect_timeout",
-                format!("between 1 and 3600 seconds, got {}", self.connect_timeout),
-            ));
-        }
-        let password_sources =
-            [!self.password.expose().is_empty(), self.password_env.is_some(), self.password_file.is_some()];
-        if password_sources.iter().filter(|s| **s).count() > 1 {
-            problems.push(Problem::at(
-                "password",
-                "give the password one way only: password, password_env or password_file",
-            ));
-        }
-        if matches!(self.ssl_mode, SslMode::VerifyCa | SslMode::VerifyFull) && self.ssl_ca.is_none() {
-            problems.push(Problem::at(
-                "ssl_ca",
-                format!(
-                    "ssl_mode {} checks the server's certificate against a CA: give the CA certificate's path",
-                    self.ssl_mode.as_str()
-                ),
-            ));
-        }
-        if self.ssl_cert.is_some() != self.ssl_key.is_some() {
-            problems.push(Problem::at(
-                if self.ssl_cert.is_some() { "ssl_key" } else { "ssl_cert" },
-                "a client certificate needs both ssl_cert and ssl_key",
-            ));
-        }
-        if self.ssl_mode == SslMode::Disable
-            && (self.ssl_ca.is_some() || self.ssl_cert.is_some() || self.ssl_key.is_some())
-        {
-            problems.push(Problem::at("ssl_mode", "is disable, yet ssl_ca / ssl_cert / ssl_key are set"));
-        }
-        if let Some(var) = &self.password_env {
-            match Secret::from_env(var, "password_env") {
-                Ok(secret) => self.password = secret,
-                Err(e) => problems
-                    .push(Problem::at("password_env", e.message().trim_start_matches("password_env: ").to_string())),
+        problems.extend(
+            ConnectionKeys {
+                pool_size: self.pool_size,
+                connect_timeout: self.connect_timeout,
+                password: &mut self.password,
+                password_env: self.password_env.as_deref(),
+                password_file: self.password_file.is_some(),
+                ssl_mode: self.ssl_mode.as_str(),
+                ssl_verifies: matches!(self.ssl_mode, SslMode::VerifyCa | SslMode::VerifyFull),
+                ssl_disabled: self.ssl_mode == SslMode::Disable,
+                ssl_ca: self.ssl_ca.is_some(),
+                ssl_cert: self.ssl_cert.is_some(),
+                ssl_key: self.ssl_key.is_some(),
             }
-        }
+            .problems(),
+        );
         if problems.is_empty() { Ok(()) } else { Err(ConnectorError::config_problems("source `postgres`", problems)) }
     }
 }

@@ -182,3 +182,14 @@ impl TestRun {
 pub async fn wait(child: std::process::Child) -> RunOutput {
     tokio::task::spawn_blocking(move || child.wait_with_output().unwrap().into()).await.unwrap()
 }
+
+/// The build context a test builds a component with outside a run (the conformance checks).
+pub fn test_build_context() -> connector_framework::BuildContext {
+    connector_framework::BuildContext {
+        run_id: "conformance".into(),
+        target_id: "default".into(),
+        state_subdir: None,
+        retry: Default::default(),
+        discard_writes: false,
+    }
+}
