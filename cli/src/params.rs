@@ -164,7 +164,16 @@ pub fn flat_keys_of(d: &ConnectorDescriptor) -> Vec<FieldDoc> {
     };
     let mut out: Vec<FieldDoc> = flat_fields()
         .into_iter()
-        .filter(|f| FLAT_KEYS.iter().any(|(n, dests)| *n == f.name && dests.iter().any(mine)))
+        .filter_map(|f| {
+            let (_, dests) = FLAT_KEYS.iter().find(|(n, dests)| *n == f.name && dests.iter().any(mine))?;
+            // A source's own documentation of the key (its default port, not another source's).
+            match dests.iter().find(|d| matches!(d, Dest::Source(_))) {
+                Some(Dest::Source(k)) => {
+                    d.fields.iter().find(|g| g.name == *k).map(|g| FieldDoc { name: f.name, ..*g })
+                }
+                _ => Some(f),
+            }
+        })
         .collect();
     if d.role() == Role::Sink && d.kind == FLAT_SINK {
         out.push(TARGETS);

@@ -495,6 +495,8 @@ async fn flat_params_with_db_type_postgres_sync_a_schema_fleet_by_pattern() {
     for needle in ["tenant_by", "db_name", "numeric (no precision)", "BIGNUMERIC", "jsonb"] {
         assert!(describe.stdout.contains(needle), "describe lacks {needle}: {}", describe.stdout);
     }
+    let flat_port = describe.stdout.lines().find(|l| l.trim_start().starts_with("db_port")).unwrap_or_default();
+    assert!(flat_port.contains("5432"), "the flat db_port documents PostgreSQL's default: {flat_port}");
     let list = run_cli(&["list"], run.path());
     assert!(list.stdout.contains("postgres"), "{}", list.stdout);
     pg_exec("postgres", &format!("DROP DATABASE \"{home}\" WITH (FORCE)")).await;
