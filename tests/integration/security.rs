@@ -19,8 +19,9 @@ async fn validate_online(params: &Value) -> RunOutput {
 }
 
 fn params_for(server: &PrivateServer, db: &str, mode: &str, ca: Option<&str>) -> Value {
-    let run_dir = tempfile::tempdir().unwrap();
-    let mut p = flat_params(&[db.to_string()], &["orders"], &unique("tls"), &EMULATOR, run_dir.path());
+    // State and log in the run's own folder (a folder made here would be gone before the run, and
+    // the run would make it again under /tmp and leave it there).
+    let mut p = flat_params(&[db.to_string()], &["orders"], &unique("tls"), &EMULATOR, std::path::Path::new("."));
     p["db_port"] = json!(server.port.to_string());
     p["db_user"] = json!("tls_reader");
     p["db_pass"] = json!("tls-reader-pass");
