@@ -350,9 +350,11 @@ async fn in_a_real_browser_the_overview_filters_to_failures_and_sync_now_fixes_o
 
     let driver = Driver::start().await;
     let mut caps = serde_json::Map::new();
+    // The profile in the test's folder: Chromium's default one under /tmp outlives a killed browser.
+    let profile = format!("--user-data-dir={}", run.path().join("chromium-profile").display());
     caps.insert(
         "goog:chromeOptions".into(),
-        json!({"binary": "/usr/bin/chromium", "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1400,900"]}),
+        json!({"binary": "/usr/bin/chromium", "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1400,900", profile]}),
     );
     let browser =
         ClientBuilder::rustls().unwrap().capabilities(caps).connect(&driver.url).await.expect("a browser session");
