@@ -260,9 +260,7 @@ impl Secret {
             ))
         })
     }
-}
 
-impl Secret {
     /// The secret in file `path`: its first line, a trailing newline dropped (how secret mounts
     /// and `echo > file` leave it). The error names the file, never its content.
     pub fn from_file(path: &std::path::Path, key: &str) -> Result<Self> {

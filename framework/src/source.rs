@@ -81,9 +81,7 @@ impl ReadRange {
             ReadRange::Keys { keys, .. } => format!("{} rows by key (a repair)", keys.len()),
         }
     }
-}
 
-impl ReadRange {
     /// After a daylight-saving fall-back an hour of wall-clock times repeats: rows stamped in it
     /// sort before a watermark taken at the larger offset. For a `Since` range whose watermark
     /// was taken at a larger UTC offset than the cursor zone's `offset_now`, the lower bound

@@ -33,6 +33,8 @@ struct Inner {
     idle: Mutex<VecDeque<(String, Client)>>,
     capacity: usize,
     endpoint: String,
+    /// For explaining TLS failures in the user's keys.
+    config: PostgresSourceConfig,
 }
 
 /// A connection to one database, back to the pool when dropped (unless [`Conn::discard`]
@@ -71,6 +73,7 @@ impl Pool {
                 idle: Mutex::new(VecDeque::new()),
                 capacity: config.pool_size,
                 endpoint: format!("PostgreSQL at {}:{} as {}", config.host, config.port, config.user),
+                config: config.clone(),
             }),
         }
     }
@@ -92,22 +95,20 @@ impl Pool {
         let reused = {
             let mut idle = self.inner.idle.lock().unwrap_or_else(|p| p.into_inner());
             let found = idle.iter().position(|(db, c)| db == database && !c.is_closed());
-            found.and_then(|i| idle.remove(i)).map(|(_, c)| c)
+            let reused = found.and_then(|i| idle.remove(i)).map(|(_, c)| c);
+            if reused.is_none() {
+                // A new connection and the open ones must stay within pool_size: an idle one of
+                // another database makes room.
+                let open = self.inner.capacity - self.inner.permits.available_permits();
+                while !idle.is_empty() && idle.len() + open > self.inner.capacity {
+                    idle.pop_back();
+                }
+            }
+            reused
         };
         let client = match reused {
             Some(c) => c,
-            None => {
-                // This connection and the open ones must stay within pool_size: an idle one of
-                // another database makes room.
-                {
-                    let mut idle = self.inner.idle.lock().unwrap_or_else(|p| p.into_inner());
-                    let open = self.inner.capacity - self.inner.permits.available_permits();
-                    while !idle.is_empty() && idle.len() + open > self.inner.capacity {
-                        idle.pop_back();
-                    }
-                }
-                self.connect(database).await?
-            }
+            None => self.connect(database).await?,
         };
         Ok(Conn {
             client: Some(client),
@@ -118,43 +119,22 @@ impl Pool {
         })
     }
 
+    /// A new connection to `database`; a failure explained (TLS causes in the user's keys).
     async fn connect(&self, database: &str) -> Result<Client> {
         let mut config = self.inner.base.clone();
         config.dbname(database);
-        let (client, connection) = config
-            .connect(self.inner.tls.clone())
-            .await
-            .map_err(|e| wrap(e, format!("cannot connect to {} (database `{database}`)", self.inner.endpoint)))?;
-        let endpoint = self.inner.endpoint.clone();
+        let endpoint = &self.inner.endpoint;
+        let (client, connection) = config.connect(self.inner.tls.clone()).await.map_err(|e| {
+            crate::tls::explain(&e, &self.inner.config, endpoint)
+                .unwrap_or_else(|| wrap(e, format!("cannot connect to {endpoint} (database `{database}`)")))
+        })?;
+        let endpoint = endpoint.clone();
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(%endpoint, error = %e, "a PostgreSQL connection ended");
             }
         });
         Ok(client)
-    }
-
-    /// Opens one connection to `database` and reports why it fails, with the TLS causes
-    /// explained (a source checks this once when built).
-    pub(crate) async fn check(&self, database: &str, config: &PostgresSourceConfig) -> Result<()> {
-        let mut c = self.inner.base.clone();
-        c.dbname(database);
-        let timeout = Duration::from_secs(config.connect_timeout.max(1));
-        match tokio::time::timeout(timeout + Duration::from_secs(1), c.connect(self.inner.tls.clone())).await {
-            Ok(Ok((client, connection))) => {
-                drop(client);
-                let _ = connection.await;
-                Ok(())
-            }
-            Ok(Err(e)) => Err(crate::tls::explain(&e, config, &self.inner.endpoint).unwrap_or_else(|| {
-                wrap(e, format!("cannot connect to {} (database `{database}`)", self.inner.endpoint))
-            })),
-            Err(_) => Err(ConnectorError::transient(format!(
-                "cannot connect to {}: no answer within {} s; is the server reachable?",
-                self.inner.endpoint,
-                timeout.as_secs()
-            ))),
-        }
     }
 
     /// Closes every idle connection and refuses new ones.

@@ -8,7 +8,7 @@ use crate::config::{PostgresSourceConfig, SslMode};
 use crate::error::wrap;
 use crate::pool::Conn;
 
-/// Tables of `schemas` (all of them: `None`) in the connected database that the role may
+/// Tables of `schemas` in the connected database that the role may
 /// change, as `schema.table (INSERT, DELETE)`, at most 5, and how many there are.
 const WRITABLE_SQL: &str = "
 SELECT n.nspname || '.' || c.relname || ' (' || concat_ws(', ',
@@ -19,19 +19,19 @@ SELECT n.nspname || '.' || c.relname || ' (' || concat_ws(', ',
        count(*) OVER ()
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind IN ('r', 'p') AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%'
-  AND ($1::text[] IS NULL OR n.nspname = ANY($1))
+  AND n.nspname = ANY($1)
   AND (has_table_privilege(c.oid, 'INSERT') OR has_table_privilege(c.oid, 'UPDATE')
        OR has_table_privilege(c.oid, 'DELETE') OR has_table_privilege(c.oid, 'TRUNCATE'))
 ORDER BY 1 LIMIT 5";
 
 /// `conn` is to a database with tenants' tables: the schema layout's `database`, or one
 /// tenant database (the first listed by name) in the database layout. `schemas`: the synced
-/// schemas there, `None` for all.
+/// schemas there.
 pub(crate) async fn preflight(
     conn: &Conn,
     config: &PostgresSourceConfig,
     endpoint: &str,
-    schemas: Option<Vec<String>>,
+    schemas: &[String],
 ) -> Result<Preflight> {
     let mut found = Preflight::default();
     let row = conn

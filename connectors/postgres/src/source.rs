@@ -29,7 +29,8 @@ impl PostgresSource {
         let tls = crate::tls::connector(&config)?;
         let pool = Pool::new(&config, tls);
         let source = Self { config, pool };
-        source.pool.check(&source.home_database(), &source.config).await?;
+        // One connection: the server answers (it stays pooled for the first read).
+        source.pool.get(&source.home_database()).await?;
         Ok(source)
     }
 
@@ -157,7 +158,7 @@ impl Source for PostgresSource {
             }
         };
         let conn = self.pool.get(&database).await?;
-        crate::privileges::preflight(&conn, &self.config, &endpoint, Some(schemas)).await
+        crate::privileges::preflight(&conn, &self.config, &endpoint, &schemas).await
     }
 
     async fn list_tables(&self, tenant: &str) -> Result<Vec<String>> {
