@@ -365,6 +365,12 @@ pub trait StateStore: Send + Sync + std::fmt::Debug {
     /// concurrent run fails at once; with it, the call waits up to that long for it to finish.
     async fn lock(&self, scope: LockScope, wait: Option<Duration>) -> Result<Box<dyn StateLock>>;
     async fn load(&self, database: &str) -> Result<DatabaseState>;
+    /// One table's state in a database (`None`: never recorded). A store that can read one
+    /// entry without parsing the database's others overrides this: a run asks once per
+    /// tenant and table.
+    async fn load_table(&self, database: &str, table: &str) -> Result<Option<TableState>> {
+        Ok(self.load(database).await?.tables.remove(table))
+    }
     /// Every database the store holds state for, sorted.
     async fn databases(&self) -> Result<Vec<String>>;
     /// Every database's state, as stored now (not as this store last cached it); one that cannot

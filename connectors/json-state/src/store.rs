@@ -11,6 +11,9 @@ use connector_framework::{
     ConnectorError, DatabaseState, LockScope, Result, RunRecord, StateLock, StateStore, StreamState, TableState,
 };
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::journal::{self, Journal, Records};
 
 /// The on-disk layout of one database's file.
 #[derive(Debug, Serialize, Deserialize)]
@@ -32,6 +35,8 @@ pub struct JsonStateStore {
     dir: PathBuf,
     /// Serialises read-modify-write of each database file within this process.
     files: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+    /// The run's journal while this store holds a run lock ([`crate::journal`]).
+    journal: Arc<Mutex<Option<Journal>>>,
 }
 
 /// The OS file locks a run holds: `.lock` (exclusive for the whole state, shared for a
@@ -46,7 +51,7 @@ impl StateLock for FileLock {}
 
 impl JsonStateStore {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Self { dir: dir.into(), files: Arc::default() }
+        Self { dir: dir.into(), files: Arc::default(), journal: Arc::default() }
     }
 
     pub fn dir(&self) -> &Path {
@@ -76,6 +81,26 @@ impl JsonStateStore {
             }
             Err(e) => Err(ConnectorError::permanent(format!("cannot read state file {}: {e}", path.display()))),
         }
+    }
+
+    /// One table's entry of a database file, parsing only that entry (a fleet's run asks for
+    /// one table of a tenant's file at a time); a missing file or entry is `None`.
+    pub fn read_table(path: &Path, database: &str, table: &str) -> Result<Option<TableState>> {
+        #[derive(Deserialize)]
+        struct TablesOnly<'a> {
+            #[serde(borrow)]
+            tables: HashMap<std::borrow::Cow<'a, str>, &'a RawValue>,
+        }
+        let text = match fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(ConnectorError::permanent(format!("cannot read state file {}: {e}", path.display()))),
+        };
+        let parsed = serde_json::from_str::<TablesOnly<'_>>(&text).and_then(|file| {
+            file.tables.get(table).map(|raw| serde_json::from_str::<TableState>(raw.get())).transpose()
+        });
+        // A file this cannot read gets the full parse, and its error.
+        parsed.or_else(|_| Ok(Self::parse_file(path, database, &text)?.tables.remove(table)))
     }
 
     /// A database file's content (read from `path`), parsed; corrupt content is an error.
@@ -256,6 +281,11 @@ impl JsonStateStore {
 
     /// Forgets a table, or a whole database (its file removed, the folder flushed).
     pub fn forget_blocking(&self, database: &str, table: Option<&str>) -> Result<Vec<String>> {
+        // The files first take what the run's journal holds, or the journal would bring the
+        // forgotten entries back.
+        if let Some(j) = self.journal.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            self.fold_into_files(j)?;
+        }
         let path = self.path_for(database)?;
         let current = Self::read_file(&path, database)?;
         match table {
@@ -285,42 +315,76 @@ impl JsonStateStore {
         self.record_many_blocking(vec![(database.to_string(), state)]).pop().unwrap_or(Ok(()))
     }
 
-    /// Many records at once, each file replaced atomically as [`Self::record_blocking`] does,
-    /// but made durable together: every new file is written and flushed, then all are renamed
-    /// into place and the folder is flushed once. A table's thousand tenants cost one folder
-    /// flush, not a thousand. (One after another: files created in parallel in one folder
-    /// contend for the file system's inode allocation, which costs more than it saves.)
-    /// Callers serialize writes to each database file.
+    /// Many records at once. While this store holds a run lock they are one append to the
+    /// run's journal ([`crate::journal`]); otherwise each file is replaced atomically, all of
+    /// them made durable together (see [`Self::replace_files`]). Callers serialize writes to
+    /// each database file.
     pub fn record_many_blocking(&self, records: Vec<(String, TableState)>) -> Vec<Result<()>> {
-        let mut results: Vec<Result<()>> = records.iter().map(|_| Ok(())).collect();
-        if let Err(e) = private_dir(&self.dir) {
-            let e = io_err("cannot create status_dir", &self.dir, e);
-            return results.iter().map(|_| Err(e.duplicate())).collect();
+        let mut results: Vec<Result<()>> = records.iter().map(|(db, _)| self.path_for(db).map(|_| ())).collect();
+        let valid: Vec<(usize, (String, TableState))> =
+            records.into_iter().enumerate().filter(|(i, _)| results[*i].is_ok()).collect();
+        let mut journal = self.journal.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(j) = journal.as_mut() {
+            let batch: Vec<(String, TableState)> = valid.iter().map(|(_, r)| r.clone()).collect();
+            if let Err(e) = j.append(&batch) {
+                let e = io_err("cannot write the state journal", j.path(), e);
+                valid.iter().for_each(|(i, _)| results[*i] = Err(e.duplicate()));
+            } else if j.pending_count() >= journal::FOLD_AT
+                && let Err(e) = self.fold_into_files(j)
+            {
+                // The records are durable in the journal; the files take them at the next fold.
+                tracing::warn!(error = %e, "cannot fold the state journal into the state files yet");
+            }
+            return results;
         }
+        drop(journal);
         let mut by_database: BTreeMap<String, (Vec<usize>, Vec<TableState>)> = BTreeMap::new();
-        for (i, (database, state)) in records.into_iter().enumerate() {
+        for (i, (database, state)) in valid {
             let entry = by_database.entry(database).or_default();
             entry.0.push(i);
             entry.1.push(state);
         }
-        // (the records it holds, the file, its new content)
-        let mut files: Vec<(Vec<usize>, PathBuf, Vec<u8>)> = Vec::new();
-        for (database, (indexes, states)) in by_database {
-            match self.replaced_file(&database, states) {
-                Ok((path, bytes)) => files.push((indexes, path, bytes)),
-                Err(e) => indexes.into_iter().for_each(|i| results[i] = Err(e.duplicate())),
+        let mut indexes = Vec::with_capacity(by_database.len());
+        let mut files = Vec::with_capacity(by_database.len());
+        for (database, (records, states)) in by_database {
+            indexes.push(records);
+            files.push((database, states));
+        }
+        for (indexes, written) in indexes.into_iter().zip(self.replace_files(files, Put::Always)) {
+            if let Err(e) = written {
+                indexes.into_iter().for_each(|i| results[i] = Err(e.duplicate()));
             }
         }
-        let written: Vec<std::io::Result<PathBuf>> =
-            files.iter().map(|(_, path, bytes)| write_flushed(path, bytes)).collect();
-        let mut renamed = Vec::new();
-        for ((indexes, path, _), tmp) in files.iter().zip(written) {
-            match tmp.and_then(|tmp| fs::rename(&tmp, path)) {
-                Ok(()) => renamed.extend(indexes.iter().copied()),
-                Err(e) => {
-                    let e = io_err("cannot write state file", path, e);
-                    indexes.iter().for_each(|i| results[*i] = Err(e.duplicate()));
+        results
+    }
+
+    /// Puts `states` into their databases' files, each file replaced atomically, all made
+    /// durable together: every new file is written and flushed, then all are renamed into
+    /// place and the folder is flushed once. (One after another: files created in parallel
+    /// in one folder contend for the file system's inode allocation, which costs more than it
+    /// saves.) One result per database, in order.
+    fn replace_files(&self, files: Vec<(String, Vec<TableState>)>, put: Put) -> Vec<Result<()>> {
+        if let Err(e) = private_dir(&self.dir) {
+            let e = io_err("cannot create status_dir", &self.dir, e);
+            return files.iter().map(|_| Err(e.duplicate())).collect();
+        }
+        let mut results: Vec<Result<()>> = Vec::with_capacity(files.len());
+        let mut written: Vec<(usize, PathBuf, std::io::Result<PathBuf>)> = Vec::new();
+        for (i, (database, states)) in files.into_iter().enumerate() {
+            match self.replaced_file(&database, states, put) {
+                Ok((path, bytes)) => {
+                    let tmp = write_flushed(&path, &bytes);
+                    written.push((i, path, tmp));
+                    results.push(Ok(()));
                 }
+                Err(e) => results.push(Err(e)),
+            }
+        }
+        let mut renamed = Vec::new();
+        for (i, path, tmp) in written {
+            match tmp.and_then(|tmp| fs::rename(&tmp, &path)) {
+                Ok(()) => renamed.push(i),
+                Err(e) => results[i] = Err(io_err("cannot write state file", &path, e)),
             }
         }
         if let Err(e) = File::open(&self.dir).and_then(|d| d.sync_all()) {
@@ -331,11 +395,16 @@ impl JsonStateStore {
     }
 
     /// A database file with `states` put in (read, modify), serialized.
-    fn replaced_file(&self, database: &str, states: Vec<TableState>) -> Result<(PathBuf, Vec<u8>)> {
+    fn replaced_file(&self, database: &str, states: Vec<TableState>, put: Put) -> Result<(PathBuf, Vec<u8>)> {
         let path = self.path_for(database)?;
         let mut current = Self::read_file(&path, database)?;
         for state in states {
-            current.tables.insert(state.table_name.clone(), state);
+            match put {
+                Put::Always => {
+                    current.tables.insert(state.table_name.clone(), state);
+                }
+                Put::Newer => journal::put_newer(&mut current.tables, state),
+            }
         }
         Ok((path, Self::file_bytes(database, current.tables)?))
     }
@@ -354,6 +423,156 @@ impl JsonStateStore {
     }
 }
 
+/// How a record goes into a file that has an entry for its table.
+#[derive(Debug, Clone, Copy)]
+enum Put {
+    /// This run's own records: they are the latest.
+    Always,
+    /// A journal a crashed run left: a later run may have written a newer entry since.
+    Newer,
+}
+
+/// The journal of a run: started when the run takes the lock, folded into the files when it
+/// lets go.
+impl JsonStateStore {
+    fn journal_path(&self, scope: LockScope) -> PathBuf {
+        self.dir.join(format!("{}{}", journal::JOURNAL_PREFIX, scope.name()))
+    }
+
+    /// For a run that holds `scope`: folds what crashed runs' journals hold for its tenants,
+    /// then starts the run's own journal. False when this store journals for another lock
+    /// already (one process holding two shards' locks: that journal takes both).
+    pub fn start_journal(&self, scope: LockScope) -> Result<bool> {
+        if self.journal.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
+            return Ok(false);
+        }
+        self.fold_leftovers(scope)?;
+        let path = self.journal_path(scope);
+        let started = Journal::create(path.clone()).map_err(|e| io_err("cannot create the state journal", &path, e))?;
+        *self.journal.lock().unwrap_or_else(|p| p.into_inner()) = Some(started);
+        Ok(true)
+    }
+
+    /// Folds the journals of runs that ended without folding theirs (a crash): under the
+    /// whole lock every journal, each removed after; under a shard's, the records of the
+    /// shard's own tenants from any journal (others may belong to running shards), and its own
+    /// journal is removed. A record goes in only where the file holds nothing newer.
+    pub fn fold_leftovers(&self, scope: LockScope) -> Result<()> {
+        let own = self.journal_path(scope);
+        let mut removed = false;
+        for path in journal::journals(&self.dir) {
+            let mut records = journal::read(&path).map_err(|e| io_err("cannot read the state journal", &path, e))?;
+            if let LockScope::Shard(shard) = scope
+                && path != own
+            {
+                records.retain(|database, _| shard.owns(database));
+            }
+            if !records.is_empty() {
+                tracing::info!(journal = %path.display(), "a run did not finish: its state journal goes into the state files");
+                self.write_records(&records, Put::Newer)?;
+            }
+            if matches!(scope, LockScope::Whole) || path == own {
+                fs::remove_file(&path).map_err(|e| io_err("cannot remove", &path, e))?;
+                removed = true;
+            }
+        }
+        if removed {
+            File::open(&self.dir).and_then(|d| d.sync_all()).map_err(|e| io_err("cannot flush", &self.dir, e))?;
+        }
+        Ok(())
+    }
+
+    /// Puts the journal's pending records into the files, then empties it.
+    fn fold_into_files(&self, journal: &mut Journal) -> Result<()> {
+        if journal.pending_count() > 0 {
+            self.write_records(journal.records(), Put::Always)?;
+        }
+        journal.clear().map_err(|e| io_err("cannot empty the state journal", journal.path(), e))
+    }
+
+    /// Ends the run's journal: its records go into the files and the journal is removed. When
+    /// that fails the journal stays, and the next run to take the lock folds it.
+    pub fn finish_journal(&self) {
+        let mut guard = self.journal.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(mut journal) = guard.take() else { return };
+        let path = journal.path().to_path_buf();
+        let folded = self.fold_into_files(&mut journal).and_then(|()| {
+            drop(journal);
+            fs::remove_file(&path).map_err(|e| io_err("cannot remove", &path, e))?;
+            File::open(&self.dir).and_then(|d| d.sync_all()).map_err(|e| io_err("cannot flush", &self.dir, e))
+        });
+        if let Err(e) = folded {
+            tracing::warn!(journal = %path.display(), error = %e, "the state journal stays; the next run folds it");
+        }
+    }
+
+    /// Writes journal records into their files. A file that cannot be read (corrupt) keeps
+    /// its content, as a record written straight to it would, and the others go ahead; a
+    /// write that fails is an error (the journal is kept).
+    fn write_records(&self, records: &Records, put: Put) -> Result<()> {
+        let files: Vec<(String, Vec<TableState>)> =
+            records.iter().map(|(db, tables)| (db.clone(), tables.values().cloned().collect())).collect();
+        let names: Vec<String> = files.iter().map(|(db, _)| db.clone()).collect();
+        for (database, result) in names.iter().zip(self.replace_files(files, put)) {
+            match result {
+                Err(e) if e.message().contains("cannot write") || e.message().contains("cannot flush") => {
+                    return Err(e);
+                }
+                Err(e) => tracing::warn!(%database, error = %e, "state journal records not written to this file"),
+                Ok(()) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Puts this run's pending records, or (without a run lock) every journal's records, over
+    /// a database's tables as read from its file.
+    fn overlay(&self, database: &str, tables: &mut BTreeMap<String, TableState>) -> Result<()> {
+        let guard = self.journal.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(j) = guard.as_ref() {
+            for state in j.pending(database).into_iter().flat_map(|p| p.values()) {
+                tables.insert(state.table_name.clone(), state.clone());
+            }
+            return Ok(());
+        }
+        drop(guard);
+        let mut all =
+            journal::read_all(&self.dir).map_err(|e| io_err("cannot read the state journals in", &self.dir, e))?;
+        for state in all.remove(database).into_iter().flat_map(BTreeMap::into_values) {
+            journal::put_newer(tables, state);
+        }
+        Ok(())
+    }
+}
+
+/// A run's lock: the OS file locks, and the journal it folds before letting them go.
+#[derive(Debug)]
+struct RunLock {
+    /// Whether this lock started the store's journal (and so ends it).
+    journals: bool,
+    store: JsonStateStore,
+    _files: Box<dyn StateLock>,
+}
+
+#[async_trait]
+impl StateLock for RunLock {
+    async fn release(mut self: Box<Self>) {
+        if std::mem::take(&mut self.journals) {
+            let store = self.store.clone();
+            let _ = tokio::task::spawn_blocking(move || store.finish_journal()).await;
+        }
+    }
+}
+
+impl Drop for RunLock {
+    /// A run that ends without `release` (a panic) still folds before its locks go.
+    fn drop(&mut self) {
+        if self.journals {
+            self.store.finish_journal();
+        }
+    }
+}
+
 /// Writes `bytes` to a temp file beside `path` and flushes it; returns the temp file's path.
 fn write_flushed(path: &Path, bytes: &[u8]) -> std::io::Result<PathBuf> {
     let (tmp, mut file) = tempfile_in(path.parent().unwrap_or(Path::new(".")), path)?;
@@ -365,7 +584,12 @@ fn write_flushed(path: &Path, bytes: &[u8]) -> std::io::Result<PathBuf> {
 #[async_trait]
 impl StateStore for JsonStateStore {
     async fn lock(&self, scope: LockScope, wait: Option<std::time::Duration>) -> Result<Box<dyn StateLock>> {
-        let lock = self.lock_waiting(scope, wait).await?;
+        let files = self.lock_waiting(scope, wait).await?;
+        let store = self.clone();
+        let journals = tokio::task::spawn_blocking(move || store.start_journal(scope))
+            .await
+            .map_err(|e| ConnectorError::permanent(format!("starting the state journal failed: {e}")))??;
+        let lock: Box<dyn StateLock> = Box::new(RunLock { journals, store: self.clone(), _files: files });
         let exposed = exposure(&self.dir);
         if !exposed.is_empty() {
             tracing::warn!(
@@ -379,7 +603,19 @@ impl StateStore for JsonStateStore {
 
     async fn load(&self, database: &str) -> Result<DatabaseState> {
         let path = self.path_for(database)?;
-        Self::read_file(&path, database)
+        let mut state = Self::read_file(&path, database)?;
+        self.overlay(database, &mut state.tables)?;
+        Ok(state)
+    }
+
+    async fn load_table(&self, database: &str, table: &str) -> Result<Option<TableState>> {
+        let path = self.path_for(database)?;
+        let mut tables = BTreeMap::new();
+        if let Some(state) = Self::read_table(&path, database, table)? {
+            tables.insert(state.table_name.clone(), state);
+        }
+        self.overlay(database, &mut tables)?;
+        Ok(tables.remove(table))
     }
 
     async fn databases(&self) -> Result<Vec<String>> {
@@ -678,6 +914,118 @@ mod tests {
         let whole = store.lock(LockScope::Whole, None).await.unwrap();
         assert!(store.lock(shard(1), None).await.is_err(), "a whole run excludes every shard");
         drop(whole);
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> =
+            fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        names.sort();
+        names
+    }
+
+    #[tokio::test]
+    async fn a_run_journals_its_records_and_folds_them_into_the_files_when_it_lets_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = JsonStateStore::new(dir.path());
+        store.record("shop1", state("users", 1)).await.unwrap();
+        let before = fs::read_to_string(dir.path().join("shop1.json")).unwrap();
+        let lock = store.lock(LockScope::Whole, None).await.unwrap();
+        let results =
+            store.record_many(vec![("shop1".into(), state("orders", 10)), ("shop2".into(), state("orders", 20))]).await;
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+        // Durable in the journal, not yet in the files.
+        assert_eq!(fs::read_to_string(dir.path().join("shop1.json")).unwrap(), before);
+        assert!(!dir.path().join("shop2.json").exists());
+        assert!(names(dir.path()).contains(&".journal-whole".to_string()));
+        // The run itself reads its records ...
+        assert_eq!(store.load_table("shop1", "orders").await.unwrap().unwrap().records_synced, 10);
+        assert_eq!(store.load("shop1").await.unwrap().table("users").unwrap().records_synced, 1);
+        // ... and so does a reader without the lock (`status`, the console).
+        let reader = JsonStateStore::new(dir.path());
+        assert_eq!(reader.load_table("shop2", "orders").await.unwrap().unwrap().records_synced, 20);
+        assert_eq!(reader.databases().await.unwrap(), ["shop1", "shop2"]);
+        let all = reader.load_all().await.unwrap();
+        assert_eq!(all[0].1.as_ref().unwrap().tables.len(), 2, "shop1: the file's table and the journal's");
+        lock.release().await;
+        assert!(!names(dir.path()).iter().any(|n| n.starts_with(".journal")), "{:?}", names(dir.path()));
+        let shop1 = JsonStateStore::read_file(&dir.path().join("shop1.json"), "shop1").unwrap();
+        assert_eq!(shop1.table("orders").unwrap().records_synced, 10);
+        assert_eq!(shop1.table("users").unwrap().records_synced, 1);
+        let shop2 = JsonStateStore::read_file(&dir.path().join("shop2.json"), "shop2").unwrap();
+        assert_eq!(shop2.table("orders").unwrap().records_synced, 20);
+        // Without a lock, records go straight to the files again.
+        store.record("shop2", state("users", 5)).await.unwrap();
+        let shop2 = JsonStateStore::read_file(&dir.path().join("shop2.json"), "shop2").unwrap();
+        assert_eq!(shop2.table("users").unwrap().records_synced, 5);
+    }
+
+    #[tokio::test]
+    async fn a_crashed_runs_journal_is_folded_at_the_next_lock_and_never_overwrites_newer_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = JsonStateStore::new(dir.path());
+        let older = state("orders", 1);
+        let mut newer = state("orders", 2);
+        newer.updated_at = older.updated_at + chrono::Duration::seconds(5);
+        // shop1's file has an entry newer than the crashed run's; shop2's an older one.
+        store.record("shop1", newer.clone()).await.unwrap();
+        store.record("shop2", older.clone()).await.unwrap();
+        let mut crashed_old = state("orders", 3);
+        crashed_old.updated_at = older.updated_at + chrono::Duration::seconds(1);
+        let mut journal = Journal::create(dir.path().join(".journal-whole")).unwrap();
+        journal.append(&[("shop1".into(), crashed_old.clone()), ("shop2".into(), crashed_old)]).unwrap();
+        drop(journal);
+        let reader = JsonStateStore::new(dir.path());
+        assert_eq!(reader.load_table("shop1", "orders").await.unwrap().unwrap().records_synced, 2, "newer file entry");
+        assert_eq!(
+            reader.load_table("shop2", "orders").await.unwrap().unwrap().records_synced,
+            3,
+            "newer journal record"
+        );
+        let lock = store.lock(LockScope::Whole, None).await.unwrap();
+        let shop1 = JsonStateStore::read_file(&dir.path().join("shop1.json"), "shop1").unwrap();
+        let shop2 = JsonStateStore::read_file(&dir.path().join("shop2.json"), "shop2").unwrap();
+        assert_eq!(shop1.table("orders").unwrap().records_synced, 2);
+        assert_eq!(shop2.table("orders").unwrap().records_synced, 3);
+        drop(lock);
+        assert!(!names(dir.path()).iter().any(|n| n.starts_with(".journal")), "{:?}", names(dir.path()));
+    }
+
+    #[tokio::test]
+    async fn a_shard_folds_only_its_own_tenants_from_another_scopes_journal() {
+        use connector_framework::Shard;
+        let dir = tempfile::tempdir().unwrap();
+        let store = JsonStateStore::new(dir.path());
+        let mine = Shard { index: 0, count: 2 };
+        let ours = (0..20).map(|i| format!("shop{i}")).find(|d| mine.owns(d)).unwrap();
+        let theirs = (0..20).map(|i| format!("shop{i}")).find(|d| !mine.owns(d)).unwrap();
+        let mut journal = Journal::create(dir.path().join(".journal-whole")).unwrap();
+        journal.append(&[(ours.clone(), state("orders", 1)), (theirs.clone(), state("orders", 2))]).unwrap();
+        drop(journal);
+        let lock = store.lock(LockScope::Shard(mine), None).await.unwrap();
+        assert!(dir.path().join(format!("{ours}.json")).exists(), "the shard's own tenant was folded");
+        assert!(!dir.path().join(format!("{theirs}.json")).exists(), "another shard's tenant was left alone");
+        assert!(names(dir.path()).contains(&".journal-whole".to_string()), "the journal stays for its other records");
+        drop(lock);
+        let reader = JsonStateStore::new(dir.path());
+        assert_eq!(reader.load_table(&theirs, "orders").await.unwrap().unwrap().records_synced, 2);
+        let whole = store.lock(LockScope::Whole, None).await.unwrap();
+        assert!(dir.path().join(format!("{theirs}.json")).exists(), "the whole lock folds every journal");
+        drop(whole);
+        assert!(!names(dir.path()).iter().any(|n| n.starts_with(".journal")), "{:?}", names(dir.path()));
+    }
+
+    #[tokio::test]
+    async fn a_table_forgotten_during_a_run_stays_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = JsonStateStore::new(dir.path());
+        let lock = store.lock(LockScope::Whole, None).await.unwrap();
+        store.record("shop1", state("orders", 1)).await.unwrap();
+        store.record("shop1", state("users", 1)).await.unwrap();
+        assert_eq!(store.forget("shop1", Some("orders")).await.unwrap(), ["orders"]);
+        assert!(store.load_table("shop1", "orders").await.unwrap().is_none());
+        lock.release().await;
+        let shop1 = JsonStateStore::read_file(&dir.path().join("shop1.json"), "shop1").unwrap();
+        assert_eq!(shop1.tables.keys().collect::<Vec<_>>(), ["users"]);
     }
 
     #[tokio::test]

@@ -43,6 +43,19 @@ pub fn overview(dir: &Path) -> Result<Vec<(String, std::result::Result<DatabaseS
         };
         out.push((stem, state));
     }
+    // A run under way (or one that crashed) holds records in its journal that the files do
+    // not have yet: the newer record wins, and a database only a journal knows is listed too.
+    let mut journaled = crate::journal::read_all(dir)
+        .map_err(|e| ConnectorError::permanent(format!("cannot read the state journals in {}: {e}", dir.display())))?;
+    for (database, state) in out.iter_mut() {
+        if let (Some(tables), Ok(state)) = (journaled.remove(database.as_str()), state.as_mut()) {
+            tables.into_values().for_each(|t| crate::journal::put_newer(&mut state.tables, t));
+        }
+    }
+    for (database, tables) in journaled {
+        out.push((database.clone(), Ok(DatabaseState { database, tables })));
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(out)
 }
 
@@ -126,6 +139,7 @@ pub fn migrate(dir: &Path, preview: bool) -> Result<Migration> {
     }
     let store = JsonStateStore::new(dir);
     let _lock = store.lock_blocking(connector_framework::LockScope::Whole)?;
+    store.fold_leftovers(connector_framework::LockScope::Whole)?;
     for (database, tables) in merged {
         let current = JsonStateStore::read_file(&store.path_for(&database)?, &database)?;
         for (table, state) in tables {

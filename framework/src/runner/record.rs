@@ -145,7 +145,7 @@ pub(super) async fn record_failure(
     if table.table == "*" || !ctx.records() {
         return outcome;
     }
-    let prior = target.state.load(&table.database).await.ok().and_then(|s| s.table(&table.table).cloned());
+    let prior = target.state.load_table(&table.database, &table.table).await.ok().flatten();
     let state = TableState::failed(&table.table, prior.as_ref(), mode, error);
     if let Err(e) = target.state.record(&table.database, state).await {
         outcome.error = Some(format!("{error}; also failed to save state: {e}"));

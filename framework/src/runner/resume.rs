@@ -53,7 +53,7 @@ pub(super) async fn usable_point(request: &ReadRequest, plans: &[(&Target, Table
     let fingerprint = unify::fingerprint(&request.schema);
     let mut points = Vec::new();
     for (target, _) in plans {
-        let prior = target.state.load(&table.database).await.ok()?.table(&table.table).cloned();
+        let prior = target.state.load_table(&table.database, &table.table).await.ok()?;
         points.push(prior?.resume?);
     }
     let first = points.first()?.clone();
@@ -131,7 +131,7 @@ pub(super) async fn read_in_ranges(
 /// `point.staging`.
 async fn record_point(runner: &Runner, target: &Target, request: &ReadRequest, point: ResumePoint) {
     let table = &request.schema.table;
-    let prior = target.state.load(&table.database).await.ok().and_then(|s| s.table(&table.table).cloned());
+    let prior = target.state.load_table(&table.database, &table.table).await.ok().flatten();
     let mut state = prior.unwrap_or_else(|| TableState::in_progress(&table.table));
     state.updated_at = Utc::now().naive_utc();
     state.resume = Some(point);

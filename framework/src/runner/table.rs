@@ -60,7 +60,7 @@ pub(super) async fn sync_table(ctx: &RunContext<'_>, name: &str, dbs: &[String])
     for schema in &tenants {
         let mut per_target = Vec::new();
         for target in &runner.targets {
-            let loaded = target.state.load(&schema.table.database).await.map(|s| s.table(name).cloned());
+            let loaded = target.state.load_table(&schema.table.database, name).await;
             per_target.push((target, loaded));
         }
         priors.push(per_target);

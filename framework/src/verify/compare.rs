@@ -139,7 +139,7 @@ pub(super) async fn in_flight_from(
     spec: &DigestSpec,
 ) -> Option<String> {
     spec.cursor.as_ref()?;
-    let prior = target.state.load(&schema.table.database).await.ok()?.table(&schema.table.table).cloned()?;
+    let prior = target.state.load_table(&schema.table.database, &schema.table.table).await.ok()??;
     if prior.cdc.is_some() {
         return None;
     }

@@ -122,7 +122,7 @@ impl TargetStream<'_> {
     }
 
     pub(super) async fn load_state(&self, table: &TableRef) -> Result<Option<TableState>> {
-        Ok(self.target.state.load(&table.database).await?.table(&table.table).cloned())
+        self.target.state.load_table(&table.database, &table.table).await
     }
 
     /// A table's own position, or the stream's when that is later, of the same server, and

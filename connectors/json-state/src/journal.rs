@@ -1,0 +1,210 @@
+//! The state journal of a run. While a run holds the lock, a batch of records (a table's
+//! tenants after one commit) is appended to `.journal-<lock scope>` and flushed once, instead
+//! of replacing every tenant's file: a fleet's table of a thousand tenants costs one flush,
+//! not a thousand new files. The files take the records when the run folds its journal: at
+//! the end of the run, when [`FOLD_AT`] records are pending, or, after a crash, when the next
+//! run takes the lock.
+//!
+//! Readers that hold no lock (`status`, the console) put every journal's records over the
+//! files. A journal left by a crashed run may hold records older than the files it covers (a
+//! run of another lock scope wrote them later), so across journals and files the newer
+//! record wins, by `updated_at`; within one journal the later line wins.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use connector_framework::TableState;
+use serde::{Deserialize, Serialize};
+
+use crate::store::private_file;
+
+/// The journal files' name prefix; the lock scope's name follows (`.journal-whole`).
+pub(crate) const JOURNAL_PREFIX: &str = ".journal-";
+
+/// Records pending in memory before the run folds them into the files: bounds the run's
+/// memory (about 1 KiB a record) whatever the fleet's size.
+pub(crate) const FOLD_AT: usize = 20_000;
+
+/// Records by database, then table.
+pub(crate) type Records = HashMap<String, BTreeMap<String, TableState>>;
+
+/// One journal line.
+#[derive(Serialize, Deserialize)]
+struct Entry {
+    database: String,
+    state: TableState,
+}
+
+/// The journal a run appends to, and the records it holds that the files do not yet.
+#[derive(Debug)]
+pub(crate) struct Journal {
+    path: PathBuf,
+    file: File,
+    pending: Records,
+    count: usize,
+}
+
+impl Journal {
+    /// Starts an empty journal at `path` (any journal there was folded first) and makes its
+    /// existence durable, so a crash cannot lose the file with the records in it.
+    pub fn create(path: PathBuf) -> std::io::Result<Self> {
+        let file = private_file(OpenOptions::new().create(true).truncate(true).write(true), &path)?;
+        File::open(path.parent().unwrap_or(Path::new(".")))?.sync_all()?;
+        Ok(Self { path, file, pending: Records::new(), count: 0 })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends `records` as one write, flushed; only then are they pending.
+    pub fn append(&mut self, records: &[(String, TableState)]) -> std::io::Result<()> {
+        let mut bytes = Vec::with_capacity(records.len() * 1024);
+        for (database, state) in records {
+            serde_json::to_writer(&mut bytes, &EntryRef { database, state })?;
+            bytes.push(b'\n');
+        }
+        self.file.write_all(&bytes)?;
+        self.file.sync_data()?;
+        for (database, state) in records {
+            self.pending.entry(database.clone()).or_default().insert(state.table_name.clone(), state.clone());
+            self.count += 1;
+        }
+        Ok(())
+    }
+
+    /// The pending records of `database`.
+    pub fn pending(&self, database: &str) -> Option<&BTreeMap<String, TableState>> {
+        self.pending.get(database)
+    }
+
+    pub fn pending_count(&self) -> usize {
+        self.count
+    }
+
+    /// The pending records, for a fold (they stay pending until [`Self::clear`]).
+    pub fn records(&self) -> &Records {
+        &self.pending
+    }
+
+    /// After a fold: the files hold every record, so the journal starts over empty.
+    pub fn clear(&mut self) -> std::io::Result<()> {
+        self.file.set_len(0)?;
+        self.file.sync_data()?;
+        self.pending.clear();
+        self.count = 0;
+        Ok(())
+    }
+}
+
+#[derive(Serialize)]
+struct EntryRef<'a> {
+    database: &'a str,
+    state: &'a TableState,
+}
+
+/// The journal files in `dir`, sorted.
+pub(crate) fn journals(dir: &Path) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(JOURNAL_PREFIX))
+        .map(|e| e.path())
+        .collect();
+    found.sort();
+    found
+}
+
+/// A journal's records, the later line winning. A last line without its newline (a crash
+/// during the append) is not a record, and a line that cannot be read is skipped with a
+/// warning: either only means the next run reads that table from its older state.
+pub(crate) fn read(path: &Path) -> std::io::Result<Records> {
+    let bytes = match fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Records::new()),
+        Err(e) => return Err(e),
+    };
+    let mut records = Records::new();
+    let complete = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+    for (i, line) in bytes[..complete].split(|b| *b == b'\n').enumerate().filter(|(_, l)| !l.is_empty()) {
+        match serde_json::from_slice::<Entry>(line) {
+            Ok(entry) => {
+                records.entry(entry.database).or_default().insert(entry.state.table_name.clone(), entry.state);
+            }
+            Err(e) => {
+                tracing::warn!(file = %path.display(), line = i + 1, error = %e, "a state journal line was skipped")
+            }
+        }
+    }
+    Ok(records)
+}
+
+/// Every journal's records in `dir`, merged (the newer record wins).
+pub(crate) fn read_all(dir: &Path) -> std::io::Result<Records> {
+    let mut all = Records::new();
+    for path in journals(dir) {
+        for (database, tables) in read(&path)? {
+            let into = all.entry(database).or_default();
+            for state in tables.into_values() {
+                put_newer(into, state);
+            }
+        }
+    }
+    Ok(all)
+}
+
+/// Puts `state` in `tables` unless the entry there is newer.
+pub(crate) fn put_newer(tables: &mut BTreeMap<String, TableState>, state: TableState) {
+    match tables.get(&state.table_name) {
+        Some(current) if current.updated_at > state.updated_at => {}
+        _ => {
+            tables.insert(state.table_name.clone(), state);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(table: &str, rows: u64) -> TableState {
+        let mut s = TableState::in_progress(table);
+        s.records_synced = rows;
+        s
+    }
+
+    #[test]
+    fn appended_records_read_back_and_a_torn_last_line_is_no_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(".journal-whole");
+        let mut journal = Journal::create(path.clone()).unwrap();
+        journal.append(&[("shop1".into(), state("orders", 1)), ("shop2".into(), state("orders", 2))]).unwrap();
+        journal.append(&[("shop1".into(), state("orders", 3))]).unwrap();
+        assert_eq!(journal.pending_count(), 3);
+        assert_eq!(journal.pending("shop1").unwrap()["orders"].records_synced, 3);
+        // A crash in the middle of the next append.
+        let mut file = OpenOptions::new().append(true).open(&path).unwrap();
+        file.write_all(br#"{"database":"shop2","state":{"table_na"#).unwrap();
+        let records = read(&path).unwrap();
+        assert_eq!(records["shop1"]["orders"].records_synced, 3, "the later line wins");
+        assert_eq!(records["shop2"]["orders"].records_synced, 2, "the torn line changed nothing");
+        journal.clear().unwrap();
+        assert!(read(&path).unwrap().is_empty());
+        assert_eq!(journal.pending_count(), 0);
+    }
+
+    #[test]
+    fn across_journals_the_newer_record_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let older = state("orders", 1);
+        let mut newer = state("orders", 2);
+        newer.updated_at = older.updated_at + chrono::Duration::seconds(1);
+        // The newer record is in the journal that sorts first.
+        Journal::create(dir.path().join(".journal-shard-0-of-2")).unwrap().append(&[("shop1".into(), newer)]).unwrap();
+        Journal::create(dir.path().join(".journal-whole")).unwrap().append(&[("shop1".into(), older)]).unwrap();
+        assert_eq!(read_all(dir.path()).unwrap()["shop1"]["orders"].records_synced, 2);
+    }
+}
