@@ -25,7 +25,7 @@ pub(crate) const JOURNAL_PREFIX: &str = ".journal-";
 
 /// Records pending in memory before the run folds them into the files: bounds the run's
 /// memory (about 1 KiB a record) whatever the fleet's size.
-pub(crate) const FOLD_AT: usize = 20_000;
+pub(crate) const FOLD_AT: usize = 10_000;
 
 /// Records by database, then table.
 pub(crate) type Records = HashMap<String, BTreeMap<String, TableState>>;

@@ -276,7 +276,7 @@ impl JsonStateStore {
     /// The databases with a state file here, sorted. Files of the original tool's older
     /// one-file-per-table layout are not databases (`state migrate` converts them).
     pub fn databases_blocking(&self) -> Result<Vec<String>> {
-        Ok(crate::tools::overview(&self.dir)?.into_iter().map(|(name, _)| name).collect())
+        crate::tools::database_names(&self.dir)
     }
 
     /// Forgets a table, or a whole database (its file removed, the folder flushed).

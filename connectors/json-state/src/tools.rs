@@ -17,6 +17,55 @@ pub const BACKUP_DIR: &str = "backup_single_table_files";
 /// A file that cannot be read or parsed is reported as an error next to the readable ones; a
 /// file of the older one-file-per-table layout (no `tables`, no `database_info`) is no database.
 pub fn overview(dir: &Path) -> Result<Vec<(String, std::result::Result<DatabaseState, ConnectorError>)>> {
+    let mut out: Vec<(String, std::result::Result<DatabaseState, ConnectorError>)> = database_files(dir)?
+        .into_iter()
+        .map(|(database, path, text)| {
+            let state = text.and_then(|text| JsonStateStore::parse_file(&path, &database, &text));
+            (database, state)
+        })
+        .collect();
+    // A run under way (or one that crashed) holds records in its journal that the files do
+    // not have yet: the newer record wins, and a database only a journal knows is listed too.
+    let mut journaled = journaled(dir)?;
+    for (database, state) in out.iter_mut() {
+        if let (Some(tables), Ok(state)) = (journaled.remove(database.as_str()), state.as_mut()) {
+            tables.into_values().for_each(|t| crate::journal::put_newer(&mut state.tables, t));
+        }
+    }
+    for (database, tables) in journaled {
+        out.push((database.clone(), Ok(DatabaseState { database, tables })));
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
+/// The databases a status folder has state for, sorted: [`overview`]'s names, without parsing
+/// every table of every file (a run asks at its start, and a fleet's files are megabytes).
+pub fn database_names(dir: &Path) -> Result<Vec<String>> {
+    let mut names: Vec<String> = database_files(dir)?.into_iter().map(|(database, _, _)| database).collect();
+    names.extend(journaled(dir)?.into_keys());
+    names.sort();
+    names.dedup();
+    Ok(names)
+}
+
+fn journaled(dir: &Path) -> Result<crate::journal::Records> {
+    crate::journal::read_all(dir)
+        .map_err(|e| ConnectorError::permanent(format!("cannot read the state journals in {}: {e}", dir.display())))
+}
+
+/// A database's name, its file, and the file's text (or why it cannot be read).
+type DatabaseFile = (String, PathBuf, std::result::Result<String, ConnectorError>);
+
+/// The `<database>.json` files of a status folder, sorted: name, path and text (or why it
+/// cannot be read). Files of the older one-file-per-table layout are left out.
+fn database_files(dir: &Path) -> Result<Vec<DatabaseFile>> {
+    /// Just enough of a file to tell the two layouts apart.
+    #[derive(serde::Deserialize)]
+    struct Shape {
+        tables: Option<serde::de::IgnoredAny>,
+        database_info: Option<serde::de::IgnoredAny>,
+    }
     let mut out = Vec::new();
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
@@ -30,32 +79,22 @@ pub fn overview(dir: &Path) -> Result<Vec<(String, std::result::Result<DatabaseS
         if path.extension().and_then(|e| e.to_str()) != Some("json") || stem.starts_with('.') || !path.is_file() {
             continue;
         }
-        let state = match fs::read_to_string(&path) {
+        let text = match fs::read_to_string(&path) {
             Err(e) => Err(ConnectorError::permanent(format!("cannot read state file {}: {e}", path.display()))),
             Ok(text) => {
-                let is_database = serde_json::from_str::<serde_json::Value>(&text)
-                    .map_or(true, |v| v.get("tables").is_some() || v.get("database_info").is_some());
+                // A file that is not JSON at all is a database file gone corrupt.
+                let is_database = match serde_json::from_str::<Shape>(&text) {
+                    Ok(shape) => shape.tables.is_some() || shape.database_info.is_some(),
+                    Err(_) => serde_json::from_str::<serde::de::IgnoredAny>(&text).is_err(),
+                };
                 if !is_database {
                     continue;
                 }
-                JsonStateStore::parse_file(&path, &stem, &text)
+                Ok(text)
             }
         };
-        out.push((stem, state));
+        out.push((stem, path, text));
     }
-    // A run under way (or one that crashed) holds records in its journal that the files do
-    // not have yet: the newer record wins, and a database only a journal knows is listed too.
-    let mut journaled = crate::journal::read_all(dir)
-        .map_err(|e| ConnectorError::permanent(format!("cannot read the state journals in {}: {e}", dir.display())))?;
-    for (database, state) in out.iter_mut() {
-        if let (Some(tables), Ok(state)) = (journaled.remove(database.as_str()), state.as_mut()) {
-            tables.into_values().for_each(|t| crate::journal::put_newer(&mut state.tables, t));
-        }
-    }
-    for (database, tables) in journaled {
-        out.push((database.clone(), Ok(DatabaseState { database, tables })));
-    }
-    out.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(out)
 }
 

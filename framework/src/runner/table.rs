@@ -99,6 +99,9 @@ pub(super) async fn sync_table(ctx: &RunContext<'_>, name: &str, dbs: &[String])
             }
         }
     }
+    // Each tenant's prior state now travels with its staging; a thousand tenants' copies
+    // here would stay for the whole table.
+    drop(priors);
 
     let results: Vec<TenantResult> = futures::stream::iter(tenants.iter().cloned().zip(staged_for))
         .map(|(schema, targets)| {
@@ -191,7 +194,7 @@ async fn stage_tenant<'a>(
     let mut per_target = HashMap::new();
     let mut priors = HashMap::new();
     let mut plans: Vec<(&Target, TablePlan)> = Vec::new();
-    for (l, prior) in &targets {
+    for (l, prior) in targets {
         let plan = match &ctx.options.cdc {
             None => plan::plan_for(ctx, table_options, &schema, l.target, Some(&l.stamp), prior.as_ref()),
             Some(cdc) => {
@@ -206,7 +209,7 @@ async fn stage_tenant<'a>(
             }
         };
         plans.push((l.target, plan));
-        priors.insert(l.target.id.clone(), prior.clone());
+        priors.insert(l.target.id.clone(), prior);
     }
     let mut read = None;
     let mut retries = 0;
