@@ -316,9 +316,9 @@ impl JsonStateStore {
     }
 
     /// Many records at once. While this store holds a run lock they are one append to the
-    /// run's journal ([`crate::journal`]); otherwise each file is replaced atomically, all of
-    /// them made durable together (see [`Self::replace_files`]). Callers serialize writes to
-    /// each database file.
+    /// run's journal (`journal.rs`); otherwise each file is replaced atomically, all of them
+    /// made durable together (see `replace_files`). Callers serialize writes to each database
+    /// file.
     pub fn record_many_blocking(&self, records: Vec<(String, TableState)>) -> Vec<Result<()>> {
         let mut results: Vec<Result<()>> = records.iter().map(|(db, _)| self.path_for(db).map(|_| ())).collect();
         let valid: Vec<(usize, (String, TableState))> =
