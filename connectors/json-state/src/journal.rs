@@ -50,7 +50,10 @@ impl Journal {
     /// Starts an empty journal at `path` (any journal there was folded first) and makes its
     /// existence durable, so a crash cannot lose the file with the records in it.
     pub fn create(path: PathBuf) -> std::io::Result<Self> {
-        let file = private_file(OpenOptions::new().create(true).truncate(true).write(true), &path)?;
+        // Appending: every write lands at the end, also after `clear` shortened the file.
+        let file = private_file(OpenOptions::new().create(true).append(true), &path)?;
+        file.set_len(0)?;
+        file.sync_all()?;
         File::open(path.parent().unwrap_or(Path::new(".")))?.sync_all()?;
         Ok(Self { path, file, pending: Records::new(), count: 0 })
     }
@@ -66,8 +69,12 @@ impl Journal {
             serde_json::to_writer(&mut bytes, &EntryRef { database, state })?;
             bytes.push(b'\n');
         }
-        self.file.write_all(&bytes)?;
-        self.file.sync_data()?;
+        let before = self.file.metadata()?.len();
+        if let Err(e) = self.file.write_all(&bytes).and_then(|()| self.file.sync_data()) {
+            // A part written stays no torn line in front of the next batch.
+            let _ = self.file.set_len(before);
+            return Err(e);
+        }
         for (database, state) in records {
             self.pending.entry(database.clone()).or_default().insert(state.table_name.clone(), state.clone());
             self.count += 1;
@@ -142,6 +149,31 @@ pub(crate) fn read(path: &Path) -> std::io::Result<Records> {
     Ok(records)
 }
 
+/// Replaces the journal at `path` with `records` (atomically), or removes it when none are
+/// left: a shard takes its own tenants' records out of a journal a crashed run left.
+pub(crate) fn rewrite(path: &Path, records: &Records) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    if records.is_empty() {
+        fs::remove_file(path)?;
+    } else {
+        let mut bytes = Vec::new();
+        for (database, tables) in records {
+            for state in tables.values() {
+                serde_json::to_writer(&mut bytes, &EntryRef { database, state })?;
+                bytes.push(b'\n');
+            }
+        }
+        // Not named like a journal, so no reader takes it for one.
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("journal");
+        let tmp = dir.join(format!(".rewrite{name}"));
+        let mut file = private_file(OpenOptions::new().create(true).truncate(true).write(true), &tmp)?;
+        file.write_all(&bytes)?;
+        file.sync_all()?;
+        fs::rename(&tmp, path)?;
+    }
+    File::open(dir)?.sync_all()
+}
+
 /// Every journal's records in `dir`, merged (the newer record wins).
 pub(crate) fn read_all(dir: &Path) -> std::io::Result<Records> {
     let mut all = Records::new();
@@ -194,6 +226,10 @@ mod tests {
         journal.clear().unwrap();
         assert!(read(&path).unwrap().is_empty());
         assert_eq!(journal.pending_count(), 0);
+        // After a fold the next record is the file's first line, not one after a gap.
+        journal.append(&[("shop3".into(), state("users", 4))]).unwrap();
+        assert_eq!(fs::read(&path).unwrap().first(), Some(&b'{'));
+        assert_eq!(read(&path).unwrap()["shop3"]["users"].records_synced, 4);
     }
 
     #[test]

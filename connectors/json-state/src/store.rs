@@ -455,29 +455,37 @@ impl JsonStateStore {
 
     /// Folds the journals of runs that ended without folding theirs (a crash): under the
     /// whole lock every journal, each removed after; under a shard's, the records of the
-    /// shard's own tenants from any journal (others may belong to running shards), and its own
-    /// journal is removed. A record goes in only where the file holds nothing newer.
+    /// shard's own tenants from any journal (others may belong to running shards). A record
+    /// goes in only where the file holds nothing newer. A shard takes its records out of a
+    /// journal it folds from (rewritten without them), so a tenant forgotten later is not
+    /// brought back from it; processes folding at once take turns on `.fold.lock`.
     pub fn fold_leftovers(&self, scope: LockScope) -> Result<()> {
         let own = self.journal_path(scope);
-        let mut removed = false;
-        for path in journal::journals(&self.dir) {
+        let journals = journal::journals(&self.dir);
+        if journals.is_empty() {
+            return Ok(());
+        }
+        let lock_path = self.dir.join(".fold.lock");
+        let turn = private_file(OpenOptions::new().create(true).truncate(false).write(true), &lock_path)
+            .map_err(|e| io_err("cannot open", &lock_path, e))?;
+        turn.lock().map_err(|e| io_err("cannot lock", &lock_path, e))?;
+        for path in journals {
             let mut records = journal::read(&path).map_err(|e| io_err("cannot read the state journal", &path, e))?;
+            let mut others = Records::new();
             if let LockScope::Shard(shard) = scope
                 && path != own
             {
-                records.retain(|database, _| shard.owns(database));
+                let (mine, theirs): (Records, Records) = records.into_iter().partition(|(db, _)| shard.owns(db));
+                if mine.is_empty() {
+                    continue;
+                }
+                (records, others) = (mine, theirs);
             }
             if !records.is_empty() {
                 tracing::info!(journal = %path.display(), "a run did not finish: its state journal goes into the state files");
                 self.write_records(&records, Put::Newer)?;
             }
-            if matches!(scope, LockScope::Whole) || path == own {
-                fs::remove_file(&path).map_err(|e| io_err("cannot remove", &path, e))?;
-                removed = true;
-            }
-        }
-        if removed {
-            File::open(&self.dir).and_then(|d| d.sync_all()).map_err(|e| io_err("cannot flush", &self.dir, e))?;
+            journal::rewrite(&path, &others).map_err(|e| io_err("cannot rewrite the state journal", &path, e))?;
         }
         Ok(())
     }
@@ -514,35 +522,49 @@ impl JsonStateStore {
             records.iter().map(|(db, tables)| (db.clone(), tables.values().cloned().collect())).collect();
         let names: Vec<String> = files.iter().map(|(db, _)| db.clone()).collect();
         for (database, result) in names.iter().zip(self.replace_files(files, put)) {
-            match result {
-                Err(e) if e.message().contains("cannot write") || e.message().contains("cannot flush") => {
-                    return Err(e);
-                }
-                Err(e) => tracing::warn!(%database, error = %e, "state journal records not written to this file"),
-                Ok(()) => {}
+            let Err(e) = result else { continue };
+            if self.path_for(database).is_ok_and(|path| is_corrupt(&path)) {
+                tracing::warn!(%database, error = %e, "state journal records not written to this corrupt file");
+            } else {
+                return Err(e);
             }
         }
         Ok(())
     }
 
-    /// Puts this run's pending records, or (without a run lock) every journal's records, over
-    /// a database's tables as read from its file.
-    fn overlay(&self, database: &str, tables: &mut BTreeMap<String, TableState>) -> Result<()> {
+    /// A database's tables as `read` gets them from its file, with this run's pending records
+    /// over them, or (without a run lock) every journal's records. Under the lock the file is
+    /// read while the journal is held, so a fold cannot move records from one to the other in
+    /// between; without it the journals are read first (a fold writes the files before it
+    /// removes a journal), so a record is seen in one place or the other.
+    fn read_with_journal(
+        &self,
+        database: &str,
+        read: impl FnOnce() -> Result<BTreeMap<String, TableState>>,
+    ) -> Result<BTreeMap<String, TableState>> {
         let guard = self.journal.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(j) = guard.as_ref() {
+            let mut tables = read()?;
             for state in j.pending(database).into_iter().flat_map(|p| p.values()) {
                 tables.insert(state.table_name.clone(), state.clone());
             }
-            return Ok(());
+            return Ok(tables);
         }
         drop(guard);
         let mut all =
             journal::read_all(&self.dir).map_err(|e| io_err("cannot read the state journals in", &self.dir, e))?;
+        let mut tables = read()?;
         for state in all.remove(database).into_iter().flat_map(BTreeMap::into_values) {
-            journal::put_newer(tables, state);
+            journal::put_newer(&mut tables, state);
         }
-        Ok(())
+        Ok(tables)
     }
+}
+
+/// Whether the database file at `path` is there and cannot be parsed (an I/O error is not
+/// corruption: the records wait in the journal for the next fold).
+fn is_corrupt(path: &Path) -> bool {
+    fs::read_to_string(path).is_ok_and(|text| serde_json::from_str::<DatabaseFile>(&text).is_err())
 }
 
 /// A run's lock: the OS file locks, and the journal it folds before letting them go.
@@ -603,18 +625,15 @@ impl StateStore for JsonStateStore {
 
     async fn load(&self, database: &str) -> Result<DatabaseState> {
         let path = self.path_for(database)?;
-        let mut state = Self::read_file(&path, database)?;
-        self.overlay(database, &mut state.tables)?;
-        Ok(state)
+        let tables = self.read_with_journal(database, || Ok(Self::read_file(&path, database)?.tables))?;
+        Ok(DatabaseState { database: database.to_string(), tables })
     }
 
     async fn load_table(&self, database: &str, table: &str) -> Result<Option<TableState>> {
         let path = self.path_for(database)?;
-        let mut tables = BTreeMap::new();
-        if let Some(state) = Self::read_table(&path, database, table)? {
-            tables.insert(state.table_name.clone(), state);
-        }
-        self.overlay(database, &mut tables)?;
+        let mut tables = self.read_with_journal(database, || {
+            Ok(Self::read_table(&path, database, table)?.map(|s| (s.table_name.clone(), s)).into_iter().collect())
+        })?;
         Ok(tables.remove(table))
     }
 
@@ -642,7 +661,11 @@ impl StateStore for JsonStateStore {
     async fn record(&self, database: &str, state: TableState) -> Result<()> {
         let mutex = self.file_mutex(database);
         let _guard = mutex.lock().await;
-        self.record_blocking(database, state)
+        // Off the async workers: it may fold the journal, thousands of files.
+        let (store, database) = (self.clone(), database.to_string());
+        tokio::task::spawn_blocking(move || store.record_blocking(&database, state))
+            .await
+            .map_err(|e| ConnectorError::permanent(format!("writing state in {} failed: {e}", self.dir.display())))?
     }
 
     async fn record_many(&self, records: Vec<(String, TableState)>) -> Vec<Result<()>> {
@@ -1005,7 +1028,14 @@ mod tests {
         assert!(dir.path().join(format!("{ours}.json")).exists(), "the shard's own tenant was folded");
         assert!(!dir.path().join(format!("{theirs}.json")).exists(), "another shard's tenant was left alone");
         assert!(names(dir.path()).contains(&".journal-whole".to_string()), "the journal stays for its other records");
+        let left = journal::read(&dir.path().join(".journal-whole")).unwrap();
+        assert_eq!(left.keys().collect::<Vec<_>>(), [&theirs], "the shard took its own records out");
+        // A tenant of the shard forgotten now is not brought back by the next lock's fold.
+        store.forget(&ours, None).await.unwrap();
         drop(lock);
+        let again = store.lock(LockScope::Shard(mine), None).await.unwrap();
+        assert!(!dir.path().join(format!("{ours}.json")).exists());
+        drop(again);
         let reader = JsonStateStore::new(dir.path());
         assert_eq!(reader.load_table(&theirs, "orders").await.unwrap().unwrap().records_synced, 2);
         let whole = store.lock(LockScope::Whole, None).await.unwrap();

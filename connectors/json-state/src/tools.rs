@@ -17,6 +17,9 @@ pub const BACKUP_DIR: &str = "backup_single_table_files";
 /// A file that cannot be read or parsed is reported as an error next to the readable ones; a
 /// file of the older one-file-per-table layout (no `tables`, no `database_info`) is no database.
 pub fn overview(dir: &Path) -> Result<Vec<(String, std::result::Result<DatabaseState, ConnectorError>)>> {
+    // The journals before the files: a fold writes the files before it removes a journal, so
+    // a record is seen in one or the other.
+    let mut journaled = journaled(dir)?;
     let mut out: Vec<(String, std::result::Result<DatabaseState, ConnectorError>)> = database_files(dir)?
         .into_iter()
         .map(|(database, path, text)| {
@@ -26,7 +29,6 @@ pub fn overview(dir: &Path) -> Result<Vec<(String, std::result::Result<DatabaseS
         .collect();
     // A run under way (or one that crashed) holds records in its journal that the files do
     // not have yet: the newer record wins, and a database only a journal knows is listed too.
-    let mut journaled = journaled(dir)?;
     for (database, state) in out.iter_mut() {
         if let (Some(tables), Ok(state)) = (journaled.remove(database.as_str()), state.as_mut()) {
             tables.into_values().for_each(|t| crate::journal::put_newer(&mut state.tables, t));

@@ -49,6 +49,12 @@ impl StateStore for ScratchState {
         state.tables.extend(self.written.load(database).await?.tables);
         Ok(state)
     }
+    async fn load_table(&self, database: &str, table: &str) -> Result<Option<TableState>> {
+        match self.written.load_table(database, table).await? {
+            Some(state) => Ok(Some(state)),
+            None => self.real.load_table(database, table).await,
+        }
+    }
     async fn record(&self, database: &str, state: TableState) -> Result<()> {
         self.written.record(database, state).await
     }
