@@ -67,6 +67,8 @@ pub struct BigQuerySink {
     staging_dataset: String,
     run_id: String,
     chunk_bytes: usize,
+    /// Shared by every stage of the run: four chunks' worth.
+    chunk_budget: crate::stage::ChunkBudget,
     datasets_ready: OnceCell<DatasetInfo>,
     counter: AtomicU64,
     /// Bytes billed by verify's queries (`Sink::bytes_billed`).
@@ -86,6 +88,7 @@ impl BigQuerySink {
             staging_dataset: config.staging_dataset.clone().unwrap_or_else(|| config.dataset.clone()),
             run_id: ctx.run_id.clone(),
             chunk_bytes: config.upload_chunk_mb * 1024 * 1024,
+            chunk_budget: crate::stage::ChunkBudget::new(4 * config.upload_chunk_mb * 1024 * 1024),
             client,
             datasets_ready: OnceCell::new(),
             counter: AtomicU64::new(0),
@@ -111,7 +114,15 @@ impl BigQuerySink {
     /// load that never happened).
     fn new_stage(&self, stage_table: String, fields: Vec<Json>) -> Stage {
         let instance = format!("{}_{}", self.run_id, self.next());
-        Stage::new(self.client.clone(), self.staging_dataset.clone(), stage_table, instance, fields, self.chunk_bytes)
+        Stage::new(
+            self.client.clone(),
+            self.staging_dataset.clone(),
+            stage_table,
+            instance,
+            fields,
+            self.chunk_bytes,
+            self.chunk_budget.clone(),
+        )
     }
 
     /// The shared stage of `table` for writers with these staging `fields`, its staging table
