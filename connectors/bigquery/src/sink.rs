@@ -67,7 +67,7 @@ pub struct BigQuerySink {
     staging_dataset: String,
     run_id: String,
     chunk_bytes: usize,
-    /// Shared by every stage of the run: four chunks' worth.
+    /// Shared by every stage of the run.
     chunk_budget: crate::stage::ChunkBudget,
     datasets_ready: OnceCell<DatasetInfo>,
     counter: AtomicU64,
@@ -88,7 +88,9 @@ impl BigQuerySink {
             staging_dataset: config.staging_dataset.clone().unwrap_or_else(|| config.dataset.clone()),
             run_id: ctx.run_id.clone(),
             chunk_bytes: config.upload_chunk_mb * 1024 * 1024,
-            chunk_budget: crate::stage::ChunkBudget::new(4 * config.upload_chunk_mb * 1024 * 1024),
+            // Two chunks and a margin: one stage (a chunk filling, one uploading) never goes
+            // over it, so a single big table is never slowed; many tables share it.
+            chunk_budget: crate::stage::ChunkBudget::new((2 * config.upload_chunk_mb + 4) * 1024 * 1024),
             client,
             datasets_ready: OnceCell::new(),
             counter: AtomicU64::new(0),

@@ -20,11 +20,24 @@ pub(super) struct Success<'a> {
     pub schema: &'a TableSchema,
     pub plan: &'a TablePlan,
     pub read: &'a ReadSummary,
-    pub prior: Option<&'a TableState>,
+    pub prior: Option<&'a PriorFacts>,
     pub stamp: &'a TargetStamp,
     pub rows: u64,
     pub elapsed: Duration,
     pub retries: u32,
+}
+
+/// What a success needs of the state before it.
+#[derive(Debug, Clone)]
+pub(super) struct PriorFacts {
+    pub watermark: Option<Watermark>,
+    pub last_full_at: Option<chrono::NaiveDateTime>,
+}
+
+impl PriorFacts {
+    pub fn of(state: &TableState) -> Self {
+        Self { watermark: state.watermark.clone(), last_full_at: state.last_full_at }
+    }
 }
 
 /// Records the tenants one commit to `target` applied: their report lines, and their state in

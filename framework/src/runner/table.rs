@@ -18,7 +18,7 @@ use crate::source::{ReadRequest, ReadSummary};
 use crate::state::{TableState, TargetStamp};
 use crate::strategy::TablePlan;
 
-use super::record::{self, Success};
+use super::record::{self, PriorFacts, Success};
 use super::{Outcomes, RunContext, Target, plan, read, unify};
 
 /// A target that is ready for this table, with the stamp state records for it.
@@ -30,6 +30,9 @@ struct Live<'a> {
 /// One tenant's prior state per target, loaded once.
 type Priors<'a> = Vec<(&'a Target, Result<Option<TableState>>)>;
 
+/// One target's plan for a tenant and what it staged, or why it failed.
+type TargetStaging = (Option<TablePlan>, Result<Staged>);
+
 /// What one tenant's read and staging produced.
 struct TenantResult {
     schema: Arc<TableSchema>,
@@ -37,8 +40,20 @@ struct TenantResult {
     elapsed: Duration,
     retries: u32,
     /// Per target id: the plan and the staged data, or why it failed.
-    per_target: HashMap<String, (Option<TablePlan>, Result<Staged>)>,
-    priors: HashMap<String, Option<TableState>>,
+    per_target: Vec<(String, TargetStaging)>,
+    /// Per target id: what its commit needs of the prior state. (Not the whole state: a
+    /// table's thousand staged tenants wait for the commit together.)
+    priors: Vec<(String, Option<PriorFacts>)>,
+}
+
+impl TenantResult {
+    fn for_target(&self, id: &str) -> Option<&TargetStaging> {
+        self.per_target.iter().find(|(t, _)| t == id).map(|(_, r)| r)
+    }
+
+    fn prior(&self, id: &str) -> Option<&PriorFacts> {
+        self.priors.iter().find(|(t, _)| t == id).and_then(|(_, p)| p.as_ref())
+    }
 }
 
 pub(super) async fn sync_table(ctx: &RunContext<'_>, name: &str, dbs: &[String]) -> Outcomes {
@@ -191,8 +206,8 @@ async fn stage_tenant<'a>(
     let runner = ctx.runner;
     let started = Instant::now();
     let table = schema.table.clone();
-    let mut per_target = HashMap::new();
-    let mut priors = HashMap::new();
+    let mut per_target = Vec::new();
+    let mut priors = Vec::new();
     let mut plans: Vec<(&Target, TablePlan)> = Vec::new();
     for (l, prior) in targets {
         let plan = match &ctx.options.cdc {
@@ -209,7 +224,7 @@ async fn stage_tenant<'a>(
             }
         };
         plans.push((l.target, plan));
-        priors.insert(l.target.id.clone(), prior);
+        priors.push((l.target.id.clone(), prior.as_ref().map(PriorFacts::of)));
     }
     let mut read = None;
     let mut retries = 0;
@@ -231,12 +246,12 @@ async fn stage_tenant<'a>(
             Ok((summary, finished)) => {
                 read = Some(summary);
                 for (target, plan, staged) in finished {
-                    per_target.insert(target.id.clone(), (Some(plan), staged));
+                    per_target.push((target.id.clone(), (Some(plan), staged)));
                 }
             }
             Err(e) => {
                 for (target, plan) in plans {
-                    per_target.insert(target.id.clone(), (Some(plan), Err(e.duplicate())));
+                    per_target.push((target.id.clone(), (Some(plan), Err(e.duplicate()))));
                 }
             }
         }
@@ -255,7 +270,7 @@ async fn commit_target(
     let mut outcomes = Vec::new();
     let mut staged: Vec<(&TenantResult, &TablePlan, Staged)> = Vec::new();
     for t in results {
-        let Some((plan, result)) = t.per_target.get(&target.id) else { continue };
+        let Some((plan, result)) = t.for_target(&target.id) else { continue };
         match (plan, result) {
             (Some(plan), Ok(s)) => staged.push((t, plan, s.clone())),
             (plan, Err(e)) => {
@@ -303,7 +318,7 @@ async fn commit_target(
                 schema: &t.schema,
                 plan,
                 read: t.read.as_ref().unwrap_or(&no_read),
-                prior: t.priors.get(&target.id).and_then(Option::as_ref),
+                prior: t.prior(&target.id),
                 stamp: &l.stamp,
                 rows: s.rows,
                 elapsed,
