@@ -92,7 +92,7 @@ pub(crate) const FIELDS: &[FieldDoc] = &[
         ty: "integer",
         required: false,
         default: "16",
-        doc: "MiB of rows per load job",
+        doc: "MiB of rows per load job; the tables of a run hold at most two chunks' worth (plus 4 MiB) between them, beyond that a table sends a smaller chunk early",
     },
     FieldDoc {
         name: "job_timeout",
