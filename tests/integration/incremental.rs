@@ -279,7 +279,7 @@ async fn a_big_full_sync_killed_mid_way_resumes_from_its_last_range() {
     pipeline["batch_size"] = json!(500);
     pipeline["chunk_rows"] = json!(4000);
     write_json(&dir.path().join("params.json"), &pipeline);
-    let state_file = dir.path().join("status").join(format!("{db}.json"));
+    let status_dir = dir.path().join("status");
 
     let mut child = std::process::Command::new(binary())
         .args(["--pipeline", "params.json", "-q"])
@@ -291,11 +291,7 @@ async fn a_big_full_sync_killed_mid_way_resumes_from_its_last_range() {
     // Kill it once a few ranges are durable in staging.
     let started = Instant::now();
     let resumed_rows = loop {
-        let rows = std::fs::read_to_string(&state_file)
-            .ok()
-            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
-            .and_then(|s| s["tables"]["orders"]["resume"]["rows"].as_u64())
-            .unwrap_or(0);
+        let rows = state_as_seen(&status_dir, &db)["tables"]["orders"]["resume"]["rows"].as_u64().unwrap_or(0);
         if rows >= 8000 {
             break rows;
         }
@@ -306,7 +302,8 @@ async fn a_big_full_sync_killed_mid_way_resumes_from_its_last_range() {
     child.kill().unwrap();
     child.wait().unwrap();
     assert_eq!(bq_count(emulator, &dataset, "orders", &db).await, 0, "nothing visible before the commit");
-    let interrupted = state(dir.path(), &db);
+    // The killed run's last records are in its journal, which the next run folds in first.
+    let interrupted = state_as_seen(&status_dir, &db);
     assert_eq!(interrupted["tables"]["orders"]["sync_status"], "FAILED", "an interrupted first sync is not a success");
 
     // Changes to rows already staged are caught by the next incremental run.

@@ -134,13 +134,9 @@ async fn a_full_sync_killed_mid_key_ranges_resumes_after_its_last_range() {
     run.params(&p);
     let mut child = run.spawn(&[]);
     let started = Instant::now();
-    let state_file = run.path().join("status").join(format!("{db}.json"));
+    let status_dir = run.path().join("status");
     loop {
-        let rows = std::fs::read_to_string(&state_file)
-            .ok()
-            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
-            .and_then(|s| s["tables"]["orders"]["resume"]["rows"].as_u64())
-            .unwrap_or(0);
+        let rows = state_as_seen(&status_dir, &db)["tables"]["orders"]["resume"]["rows"].as_u64().unwrap_or(0);
         if rows >= 8000 {
             break;
         }

@@ -73,6 +73,19 @@ pub fn flat_params(databases: &[String], tables: &[&str], dataset: &str, emulato
     })
 }
 
+/// A database's state as `status` and the next run see it: its file with the journal of a run
+/// under way (or killed) over it (`{"tables": {...}}`; `Null` when there is none). A run's
+/// records reach the file itself only when it ends.
+pub fn state_as_seen(status_dir: &Path, db: &str) -> Value {
+    connector_json_state::tools::overview(status_dir)
+        .unwrap_or_default()
+        .into_iter()
+        .find(|(name, _)| name == db)
+        .and_then(|(_, state)| state.ok())
+        .map(|state| serde_json::json!({"tables": serde_json::to_value(&state.tables).unwrap()}))
+        .unwrap_or(Value::Null)
+}
+
 pub fn write_json(path: &Path, value: &Value) {
     std::fs::write(path, serde_json::to_vec_pretty(value).unwrap()).unwrap();
 }
