@@ -63,11 +63,10 @@ impl Journal {
     }
 
     /// Appends `records` as one write, flushed; only then are they pending.
-    pub fn append(&mut self, records: &[(String, TableState)]) -> std::io::Result<()> {
+    pub fn append(&mut self, records: Vec<(String, TableState)>) -> std::io::Result<()> {
         let mut bytes = Vec::with_capacity(records.len() * 1024);
-        for (database, state) in records {
-            serde_json::to_writer(&mut bytes, &EntryRef { database, state })?;
-            bytes.push(b'\n');
+        for (database, state) in &records {
+            encode(&mut bytes, database, state)?;
         }
         let before = self.file.metadata()?.len();
         if let Err(e) = self.file.write_all(&bytes).and_then(|()| self.file.sync_data()) {
@@ -76,7 +75,7 @@ impl Journal {
             return Err(e);
         }
         for (database, state) in records {
-            self.pending.entry(database.clone()).or_default().insert(state.table_name.clone(), state.clone());
+            self.pending.entry(database).or_default().insert(state.table_name.clone(), state);
             self.count += 1;
         }
         Ok(())
@@ -110,6 +109,13 @@ impl Journal {
 struct EntryRef<'a> {
     database: &'a str,
     state: &'a TableState,
+}
+
+/// One record as its journal line.
+fn encode(bytes: &mut Vec<u8>, database: &str, state: &TableState) -> std::io::Result<()> {
+    serde_json::to_writer(&mut *bytes, &EntryRef { database, state })?;
+    bytes.push(b'\n');
+    Ok(())
 }
 
 /// The journal files in `dir`, sorted.
@@ -152,26 +158,30 @@ pub(crate) fn read(path: &Path) -> std::io::Result<Records> {
 /// Replaces the journal at `path` with `records` (atomically), or removes it when none are
 /// left: a shard takes its own tenants' records out of a journal a crashed run left.
 pub(crate) fn rewrite(path: &Path, records: &Records) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
     if records.is_empty() {
-        fs::remove_file(path)?;
-    } else {
-        let mut bytes = Vec::new();
-        for (database, tables) in records {
-            for state in tables.values() {
-                serde_json::to_writer(&mut bytes, &EntryRef { database, state })?;
-                bytes.push(b'\n');
-            }
-        }
-        // Not named like a journal, so no reader takes it for one.
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("journal");
-        let tmp = dir.join(format!(".rewrite{name}"));
-        let mut file = private_file(OpenOptions::new().create(true).truncate(true).write(true), &tmp)?;
-        file.write_all(&bytes)?;
-        file.sync_all()?;
-        fs::rename(&tmp, path)?;
+        return remove(path);
     }
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut bytes = Vec::new();
+    for (database, tables) in records {
+        for state in tables.values() {
+            encode(&mut bytes, database, state)?;
+        }
+    }
+    // Not named like a journal, so no reader takes it for one.
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("journal");
+    let tmp = dir.join(format!(".rewrite{name}"));
+    let mut file = private_file(OpenOptions::new().create(true).truncate(true).write(true), &tmp)?;
+    file.write_all(&bytes)?;
+    file.sync_all()?;
+    fs::rename(&tmp, path)?;
     File::open(dir)?.sync_all()
+}
+
+/// Removes the journal at `path`, durably (its folder flushed).
+pub(crate) fn remove(path: &Path) -> std::io::Result<()> {
+    fs::remove_file(path)?;
+    File::open(path.parent().unwrap_or(Path::new(".")))?.sync_all()
 }
 
 /// Every journal's records in `dir`, merged (the newer record wins).
@@ -213,8 +223,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(".journal-whole");
         let mut journal = Journal::create(path.clone()).unwrap();
-        journal.append(&[("shop1".into(), state("orders", 1)), ("shop2".into(), state("orders", 2))]).unwrap();
-        journal.append(&[("shop1".into(), state("orders", 3))]).unwrap();
+        journal.append(vec![("shop1".into(), state("orders", 1)), ("shop2".into(), state("orders", 2))]).unwrap();
+        journal.append(vec![("shop1".into(), state("orders", 3))]).unwrap();
         assert_eq!(journal.pending_count(), 3);
         assert_eq!(journal.pending("shop1").unwrap()["orders"].records_synced, 3);
         // A crash in the middle of the next append.
@@ -227,7 +237,7 @@ mod tests {
         assert!(read(&path).unwrap().is_empty());
         assert_eq!(journal.pending_count(), 0);
         // After a fold the next record is the file's first line, not one after a gap.
-        journal.append(&[("shop3".into(), state("users", 4))]).unwrap();
+        journal.append(vec![("shop3".into(), state("users", 4))]).unwrap();
         assert_eq!(fs::read(&path).unwrap().first(), Some(&b'{'));
         assert_eq!(read(&path).unwrap()["shop3"]["users"].records_synced, 4);
     }
@@ -239,8 +249,11 @@ mod tests {
         let mut newer = state("orders", 2);
         newer.updated_at = older.updated_at + chrono::Duration::seconds(1);
         // The newer record is in the journal that sorts first.
-        Journal::create(dir.path().join(".journal-shard-0-of-2")).unwrap().append(&[("shop1".into(), newer)]).unwrap();
-        Journal::create(dir.path().join(".journal-whole")).unwrap().append(&[("shop1".into(), older)]).unwrap();
+        Journal::create(dir.path().join(".journal-shard-0-of-2"))
+            .unwrap()
+            .append(vec![("shop1".into(), newer)])
+            .unwrap();
+        Journal::create(dir.path().join(".journal-whole")).unwrap().append(vec![("shop1".into(), older)]).unwrap();
         assert_eq!(read_all(dir.path()).unwrap()["shop1"]["orders"].records_synced, 2);
     }
 }

@@ -325,10 +325,10 @@ impl JsonStateStore {
             records.into_iter().enumerate().filter(|(i, _)| results[*i].is_ok()).collect();
         let mut journal = self.journal.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(j) = journal.as_mut() {
-            let batch: Vec<(String, TableState)> = valid.iter().map(|(_, r)| r.clone()).collect();
-            if let Err(e) = j.append(&batch) {
+            let (indexes, batch): (Vec<usize>, Vec<(String, TableState)>) = valid.into_iter().unzip();
+            if let Err(e) = j.append(batch) {
                 let e = io_err("cannot write the state journal", j.path(), e);
-                valid.iter().for_each(|(i, _)| results[*i] = Err(e.duplicate()));
+                indexes.into_iter().for_each(|i| results[i] = Err(e.duplicate()));
             } else if j.pending_count() >= journal::FOLD_AT
                 && let Err(e) = self.fold_into_files(j)
             {
@@ -506,8 +506,7 @@ impl JsonStateStore {
         let path = journal.path().to_path_buf();
         let folded = self.fold_into_files(&mut journal).and_then(|()| {
             drop(journal);
-            fs::remove_file(&path).map_err(|e| io_err("cannot remove", &path, e))?;
-            File::open(&self.dir).and_then(|d| d.sync_all()).map_err(|e| io_err("cannot flush", &self.dir, e))
+            journal::remove(&path).map_err(|e| io_err("cannot remove", &path, e))
         });
         if let Err(e) = folded {
             tracing::warn!(journal = %path.display(), error = %e, "the state journal stays; the next run folds it");
@@ -995,7 +994,7 @@ mod tests {
         let mut crashed_old = state("orders", 3);
         crashed_old.updated_at = older.updated_at + chrono::Duration::seconds(1);
         let mut journal = Journal::create(dir.path().join(".journal-whole")).unwrap();
-        journal.append(&[("shop1".into(), crashed_old.clone()), ("shop2".into(), crashed_old)]).unwrap();
+        journal.append(vec![("shop1".into(), crashed_old.clone()), ("shop2".into(), crashed_old)]).unwrap();
         drop(journal);
         let reader = JsonStateStore::new(dir.path());
         assert_eq!(reader.load_table("shop1", "orders").await.unwrap().unwrap().records_synced, 2, "newer file entry");
@@ -1022,7 +1021,7 @@ mod tests {
         let ours = (0..20).map(|i| format!("shop{i}")).find(|d| mine.owns(d)).unwrap();
         let theirs = (0..20).map(|i| format!("shop{i}")).find(|d| !mine.owns(d)).unwrap();
         let mut journal = Journal::create(dir.path().join(".journal-whole")).unwrap();
-        journal.append(&[(ours.clone(), state("orders", 1)), (theirs.clone(), state("orders", 2))]).unwrap();
+        journal.append(vec![(ours.clone(), state("orders", 1)), (theirs.clone(), state("orders", 2))]).unwrap();
         drop(journal);
         let lock = store.lock(LockScope::Shard(mine), None).await.unwrap();
         assert!(dir.path().join(format!("{ours}.json")).exists(), "the shard's own tenant was folded");
