@@ -304,7 +304,7 @@ pub struct RowSink {
     max_cursor: Option<Value>,
     future_cursor_rows: u64,
     key: Option<usize>,
-    last_key: Option<String>,
+    last_key: Option<i128>,
     rows: u64,
     bytes: u64,
 }
@@ -353,12 +353,11 @@ impl RowSink {
         if let Some(i) = self.cursor {
             self.observe_cursor(&values[i]);
         }
-        if let Some(i) = self.key {
-            match &values[i] {
-                Value::Int(k) => self.last_key = Some(k.to_string()),
-                Value::UInt(k) => self.last_key = Some(k.to_string()),
-                _ => {}
-            }
+        // Kept as a number (i64 and u64 both fit) and written as text once, at the end.
+        match self.key.map(|i| &values[i]) {
+            Some(Value::Int(k)) => self.last_key = Some(i128::from(*k)),
+            Some(Value::UInt(k)) => self.last_key = Some(i128::from(*k)),
+            _ => {}
         }
         self.batch.push(values);
         if self.batch.is_full(self.batch_size) {
@@ -401,7 +400,7 @@ impl RowSink {
         summary.bytes += self.bytes;
         summary.max_cursor = self.max_cursor;
         summary.future_cursor_rows += self.future_cursor_rows;
-        summary.last_key = self.last_key;
+        summary.last_key = self.last_key.map(|k| k.to_string());
         Ok(())
     }
 }

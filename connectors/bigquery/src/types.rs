@@ -247,15 +247,71 @@ fn push_2(out: &mut Vec<u8>, v: u32) {
 }
 
 /// A JSON string literal.
+///
+/// Most text needs no escape at all: it is found clean eight bytes at a time and copied in one
+/// piece. Text with a quote, a backslash or a control character goes through serde_json's
+/// escaping, which is correct for every code point. (Bytes of multi-byte characters are never
+/// escaped, so the scan can go by bytes.)
 pub fn encode_str(out: &mut Vec<u8>, s: &str) {
-    // serde_json's escaping is correct for every code point; writing to a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut *out, s);
+    if needs_escape(s.as_bytes()) {
+        // Writing to a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *out, s);
+        return;
+    }
+    out.reserve(s.len() + 2);
+    out.push(b'"');
+    out.extend_from_slice(s.as_bytes());
+    out.push(b'"');
+}
+
+/// Whether any byte is below 0x20, a quote or a backslash.
+fn needs_escape(bytes: &[u8]) -> bool {
+    let mut words = bytes.chunks_exact(8);
+    let dirty = words.any(|w| word_needs_escape(u64::from_le_bytes(w.try_into().unwrap_or_default())));
+    dirty || words.remainder().iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\')
+}
+
+/// [`needs_escape`] for eight bytes at once, exactly (the classic "has a byte less than n" and
+/// "has a zero byte" tests, which have no false positives or negatives as a whole).
+#[inline]
+fn word_needs_escape(word: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let has_zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH != 0;
+    has_zero(word ^ (ONES * u64::from(b'"')))
+        || has_zero(word ^ (ONES * u64::from(b'\\')))
+        || word.wrapping_sub(ONES * 0x20) & !word & HIGH != 0
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use chrono::{TimeZone, Utc};
+
+    #[test]
+    fn strings_are_escaped_exactly_as_serde_json_escapes_them() {
+        let mut cases: Vec<String> = vec![
+            String::new(),
+            "plain text longer than a word".into(),
+            "ünïcödé — text 表 😀 mixed with \"quotes\" and \\ backslashes".into(),
+            "{\"n\": 1, \"tags\": [\"a\", 3], \"gift\": true}".into(),
+            "\u{7f}\u{80}\u{ff}".into(),
+        ];
+        // Every byte value below 0x80 at every offset of a word, and runs of them.
+        for b in 0u8..0x80 {
+            for at in 0..10 {
+                let mut t = "abcdefghij".to_string();
+                t.insert(at, char::from(b));
+                cases.push(t);
+            }
+            cases.push(char::from(b).to_string().repeat(17));
+        }
+        for case in &cases {
+            let mut ours = Vec::new();
+            encode_str(&mut ours, case);
+            assert_eq!(String::from_utf8(ours).unwrap(), serde_json::to_string(case).unwrap(), "{case:?}");
+        }
+    }
 
     #[test]
     fn table_ids_keep_what_bigquery_holds_and_map_the_rest() {

@@ -151,7 +151,8 @@ pub fn quote_ident(name: &str) -> String {
     format!("`{}`", name.replace('`', "``"))
 }
 
-/// Converts one wire value. `Ok(None)` marks an invalid date written as NULL.
+/// Converts one wire value.
+#[inline(always)]
 pub fn decode(decoder: Decoder, wire: Wire) -> std::result::Result<Value, DecodeError> {
     use Decoder as D;
     Ok(match (decoder, wire) {
@@ -169,7 +170,9 @@ pub fn decode(decoder: Decoder, wire: Wire) -> std::result::Result<Value, Decode
         (D::Bit, Wire::Int(i)) => Value::Int(i),
         // FLOAT is single precision: keep the shortest decimal that reads back as the same
         // float (what MySQL prints), not the f64 widening's trailing digits.
-        (D::Float32, Wire::Float(f)) => Value::Float(f.to_string().parse::<f64>().unwrap_or(f64::from(f))),
+        (D::Float32, Wire::Float(f)) => {
+            Value::Float(ryu::Buffer::new().format(f).parse::<f64>().unwrap_or(f64::from(f)))
+        }
         (D::Float32 | D::Float64, Wire::Double(d)) => Value::Float(d),
         (D::Float64, Wire::Float(f)) => Value::Float(f64::from(f)),
         (D::Float32 | D::Float64, Wire::Bytes(b)) => {
@@ -265,6 +268,7 @@ fn parse_temporal_text(decoder: Decoder, s: &str) -> std::result::Result<Value, 
 
 /// Turns a decode failure into the caller's result, applying the zero-date policy: invalid
 /// dates become NULL (counted), everything else is an error naming the column.
+#[inline]
 pub fn decode_or_null(
     decoder: Decoder,
     wire: Wire,
@@ -276,15 +280,31 @@ pub fn decode_or_null(
 ) -> Result<Value> {
     match decode(decoder, wire) {
         Ok(v) => Ok(v),
-        Err(DecodeError::InvalidDate) if policy == crate::config::ZeroDatePolicy::Null => {
+        Err(e) => decode_failure(e, policy, zero_dates, table, column, source_type),
+    }
+}
+
+/// The rare path of [`decode_or_null`], kept out of the per-value one.
+#[cold]
+#[inline(never)]
+fn decode_failure(
+    error: DecodeError,
+    policy: crate::config::ZeroDatePolicy,
+    zero_dates: &mut u64,
+    table: &str,
+    column: &str,
+    source_type: &str,
+) -> Result<Value> {
+    match error {
+        DecodeError::InvalidDate if policy == crate::config::ZeroDatePolicy::Null => {
             *zero_dates += 1;
             Ok(Value::Null)
         }
-        Err(DecodeError::InvalidDate) => Err(ConnectorError::permanent(format!(
+        DecodeError::InvalidDate => Err(ConnectorError::permanent(format!(
             "{table}, column `{column}` ({source_type}): an invalid date such as '0000-00-00'; fix the row, or \
              set zero_dates to \"null\" to write NULL instead"
         ))),
-        Err(e) => Err(e.into_error(table, column, source_type)),
+        e => Err(e.into_error(table, column, source_type)),
     }
 }
 
