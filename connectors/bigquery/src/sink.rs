@@ -254,7 +254,8 @@ impl BigQuerySink {
             seq,
             rows: seq,
             bytes: 0,
-            local: Vec::with_capacity(crate::stage::HANDOFF_BYTES + 64 * 1024),
+            // Allocated only if the stage is ever busy when this writer writes (`write_local`).
+            local: Vec::new(),
         }
     }
 

@@ -154,12 +154,24 @@ impl Stage {
 
     /// Adds `writer`'s encoded rows; uploads the chunk once it is full.
     pub async fn append(&mut self, writer: u64, rows: &[u8]) -> Result<()> {
+        self.open(writer)?.extend_from_slice(rows);
+        self.appended(writer, rows.len()).await
+    }
+
+    /// The chunk buffer, for `writer` to encode rows into directly; every byte it adds must be
+    /// reported to [`Stage::appended`] before the stage is used otherwise.
+    pub fn open(&mut self, writer: u64) -> Result<&mut Vec<u8>> {
         self.check(writer)?;
         if self.buffer.capacity() == 0 {
             self.buffer = self.take_spare().unwrap_or_else(|| Vec::with_capacity(self.chunk_bytes + 2 * HANDOFF_BYTES));
         }
-        self.buffer.extend_from_slice(rows);
-        self.budget.add(rows.len());
+        Ok(&mut self.buffer)
+    }
+
+    /// Counts `bytes` that `writer` added at the end of the chunk buffer; uploads the chunk
+    /// once it is full.
+    pub async fn appended(&mut self, writer: u64, bytes: usize) -> Result<()> {
+        self.budget.add(bytes);
         match self.segments.last_mut() {
             Some((w, end)) if *w == writer => *end = self.buffer.len(),
             _ => self.segments.push((writer, self.buffer.len())),
@@ -191,6 +203,12 @@ impl Stage {
             self.buffer = Vec::new();
         }
         drop(self.take_spare());
+    }
+
+    /// The rows of the chunk being filled, and the end of each writer's stretch of it.
+    #[cfg(test)]
+    pub(crate) fn filling(&self) -> (&[u8], &[(u64, usize)]) {
+        (&self.buffer, &self.segments)
     }
 
     /// Why `writer`'s rows failed to load, if they did.
@@ -324,10 +342,10 @@ pub(crate) fn reclaim(data: bytes::Bytes) -> Option<Vec<u8>> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn stage(budget: &ChunkBudget, chunk_bytes: usize) -> Stage {
+    pub(crate) fn stage(budget: &ChunkBudget, chunk_bytes: usize) -> Stage {
         let options = crate::client::ClientOptions {
             project: "p".into(),
             location: None,
@@ -339,7 +357,7 @@ mod tests {
         Stage::new(client, "d".into(), "t".into(), "i".into(), Vec::new(), chunk_bytes, budget.clone())
     }
 
-    fn held(budget: &ChunkBudget) -> usize {
+    pub(crate) fn held(budget: &ChunkBudget) -> usize {
         budget.held.load(std::sync::atomic::Ordering::Relaxed)
     }
 
