@@ -17,7 +17,7 @@ use crate::binlog::MySqlChangeLog;
 use crate::config::{MySqlSourceConfig, SslMode};
 use crate::error::wrap;
 use crate::tls;
-use crate::types::{Decoder, decode_or_null, quote_ident, read_plan};
+use crate::types::{Decoder, decode, quote_ident, read_plan, undecodable};
 
 /// Reads MySQL / MariaDB tables through one shared connection pool.
 pub struct MySqlSource {
@@ -344,15 +344,13 @@ impl Source for MySqlSource {
             let mut values = Vec::with_capacity(raw.len());
             for (wire, col) in raw.into_iter().zip(&columns) {
                 let wire = wire.unwrap_or(mysql_async::Value::NULL);
-                values.push(decode_or_null(
-                    col.decoder,
-                    wire,
-                    self.config.zero_dates,
-                    &mut zero_dates,
-                    &label,
-                    &col.name,
-                    &col.source_type,
-                )?);
+                values.push(match decode(col.decoder, wire) {
+                    Ok(value) => value,
+                    Err(e) => {
+                        let policy = self.config.zero_dates;
+                        undecodable(e, policy, &mut zero_dates, &label, &col.name, &col.source_type)?
+                    }
+                });
             }
             rows.push(values).await?;
         }

@@ -266,28 +266,12 @@ fn parse_temporal_text(decoder: Decoder, s: &str) -> std::result::Result<Value, 
     }
 }
 
-/// Turns a decode failure into the caller's result, applying the zero-date policy: invalid
-/// dates become NULL (counted), everything else is an error naming the column.
-#[inline]
-pub fn decode_or_null(
-    decoder: Decoder,
-    wire: Wire,
-    policy: crate::config::ZeroDatePolicy,
-    zero_dates: &mut u64,
-    table: &str,
-    column: &str,
-    source_type: &str,
-) -> Result<Value> {
-    match decode(decoder, wire) {
-        Ok(v) => Ok(v),
-        Err(e) => decode_failure(e, policy, zero_dates, table, column, source_type),
-    }
-}
-
-/// The rare path of [`decode_or_null`], kept out of the per-value one.
+/// What a value [`decode`] refused becomes: under the zero-date policy an invalid date is NULL
+/// (counted); everything else is an error naming the column. Out of line: it is the rare path
+/// of a per-value loop.
 #[cold]
 #[inline(never)]
-fn decode_failure(
+pub fn undecodable(
     error: DecodeError,
     policy: crate::config::ZeroDatePolicy,
     zero_dates: &mut u64,
