@@ -4,6 +4,7 @@
 #   bench/fleet.sh                       # 200 x 10 and 1,000 x 20 tenants x tables, 100 rows each
 #   FLEET_SIZES="50x5" bench/fleet.sh    # other sizes (TENANTSxTABLES, space-separated)
 #   FLEET_ROWS=100 FLEET_POOL=4          # rows per table, the tool's pool_size
+#   FLEET_BIN=/path/to/connector-run     # another build (default: target/release, built first)
 #
 # Everything runs on a private MariaDB (own port and data folder under bench-work/fleet, binlog
 # off; the folder is kept between runs so the fleet is built once) and a fresh local BigQuery
@@ -38,7 +39,7 @@ bash scripts/bq-emulator.sh start --port "$BQ_PORT" --project fleet-project --fr
 trap 'bash scripts/bq-emulator.sh stop --port "$BQ_PORT" >/dev/null 2>&1 || true
       bash scripts/private-mariadb.sh stop --dir "$WORK/mariadb" >/dev/null 2>&1 || true' EXIT
 cargo build --release -p connector-run 2>&1 | tail -1
-BIN="$ROOT/target/release/connector-run"
+BIN="${FLEET_BIN:-$ROOT/target/release/connector-run}"
 
 table_names() { for t in $(seq 1 "$1"); do printf 't%02d ' "$t"; done; }
 tenant_names() { for d in $(seq 1 "$1"); do printf 'fleet_%04d ' "$d"; done; }

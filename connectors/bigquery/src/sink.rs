@@ -88,8 +88,8 @@ impl BigQuerySink {
             staging_dataset: config.staging_dataset.clone().unwrap_or_else(|| config.dataset.clone()),
             run_id: ctx.run_id.clone(),
             chunk_bytes: config.upload_chunk_mb * 1024 * 1024,
-            // Two chunks and a margin: one stage (a chunk filling, one uploading) never goes
-            // over it, so a single big table is never slowed; many tables share it.
+            // Two chunks and a margin: a table alone keeps whole chunks (one filling, one
+            // uploading); the tables holding rows at once share it.
             chunk_budget: crate::stage::ChunkBudget::new((2 * config.upload_chunk_mb + 4) * 1024 * 1024),
             client,
             datasets_ready: OnceCell::new(),

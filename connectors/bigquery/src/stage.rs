@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use connector_framework::{ConnectorError, ErrorClass, Result};
 use serde_json::{Value as Json, json};
@@ -39,42 +40,50 @@ pub(crate) struct SharedStage {
 /// rows a per-writer reload could not load.
 type Upload = (Result<()>, bytes::Bytes, Vec<(u64, ConnectorError)>);
 
-/// The bytes of rows a run's stages hold in chunk buffers and uploads, and how many they may
-/// hold before a stage sends its chunk early. A fleet has many tables in flight, staging or
-/// waiting on their loads, each with up to a chunk of rows: without a bound, a full run of
-/// 1,000 tenants × 20 tables peaked at 422 MB (250 MB with four chunks' worth, about 175 MB
-/// with two).
+/// The bytes of rows a run's stages hold in chunk buffers and uploads, shared out among the
+/// stages holding rows. A fleet has many tables in flight, staging or waiting on their loads,
+/// each with up to a chunk of rows: without a bound, a full run of 1,000 tenants × 20 tables
+/// peaked at 422 MB. Each stage holding rows gets an equal share, so its chunks are at most
+/// half its share (one filling, one uploading): a table alone keeps whole chunks and its
+/// upload overlaps its reading; many tables send smaller chunks, never below
+/// [`MIN_CHUNK_BYTES`]. No stage waits for another's upload, so none waits forever.
 #[derive(Debug, Clone)]
 pub(crate) struct ChunkBudget {
-    held: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    held: Arc<AtomicUsize>,
+    /// How many stages hold rows (a chunk filling or uploading).
+    active: Arc<AtomicUsize>,
     limit: usize,
 }
 
 impl ChunkBudget {
     pub fn new(limit: usize) -> Self {
-        Self { held: Default::default(), limit }
+        Self { held: Default::default(), active: Default::default(), limit }
     }
 
     fn add(&self, bytes: usize) {
-        self.held.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+        self.held.fetch_add(bytes, Ordering::Relaxed);
     }
 
     fn sub(&self, bytes: usize) {
-        self.held.fetch_sub(bytes, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    fn exceeded(&self) -> bool {
-        self.held.load(std::sync::atomic::Ordering::Relaxed) > self.limit
+        self.held.fetch_sub(bytes, Ordering::Relaxed);
     }
 
     /// Whether `bytes` more stay within the budget.
     fn fits(&self, bytes: usize) -> bool {
-        self.held.load(std::sync::atomic::Ordering::Relaxed) + bytes <= self.limit
+        self.held.load(Ordering::Relaxed) + bytes <= self.limit
+    }
+
+    /// The size at which a stage's chunk goes: half a stage's share, within
+    /// [`MIN_CHUNK_BYTES`] and the configured chunk size.
+    fn chunk_target(&self, chunk_bytes: usize) -> usize {
+        let stages = self.active.load(Ordering::Relaxed).max(1);
+        (self.limit / (2 * stages)).clamp(MIN_CHUNK_BYTES.min(chunk_bytes), chunk_bytes)
     }
 }
 
-/// Over the budget, a chunk of at least this much goes early (smaller load jobs, not tiny ones).
-const EARLY_CHUNK_BYTES: usize = 1024 * 1024;
+/// The smallest chunk a stage sends before its table's end, however many share the budget
+/// (smaller load jobs, not tiny ones).
+const MIN_CHUNK_BYTES: usize = 1024 * 1024;
 
 /// One staging table and its load jobs.
 pub(crate) struct Stage {
@@ -98,6 +107,8 @@ pub(crate) struct Stage {
     uploading: usize,
     /// The bytes `spare` held as a chunk: its pages are in memory, so they count too.
     spare_bytes: usize,
+    /// Counted among the budget's stages holding rows.
+    active: bool,
     /// Why the stage as a whole failed: nothing staged here may be committed.
     failed: Option<(ErrorClass, String)>,
     /// Writers whose rows could not be loaded, and why; their tenants fail alone.
@@ -136,6 +147,7 @@ impl Stage {
             budget,
             uploading: 0,
             spare_bytes: 0,
+            active: false,
             failed: None,
             failed_writers: HashMap::new(),
         }
@@ -172,17 +184,13 @@ impl Stage {
     /// once it is full.
     pub async fn appended(&mut self, writer: u64, bytes: usize) -> Result<()> {
         self.budget.add(bytes);
+        self.set_active(true);
         match self.segments.last_mut() {
             Some((w, end)) if *w == writer => *end = self.buffer.len(),
             _ => self.segments.push((writer, self.buffer.len())),
         }
-        if self.buffer.len() >= self.chunk_bytes {
+        if self.buffer.len() >= self.budget.chunk_target(self.chunk_bytes) {
             self.flush().await?;
-        } else if self.budget.exceeded() && self.buffer.len() >= EARLY_CHUNK_BYTES {
-            // The run's stages hold too much: this chunk goes now, and this stage waits for
-            // it (its own upload, which needs nothing from the others, so none waits forever).
-            self.flush().await?;
-            self.wait_pending().await?;
         }
         self.check(writer)
     }
@@ -191,6 +199,7 @@ impl Stage {
     pub async fn settle(&mut self, writer: Option<u64>) -> Result<()> {
         self.flush().await?;
         self.wait_pending().await?;
+        self.set_active(false);
         match writer {
             Some(w) => self.check(w),
             None => Ok(()),
@@ -209,6 +218,17 @@ impl Stage {
     #[cfg(test)]
     pub(crate) fn filling(&self) -> (&[u8], &[(u64, usize)]) {
         (&self.buffer, &self.segments)
+    }
+
+    /// Counts this stage among those holding rows, or no longer.
+    fn set_active(&mut self, active: bool) {
+        if self.active != active {
+            self.active = active;
+            match active {
+                true => self.budget.active.fetch_add(1, Ordering::Relaxed),
+                false => self.budget.active.fetch_sub(1, Ordering::Relaxed),
+            };
+        }
     }
 
     /// Why `writer`'s rows failed to load, if they did.
@@ -289,6 +309,7 @@ impl Stage {
 impl Drop for Stage {
     fn drop(&mut self) {
         self.budget.sub(self.buffer.len() + self.uploading + self.spare_bytes);
+        self.set_active(false);
     }
 }
 
@@ -358,28 +379,35 @@ pub(crate) mod tests {
     }
 
     pub(crate) fn held(budget: &ChunkBudget) -> usize {
-        budget.held.load(std::sync::atomic::Ordering::Relaxed)
+        budget.held.load(Ordering::Relaxed)
     }
 
     #[tokio::test]
-    async fn stages_over_their_shared_budget_send_their_chunks_early() {
-        let budget = ChunkBudget::new(3 * EARLY_CHUNK_BYTES);
-        let (mut a, mut b) = (stage(&budget, 64 * EARLY_CHUNK_BYTES), stage(&budget, 64 * EARLY_CHUNK_BYTES));
-        let rows = vec![b'x'; EARLY_CHUNK_BYTES];
-        a.append(1, &rows).await.unwrap();
-        a.append(1, &rows).await.unwrap();
-        assert_eq!((a.chunks, held(&budget)), (0, 2 * EARLY_CHUNK_BYTES), "under the budget a chunk keeps filling");
+    async fn stages_holding_rows_share_the_budget_equally() {
+        const MIB: usize = MIN_CHUNK_BYTES;
+        let budget = ChunkBudget::new(8 * MIB);
+        let (mut a, mut b) = (stage(&budget, 64 * MIB), stage(&budget, 64 * MIB));
+        let rows = vec![b'x'; MIB];
+        for _ in 0..3 {
+            a.append(1, &rows).await.unwrap();
+        }
+        assert_eq!((a.chunks, held(&budget)), (0, 3 * MIB), "alone, a stage's chunk fills to half the budget");
         b.append(2, &rows).await.unwrap();
+        assert_eq!(b.chunks, 0);
+        // Two stages hold rows now: each sends its chunk at a quarter of the budget.
+        a.append(1, &rows).await.unwrap();
+        assert_eq!(a.chunks, 1, "a's chunk went once b shared the budget");
         b.append(2, &rows).await.unwrap();
-        // Over the budget: b's chunk went at once, and b waited for its upload.
         assert_eq!(b.chunks, 1);
-        assert_eq!(held(&budget), 2 * EARLY_CHUNK_BYTES, "b's uploaded rows no longer count");
         a.settle(None).await.unwrap();
+        assert_eq!(budget.chunk_target(64 * MIB), 4 * MIB, "a settled stage no longer takes a share");
         b.settle(None).await.unwrap();
+        assert_eq!(budget.chunk_target(512 * 1024), 512 * 1024, "never beyond the configured chunk size");
         a.release_buffers();
         b.release_buffers();
         drop((a, b));
         assert_eq!(held(&budget), 0, "every byte counted is given back");
+        assert_eq!(budget.active.load(Ordering::Relaxed), 0);
     }
 
     #[test]
