@@ -175,7 +175,10 @@ impl Stage {
     pub fn open(&mut self, writer: u64) -> Result<&mut Vec<u8>> {
         self.check(writer)?;
         if self.buffer.capacity() == 0 {
-            self.buffer = self.take_spare().unwrap_or_else(|| Vec::with_capacity(self.chunk_bytes + 2 * HANDOFF_BYTES));
+            // Room for a chunk of the current target and its last pieces; a chunk that may
+            // grow later (fewer tables sharing the budget) grows its buffer then.
+            let capacity = self.budget.chunk_target(self.chunk_bytes) + 2 * HANDOFF_BYTES;
+            self.buffer = self.take_spare().unwrap_or_else(|| Vec::with_capacity(capacity));
         }
         Ok(&mut self.buffer)
     }
