@@ -43,8 +43,9 @@ pub struct TableOutcome {
     pub detail: Option<String>,
     /// What the operator should know (an insert-time cursor, …).
     pub warnings: Vec<String>,
-    /// `--dry-run`: the whole plan.
-    pub plan: Option<PlanDetail>,
+    /// `--dry-run`: the whole plan (boxed: a fleet's run holds an outcome per tenant and
+    /// table, nearly all without one).
+    pub plan: Option<Box<PlanDetail>>,
 }
 
 /// What a dry run would do with one table of one tenant in one target.

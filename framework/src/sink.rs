@@ -166,10 +166,11 @@ pub struct Staged {
     /// Rows staged, including those of an interrupted writer this one resumed.
     pub rows: u64,
     pub bytes: u64,
-    /// The tenant's own columns (a subset of the target's).
-    pub columns: Vec<String>,
+    /// The tenant's own columns (a subset of the target's). Shared: a table's thousand
+    /// tenants wait for its commit with the same lists.
+    pub columns: std::sync::Arc<[String]>,
     /// The staged type of each of `columns`, in the sink's type names.
-    pub types: Vec<String>,
+    pub types: std::sync::Arc<[String]>,
     /// Sink-specific location of the staged data (e.g. a staging table and writer).
     pub handle: Option<String>,
 }

@@ -487,8 +487,8 @@ mod tests {
             write: WriteMode::ReplaceTenant,
             rows: 1,
             bytes: 1,
-            columns: vec!["tenant_id".into(), "id".into()],
-            types: vec!["STRING".into(), "INT64".into()],
+            columns: vec!["tenant_id".into(), "id".into()].into(),
+            types: vec!["STRING".into(), "INT64".into()].into(),
             handle: Some("_stage_x/1".into()),
         };
         let (sql, _) = plan.statement(std::slice::from_ref(&staged));
@@ -521,8 +521,8 @@ mod tests {
             write: WriteMode::ApplyChanges,
             rows: 3,
             bytes: 1,
-            columns: vec!["id".into(), "v".into()],
-            types: vec!["INT64".into(), "STRING".into()],
+            columns: vec!["id".into(), "v".into()].into(),
+            types: vec!["INT64".into(), "STRING".into()].into(),
             handle: Some("_stage_c/4".into()),
         }
     }

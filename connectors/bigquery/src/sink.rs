@@ -77,6 +77,9 @@ pub struct BigQuerySink {
     targets: Mutex<HashMap<String, Vec<(String, String)>>>,
     /// Target table → the staging tables its writers share this run.
     stages: Mutex<HashMap<String, Vec<SharedStage>>>,
+    /// The distinct column and type lists of this run's writers: a fleet's tenants have the
+    /// same ones, and each staged tenant keeps its lists until the table's commit.
+    column_lists: std::sync::Mutex<std::collections::HashSet<Arc<[String]>>>,
 }
 
 impl BigQuerySink {
@@ -97,6 +100,20 @@ impl BigQuerySink {
             billed: AtomicU64::new(0),
             targets: Mutex::new(HashMap::new()),
             stages: Mutex::new(HashMap::new()),
+            column_lists: Default::default(),
+        }
+    }
+
+    /// `list`, shared with every equal list of this run.
+    fn shared_list(&self, list: Vec<String>) -> Arc<[String]> {
+        let mut lists = self.column_lists.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        match lists.get(list.as_slice()) {
+            Some(shared) => Arc::clone(shared),
+            None => {
+                let shared: Arc<[String]> = list.into();
+                lists.insert(Arc::clone(&shared));
+                shared
+            }
         }
     }
 
@@ -246,10 +263,10 @@ impl BigQuerySink {
             tenant: tenant.table.database.clone(),
             mode: request.mode,
             write: request.write,
-            types: columns.iter().map(|c| c.ty.clone()).collect(),
+            types: self.shared_list(columns.iter().map(|c| c.ty.clone()).collect()),
             hash: request.table.key.is_empty().then(|| hash_order(&names)),
             change_fields: change_fields(request),
-            columns: names,
+            columns: self.shared_list(names),
             keys,
             seq,
             rows: seq,
@@ -645,6 +662,18 @@ mod tests {
         let config: BigQuerySinkConfig =
             serde_json::from_value(json!({"project": "p", "dataset": "shops"})).expect("config");
         BigQuerySink::new(&ctx, &config, client(transport, Duration::from_secs(5)))
+    }
+
+    #[test]
+    fn equal_column_lists_of_a_run_are_one_allocation() {
+        let sink = sink(Arc::new(Scripted::default()));
+        let list = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        let first = sink.shared_list(list(&["id", "amount"]));
+        let again = sink.shared_list(list(&["id", "amount"]));
+        let other = sink.shared_list(list(&["id", "total"]));
+        assert!(Arc::ptr_eq(&first, &again), "a second tenant with the same columns shares the first one's list");
+        assert!(!Arc::ptr_eq(&first, &other));
+        assert_eq!(&other[..], ["id", "total"]);
     }
 
     #[tokio::test]

@@ -182,9 +182,9 @@ pub(crate) struct BqStagingWriter {
     pub mode: SyncMode,
     pub write: WriteMode,
     /// The tenant's columns' target names.
-    pub columns: Vec<String>,
+    pub columns: Arc<[String]>,
     /// The staged BigQuery type of each column.
-    pub types: Vec<String>,
+    pub types: Arc<[String]>,
     /// `{"_tenant":…,"_synced":…,"_mode":…,"_writer":…` for every line.
     pub prefix: Vec<u8>,
     /// `,"<staging column>":` and the column's type, per column.
@@ -370,8 +370,8 @@ mod tests {
             tenant: format!("shop{id}"),
             mode: SyncMode::Full,
             write: WriteMode::ReplaceTenant,
-            columns: vec!["id".into()],
-            types: vec!["INT64".into()],
+            columns: vec!["id".to_string()].into(),
+            types: vec!["INT64".to_string()].into(),
             prefix: BqStagingWriter::prefix(&format!("shop{id}"), SyncMode::Full, id),
             keys: vec![(b",\"id\":".to_vec(), LogicalType::Int64)],
             hash: None,

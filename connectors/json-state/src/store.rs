@@ -350,7 +350,7 @@ impl JsonStateStore {
             indexes.push(records);
             files.push((database, states));
         }
-        for (indexes, written) in indexes.into_iter().zip(self.replace_files(files, Put::Always)) {
+        for (indexes, written) in indexes.into_iter().zip(self.replace_files(files.into_iter(), Put::Always)) {
             if let Err(e) = written {
                 indexes.into_iter().for_each(|i| results[i] = Err(e.duplicate()));
             }
@@ -363,14 +363,18 @@ impl JsonStateStore {
     /// place and the folder is flushed once. (One after another: files created in parallel
     /// in one folder contend for the file system's inode allocation, which costs more than it
     /// saves.) One result per database, in order.
-    fn replace_files(&self, files: Vec<(String, Vec<TableState>)>, put: Put) -> Vec<Result<()>> {
+    fn replace_files(
+        &self,
+        files: impl ExactSizeIterator<Item = (String, Vec<TableState>)>,
+        put: Put,
+    ) -> Vec<Result<()>> {
         if let Err(e) = private_dir(&self.dir) {
             let e = io_err("cannot create status_dir", &self.dir, e);
-            return files.iter().map(|_| Err(e.duplicate())).collect();
+            return files.map(|_| Err(e.duplicate())).collect();
         }
         let mut results: Vec<Result<()>> = Vec::with_capacity(files.len());
         let mut written: Vec<(usize, PathBuf, std::io::Result<PathBuf>)> = Vec::new();
-        for (i, (database, states)) in files.into_iter().enumerate() {
+        for (i, (database, states)) in files.enumerate() {
             match self.replaced_file(&database, states, put) {
                 Ok((path, bytes)) => {
                     let tmp = write_flushed(&path, &bytes);
@@ -517,9 +521,9 @@ impl JsonStateStore {
     /// its content, as a record written straight to it would, and the others go ahead; a
     /// write that fails is an error (the journal is kept).
     fn write_records(&self, records: &Records, put: Put) -> Result<()> {
-        let files: Vec<(String, Vec<TableState>)> =
-            records.iter().map(|(db, tables)| (db.clone(), tables.values().cloned().collect())).collect();
-        let names: Vec<String> = files.iter().map(|(db, _)| db.clone()).collect();
+        // One database's records copied at a time, not the whole journal's.
+        let files = records.iter().map(|(db, tables)| (db.clone(), tables.values().cloned().collect()));
+        let names: Vec<&String> = records.keys().collect();
         for (database, result) in names.iter().zip(self.replace_files(files, put)) {
             let Err(e) = result else { continue };
             if self.path_for(database).is_ok_and(|path| is_corrupt(&path)) {

@@ -88,8 +88,8 @@ impl StagingWriter for NdjsonWriter {
             write: self.write,
             rows: self.rows,
             bytes: 0,
-            types: vec!["json".into(); self.columns.len()],
-            columns: self.columns.clone(),
+            types: vec!["json".into(); self.columns.len()].into(),
+            columns: self.columns.clone().into(),
             handle: Some(self.path.display().to_string()),
         })
     }

@@ -126,7 +126,7 @@ pub(super) async fn dry_run_outcomes(
         o.mode = Some(plan.mode);
         o.detail = Some(plan.reason.clone());
         o.warnings = plan.warnings.clone();
-        o.plan = Some(PlanDetail {
+        o.plan = Some(Box::new(PlanDetail {
             reason: plan.reason,
             key: schema.key.clone(),
             cursor: plan.cursor,
@@ -137,7 +137,7 @@ pub(super) async fn dry_run_outcomes(
             changes,
             excluded: table_options.exclude_columns.clone(),
             renamed: table_options.rename_columns.iter().map(|(s, t)| format!("{s} → {t}")).collect(),
-        });
+        }));
         out.push(o);
     }
     out

@@ -73,7 +73,9 @@ pub(super) async fn sync_table(ctx: &RunContext<'_>, name: &str, dbs: &[String])
     // Prior state: loaded here, once per tenant and target, for every later stage.
     let mut priors: Vec<Priors<'_>> = Vec::new();
     for schema in &tenants {
-        let mut per_target = Vec::new();
+        // Sized exactly (here and below): a thousand tenants' small vectors wait for the
+        // table's commit, and a vector grown by push holds room for four.
+        let mut per_target = Vec::with_capacity(runner.targets.len());
         for target in &runner.targets {
             let loaded = target.state.load_table(&schema.table.database, name).await;
             per_target.push((target, loaded));
@@ -93,7 +95,8 @@ pub(super) async fn sync_table(ctx: &RunContext<'_>, name: &str, dbs: &[String])
     }
     // Which targets each tenant is staged for: the live ones whose prior state loaded and
     // whose earlier writes in doubt are resolved.
-    let mut staged_for: Vec<Vec<(&Live<'_>, Option<TableState>)>> = vec![Vec::new(); tenants.len()];
+    let mut staged_for: Vec<Vec<(&Live<'_>, Option<TableState>)>> =
+        (0..tenants.len()).map(|_| Vec::with_capacity(live.len())).collect();
     for l in &live {
         let unresolved = resolve_in_doubt(l, &priors).await;
         for (i, schema) in tenants.iter().enumerate() {
@@ -206,9 +209,9 @@ async fn stage_tenant<'a>(
     let runner = ctx.runner;
     let started = Instant::now();
     let table = schema.table.clone();
-    let mut per_target = Vec::new();
-    let mut priors = Vec::new();
-    let mut plans: Vec<(&Target, TablePlan)> = Vec::new();
+    let mut per_target = Vec::with_capacity(targets.len());
+    let mut priors = Vec::with_capacity(targets.len());
+    let mut plans: Vec<(&Target, TablePlan)> = Vec::with_capacity(targets.len());
     for (l, prior) in targets {
         let plan = match &ctx.options.cdc {
             None => plan::plan_for(ctx, table_options, &schema, l.target, Some(&l.stamp), prior.as_ref()),
@@ -268,11 +271,11 @@ async fn commit_target(
 ) -> Outcomes {
     let target = l.target;
     let mut outcomes = Vec::new();
-    let mut staged: Vec<(&TenantResult, &TablePlan, Staged)> = Vec::new();
+    let mut staged: Vec<(&TenantResult, &TablePlan, &Staged)> = Vec::with_capacity(results.len());
     for t in results {
         let Some((plan, result)) = t.for_target(&target.id) else { continue };
         match (plan, result) {
-            (Some(plan), Ok(s)) => staged.push((t, plan, s.clone())),
+            (Some(plan), Ok(s)) => staged.push((t, plan, s)),
             (plan, Err(e)) => {
                 outcomes.push(
                     record::record_failure(
@@ -294,7 +297,7 @@ async fn commit_target(
         return outcomes;
     }
     let started = Instant::now();
-    let all: Vec<Staged> = staged.iter().map(|(_, _, s)| s.clone()).collect();
+    let all: Vec<Staged> = staged.iter().map(|(_, _, s)| (*s).clone()).collect();
     let results_by_tenant = commit_isolating(target, target_table, all.clone()).await;
     target.sink.discard(&all).await;
     let committed: Vec<&Staged> =

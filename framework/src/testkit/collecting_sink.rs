@@ -105,8 +105,8 @@ impl StagingWriter for CollectingWriter {
             write: self.write,
             rows: self.durable.len() as u64,
             bytes: 0,
-            types: vec![String::new(); self.columns.len()],
-            columns: self.columns.clone(),
+            types: vec![String::new(); self.columns.len()].into(),
+            columns: self.columns.clone().into(),
             handle: Some(self.handle.clone()),
         })
     }
