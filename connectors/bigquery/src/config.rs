@@ -92,7 +92,7 @@ pub(crate) const FIELDS: &[FieldDoc] = &[
         ty: "integer",
         required: false,
         default: "16",
-        doc: "MiB of rows per load job; the tables of a run hold about two chunks' worth (plus 4 MiB) between them: while several tables hold rows, each sends smaller chunks (an equal share, at least 1 MiB)",
+        doc: "MiB of rows per load job; the tables of a run hold about two chunks' worth (plus 4 MiB) between them: beyond that, a table holding more than an equal share sends a smaller chunk early (at least 1 MiB)",
     },
     FieldDoc {
         name: "job_timeout",

@@ -40,13 +40,13 @@ pub(crate) struct SharedStage {
 /// rows a per-writer reload could not load.
 type Upload = (Result<()>, bytes::Bytes, Vec<(u64, ConnectorError)>);
 
-/// The bytes of rows a run's stages hold in chunk buffers and uploads, shared out among the
-/// stages holding rows. A fleet has many tables in flight, staging or waiting on their loads,
-/// each with up to a chunk of rows: without a bound, a full run of 1,000 tenants × 20 tables
-/// peaked at 422 MB. Each stage holding rows gets an equal share, so its chunks are at most
-/// half its share (one filling, one uploading): a table alone keeps whole chunks and its
-/// upload overlaps its reading; many tables send smaller chunks, never below
-/// [`MIN_CHUNK_BYTES`]. No stage waits for another's upload, so none waits forever.
+/// The bytes of rows a run's stages hold in chunk buffers and uploads, and how many they may
+/// hold. A fleet has many tables in flight, staging or waiting on their loads, each with up to
+/// a chunk of rows: without a bound, a full run of 1,000 tenants × 20 tables peaked at 422 MB.
+/// Within the budget every stage fills whole chunks. Over it, a stage holding more than an
+/// equal share among the stages holding rows sends its chunk early (at least
+/// [`MIN_CHUNK_BYTES`]); it waits only for its own previous upload, never for another stage's,
+/// so none waits forever.
 #[derive(Debug, Clone)]
 pub(crate) struct ChunkBudget {
     held: Arc<AtomicUsize>,
@@ -68,21 +68,22 @@ impl ChunkBudget {
         self.held.fetch_sub(bytes, Ordering::Relaxed);
     }
 
+    fn exceeded(&self) -> bool {
+        self.held.load(Ordering::Relaxed) > self.limit
+    }
+
     /// Whether `bytes` more stay within the budget.
     fn fits(&self, bytes: usize) -> bool {
         self.held.load(Ordering::Relaxed) + bytes <= self.limit
     }
 
-    /// The size at which a stage's chunk goes: half a stage's share, within
-    /// [`MIN_CHUNK_BYTES`] and the configured chunk size.
-    fn chunk_target(&self, chunk_bytes: usize) -> usize {
-        let stages = self.active.load(Ordering::Relaxed).max(1);
-        (self.limit / (2 * stages)).clamp(MIN_CHUNK_BYTES.min(chunk_bytes), chunk_bytes)
+    /// An equal share of the budget among the stages holding rows.
+    fn share(&self) -> usize {
+        self.limit / self.active.load(Ordering::Relaxed).max(1)
     }
 }
 
-/// The smallest chunk a stage sends before its table's end, however many share the budget
-/// (smaller load jobs, not tiny ones).
+/// The smallest chunk a stage sends early (smaller load jobs, not tiny ones).
 const MIN_CHUNK_BYTES: usize = 1024 * 1024;
 
 /// One staging table and its load jobs.
@@ -175,9 +176,10 @@ impl Stage {
     pub fn open(&mut self, writer: u64) -> Result<&mut Vec<u8>> {
         self.check(writer)?;
         if self.buffer.capacity() == 0 {
-            // Room for a chunk of the current target and its last pieces; a chunk that may
-            // grow later (fewer tables sharing the budget) grows its buffer then.
-            let capacity = self.budget.chunk_target(self.chunk_bytes) + 2 * HANDOFF_BYTES;
+            // Room for a chunk of this stage's share and its last pieces: unwritten capacity
+            // costs nothing, but a fresh chunk-sized buffer per stage invites the allocator to
+            // keep more; a chunk allowed to grow past it grows its buffer then.
+            let capacity = self.budget.share().min(self.chunk_bytes) + 2 * HANDOFF_BYTES;
             self.buffer = self.take_spare().unwrap_or_else(|| Vec::with_capacity(capacity));
         }
         Ok(&mut self.buffer)
@@ -192,7 +194,7 @@ impl Stage {
             Some((w, end)) if *w == writer => *end = self.buffer.len(),
             _ => self.segments.push((writer, self.buffer.len())),
         }
-        if self.buffer.len() >= self.budget.chunk_target(self.chunk_bytes) {
+        if self.buffer.len() >= self.chunk_bytes || self.over_share() {
             self.flush().await?;
         }
         self.check(writer)
@@ -221,6 +223,14 @@ impl Stage {
     #[cfg(test)]
     pub(crate) fn filling(&self) -> (&[u8], &[(u64, usize)]) {
         (&self.buffer, &self.segments)
+    }
+
+    /// Whether the run's stages hold more than the budget and this one more than its share,
+    /// with a chunk big enough to send early.
+    fn over_share(&self) -> bool {
+        self.buffer.len() >= MIN_CHUNK_BYTES
+            && self.budget.exceeded()
+            && self.buffer.len() + self.uploading >= self.budget.share()
     }
 
     /// Counts this stage among those holding rows, or no longer.
@@ -386,26 +396,26 @@ pub(crate) mod tests {
     }
 
     #[tokio::test]
-    async fn stages_holding_rows_share_the_budget_equally() {
+    async fn over_the_budget_the_stages_holding_more_than_their_share_send_early() {
         const MIB: usize = MIN_CHUNK_BYTES;
         let budget = ChunkBudget::new(8 * MIB);
         let (mut a, mut b) = (stage(&budget, 64 * MIB), stage(&budget, 64 * MIB));
         let rows = vec![b'x'; MIB];
-        for _ in 0..3 {
+        for _ in 0..2 {
             a.append(1, &rows).await.unwrap();
         }
-        assert_eq!((a.chunks, held(&budget)), (0, 3 * MIB), "alone, a stage's chunk fills to half the budget");
-        b.append(2, &rows).await.unwrap();
-        assert_eq!(b.chunks, 0);
-        // Two stages hold rows now: each sends its chunk at a quarter of the budget.
+        for _ in 0..6 {
+            b.append(2, &rows).await.unwrap();
+        }
+        assert_eq!((a.chunks, b.chunks, held(&budget)), (0, 0, 8 * MIB), "within the budget, chunks keep filling");
         a.append(1, &rows).await.unwrap();
-        assert_eq!(a.chunks, 1, "a's chunk went once b shared the budget");
+        assert_eq!(a.chunks, 0, "over the budget, a stage within its share (half) keeps filling");
         b.append(2, &rows).await.unwrap();
-        assert_eq!(b.chunks, 1);
+        assert_eq!(b.chunks, 1, "the stage over its share sends its chunk");
+        assert_eq!(budget.share(), 4 * MIB);
         a.settle(None).await.unwrap();
-        assert_eq!(budget.chunk_target(64 * MIB), 4 * MIB, "a settled stage no longer takes a share");
+        assert_eq!(budget.share(), 8 * MIB, "a settled stage no longer takes a share");
         b.settle(None).await.unwrap();
-        assert_eq!(budget.chunk_target(512 * 1024), 512 * 1024, "never beyond the configured chunk size");
         a.release_buffers();
         b.release_buffers();
         drop((a, b));
