@@ -176,8 +176,19 @@ impl BqClient {
                 if let Some(loc) = &self.options.location {
                     body["location"] = json!(loc);
                 }
-                self.retry(|| self.transport.insert_dataset(self.project(), body.clone())).await?;
-                self.retry(|| self.transport.get_dataset(self.project(), dataset)).await?.unwrap_or_default()
+                let inserted = self.retry(|| self.transport.insert_dataset(self.project(), body.clone())).await;
+                let now = self.retry(|| self.transport.get_dataset(self.project(), dataset)).await;
+                match (inserted, now) {
+                    (Err(e), Ok(Some(d))) => {
+                        tracing::info!(%dataset, error = %e, "the dataset was created meanwhile by another worker");
+                        d
+                    }
+                    (Ok(()), Ok(Some(d))) => d,
+                    // Another worker creating it at the same moment: BigQuery answers 409 (taken
+                    // as success), the emulator fails the second commit; either way it exists.
+                    (Err(e), _) | (Ok(()), Err(e)) => return Err(e),
+                    (Ok(()), Ok(None)) => Json::default(),
+                }
             }
         };
         let text = |key: &str| {
@@ -504,16 +515,27 @@ pub(crate) mod tests {
         pub states: Mutex<Vec<&'static str>>,
         /// Fields a created table gets from its dataset (e.g. an inherited expiration).
         pub created_with: Json,
+        /// The dataset is missing until an `insert_dataset`, which fails (another worker
+        /// created it at the same moment, as the emulator reports that).
+        pub dataset_race: bool,
     }
 
     #[async_trait]
     impl Transport for Scripted {
         async fn get_dataset(&self, _: &str, d: &str) -> Result<Option<Json>> {
-            self.calls.lock().unwrap().push(format!("get_dataset {d}"));
+            let mut calls = self.calls.lock().unwrap();
+            calls.push(format!("get_dataset {d}"));
+            if self.dataset_race && !calls.iter().any(|c| c.starts_with("insert_dataset")) {
+                return Ok(None);
+            }
             Ok(Some(json!({"location": "asia-east1", "defaultTableExpirationMs": "5184000000"})))
         }
         async fn insert_dataset(&self, _: &str, _: Json) -> Result<()> {
-            Ok(())
+            self.calls.lock().unwrap().push("insert_dataset".into());
+            match self.dataset_race {
+                true => Err(ConnectorError::permanent("HTTP 400: Failed to commit DuckLake transaction")),
+                false => Ok(()),
+            }
         }
         async fn get_table(&self, _: &str, _: &str, _: &str) -> Result<Option<Json>> {
             Ok(None)
@@ -587,6 +609,14 @@ pub(crate) mod tests {
             max_concurrent_jobs: 2,
         };
         BqClient::new(options, transport)
+    }
+
+    #[tokio::test]
+    async fn a_dataset_another_worker_created_at_the_same_moment_is_used() {
+        let t = Arc::new(Scripted { dataset_race: true, ..Default::default() });
+        let info = client(t.clone(), Duration::from_secs(5)).ensure_dataset("shops").await.expect("the dataset exists");
+        assert_eq!(info.location.as_deref(), Some("asia-east1"));
+        assert_eq!(*t.calls.lock().unwrap(), ["get_dataset shops", "insert_dataset", "get_dataset shops"]);
     }
 
     #[tokio::test]
