@@ -177,17 +177,15 @@ impl BqClient {
                     body["location"] = json!(loc);
                 }
                 let inserted = self.retry(|| self.transport.insert_dataset(self.project(), body.clone())).await;
-                let now = self.retry(|| self.transport.get_dataset(self.project(), dataset)).await;
-                match (inserted, now) {
+                match (inserted, self.retry(|| self.transport.get_dataset(self.project(), dataset)).await) {
+                    // Another worker created it at the same moment: BigQuery answers 409 (taken
+                    // as success), the emulator fails the second commit; either way it exists.
                     (Err(e), Ok(Some(d))) => {
                         tracing::info!(%dataset, error = %e, "the dataset was created meanwhile by another worker");
                         d
                     }
-                    (Ok(()), Ok(Some(d))) => d,
-                    // Another worker creating it at the same moment: BigQuery answers 409 (taken
-                    // as success), the emulator fails the second commit; either way it exists.
-                    (Err(e), _) | (Ok(()), Err(e)) => return Err(e),
-                    (Ok(()), Ok(None)) => Json::default(),
+                    (Err(e), _) => return Err(e),
+                    (Ok(()), now) => now?.unwrap_or_default(),
                 }
             }
         };
