@@ -86,6 +86,9 @@ impl ChunkBudget {
 /// The smallest chunk a stage sends early (smaller load jobs, not tiny ones).
 const MIN_CHUNK_BYTES: usize = 1024 * 1024;
 
+/// A stage's first chunk buffer; it doubles as rows arrive (see [`Stage::open`]).
+const INITIAL_BUFFER_BYTES: usize = 4 * HANDOFF_BYTES;
+
 /// One staging table and its load jobs.
 pub(crate) struct Stage {
     client: BqClient,
@@ -175,12 +178,19 @@ impl Stage {
     /// reported to [`Stage::appended`] before the stage is used otherwise.
     pub fn open(&mut self, writer: u64) -> Result<&mut Vec<u8>> {
         self.check(writer)?;
-        if self.buffer.capacity() == 0 {
-            // Room for a chunk of this stage's share and its last pieces: unwritten capacity
-            // costs nothing, but a fresh chunk-sized buffer per stage invites the allocator to
-            // keep more; a chunk allowed to grow past it grows its buffer then.
-            let capacity = self.budget.share().min(self.chunk_bytes) + 2 * HANDOFF_BYTES;
-            self.buffer = self.take_spare().unwrap_or_else(|| Vec::with_capacity(capacity));
+        if self.buffer.capacity() == 0
+            && let Some(spare) = self.take_spare()
+        {
+            self.buffer = spare;
+        }
+        // Room for the next piece. The buffer grows with what the stage holds, doubling up to
+        // a chunk of its share: a fleet's small tables stage kilobytes each, and a buffer
+        // reserved for a whole chunk per stage is memory the allocator keeps.
+        if self.buffer.capacity() - self.buffer.len() < 2 * HANDOFF_BYTES {
+            let target = self.budget.share().min(self.chunk_bytes) + 2 * HANDOFF_BYTES;
+            let grown = (self.buffer.capacity() * 2).clamp(INITIAL_BUFFER_BYTES, target.max(INITIAL_BUFFER_BYTES));
+            let capacity = grown.max(self.buffer.len() + 2 * HANDOFF_BYTES);
+            self.buffer.reserve_exact(capacity - self.buffer.len());
         }
         Ok(&mut self.buffer)
     }
@@ -421,6 +431,33 @@ pub(crate) mod tests {
         drop((a, b));
         assert_eq!(held(&budget), 0, "every byte counted is given back");
         assert_eq!(budget.active.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn a_chunk_buffer_grows_with_the_rows_up_to_a_chunk_not_more() {
+        const MIB: usize = MIN_CHUNK_BYTES;
+        let budget = ChunkBudget::new(64 * MIB);
+        let mut small = stage(&budget, 16 * MIB);
+        small.append(1, b"{\"a\":1}\n").await.unwrap();
+        assert_eq!(small.buffer.capacity(), INITIAL_BUFFER_BYTES, "a stage of a few rows holds its first buffer only");
+        let mut big = stage(&budget, 4 * MIB);
+        let piece = vec![b'x'; HANDOFF_BYTES];
+        let mut capacities = Vec::new();
+        for _ in 0..16 {
+            let buffer = big.open(2).unwrap();
+            buffer.extend_from_slice(&piece);
+            capacities.push(buffer.capacity());
+            big.appended(2, piece.len()).await.unwrap();
+        }
+        assert_eq!(big.chunks, 1, "the 16th piece filled the chunk");
+        assert!(capacities.windows(2).all(|w| w[0] <= w[1]), "{capacities:?}");
+        assert_eq!(
+            *capacities.last().unwrap(),
+            4 * MIB + 2 * HANDOFF_BYTES,
+            "grown by doubling to a chunk and its last pieces: {capacities:?}"
+        );
+        small.settle(None).await.unwrap();
+        big.settle(None).await.unwrap();
     }
 
     #[test]

@@ -12,7 +12,11 @@ use connector_framework::{
 use tokio::sync::Mutex;
 
 use crate::stage::{HANDOFF_BYTES, Stage};
+
 use crate::types::{encode_str, encode_value};
+
+/// Room kept free in a writer's own buffer before each row (a row larger than this grows it).
+const LOCAL_ROW_ROOM: usize = 64 * 1024;
 
 /// Staging only: each staged row's number, so a chunk that was loaded twice counts once.
 pub(crate) const SEQ_FIELD: &str = "_seq";
@@ -279,11 +283,13 @@ impl BqStagingWriter {
     /// Encodes `batch` into this writer's own buffer, handing it over every [`HANDOFF_BYTES`].
     async fn write_local(&mut self, batch: &RowBatch) -> Result<()> {
         let mut local = std::mem::take(&mut self.local);
-        if local.capacity() == 0 {
-            // A piece and its last row: the buffer never grows past that.
-            local.reserve(HANDOFF_BYTES + 64 * 1024);
-        }
         for (i, row) in batch.rows.iter().enumerate() {
+            // Doubling from a page up to a piece and its last row, never past that: a
+            // fleet's tenant of a few rows holds kilobytes, not a whole piece.
+            if local.capacity() - local.len() < LOCAL_ROW_ROOM {
+                let capacity = (local.capacity() * 2).clamp(LOCAL_ROW_ROOM, HANDOFF_BYTES + LOCAL_ROW_ROOM);
+                local.reserve_exact(capacity.saturating_sub(local.len()));
+            }
             self.encode_row(&mut local, row, batch.snapshot_seq.as_ref(), batch.changes.get(i));
             if local.len() >= HANDOFF_BYTES {
                 self.local = local;
