@@ -510,7 +510,10 @@ fn run(args: RunArgs) -> Result<ExitCode> {
 
 /// Runs the pipeline once, or every `--every` until asked to stop.
 async fn run_loop(pipeline: Pipeline, args: RunArgs) -> Result<ExitCode> {
-    let metrics = observe::Metrics::install(args.metrics_addr)?;
+    let metrics = match (args.metrics_addr, &args.metrics_file) {
+        (None, None) => observe::Metrics::unpublished(),
+        (addr, _) => observe::Metrics::install(addr)?,
+    };
     let stop = Arc::new(AtomicBool::new(false));
     let stopped = Arc::new(tokio::sync::Notify::new());
     spawn_signal_handler(stop.clone(), stopped.clone());
