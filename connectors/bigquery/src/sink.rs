@@ -147,7 +147,10 @@ impl BigQuerySink {
     /// The shared stage of `table` for writers with these staging `fields`, its staging table
     /// created if this is the first writer.
     async fn shared_stage(&self, table: &str, fields: &[Json]) -> Result<SharedStage> {
-        let fields_key = Json::from(fields.to_vec()).to_string();
+        // Serialized as it is: every tenant asks, and a copy of the fields first was most of
+        // a fleet run's allocations here.
+        let fields_key = serde_json::to_string(fields)
+            .map_err(|e| ConnectorError::permanent(format!("{table}: staging fields: {e}")))?;
         let shared = {
             let mut stages = self.stages.lock().await;
             let list = stages.entry(table.to_string()).or_default();

@@ -3,7 +3,8 @@
 //!
 //! A fleet's run discovers every table name in every tenant. Asking per tenant costs four
 //! statements per tenant and table; asking per table name with the tenants in an `IN` list
-//! costs four per [`DISCOVERY_CHUNK`] tenants, whatever the fleet's size.
+//! costs four per [`DISCOVERY_CHUNK`] tenants, whatever the fleet's size (three when none of
+//! them has a text column that could be MariaDB's JSON).
 
 use std::collections::HashMap;
 
@@ -13,7 +14,7 @@ use mysql_async::prelude::Queryable;
 
 use crate::config::validate_identifier;
 use crate::error::wrap;
-use crate::types::{ColumnInfo, map_column};
+use crate::types::{ColumnInfo, map_column, may_be_mariadb_json};
 
 /// Databases per discovery statement: far below the server's placeholder limit, and a short
 /// enough statement for any `max_allowed_packet`.
@@ -57,7 +58,7 @@ pub(crate) async fn list_tables(conn: &mut Conn, database: &str) -> Result<Vec<S
 }
 
 /// Table `name` in each of `databases` (at most [`DISCOVERY_CHUNK`]), in that order: four
-/// statements for all of them. A statement that fails fails every database of the chunk with
+/// statements for all of them (three without text columns). A statement that fails fails every database of the chunk with
 /// its error.
 pub(crate) async fn discover_chunk(conn: &mut Conn, name: &str, databases: &[String]) -> Vec<Result<TableSchema>> {
     let label = match databases {
@@ -200,14 +201,27 @@ async fn read_chunk<'a>(
         });
     }
 
+    // Checks only tell MariaDB's JSON from text, so only tenants with a text column are asked:
+    // CHECK_CONSTRAINTS costs the server twice what COLUMNS does (0.2 ms a table), the most
+    // of a fleet run's discovery.
+    let with_text: Vec<String> = databases
+        .iter()
+        .filter(|db| {
+            facts.get(db.as_str()).is_some_and(|f| f.columns.iter().any(|c| may_be_mariadb_json(&c.data_type)))
+        })
+        .cloned()
+        .collect();
     // MySQL 8 lacks TABLE_NAME here (and has a real JSON type): a server error means no checks.
-    let checks: Vec<(String, String, String)> =
-        match select_chunk(conn, ("CHECK_CONSTRAINTS", "CONSTRAINT_SCHEMA", "CHECK_CLAUSE", ""), name, databases).await
+    let checks: Vec<(String, String, String)> = if with_text.is_empty() {
+        Vec::new()
+    } else {
+        match select_chunk(conn, ("CHECK_CONSTRAINTS", "CONSTRAINT_SCHEMA", "CHECK_CLAUSE", ""), name, &with_text).await
         {
             Ok(checks) => checks,
             Err(mysql_async::Error::Server(_)) => Vec::new(),
             Err(e) => return Err(wrap(e, format!("{label}: reading information_schema.CHECK_CONSTRAINTS"))),
-        };
+        }
+    };
     for (db, table, clause) in checks {
         if let Some(db) = asked(&db, &table) {
             facts.entry(db.as_str()).or_default().checks.push(clause);

@@ -81,6 +81,12 @@ pub struct ColumnInfo {
     pub nullable: bool,
 }
 
+/// Whether a column of this `DATA_TYPE` is MariaDB's JSON when a `json_valid` CHECK guards it
+/// (MariaDB's JSON is LONGTEXT with that check; TEXT and MEDIUMTEXT with it count too).
+pub(crate) fn may_be_mariadb_json(data_type: &str) -> bool {
+    matches!(data_type, "longtext" | "text" | "mediumtext")
+}
+
 /// Maps a column to its logical type and decoder; the third value is the SELECT expression
 /// when the column is not read as-is.
 pub fn map_column(c: &ColumnInfo) -> (LogicalType, Decoder, Option<String>) {
@@ -109,7 +115,7 @@ pub fn map_column(c: &ColumnInfo) -> (LogicalType, Decoder, Option<String>) {
         "timestamp" => (LogicalType::Timestamp { fsp }, Decoder::Timestamp, None),
         "time" => (LogicalType::Time { fsp }, Decoder::Time, None),
         "json" => (LogicalType::Json, Decoder::Json, None),
-        "longtext" | "text" | "mediumtext" if c.json_check => (LogicalType::Json, Decoder::Json, None),
+        text if c.json_check && may_be_mariadb_json(text) => (LogicalType::Json, Decoder::Json, None),
         "char" | "varchar" | "tinytext" | "text" | "mediumtext" | "longtext" | "enum" | "set" => {
             (LogicalType::String, Decoder::Text, None)
         }
