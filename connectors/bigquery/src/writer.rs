@@ -12,7 +12,6 @@ use connector_framework::{
 use tokio::sync::Mutex;
 
 use crate::stage::{HANDOFF_BYTES, Stage};
-
 use crate::types::{encode_str, encode_value};
 
 /// Room kept free in a writer's own buffer before each row (a row larger than this grows it).

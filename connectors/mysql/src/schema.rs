@@ -58,8 +58,8 @@ pub(crate) async fn list_tables(conn: &mut Conn, database: &str) -> Result<Vec<S
 }
 
 /// Table `name` in each of `databases` (at most [`DISCOVERY_CHUNK`]), in that order: four
-/// statements for all of them (three without text columns). A statement that fails fails every database of the chunk with
-/// its error.
+/// statements for all of them (three without text columns). A statement that fails fails
+/// every database of the chunk with its error.
 pub(crate) async fn discover_chunk(conn: &mut Conn, name: &str, databases: &[String]) -> Vec<Result<TableSchema>> {
     let label = match databases {
         [one] => TableRef::new(one, name).to_string(),
