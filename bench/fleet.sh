@@ -13,8 +13,10 @@
 #   2. an incremental run after 1 % of every table's rows changed (one row in a hundred);
 #   3. an incremental run with nothing changed.
 # Each line prints wall time, the tool's CPU seconds, its peak RSS, the MySQL statements the
-# server executed meanwhile (its own `Questions` counter, and per tenant x table), and the
-# BigQuery jobs of the run (from the emulator's job list).
+# server executed meanwhile (its own `Questions` counter, and per tenant x table), the commands
+# it answered (`Questions` leaves out each prepared statement's PREPARE and CLOSE), the server's
+# and the emulator's CPU seconds, and the BigQuery jobs of the run (from the emulator's job
+# list).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -35,6 +37,7 @@ MYSQL=(mariadb --no-defaults -h127.0.0.1 -P"$MYSQL_PORT" -uroot --password= -N -
 "${MYSQL[@]}" -e "SET GLOBAL table_open_cache = 60000, table_definition_cache = 60000, innodb_buffer_pool_size = 1073741824"
 SERVER_PID=$(cat "$WORK/mariadb/mysqld.pid" 2>/dev/null || true)
 bash scripts/bq-emulator.sh start --port "$BQ_PORT" --project fleet-project --fresh >/dev/null
+EMULATOR_PID=$(cat "${BQ_EMULATOR_RUN_DIR:-${BQ_EMULATOR_HOME:-$HOME/.cache/connector/bq-emulator}}/run/emulator-$BQ_PORT.pid" 2>/dev/null || true)
 # Both servers stop at the end; the fleet's data folder stays for the next run.
 trap 'bash scripts/bq-emulator.sh stop --port "$BQ_PORT" >/dev/null 2>&1 || true
       bash scripts/private-mariadb.sh stop --dir "$WORK/mariadb" >/dev/null 2>&1 || true' EXIT
@@ -81,6 +84,11 @@ change_one_percent() {
 }
 
 questions() { "${MYSQL[@]}" -e "SHOW GLOBAL STATUS LIKE 'Questions'" | awk '{ print $2 }'; }
+# commands: Questions plus the PREPAREs and CLOSEs it does not count.
+commands() {
+  "${MYSQL[@]}" -e "SHOW GLOBAL STATUS WHERE Variable_name IN ('Questions', 'Com_stmt_prepare', 'Com_stmt_close')" |
+    awk '{ n += $2 } END { print n }'
+}
 server_cpu() { process_cpu "$SERVER_PID"; }
 
 # jobs: how many BigQuery jobs the emulator has run so far (its job list, every page).
@@ -103,22 +111,28 @@ PY
 measure() {
   local label="$1" pairs="$2"
   shift 2
-  local q0 q1 s0 s1 j0 j1 user sys rss_kb elapsed
+  local q0 q1 c0 c1 s0 s1 e0 e1 j0 j1 user sys rss_kb elapsed
   j0=$(jobs)
   q0=$(questions)
+  c0=$(commands)
   s0=$(server_cpu)
+  e0=$(process_cpu "$EMULATOR_PID")
   /usr/bin/time -f "%e %U %S %M" -o "$WORK/time.txt" "$BIN" --pipeline "$WORK/params.json" -q \
     --report-json "$WORK/report.json" "$@" >"$WORK/run.out" 2>&1 || {
     echo "$label failed:"; tail -20 "$WORK/run.out"; exit 1; }
   s1=$(server_cpu)
+  e1=$(process_cpu "$EMULATOR_PID")
   q1=$(questions)
+  c1=$(commands)
   read -r elapsed user sys rss_kb < <(tail -1 "$WORK/time.txt")
   j1=$(jobs)
-  # The two status queries of this function are not the tool's.
-  awk -v l="$label" -v e="$elapsed" -v u="$user" -v s="$sys" -v m="$rss_kb" -v q=$((q1 - q0 - 1)) -v p="$pairs" \
-    -v sv="$(awk -v a="$s0" -v b="$s1" 'BEGIN { print b - a }')" -v j=$((j1 - j0)) 'BEGIN {
-    printf "%-34s %7.1f s wall %6.1f CPU s %6.1f MB RSS %9d statements (%5.1f per tenant x table, server %5.1f CPU s) %5d jobs\n",
-      l, e, u + s, m / 1024, q, q / p, sv, j }'
+  # The status queries of this function are not the tool's: two of them fall between q0 and q1
+  # (c0, and q1 counting itself), and two between c0 and c1.
+  awk -v l="$label" -v e="$elapsed" -v u="$user" -v s="$sys" -v m="$rss_kb" -v q=$((q1 - q0 - 2)) -v p="$pairs" \
+    -v c=$((c1 - c0 - 2)) -v sv="$(awk -v a="$s0" -v b="$s1" 'BEGIN { print b - a }')" \
+    -v ev="$(awk -v a="$e0" -v b="$e1" 'BEGIN { print b - a }')" -v j=$((j1 - j0)) 'BEGIN {
+    printf "%-34s %7.1f s wall %6.1f CPU s %6.1f MB RSS %9d statements (%4.1f per tenant x table; %4.1f commands) server %5.1f CPU s, emulator %5.1f CPU s %5d jobs\n",
+      l, e, u + s, m / 1024, q, q / p, c / p, sv, ev, j }'
 }
 
 for size in $SIZES; do
