@@ -37,7 +37,7 @@ MYSQL=(mariadb --no-defaults -h127.0.0.1 -P"$MYSQL_PORT" -uroot --password= -N -
 "${MYSQL[@]}" -e "SET GLOBAL table_open_cache = 60000, table_definition_cache = 60000, innodb_buffer_pool_size = 1073741824"
 SERVER_PID=$(cat "$WORK/mariadb/mysqld.pid" 2>/dev/null || true)
 bash scripts/bq-emulator.sh start --port "$BQ_PORT" --project fleet-project --fresh >/dev/null
-EMULATOR_PID=$(cat "${BQ_EMULATOR_RUN_DIR:-${BQ_EMULATOR_HOME:-$HOME/.cache/connector/bq-emulator}}/run/emulator-$BQ_PORT.pid" 2>/dev/null || true)
+EMULATOR_PID=$(bash scripts/bq-emulator.sh status --port "$BQ_PORT" | sed -n 's/.*(pid \([0-9]*\)).*/\1/p' || true)
 # Both servers stop at the end; the fleet's data folder stays for the next run.
 trap 'bash scripts/bq-emulator.sh stop --port "$BQ_PORT" >/dev/null 2>&1 || true
       bash scripts/private-mariadb.sh stop --dir "$WORK/mariadb" >/dev/null 2>&1 || true' EXIT
