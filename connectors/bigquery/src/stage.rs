@@ -187,8 +187,8 @@ impl Stage {
         // a chunk of its share: a fleet's small tables stage kilobytes each, and a buffer
         // reserved for a whole chunk per stage is memory the allocator keeps.
         if self.buffer.capacity() - self.buffer.len() < 2 * HANDOFF_BYTES {
-            let target = self.budget.share().min(self.chunk_bytes) + 2 * HANDOFF_BYTES;
-            let grown = (self.buffer.capacity() * 2).clamp(INITIAL_BUFFER_BYTES, target.max(INITIAL_BUFFER_BYTES));
+            let target = (self.budget.share().min(self.chunk_bytes) + 2 * HANDOFF_BYTES).max(INITIAL_BUFFER_BYTES);
+            let grown = (self.buffer.capacity() * 2).clamp(INITIAL_BUFFER_BYTES, target);
             let capacity = grown.max(self.buffer.len() + 2 * HANDOFF_BYTES);
             self.buffer.reserve_exact(capacity - self.buffer.len());
         }
