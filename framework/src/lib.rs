@@ -83,6 +83,7 @@ pub mod tenants;
 pub mod testkit;
 pub mod value;
 pub mod verify;
+pub mod window;
 
 pub use cdc::{CdcOptions, CdcReport, StreamReport};
 pub use change::{
@@ -113,6 +114,7 @@ pub use system::SystemColumns;
 pub use tenants::{Shard, TenantChanges, TenantSelection};
 pub use value::{Row, RowBatch, Value};
 pub use verify::{VerifyOptions, VerifyReport};
+pub use window::{WindowCheck, WindowRows};
 
 /// Re-exported so connector crates register without naming `inventory` themselves.
 pub use inventory;

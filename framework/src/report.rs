@@ -35,6 +35,8 @@ pub struct TableOutcome {
     /// Rows whose cursor was later than the source's clock (kept out of the watermark).
     pub future_cursor_rows: u64,
     pub null_cursor_rows_skipped: u64,
+    /// Rows the window read again that the target already held as they are: not sent.
+    pub unchanged_rows_skipped: u64,
     /// The rows read: `all rows` or the cursor range.
     pub window: Option<String>,
     pub error: Option<String>,
@@ -85,6 +87,7 @@ impl TableOutcome {
             nulled_values: Default::default(),
             future_cursor_rows: 0,
             null_cursor_rows_skipped: 0,
+            unchanged_rows_skipped: 0,
             window: None,
             error: None,
             error_class: None,
@@ -182,6 +185,13 @@ impl RunReport {
                 out.push_str(&format!(
                     "    {rows} with a NULL cursor {} not read (null_cursor: report); a --full run syncs them\n",
                     if o.null_cursor_rows_skipped == 1 { "was" } else { "were" }
+                ));
+            }
+            if o.unchanged_rows_skipped > 0 {
+                let (rows, was) = if o.unchanged_rows_skipped == 1 { ("row", "was") } else { ("rows", "were") };
+                out.push_str(&format!(
+                    "    {} {rows} read again in the window {was} already in the target unchanged: not sent\n",
+                    o.unchanged_rows_skipped
                 ));
             }
             if o.future_cursor_rows > 0 {

@@ -18,6 +18,7 @@ use crate::digest::{BucketDigest, DigestSpec, JsonDigest, RowDigest};
 use crate::error::Result;
 use crate::schema::{TableRef, TableSchema};
 use crate::value::{RowBatch, Value};
+use crate::window::{WindowCheck, WindowRows, WindowTracker};
 
 /// The channel a source pushes batches into; bounded, so a slow sink slows the reader
 /// instead of filling memory.
@@ -124,6 +125,9 @@ pub struct ReadRequest {
     /// ([`ReadSummary::change_position`]). A source that cannot tell the position exactly for a
     /// table whose rows could then be applied twice (no key) fails the read.
     pub capture_position: bool,
+    /// For a `Since` read: the rows its targets already hold, left out of the read, and the
+    /// digests to collect for the next one ([`crate::window`]).
+    pub window: Option<Arc<WindowCheck>>,
 }
 
 impl ReadRequest {
@@ -137,6 +141,7 @@ impl ReadRequest {
             cursor_time_zone: None,
             excluded_columns: Vec::new(),
             capture_position: false,
+            window: None,
         }
     }
 }
@@ -178,6 +183,10 @@ pub struct ReadSummary {
     /// than changes it applies (the sequence guard orders them; a batch ending before it could
     /// briefly show a deleted row again).
     pub change_settled: Option<ChangeSeq>,
+    /// Rows the read took again that every target already held, unchanged: left out.
+    pub unchanged_rows_skipped: u64,
+    /// With [`ReadRequest::window`]: the digests of the rows the next read takes again.
+    pub window_rows: Option<WindowRows>,
 }
 
 impl ReadSummary {
@@ -192,6 +201,10 @@ impl ReadSummary {
         }
         self.future_cursor_rows += part.future_cursor_rows;
         self.null_cursor_rows_skipped += part.null_cursor_rows_skipped;
+        self.unchanged_rows_skipped += part.unchanged_rows_skipped;
+        if part.window_rows.is_some() {
+            self.window_rows = part.window_rows;
+        }
         if self.snapshot_time.is_none() {
             self.snapshot_time = part.snapshot_time;
             self.cursor_clock = part.cursor_clock;
@@ -305,6 +318,7 @@ pub struct RowSink {
     future_cursor_rows: u64,
     key: Option<usize>,
     last_key: Option<i128>,
+    window: Option<WindowTracker>,
     rows: u64,
     bytes: u64,
 }
@@ -337,6 +351,11 @@ impl RowSink {
             future_cursor_rows: 0,
             key,
             last_key: None,
+            window: request
+                .window
+                .as_ref()
+                .filter(|_| matches!(request.range, ReadRange::Since { .. }))
+                .map(|check| WindowTracker::new(Arc::clone(check))),
             rows: 0,
             bytes: 0,
         }
@@ -352,6 +371,14 @@ impl RowSink {
     pub async fn push(&mut self, values: Vec<Value>) -> Result<()> {
         if let Some(i) = self.cursor {
             self.observe_cursor(&values[i]);
+        }
+        if let Some(window) = &mut self.window {
+            let cursor = self.cursor.and_then(|i| values[i].cursor_instant());
+            if window.observe(&values, cursor, self.max_cursor.as_ref()) {
+                // Every target holds this row as it is: read again only because the window
+                // starts before the watermark.
+                return Ok(());
+            }
         }
         // Kept as a number (i64 and u64 both fit) and written as text once, at the end.
         match self.key.map(|i| &values[i]) {
@@ -395,6 +422,10 @@ impl RowSink {
         if !self.batch.is_empty() {
             let last = std::mem::take(&mut self.batch);
             self.send(last).await?;
+        }
+        if let Some(window) = self.window {
+            summary.unchanged_rows_skipped += window.unchanged;
+            summary.window_rows = Some(window.finish(self.max_cursor.as_ref()));
         }
         summary.rows += self.rows;
         summary.bytes += self.bytes;

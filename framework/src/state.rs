@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::change::{ChangePosition, ChangeSeq};
 use crate::error::{ConnectorError, Result};
+use crate::window::WindowRows;
 
 mod memory;
 mod scratch;
@@ -148,6 +149,11 @@ pub struct TableState {
     /// Streamed by `--cdc`: the snapshot the target's rows of this table come from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cdc: Option<CdcTableState>,
+    /// Digests of the rows the next incremental read takes again (its lookback window), as
+    /// the last success committed them: such a row read back unchanged is not sent again
+    /// ([`crate::window`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_rows: Option<WindowRows>,
 }
 
 /// A table's place in the change stream: its rows in the target are those of `snapshot`, plus
@@ -281,6 +287,7 @@ impl TableState {
             in_doubt: None,
             notes: Vec::new(),
             cdc: None,
+            window_rows: None,
         }
     }
 
@@ -311,6 +318,9 @@ impl TableState {
         state.updated_at = Utc::now().naive_utc();
         state.consecutive_failures = prior.map_or(0, |p| p.consecutive_failures) + 1;
         state.records_synced = 0;
+        // A failed commit may have written some rows (or be in doubt): the digests no longer
+        // say what the target holds.
+        state.window_rows = None;
         if let Some(handle) = error.in_doubt() {
             state.in_doubt = Some(handle.to_string());
         }

@@ -233,6 +233,54 @@ async fn a_run_killed_mid_table_loses_and_doubles_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_run_in_which_nothing_changed_sends_nothing_and_a_change_that_keeps_its_cursor_is_still_synced() {
+    let emulator = &*EMULATOR;
+    let db = unique("idle");
+    create_shop(&db, 20, 60).await;
+    let dataset = unique("idle");
+    let dir = workdir();
+    write_json(
+        &dir.path().join("params.json"),
+        &flat_params(std::slice::from_ref(&db), &["orders"], &dataset, emulator, dir.path()),
+    );
+    sync(dir.path(), &[]).await;
+    mysql_exec(&format!("UPDATE `{db}`.orders SET amount = amount + 1, updated_at = NOW(6) WHERE id <= 4")).await;
+    // The first incremental run sends its window (the four rows), and remembers them.
+    let out = sync(dir.path(), &[]).await;
+    assert!(out.stdout.contains("INCREMENTAL") && !out.stdout.contains("read again in the window"), "{}", out.stdout);
+    assert_table_equal(emulator, &dataset, &db, "orders", "id").await;
+    let digests = state(dir.path(), &db)["tables"]["orders"]["window_rows"]["digests"].as_str().unwrap().len();
+    assert_eq!(digests, 4 * 32, "one digest per row of the next window");
+
+    // Nothing changed: the window's rows come back unchanged and nothing is loaded or merged.
+    let jobs = bq_job_counts(emulator, &dataset).await;
+    let out = sync(dir.path(), &[]).await;
+    assert!(
+        out.stdout.contains("4 rows read again in the window were already in the target unchanged"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(bq_job_counts(emulator, &dataset).await, jobs, "no load, no MERGE");
+
+    // A change that leaves the cursor as it was (an application that does not stamp it) and
+    // a row stamped inside the window are both sent; the unchanged rows are not.
+    mysql_exec(&format!("UPDATE `{db}`.orders SET amount = 4242, updated_at = updated_at WHERE id = 2")).await;
+    mysql_exec(&format!(
+        "UPDATE `{db}`.orders SET status = 'shipped', updated_at = (SELECT MAX(updated_at) FROM (SELECT updated_at FROM `{db}`.orders) m) WHERE id = 9"
+    ))
+    .await;
+    let out = sync(dir.path(), &[]).await;
+    assert!(
+        out.stdout.contains("3 rows read again in the window were already in the target unchanged"),
+        "{}",
+        out.stdout
+    );
+    let q = format!("SELECT amount FROM `{dataset}`.orders WHERE tenant_id = '{db}' AND id = 2");
+    assert_eq!(bq_query(emulator, &q).await[0][0].as_deref(), Some("4242"));
+    assert_table_equal(emulator, &dataset, &db, "orders", "id").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_table_without_a_key_resynced_ten_times_keeps_its_row_count() {
     let emulator = &*EMULATOR;
     let db = unique("nokey");

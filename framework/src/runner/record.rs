@@ -109,6 +109,8 @@ fn success_state(ctx: &RunContext<'_>, s: &Success<'_>) -> Result<TableState, Co
         next_watermark(s.schema, s.plan, s.read, s.prior.and_then(|p| p.watermark.as_ref()))
     };
     let mode = if cdc.is_some() { SyncMode::Cdc } else { s.plan.mode };
+    // The rows the next incremental read takes again, as this commit wrote them.
+    let window_rows = s.read.window_rows.clone().filter(|_| mode == SyncMode::Incremental);
     Ok(TableState {
         watermark,
         duration_seconds: Some(s.elapsed.as_secs_f64()),
@@ -118,6 +120,7 @@ fn success_state(ctx: &RunContext<'_>, s: &Success<'_>) -> Result<TableState, Co
         last_full_at: if s.plan.mode == SyncMode::Full { Some(read_at) } else { s.prior.and_then(|p| p.last_full_at) },
         notes: s.plan.warnings.clone(),
         cdc,
+        window_rows,
         ..TableState::succeeded(&table.table, mode, s.rows, read_at)
     })
 }
@@ -133,6 +136,7 @@ fn success_line(target: &Target, s: &Success<'_>) -> TableOutcome {
     outcome.nulled_values = s.read.nulled_values.clone();
     outcome.future_cursor_rows = s.read.future_cursor_rows;
     outcome.null_cursor_rows_skipped = s.read.null_cursor_rows_skipped;
+    outcome.unchanged_rows_skipped = s.read.unchanged_rows_skipped;
     outcome.window = Some(s.read.window.clone().unwrap_or_else(|| s.plan.range.describe()));
     outcome.detail = Some(s.plan.reason.clone());
     outcome.warnings = s.plan.warnings.clone();

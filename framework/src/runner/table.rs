@@ -13,10 +13,11 @@ use crate::error::{ConnectorError, Result};
 use crate::events::Event;
 use crate::pipeline::TableOptions;
 use crate::schema::TableSchema;
-use crate::sink::{Staged, TargetTable};
-use crate::source::{ReadRequest, ReadSummary};
+use crate::sink::{Staged, TargetTable, WriteMode};
+use crate::source::{ReadRange, ReadRequest, ReadSummary};
 use crate::state::{TableState, TargetStamp};
 use crate::strategy::TablePlan;
+use crate::window::WindowCheck;
 
 use super::record::{self, PriorFacts, Success};
 use super::{Outcomes, RunContext, Target, plan, read, unify};
@@ -212,7 +213,8 @@ async fn stage_tenant<'a>(
     let mut per_target = Vec::with_capacity(targets.len());
     let mut priors = Vec::with_capacity(targets.len());
     let mut plans: Vec<(&Target, TablePlan)> = Vec::with_capacity(targets.len());
-    for (l, prior) in targets {
+    let mut held = Vec::with_capacity(targets.len());
+    for (l, mut prior) in targets {
         let plan = match &ctx.options.cdc {
             None => plan::plan_for(ctx, table_options, &schema, l.target, Some(&l.stamp), prior.as_ref()),
             Some(cdc) => {
@@ -228,6 +230,7 @@ async fn stage_tenant<'a>(
         };
         plans.push((l.target, plan));
         priors.push((l.target.id.clone(), prior.as_ref().map(PriorFacts::of)));
+        held.push(prior.as_mut().and_then(|p| p.window_rows.take()));
     }
     let mut read = None;
     let mut retries = 0;
@@ -242,6 +245,16 @@ async fn stage_tenant<'a>(
         request.cursor_time_zone =
             table_options.cursor_time_zone.clone().or_else(|| runner.settings.cursor_time_zone.clone());
         request.capture_position = ctx.options.cdc.is_some();
+        // Only rows merged by key can be left out: a table without one counts each row's
+        // copies over the whole window it is sent.
+        if matches!(request.range, ReadRange::Since { .. }) && plans.iter().all(|(_, p)| p.write == WriteMode::Merge) {
+            // The target table's layout and the tenant's columns are part of every digest:
+            // a row is "held" only in the shape it was written in.
+            let shape =
+                format!("{} {}", unify::fingerprint(&schema), serde_json::to_string(target_table).unwrap_or_default());
+            let held: Vec<_> = held.iter().map(Option::as_ref).collect();
+            request.window = Some(WindowCheck::new(&held, &shape, runner.settings.lookback_minutes));
+        }
         let (result, r) =
             runner.retry_counted(&format!("sync {table}"), || read::attempt(ctx, &request, target_table, &plans)).await;
         retries = r;

@@ -6,11 +6,12 @@ use std::sync::Arc;
 use super::*;
 use crate::report::OutcomeStatus;
 use crate::source::ReadRange;
-use crate::state::{SyncMode, SyncStatus};
+use crate::state::{SyncMode, SyncStatus, TableState};
 use crate::strategy::{CursorStrategy, PlanOptions};
 use crate::testkit::{
     CollectingSink, MemorySource, MemoryStateStore, sample_table, sink_conformance, source_conformance,
 };
+use crate::value::Value;
 
 fn runner(source: MemorySource, targets: Vec<(&str, CollectingSink, MemoryStateStore)>, settings: Settings) -> Runner {
     Runner {
@@ -321,4 +322,59 @@ async fn shards_split_the_tenants_and_together_sync_each_once() {
     let mut all = names.clone();
     all.sort();
     assert_eq!(seen, all, "every tenant exactly once over the three shards");
+}
+
+#[tokio::test]
+async fn rows_read_again_in_the_window_are_sent_only_when_a_target_lacks_them_as_they_are() {
+    let source = source_with(&[("a", 5)]);
+    let (one, two) = (CollectingSink::new("one"), CollectingSink::new("two"));
+    let (one_state, two_state) = (MemoryStateStore::default(), MemoryStateStore::default());
+    let runner = runner(
+        source.clone(),
+        vec![("one", one.clone(), one_state.clone()), ("two", two.clone(), two_state.clone())],
+        Settings { max_retries: 0, ..Default::default() },
+    );
+    let run = || async { runner.run(&RunOptions::default()).await.unwrap() };
+    let sent = |report: &RunReport| -> Vec<(u64, u64)> {
+        report.outcomes.iter().map(|o| (o.rows, o.unchanged_rows_skipped)).collect()
+    };
+    let names = |sink: &CollectingSink| -> Vec<Value> {
+        let rows = sink.committed_rows("orders", "a");
+        rows.iter().skip(rows.len().saturating_sub(10)).map(|r| r[1].clone()).collect()
+    };
+
+    // A full sync stores no digests; the first incremental run sends its whole window (every
+    // row is within the 10 minutes before the watermark) and stores them.
+    assert_eq!(sent(&run().await), [(5, 0), (5, 0)]);
+    assert_eq!(sent(&run().await), [(5, 0), (5, 0)]);
+    let stored = one_state.load("a").await.unwrap().table("orders").cloned().unwrap();
+    assert_eq!(stored.window_rows.as_ref().map(|w| w.len()), Some(5), "{stored:?}");
+
+    // Nothing changed: nothing sent, to either target.
+    let commits_before = one.committed_rows("orders", "a").len();
+    let report = run().await;
+    assert_eq!(sent(&report), [(0, 5), (0, 5)], "{}", report.render());
+    assert!(report.render().contains("5 rows read again in the window were already in the target unchanged"));
+    assert_eq!(one.committed_rows("orders", "a").len(), commits_before);
+
+    // A value changed without its cursor moving, and a late row inside the window: both sent.
+    {
+        let mut tables = source.tables.lock().unwrap();
+        let (_, rows) = tables.get_mut(&TableRef::new("a", "orders")).unwrap();
+        rows[2][1] = Value::String("changed in place".into());
+        let mut late = rows[0].clone();
+        late[0] = Value::Int(100);
+        rows.push(late);
+    }
+    assert_eq!(sent(&run().await), [(2, 4), (2, 4)]);
+    assert!(names(&one).contains(&Value::String("changed in place".into())));
+
+    // A target whose digests are gone (a failure drops them) gets the whole window again, and
+    // so does the other: one read serves both.
+    let mut entry = two_state.load("a").await.unwrap().table("orders").cloned().unwrap();
+    entry = TableState::failed("orders", Some(&entry), Some(SyncMode::Incremental), &ConnectorError::transient("x"));
+    assert!(entry.window_rows.is_none(), "a failure drops the digests");
+    two_state.record("a", entry).await.unwrap();
+    assert_eq!(sent(&run().await), [(6, 0), (6, 0)]);
+    assert_eq!(sent(&run().await), [(0, 6), (0, 6)]);
 }

@@ -7,8 +7,8 @@ use async_trait::async_trait;
 
 use crate::error::{ConnectorError, Result};
 use crate::schema::{TableRef, TableSchema};
-use crate::source::{BatchSender, ReadRange, ReadRequest, ReadSummary, Source};
-use crate::value::{Row, RowBatch, Value};
+use crate::source::{BatchSender, ReadRange, ReadRequest, ReadSummary, RowSink, Source};
+use crate::value::{Row, Value};
 
 /// Schema and rows per table.
 pub type MemoryTables = BTreeMap<TableRef, (TableSchema, Vec<Row>)>;
@@ -103,8 +103,9 @@ impl Source for MemorySource {
             rows.truncate(usize::try_from(*limit).unwrap_or(usize::MAX));
             last_key = rows.last().map(|r| key_of(r, i).to_string());
         }
-        let cursor = request.track_cursor.as_deref().and_then(|c| full_schema.column_index(c));
-        let mut batch = RowBatch::with_capacity(request.batch_size);
+        // The framework's own row sink: the watermark and window rules are those every
+        // source's read follows.
+        let mut sink = RowSink::new(&request, output, now, now);
         for row in rows {
             if let ReadRange::Since { cursor: name, from, include_nulls, .. } = &request.range {
                 let i = full_schema.column_index(name).unwrap_or(0);
@@ -118,27 +119,9 @@ impl Source for MemorySource {
                     Some(_) => continue,
                 }
             }
-            if let Some(i) = cursor {
-                match row[i].cursor_instant() {
-                    Some(t) if t > now => summary.future_cursor_rows += 1,
-                    Some(_) if summary.max_cursor.as_ref().is_none_or(|m| row[i].cursor_gt(m)) => {
-                        summary.max_cursor = Some(row[i].clone());
-                    }
-                    _ => {}
-                }
-            }
-            summary.rows += 1;
-            batch.push(picks.iter().map(|&i| row[i].clone()).collect());
-            if batch.is_full(request.batch_size) {
-                summary.bytes += batch.bytes as u64;
-                let full = std::mem::replace(&mut batch, RowBatch::with_capacity(request.batch_size));
-                output.send(full).await.map_err(|_| ConnectorError::permanent("receiver dropped"))?;
-            }
+            sink.push(picks.iter().map(|&i| row[i].clone()).collect()).await?;
         }
-        if !batch.is_empty() {
-            summary.bytes += batch.bytes as u64;
-            output.send(batch).await.map_err(|_| ConnectorError::permanent("receiver dropped"))?;
-        }
+        sink.finish(&mut summary).await?;
         summary.last_key = last_key;
         Ok(summary)
     }

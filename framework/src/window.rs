@@ -1,0 +1,369 @@
+//! The rows an incremental read takes again, and which of them the target already has.
+//!
+//! An incremental read starts `lookback_minutes` before its watermark, so the rows the last
+//! run wrote near the watermark come back on every run: a fleet in which nothing changed still
+//! loads and merges a few rows per tenant and table, one BigQuery job pair per table per run.
+//! A successful run therefore stores, with its watermark, a digest of each row in the next
+//! read's window ([`WindowRows`]); the next read leaves out a row whose digest is among them.
+//!
+//! Why leaving such a row out loses nothing:
+//! - a digest is stored only for a row the target committed in the run that stores it, and a
+//!   failed run drops the digests (`TableState::failed`), so every stored digest is a row the
+//!   target holds as it is;
+//! - a row is left out only when every value, the cursor included, is what was committed, and
+//!   the target table's shape is the same (it is part of every digest);
+//! - any subset of the digests is enough: a row missing from them is only sent again;
+//! - only tables merged by key take part: a table without a key tells a row's copies apart by
+//!   counting them over the whole window it is sent, so its window is always sent whole.
+//!
+//! The digest is SipHash-1-3 (128 bits) under a random key kept beside the digests, so two
+//! different rows share one with a chance of 2^-128, and nobody without the state can make
+//! them collide.
+
+use std::collections::HashSet;
+use std::hash::Hasher;
+use std::sync::Arc;
+
+use chrono::{NaiveDateTime, TimeDelta};
+use serde::{Deserialize, Serialize};
+use siphasher::sip128::{Hasher128, SipHasher13};
+
+use crate::value::Value;
+
+/// At most this many digests per tenant's table: a window holding more rows is a table that
+/// changes anyway, and its state entry stays small (32 hex digits a row).
+pub const MAX_WINDOW_ROWS: usize = 256;
+
+/// The digests of the rows a table's next incremental read will take again, stored with its
+/// watermark.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WindowRows {
+    /// The digest key, 32 hex digits.
+    pub key: String,
+    /// The digests, 32 hex digits each, concatenated in ascending order.
+    pub digests: String,
+}
+
+impl WindowRows {
+    fn parse_key(&self) -> Option<(u64, u64)> {
+        let k = u128::from_str_radix(&self.key, 16).ok().filter(|_| self.key.len() == 32)?;
+        Some(((k >> 64) as u64, k as u64))
+    }
+
+    fn parse_digests(&self) -> Option<HashSet<u128>> {
+        if !self.digests.len().is_multiple_of(32) || !self.digests.is_ascii() {
+            return None;
+        }
+        (0..self.digests.len() / 32)
+            .map(|i| u128::from_str_radix(&self.digests[i * 32..(i + 1) * 32], 16).ok())
+            .collect()
+    }
+
+    /// How many rows this holds.
+    pub fn len(&self) -> usize {
+        self.digests.len() / 32
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.digests.is_empty()
+    }
+}
+
+/// One target's stored digests: their key and the digests.
+type Held = ((u64, u64), HashSet<u128>);
+
+/// What a read needs to leave out the rows its targets have: the digests every target holds,
+/// and how to digest and collect the rows for the next run. Shared by a read's attempts.
+#[derive(Debug, Clone)]
+pub struct WindowCheck {
+    key: (u64, u64),
+    /// The target table's shape, digested once: part of every row's digest.
+    shape: u128,
+    /// Rows every target holds as they are.
+    synced: HashSet<u128>,
+    lookback: TimeDelta,
+}
+
+impl WindowCheck {
+    /// The check for one read. `priors` are the targets' stored digests (`None` for a target
+    /// without them): rows are left out only when every target holds them under one key; the
+    /// digests for the next run are taken under that key, or a new one. `shape` is anything
+    /// that tells the target table's layout (columns, names, types).
+    pub fn new(priors: &[Option<&WindowRows>], shape: &str, lookback_minutes: u64) -> Arc<Self> {
+        let parsed: Option<Vec<Held>> =
+            priors.iter().map(|p| p.and_then(|w| Some((w.parse_key()?, w.parse_digests()?)))).collect();
+        let (key, synced) = match parsed {
+            Some(sets) if !sets.is_empty() && sets.iter().all(|(k, _)| *k == sets[0].0) => {
+                let key = sets[0].0;
+                let mut sets = sets.into_iter().map(|(_, s)| s);
+                let first = sets.next().unwrap_or_default();
+                (key, sets.fold(first, |acc, s| acc.intersection(&s).copied().collect()))
+            }
+            _ => ((rand::random(), rand::random()), HashSet::new()),
+        };
+        let mut h = SipHasher13::new_with_keys(key.0, key.1);
+        h.write(shape.as_bytes());
+        let lookback =
+            TimeDelta::try_minutes(i64::try_from(lookback_minutes).unwrap_or(i64::MAX)).unwrap_or(TimeDelta::MAX);
+        Arc::new(Self { key, shape: h.finish128().as_u128(), synced, lookback })
+    }
+
+    /// The digest of one row: the target table's shape, then every value with its kind.
+    pub fn digest(&self, row: &[Value]) -> u128 {
+        let mut h = SipHasher13::new_with_keys(self.key.0, self.key.1);
+        h.write_u128(self.shape);
+        h.write_usize(row.len());
+        for v in row {
+            digest_value(&mut h, v);
+        }
+        h.finish128().as_u128()
+    }
+
+    /// How many rows every target holds.
+    pub fn synced_rows(&self) -> usize {
+        self.synced.len()
+    }
+}
+
+fn digest_value(h: &mut SipHasher13, v: &Value) {
+    let text = |h: &mut SipHasher13, tag: u8, s: &[u8]| {
+        h.write_u8(tag);
+        h.write_usize(s.len());
+        h.write(s);
+    };
+    match v {
+        Value::Null => h.write_u8(0),
+        Value::Bool(b) => {
+            h.write_u8(1);
+            h.write_u8(u8::from(*b));
+        }
+        Value::Int(i) => {
+            h.write_u8(2);
+            h.write_i64(*i);
+        }
+        Value::UInt(u) => {
+            h.write_u8(3);
+            h.write_u64(*u);
+        }
+        Value::Float(f) => {
+            h.write_u8(4);
+            h.write_u64(f.to_bits());
+        }
+        Value::Decimal(s) => text(h, 5, s.as_bytes()),
+        Value::String(s) => text(h, 6, s.as_bytes()),
+        Value::Bytes(b) => text(h, 7, b),
+        Value::Date(d) => {
+            h.write_u8(8);
+            h.write_i32(chrono::Datelike::num_days_from_ce(d));
+        }
+        Value::DateTime(t) => {
+            h.write_u8(9);
+            h.write_i64(t.and_utc().timestamp());
+            h.write_u32(t.and_utc().timestamp_subsec_nanos());
+        }
+        Value::Timestamp(t) => {
+            h.write_u8(10);
+            h.write_i64(t.timestamp());
+            h.write_u32(t.timestamp_subsec_nanos());
+        }
+        Value::Time(us) => {
+            h.write_u8(11);
+            h.write_i64(*us);
+        }
+        Value::Json(s) => text(h, 12, s.as_bytes()),
+        Value::Geometry(s) => text(h, 13, s.as_bytes()),
+    }
+}
+
+/// Per read: leaves out the rows the targets hold, and collects the digests of the rows the
+/// next read will take again (those at or after the highest cursor seen minus the lookback;
+/// rows without a cursor instant are always read again).
+#[derive(Debug)]
+pub struct WindowTracker {
+    check: Arc<WindowCheck>,
+    /// (cursor instant, digest); `None` sorts first and stands for "always in the window".
+    collected: Vec<(Option<NaiveDateTime>, u128)>,
+    /// Rows left out because every target holds them.
+    pub unchanged: u64,
+}
+
+impl WindowTracker {
+    pub fn new(check: Arc<WindowCheck>) -> Self {
+        Self { check, collected: Vec::new(), unchanged: 0 }
+    }
+
+    /// Digests one row; whether the targets already hold it (the caller leaves it out).
+    /// `cursor` is the row's cursor instant, `max` the highest cursor value seen so far (this
+    /// row's included).
+    pub fn observe(&mut self, row: &[Value], cursor: Option<NaiveDateTime>, max: Option<&Value>) -> bool {
+        let start = max.and_then(|m| self.window_start(m));
+        let in_window = cursor.is_none() || start.is_none_or(|s| cursor.is_some_and(|c| c >= s));
+        if !in_window && self.check.synced.is_empty() {
+            return false;
+        }
+        let digest = self.check.digest(row);
+        if in_window {
+            self.collected.push((cursor, digest));
+            if self.collected.len() >= 2 * MAX_WINDOW_ROWS {
+                self.prune(start);
+            }
+        }
+        let held = self.check.synced.contains(&digest);
+        if held {
+            self.unchanged += 1;
+        }
+        held
+    }
+
+    /// Where a read from watermark `w` starts: the lookback before it (dates: whole days, as
+    /// [`crate::strategy::lower_bound`] counts them).
+    fn window_start(&self, w: &Value) -> Option<NaiveDateTime> {
+        let t = w.cursor_instant()?;
+        let lookback = self.check.lookback;
+        match w {
+            Value::Date(_) => {
+                let days = lookback.num_days() + i64::from(lookback.num_seconds() % 86_400 != 0);
+                t.checked_sub_signed(TimeDelta::try_days(days)?)
+            }
+            _ => t.checked_sub_signed(lookback),
+        }
+    }
+
+    /// Keeps the rows at or after `start`, and of those the newest [`MAX_WINDOW_ROWS`].
+    fn prune(&mut self, start: Option<NaiveDateTime>) {
+        if let Some(s) = start {
+            self.collected.retain(|(c, _)| c.is_none_or(|c| c >= s));
+        }
+        if self.collected.len() > MAX_WINDOW_ROWS {
+            // Rows without an instant first (they are read every time), then the newest.
+            self.collected.sort_unstable_by(|a, b| match (a.0, b.0) {
+                (None, None) => std::cmp::Ordering::Equal,
+                (None, Some(_)) => std::cmp::Ordering::Less,
+                (Some(_), None) => std::cmp::Ordering::Greater,
+                (Some(x), Some(y)) => y.cmp(&x),
+            });
+            self.collected.truncate(MAX_WINDOW_ROWS);
+        }
+    }
+
+    /// The digests to store for the next run, whose window starts at `watermark` minus the
+    /// lookback (dates: whole days before it).
+    pub fn finish(mut self, watermark: Option<&Value>) -> WindowRows {
+        let start = watermark.and_then(|w| self.window_start(w));
+        self.prune(start);
+        let mut digests: Vec<u128> = self.collected.iter().map(|(_, d)| *d).collect();
+        digests.sort_unstable();
+        digests.dedup();
+        let key = (u128::from(self.check.key.0) << 64) | u128::from(self.check.key.1);
+        WindowRows { key: format!("{key:032x}"), digests: digests.iter().map(|d| format!("{d:032x}")).collect() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: &str) -> NaiveDateTime {
+        crate::state::parse_watermark_text(s).unwrap()
+    }
+
+    fn row(id: i64, at: &str, note: &str) -> Vec<Value> {
+        vec![Value::Int(id), Value::DateTime(t(at)), Value::String(note.into())]
+    }
+
+    /// One read: the rows, their cursors in column 1; what was left out, and what is stored.
+    fn read(check: &Arc<WindowCheck>, rows: &[Vec<Value>]) -> (Vec<i64>, WindowRows) {
+        let mut tracker = WindowTracker::new(check.clone());
+        let (mut max, mut left_out) = (None::<Value>, Vec::new());
+        for r in rows {
+            if max.as_ref().is_none_or(|m| r[1].cursor_gt(m)) {
+                max = Some(r[1].clone());
+            }
+            if tracker.observe(r, r[1].cursor_instant(), max.as_ref()) {
+                let Value::Int(id) = r[0] else { unreachable!() };
+                left_out.push(id);
+            }
+        }
+        (left_out, tracker.finish(max.as_ref()))
+    }
+
+    #[test]
+    fn a_row_read_again_unchanged_is_left_out_and_any_change_is_sent() {
+        let first = WindowCheck::new(&[None], "shape", 10);
+        let rows = [
+            row(1, "2026-01-01 09:00:00", "a"),
+            row(2, "2026-01-01 11:55:00", "b"),
+            row(3, "2026-01-01 12:00:00", "c"),
+        ];
+        let (left_out, stored) = read(&first, &rows);
+        assert!(left_out.is_empty(), "nothing is held before the first digests");
+        // Row 1 is outside the next window (before 11:50): not stored.
+        assert_eq!(stored.len(), 2, "{stored:?}");
+
+        let next = WindowCheck::new(&[Some(&stored)], "shape", 10);
+        assert_eq!(next.synced_rows(), 2);
+        let again = [
+            row(2, "2026-01-01 11:55:00", "b"),
+            // Changed without touching its cursor (a second-resolution clock, an application
+            // that does not stamp): sent.
+            row(3, "2026-01-01 12:00:00", "c changed"),
+            // A late commit inside the window: sent.
+            row(4, "2026-01-01 11:58:00", "d"),
+        ];
+        let (left_out, stored_again) = read(&next, &again);
+        assert_eq!(left_out, [2]);
+        assert_eq!(stored_again.len(), 3);
+        assert_eq!(stored_again.key, stored.key, "the key is kept");
+
+        // The same rows under another target shape, or a value of another kind, are new rows.
+        let reshaped = WindowCheck::new(&[Some(&stored)], "shape with a column more", 10);
+        assert!(read(&reshaped, &again).0.is_empty());
+        let typed = [vec![Value::Int(2), Value::DateTime(t("2026-01-01 11:55:00")), Value::Json("b".into())]];
+        assert!(read(&next, &typed).0.is_empty());
+    }
+
+    #[test]
+    fn rows_are_left_out_only_when_every_target_holds_them_under_one_key() {
+        let first = WindowCheck::new(&[None], "s", 10);
+        let (_, both) = read(&first, &[row(1, "2026-01-01 12:00:00", "a"), row(2, "2026-01-01 12:00:00", "b")]);
+        let (_, one) = read(&first, &[row(1, "2026-01-01 12:00:00", "a")]);
+        let rows = [row(1, "2026-01-01 12:00:00", "a"), row(2, "2026-01-01 12:00:00", "b")];
+        assert_eq!(read(&WindowCheck::new(&[Some(&both), Some(&one)], "s", 10), &rows).0, [1]);
+        assert!(read(&WindowCheck::new(&[Some(&both), None], "s", 10), &rows).0.is_empty());
+        let other_key = read(&WindowCheck::new(&[None], "s", 10), &rows).1;
+        assert!(read(&WindowCheck::new(&[Some(&both), Some(&other_key)], "s", 10), &rows).0.is_empty());
+        // Digests that do not parse count as none.
+        let broken = WindowRows { key: both.key.clone(), digests: "xyz".into() };
+        assert!(read(&WindowCheck::new(&[Some(&broken)], "s", 10), &rows).0.is_empty());
+    }
+
+    #[test]
+    fn the_stored_digests_are_capped_keeping_the_newest_and_rows_without_a_cursor() {
+        let check = WindowCheck::new(&[None], "s", 24 * 60);
+        let base = t("2026-01-01 00:00:00");
+        let mut rows: Vec<Vec<Value>> = (0..1000)
+            .map(|i| vec![Value::Int(i), Value::DateTime(base + TimeDelta::minutes(i)), Value::String("x".into())])
+            .collect();
+        rows.push(vec![Value::Int(5000), Value::Null, Value::String("no cursor".into())]);
+        let (_, stored) = read(&check, &rows);
+        assert_eq!(stored.len(), MAX_WINDOW_ROWS);
+        // Read again: the newest rows and the row without a cursor are left out, nothing else.
+        let again = WindowCheck::new(&[Some(&stored)], "s", 24 * 60);
+        let (left_out, _) = read(&again, &rows);
+        assert_eq!(left_out.len(), MAX_WINDOW_ROWS);
+        assert!(left_out.contains(&5000) && left_out.contains(&999) && !left_out.contains(&0), "{left_out:?}");
+    }
+
+    #[test]
+    fn date_cursors_keep_whole_days_of_lookback() {
+        let check = WindowCheck::new(&[None], "s", 10);
+        let d = |s: &str| Value::Date(chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap());
+        let rows = [
+            vec![Value::Int(1), d("2026-01-01")],
+            vec![Value::Int(2), d("2026-01-02")],
+            vec![Value::Int(3), d("2025-12-30")],
+        ];
+        let (_, stored) = read(&check, &rows);
+        assert_eq!(stored.len(), 2, "the next read starts a whole day back: {stored:?}");
+    }
+}
