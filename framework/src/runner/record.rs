@@ -32,12 +32,51 @@ pub(super) struct Success<'a> {
 pub(super) struct PriorFacts {
     pub watermark: Option<Watermark>,
     pub last_full_at: Option<chrono::NaiveDateTime>,
+    /// The state holds window digests ([`crate::window`]).
+    pub window_rows: bool,
 }
 
 impl PriorFacts {
     pub fn of(state: &TableState) -> Self {
-        Self { watermark: state.watermark.clone(), last_full_at: state.last_full_at }
+        Self {
+            watermark: state.watermark.clone(),
+            last_full_at: state.last_full_at,
+            window_rows: state.window_rows.is_some(),
+        }
     }
+}
+
+/// Before a commit that writes rows: drops the window digests of the tenants whose state has
+/// them, durably. The commit may change rows they vouch for, and if its own state were never
+/// saved (a crash, a state store down) the next run would still trust them. Returns the
+/// tenants whose digests could not be dropped, with why: they must not be committed.
+pub(super) async fn forget_window_rows(
+    ctx: &RunContext<'_>,
+    target: &Target,
+    tenants: &[&TableRef],
+) -> Vec<(String, ConnectorError)> {
+    if !ctx.records() || tenants.is_empty() {
+        return Vec::new();
+    }
+    let mut records = Vec::with_capacity(tenants.len());
+    let mut refused = Vec::new();
+    for table in tenants {
+        match target.state.load_table(&table.database, &table.table).await {
+            Ok(Some(mut state)) => {
+                state.window_rows = None;
+                records.push((table.database.clone(), state));
+            }
+            Ok(None) => {}
+            Err(e) => refused.push((table.database.clone(), e)),
+        }
+    }
+    let names: Vec<String> = records.iter().map(|(db, _)| db.clone()).collect();
+    for (db, result) in names.into_iter().zip(target.state.record_many(records).await) {
+        if let Err(e) = result {
+            refused.push((db, e.context("dropping its window digests before the commit")));
+        }
+    }
+    refused
 }
 
 /// Records the tenants one commit to `target` applied: their report lines, and their state in

@@ -306,13 +306,43 @@ async fn commit_target(
             (None, Ok(_)) => {}
         }
     }
+    let vouched: Vec<&crate::schema::TableRef> = staged
+        .iter()
+        .filter(|(t, _, s)| s.rows > 0 && t.prior(&target.id).is_some_and(|p| p.window_rows))
+        .map(|(t, _, _)| &t.schema.table)
+        .collect();
+    let refused = record::forget_window_rows(ctx, target, &vouched).await;
+    // Staged but not to be committed: discarded with the others after the commit.
+    let mut withheld = Vec::new();
+    if !refused.is_empty() {
+        let mut kept = Vec::with_capacity(staged.len());
+        for (t, plan, s) in staged {
+            match refused.iter().find(|(db, _)| *db == t.schema.table.database) {
+                Some((_, e)) => {
+                    withheld.push(s.clone());
+                    outcomes.push(
+                        record::record_failure(ctx, target, &t.schema.table, Some(plan.mode), e, t.retries, t.elapsed)
+                            .await,
+                    );
+                }
+                None => kept.push((t, plan, s)),
+            }
+        }
+        staged = kept;
+    }
     if staged.is_empty() {
+        if !withheld.is_empty() {
+            target.sink.discard(&withheld).await;
+        }
         return outcomes;
     }
     let started = Instant::now();
     let all: Vec<Staged> = staged.iter().map(|(_, _, s)| (*s).clone()).collect();
     let results_by_tenant = commit_isolating(target, target_table, all.clone()).await;
     target.sink.discard(&all).await;
+    if !withheld.is_empty() {
+        target.sink.discard(&withheld).await;
+    }
     let committed: Vec<&Staged> =
         all.iter().filter(|s| results_by_tenant.get(&s.tenant).is_some_and(|r| r.is_ok())).collect();
     if !committed.is_empty() {

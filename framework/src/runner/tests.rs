@@ -378,3 +378,65 @@ async fn rows_read_again_in_the_window_are_sent_only_when_a_target_lacks_them_as
     assert_eq!(sent(&run().await), [(6, 0), (6, 0)]);
     assert_eq!(sent(&run().await), [(0, 6), (0, 6)]);
 }
+
+#[tokio::test]
+async fn a_commit_that_writes_rows_finds_the_window_digests_already_dropped() {
+    /// Records, at each commit, whether the tenant's state still held window digests.
+    #[derive(Debug, Clone)]
+    struct Watching(CollectingSink, MemoryStateStore, Arc<std::sync::Mutex<Vec<bool>>>);
+    #[async_trait::async_trait]
+    impl Sink for Watching {
+        fn id(&self) -> &str {
+            "w"
+        }
+        fn destination(&self) -> String {
+            "w".into()
+        }
+        async fn plan(&self, t: &crate::sink::TargetTable) -> Result<crate::sink::TargetPlan> {
+            self.0.plan(t).await
+        }
+        async fn prepare(&self, t: &crate::sink::TargetTable) -> Result<crate::sink::Prepared> {
+            self.0.prepare(t).await
+        }
+        async fn stage(&self, r: crate::sink::StageRequest<'_>) -> Result<Box<dyn crate::sink::StagingWriter>> {
+            self.0.stage(r).await
+        }
+        async fn commit(
+            &self,
+            t: &crate::sink::TargetTable,
+            s: &[crate::sink::Staged],
+        ) -> Result<crate::sink::CommitOutcome> {
+            let held = self.1.load("a").await?.table("orders").is_some_and(|e| e.window_rows.is_some());
+            self.2.lock().unwrap().push(held);
+            self.0.commit(t, s).await
+        }
+        async fn discard(&self, s: &[crate::sink::Staged]) {
+            self.0.discard(s).await
+        }
+    }
+    let source = source_with(&[("a", 5)]);
+    let state = MemoryStateStore::default();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = Watching(CollectingSink::new("w"), state.clone(), seen.clone());
+    let runner = Runner {
+        source: Arc::new(source.clone()),
+        targets: vec![Target { id: "w".into(), sink: Arc::new(sink), state: Arc::new(state.clone()) }],
+        strategy: Arc::new(CursorStrategy),
+        settings: Settings { max_retries: 0, ..Default::default() },
+        tables: vec!["orders".into()],
+        table_options: BTreeMap::new(),
+        listeners: Vec::new(),
+        stop: Arc::default(),
+    };
+    for _ in 0..3 {
+        assert_eq!(runner.run(&RunOptions::default()).await.unwrap().failed(), 0);
+    }
+    // Full, then the first incremental (no digests yet), then one that sends nothing.
+    assert_eq!(*seen.lock().unwrap(), [false, false, true]);
+    source.tables.lock().unwrap().get_mut(&TableRef::new("a", "orders")).unwrap().1[4][1] = Value::Null;
+    let report = runner.run(&RunOptions::default()).await.unwrap();
+    assert_eq!(report.outcomes[0].rows, 1, "{}", report.render());
+    assert!(!seen.lock().unwrap()[3], "dropped before the commit that writes the changed row");
+    let after = state.load("a").await.unwrap().table("orders").cloned().unwrap();
+    assert_eq!(after.window_rows.map(|w| w.len()), Some(5), "and stored again after it");
+}
