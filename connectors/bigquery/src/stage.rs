@@ -40,8 +40,8 @@ pub(crate) struct SharedStage {
 /// rows a per-writer reload could not load.
 type Upload = (Result<()>, bytes::Bytes, Vec<(u64, ConnectorError)>);
 
-/// The bytes of rows a run's stages hold in chunk buffers and uploads, and how many they may
-/// hold. A fleet has many tables in flight, staging or waiting on their loads, each with up to
+/// The memory a run's stages hold in chunk buffers, uploads and spare buffers (their
+/// allocations' capacity, not only the rows in them), and how much they may hold. A fleet has many tables in flight, staging or waiting on their loads, each with up to
 /// a chunk of rows: without a bound, a full run of 1,000 tenants × 20 tables peaked at 422 MB.
 /// Within the budget every stage fills whole chunks. Over it, a stage holding more than an
 /// equal share among the stages holding rows sends its chunk early (at least
@@ -109,8 +109,10 @@ pub(crate) struct Stage {
     budget: ChunkBudget,
     /// The bytes of the upload in flight.
     uploading: usize,
-    /// The bytes `spare` held as a chunk: its pages are in memory, so they count too.
-    spare_bytes: usize,
+    /// The capacity of the upload's allocation.
+    uploading_capacity: usize,
+    /// What this stage counts in the budget: the capacity of its buffer, upload and spare.
+    counted: usize,
     /// Counted among the budget's stages holding rows.
     active: bool,
     /// Why the stage as a whole failed: nothing staged here may be committed.
@@ -150,7 +152,8 @@ impl Stage {
             spare: None,
             budget,
             uploading: 0,
-            spare_bytes: 0,
+            uploading_capacity: 0,
+            counted: 0,
             active: false,
             failed: None,
             failed_writers: HashMap::new(),
@@ -192,13 +195,15 @@ impl Stage {
             let capacity = grown.max(self.buffer.len() + 2 * HANDOFF_BYTES);
             self.buffer.reserve_exact(capacity - self.buffer.len());
         }
+        self.recount();
         Ok(&mut self.buffer)
     }
 
     /// Counts `bytes` that `writer` added at the end of the chunk buffer; uploads the chunk
     /// once it is full.
     pub async fn appended(&mut self, writer: u64, bytes: usize) -> Result<()> {
-        self.budget.add(bytes);
+        debug_assert!(bytes <= self.buffer.len());
+        self.recount();
         self.set_active(true);
         match self.segments.last_mut() {
             Some((w, end)) if *w == writer => *end = self.buffer.len(),
@@ -226,7 +231,25 @@ impl Stage {
         if self.buffer.is_empty() {
             self.buffer = Vec::new();
         }
-        drop(self.take_spare());
+        drop(self.spare.take());
+        self.recount();
+    }
+
+    /// Brings what this stage counts in the budget up to date with its allocations.
+    fn recount(&mut self) {
+        let now = self.buffer.capacity() + self.uploading_capacity + self.spare.as_ref().map_or(0, Vec::capacity);
+        if now >= self.counted {
+            self.budget.add(now - self.counted);
+        } else {
+            self.budget.sub(self.counted - now);
+        }
+        self.counted = now;
+    }
+
+    /// The chunk buffer's allocation.
+    #[cfg(test)]
+    pub(crate) fn capacity(&self) -> usize {
+        self.buffer.capacity()
     }
 
     /// The rows of the chunk being filled, and the end of each writer's stretch of it.
@@ -265,7 +288,9 @@ impl Stage {
         }
         let Some(handle) = self.pending.take() else { return Ok(()) };
         let outcome = handle.await.map_err(|e| ConnectorError::permanent(format!("upload task failed: {e}")));
-        self.budget.sub(std::mem::take(&mut self.uploading));
+        self.uploading = 0;
+        self.uploading_capacity = 0;
+        self.recount();
         match outcome {
             Ok((Ok(()), data, writers)) => {
                 for (w, e) in writers {
@@ -285,21 +310,16 @@ impl Stage {
     /// Keeps an uploaded chunk's memory for the next chunk: a fresh 16 MiB buffer per chunk
     /// costs a page fault per 4 KiB, and the allocator may not return it at once.
     fn recycle(&mut self, data: bytes::Bytes) {
-        let bytes = data.len();
-        if !self.budget.fits(bytes) {
-            return;
-        }
-        if let Some(buffer) = reclaim(data) {
-            drop(self.take_spare());
-            self.budget.add(bytes);
-            self.spare_bytes = bytes;
+        let Some(buffer) = reclaim(data) else { return };
+        let spare = self.spare.as_ref().map_or(0, Vec::capacity);
+        if self.budget.fits(buffer.capacity().saturating_sub(spare)) {
             self.spare = Some(buffer);
+            self.recount();
         }
     }
 
-    /// The spare buffer, its bytes no longer counted (what is appended to it counts anew).
+    /// The spare buffer (still counted: it becomes the chunk buffer, or is recounted).
     fn take_spare(&mut self) -> Option<Vec<u8>> {
-        self.budget.sub(std::mem::take(&mut self.spare_bytes));
         self.spare.take()
     }
 
@@ -310,7 +330,9 @@ impl Stage {
         }
         // The next chunk's buffer: the one uploaded before, or a new one at the next append.
         let next = self.take_spare().unwrap_or_default();
-        let data = bytes::Bytes::from(std::mem::replace(&mut self.buffer, next));
+        let filled = std::mem::replace(&mut self.buffer, next);
+        self.uploading_capacity = filled.capacity();
+        let data = bytes::Bytes::from(filled);
         let segments = std::mem::take(&mut self.segments);
         let client = self.client.clone();
         let load = json!({
@@ -324,6 +346,7 @@ impl Stage {
         let what = format!("load into staging table {}", self.table);
         self.chunks += 1;
         self.uploading = data.len();
+        self.recount();
         self.pending = Some(tokio::spawn(async move { upload(client, load, data, job_id, what, segments).await }));
         Ok(())
     }
@@ -331,7 +354,7 @@ impl Stage {
 
 impl Drop for Stage {
     fn drop(&mut self) {
-        self.budget.sub(self.buffer.len() + self.uploading + self.spare_bytes);
+        self.budget.sub(self.counted);
         self.set_active(false);
     }
 }
@@ -408,23 +431,32 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn over_the_budget_the_stages_holding_more_than_their_share_send_early() {
         const MIB: usize = MIN_CHUNK_BYTES;
-        let budget = ChunkBudget::new(8 * MIB);
+        let budget = ChunkBudget::new(16 * MIB);
         let (mut a, mut b) = (stage(&budget, 64 * MIB), stage(&budget, 64 * MIB));
-        let rows = vec![b'x'; MIB];
-        for _ in 0..2 {
-            a.append(1, &rows).await.unwrap();
+        // Rows arrive in pieces, as writers hand them over.
+        let piece = vec![b'x'; HANDOFF_BYTES];
+        for _ in 0..8 {
+            a.append(1, &piece).await.unwrap();
         }
-        for _ in 0..6 {
-            b.append(2, &rows).await.unwrap();
+        for _ in 0..24 {
+            b.append(2, &piece).await.unwrap();
         }
-        assert_eq!((a.chunks, b.chunks, held(&budget)), (0, 0, 8 * MIB), "within the budget, chunks keep filling");
-        a.append(1, &rows).await.unwrap();
-        assert_eq!(a.chunks, 0, "over the budget, a stage within its share (half) keeps filling");
-        b.append(2, &rows).await.unwrap();
-        assert_eq!(b.chunks, 1, "the stage over its share sends its chunk");
-        assert_eq!(budget.share(), 4 * MIB);
+        assert_eq!((a.chunks, b.chunks), (0, 0), "within the budget, chunks keep filling");
+        let counted = a.buffer.capacity() + b.buffer.capacity();
+        assert_eq!(held(&budget), counted, "the budget counts the buffers' allocations");
+        assert!(counted > 8 * MIB, "more than the rows in them: {counted}");
+        assert_eq!(budget.share(), 8 * MIB);
+        let mut pieces = 0;
+        while b.chunks == 0 && pieces < 64 {
+            b.append(2, &piece).await.unwrap();
+            pieces += 1;
+        }
+        assert_eq!(b.chunks, 1, "the stage over its share sends its chunk early");
+        assert!(b.uploading < 16 * MIB, "before it held the whole budget: {}", b.uploading);
+        a.append(1, &piece).await.unwrap();
+        assert_eq!(a.chunks, 0, "a stage within its share keeps filling");
         a.settle(None).await.unwrap();
-        assert_eq!(budget.share(), 8 * MIB, "a settled stage no longer takes a share");
+        assert_eq!(budget.share(), 16 * MIB, "a settled stage no longer takes a share");
         b.settle(None).await.unwrap();
         a.release_buffers();
         b.release_buffers();
