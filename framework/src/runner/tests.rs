@@ -38,6 +38,55 @@ fn source_with(tenants: &[(&str, usize)]) -> MemorySource {
     source
 }
 
+/// A collecting sink with a hook before each `prepare` (an error it returns fails it) and
+/// before each `commit`.
+#[derive(Clone)]
+struct Hooked {
+    id: &'static str,
+    inner: CollectingSink,
+    before_prepare: Arc<dyn Fn() -> Option<ConnectorError> + Send + Sync>,
+    before_commit: Arc<dyn Fn() -> futures::future::BoxFuture<'static, ()> + Send + Sync>,
+}
+
+impl std::fmt::Debug for Hooked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hooked").field("id", &self.id).finish_non_exhaustive()
+    }
+}
+
+#[async_trait::async_trait]
+impl Sink for Hooked {
+    fn id(&self) -> &str {
+        self.id
+    }
+    fn destination(&self) -> String {
+        self.id.into()
+    }
+    async fn plan(&self, t: &crate::sink::TargetTable) -> Result<crate::sink::TargetPlan> {
+        self.inner.plan(t).await
+    }
+    async fn prepare(&self, t: &crate::sink::TargetTable) -> Result<crate::sink::Prepared> {
+        match (self.before_prepare)() {
+            Some(e) => Err(e),
+            None => self.inner.prepare(t).await,
+        }
+    }
+    async fn stage(&self, r: crate::sink::StageRequest<'_>) -> Result<Box<dyn crate::sink::StagingWriter>> {
+        self.inner.stage(r).await
+    }
+    async fn commit(
+        &self,
+        t: &crate::sink::TargetTable,
+        s: &[crate::sink::Staged],
+    ) -> Result<crate::sink::CommitOutcome> {
+        (self.before_commit)().await;
+        self.inner.commit(t, s).await
+    }
+    async fn discard(&self, s: &[crate::sink::Staged]) {
+        self.inner.discard(s).await
+    }
+}
+
 #[tokio::test]
 async fn one_read_fans_out_to_every_target_and_a_failing_target_blocks_no_other() {
     let source = source_with(&[("a", 7), ("b", 7)]);
@@ -163,37 +212,6 @@ async fn a_tenant_whose_commit_fails_fails_alone() {
 
 #[tokio::test]
 async fn a_target_found_down_is_skipped_for_the_rest_of_the_run() {
-    #[derive(Debug, Clone)]
-    struct Down(CollectingSink, Arc<std::sync::atomic::AtomicUsize>);
-    #[async_trait::async_trait]
-    impl Sink for Down {
-        fn id(&self) -> &str {
-            "down"
-        }
-        fn destination(&self) -> String {
-            "down".into()
-        }
-        async fn plan(&self, t: &crate::sink::TargetTable) -> Result<crate::sink::TargetPlan> {
-            self.0.plan(t).await
-        }
-        async fn prepare(&self, _: &crate::sink::TargetTable) -> Result<crate::sink::Prepared> {
-            self.1.fetch_add(1, Ordering::SeqCst);
-            Err(ConnectorError::transient("connection refused"))
-        }
-        async fn stage(&self, r: crate::sink::StageRequest<'_>) -> Result<Box<dyn crate::sink::StagingWriter>> {
-            self.0.stage(r).await
-        }
-        async fn commit(
-            &self,
-            t: &crate::sink::TargetTable,
-            s: &[crate::sink::Staged],
-        ) -> Result<crate::sink::CommitOutcome> {
-            self.0.commit(t, s).await
-        }
-        async fn discard(&self, s: &[crate::sink::Staged]) {
-            self.0.discard(s).await
-        }
-    }
     let source = MemorySource { databases: vec!["a".into()], ..Default::default() };
     let mut tables = Vec::new();
     for name in ["t1", "t2", "t3"] {
@@ -209,7 +227,18 @@ async fn a_target_found_down_is_skipped_for_the_rest_of_the_run() {
             Target { id: "good".into(), sink: Arc::new(good.clone()), state: Arc::new(MemoryStateStore::default()) },
             Target {
                 id: "down".into(),
-                sink: Arc::new(Down(CollectingSink::new("down"), calls.clone())),
+                sink: Arc::new(Hooked {
+                    id: "down",
+                    inner: CollectingSink::new("down"),
+                    before_prepare: Arc::new({
+                        let calls = calls.clone();
+                        move || {
+                            calls.fetch_add(1, Ordering::SeqCst);
+                            Some(ConnectorError::transient("connection refused"))
+                        }
+                    }),
+                    before_commit: Arc::new(|| Box::pin(async {})),
+                }),
                 state: Arc::new(MemoryStateStore::default()),
             },
         ],
@@ -381,43 +410,25 @@ async fn rows_read_again_in_the_window_are_sent_only_when_a_target_lacks_them_as
 
 #[tokio::test]
 async fn a_commit_that_writes_rows_finds_the_window_digests_already_dropped() {
-    /// Records, at each commit, whether the tenant's state still held window digests.
-    #[derive(Debug, Clone)]
-    struct Watching(CollectingSink, MemoryStateStore, Arc<std::sync::Mutex<Vec<bool>>>);
-    #[async_trait::async_trait]
-    impl Sink for Watching {
-        fn id(&self) -> &str {
-            "w"
-        }
-        fn destination(&self) -> String {
-            "w".into()
-        }
-        async fn plan(&self, t: &crate::sink::TargetTable) -> Result<crate::sink::TargetPlan> {
-            self.0.plan(t).await
-        }
-        async fn prepare(&self, t: &crate::sink::TargetTable) -> Result<crate::sink::Prepared> {
-            self.0.prepare(t).await
-        }
-        async fn stage(&self, r: crate::sink::StageRequest<'_>) -> Result<Box<dyn crate::sink::StagingWriter>> {
-            self.0.stage(r).await
-        }
-        async fn commit(
-            &self,
-            t: &crate::sink::TargetTable,
-            s: &[crate::sink::Staged],
-        ) -> Result<crate::sink::CommitOutcome> {
-            let held = self.1.load("a").await?.table("orders").is_some_and(|e| e.window_rows.is_some());
-            self.2.lock().unwrap().push(held);
-            self.0.commit(t, s).await
-        }
-        async fn discard(&self, s: &[crate::sink::Staged]) {
-            self.0.discard(s).await
-        }
-    }
     let source = source_with(&[("a", 5)]);
     let state = MemoryStateStore::default();
     let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let sink = Watching(CollectingSink::new("w"), state.clone(), seen.clone());
+    // Records, at each commit, whether the tenant's state still held window digests.
+    let sink = Hooked {
+        id: "w",
+        inner: CollectingSink::new("w"),
+        before_prepare: Arc::new(|| None),
+        before_commit: Arc::new({
+            let (state, seen) = (state.clone(), seen.clone());
+            move || {
+                let (state, seen) = (state.clone(), seen.clone());
+                Box::pin(async move {
+                    let entry = state.load("a").await.unwrap();
+                    seen.lock().unwrap().push(entry.table("orders").is_some_and(|e| e.window_rows.is_some()));
+                })
+            }
+        }),
+    };
     let runner = Runner {
         source: Arc::new(source.clone()),
         targets: vec![Target { id: "w".into(), sink: Arc::new(sink), state: Arc::new(state.clone()) }],
