@@ -122,13 +122,16 @@ pub(super) async fn sync_table(ctx: &RunContext<'_>, name: &str, dbs: &[String])
     // here would stay for the whole table.
     drop(priors);
 
+    // The target table's layout, part of every window digest (serialized once per table, not
+    // per tenant).
+    let layout = serde_json::to_string(&target_table).unwrap_or_default();
     let results: Vec<TenantResult> = futures::stream::iter(tenants.iter().cloned().zip(staged_for))
         .map(|(schema, targets)| {
-            let target_table = &target_table;
+            let (target_table, layout) = (&target_table, layout.as_str());
             let table_options = &table_options;
             async move {
                 let _permit = ctx.reads.acquire().await;
-                stage_tenant(ctx, schema, targets, target_table, table_options).await
+                stage_tenant(ctx, schema, targets, (target_table, layout), table_options).await
             }
         })
         .buffer_unordered(runner.settings.concurrency)
@@ -204,7 +207,7 @@ async fn stage_tenant<'a>(
     ctx: &RunContext<'_>,
     schema: Arc<TableSchema>,
     targets: Vec<(&'a Live<'a>, Option<TableState>)>,
-    target_table: &TargetTable,
+    (target_table, layout): (&TargetTable, &str),
     table_options: &TableOptions,
 ) -> TenantResult {
     let runner = ctx.runner;
@@ -250,8 +253,7 @@ async fn stage_tenant<'a>(
         if matches!(request.range, ReadRange::Since { .. }) && plans.iter().all(|(_, p)| p.write == WriteMode::Merge) {
             // The target table's layout and the tenant's columns are part of every digest:
             // a row is "held" only in the shape it was written in.
-            let shape =
-                format!("{} {}", unify::fingerprint(&schema), serde_json::to_string(target_table).unwrap_or_default());
+            let shape = format!("{} {layout}", unify::fingerprint(&schema));
             let held: Vec<_> = held.iter().map(Option::as_ref).collect();
             request.window = Some(WindowCheck::new(&held, &shape, runner.settings.lookback_minutes));
         }
