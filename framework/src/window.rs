@@ -7,9 +7,11 @@
 //! read's window ([`WindowRows`]); the next read leaves out a row whose digest is among them.
 //!
 //! Why leaving such a row out loses nothing:
-//! - a digest is stored only for a row the target committed in the run that stores it, and a
-//!   failed run drops the digests (`TableState::failed`), so every stored digest is a row the
-//!   target holds as it is;
+//! - a digest is stored only for a row the target committed in the run that stores it; a
+//!   failed run drops the digests (`TableState::failed`), and so does every write that could
+//!   change rows they vouch for, before it happens (a commit of the tenant's rows,
+//!   `runner::record::forget_window_rows`; `verify --repair`), so every stored digest is a row
+//!   the target holds as it is;
 //! - a row is left out only when every value, the cursor included, is what was committed, and
 //!   the target table's shape is the same (it is part of every digest);
 //! - any subset of the digests is enough: a row missing from them is only sent again;
