@@ -230,8 +230,7 @@ fn same_key(a: &[String], b: &[String]) -> bool {
 /// dates. A bound before year 1 is the earliest date.
 pub fn lower_bound(watermark: &str, lookback_minutes: u64) -> String {
     use chrono::{NaiveDate, TimeDelta};
-    let lookback =
-        TimeDelta::try_minutes(i64::try_from(lookback_minutes).unwrap_or(i64::MAX)).unwrap_or(TimeDelta::MAX);
+    let lookback = lookback(lookback_minutes);
     let earliest = NaiveDate::from_ymd_opt(1, 1, 1).unwrap_or_default();
     if let Some(ts) = parse_watermark_text(watermark) {
         let bound =
@@ -239,11 +238,21 @@ pub fn lower_bound(watermark: &str, lookback_minutes: u64) -> String {
         return watermark_text(&bound);
     }
     if let Ok(d) = NaiveDate::parse_from_str(watermark, "%Y-%m-%d") {
-        let days = lookback.num_days() + i64::from(lookback.num_seconds() % 86_400 != 0);
-        let bound = TimeDelta::try_days(days).and_then(|t| d.checked_sub_signed(t)).unwrap_or(earliest);
+        let bound =
+            TimeDelta::try_days(lookback_days(lookback)).and_then(|t| d.checked_sub_signed(t)).unwrap_or(earliest);
         return bound.format("%Y-%m-%d").to_string();
     }
     watermark.to_string()
+}
+
+/// `lookback_minutes` as a duration (saturating).
+pub(crate) fn lookback(minutes: u64) -> chrono::TimeDelta {
+    chrono::TimeDelta::try_minutes(i64::try_from(minutes).unwrap_or(i64::MAX)).unwrap_or(chrono::TimeDelta::MAX)
+}
+
+/// How many days a lookback moves a DATE watermark back: every day begun.
+pub(crate) fn lookback_days(lookback: chrono::TimeDelta) -> i64 {
+    lookback.num_days() + i64::from(lookback.num_seconds() % 86_400 != 0)
 }
 
 #[cfg(test)]

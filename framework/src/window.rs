@@ -30,6 +30,7 @@ use chrono::{NaiveDateTime, TimeDelta};
 use serde::{Deserialize, Serialize};
 use siphasher::sip128::{Hasher128, SipHasher13};
 
+use crate::strategy::{lookback, lookback_days};
 use crate::value::Value;
 
 /// At most this many digests per tenant's table: a window holding more rows is a table that
@@ -105,9 +106,7 @@ impl WindowCheck {
         };
         let mut h = SipHasher13::new_with_keys(key.0, key.1);
         h.write(shape.as_bytes());
-        let lookback =
-            TimeDelta::try_minutes(i64::try_from(lookback_minutes).unwrap_or(i64::MAX)).unwrap_or(TimeDelta::MAX);
-        Arc::new(Self { key, shape: h.finish128().as_u128(), synced, lookback })
+        Arc::new(Self { key, shape: h.finish128().as_u128(), synced, lookback: lookback(lookback_minutes) })
     }
 
     /// The digest of one row: the target table's shape, then every value with its kind.
@@ -223,10 +222,7 @@ impl WindowTracker {
         let t = w.cursor_instant()?;
         let lookback = self.check.lookback;
         match w {
-            Value::Date(_) => {
-                let days = lookback.num_days() + i64::from(lookback.num_seconds() % 86_400 != 0);
-                t.checked_sub_signed(TimeDelta::try_days(days)?)
-            }
+            Value::Date(_) => t.checked_sub_signed(TimeDelta::try_days(lookback_days(lookback))?),
             _ => t.checked_sub_signed(lookback),
         }
     }
@@ -238,12 +234,7 @@ impl WindowTracker {
         }
         if self.collected.len() > MAX_WINDOW_ROWS {
             // Rows without an instant first (they are read every time), then the newest.
-            self.collected.sort_unstable_by(|a, b| match (a.0, b.0) {
-                (None, None) => std::cmp::Ordering::Equal,
-                (None, Some(_)) => std::cmp::Ordering::Less,
-                (Some(_), None) => std::cmp::Ordering::Greater,
-                (Some(x), Some(y)) => y.cmp(&x),
-            });
+            self.collected.sort_unstable_by_key(|(cursor, _)| cursor.map(std::cmp::Reverse));
             self.collected.truncate(MAX_WINDOW_ROWS);
         }
     }
