@@ -30,6 +30,9 @@ use chrono::{NaiveDateTime, TimeDelta};
 use serde::{Deserialize, Serialize};
 use siphasher::sip128::{Hasher128, SipHasher13};
 
+use crate::error::ConnectorError;
+use crate::schema::TableRef;
+use crate::state::StateStore;
 use crate::strategy::{lookback, lookback_days};
 use crate::value::Value;
 
@@ -174,6 +177,31 @@ fn digest_value(h: &mut SipHasher13, v: &Value) {
         Value::Json(s) => text(h, 12, s.as_bytes()),
         Value::Geometry(s) => text(h, 13, s.as_bytes()),
     }
+}
+
+/// Drops the window digests of `tables` from their state in `store`, durably: before a write
+/// that may change rows they vouch for. Returns the tenants whose digests could not be
+/// dropped, with why: that write must not happen for them.
+pub(crate) async fn forget(store: &dyn StateStore, tables: &[&TableRef]) -> Vec<(String, ConnectorError)> {
+    let mut records = Vec::with_capacity(tables.len());
+    let mut refused = Vec::new();
+    for table in tables {
+        match store.load_table(&table.database, &table.table).await {
+            Ok(Some(mut state)) if state.window_rows.is_some() => {
+                state.window_rows = None;
+                records.push((table.database.clone(), state));
+            }
+            Ok(_) => {}
+            Err(e) => refused.push((table.database.clone(), e)),
+        }
+    }
+    let names: Vec<String> = records.iter().map(|(db, _)| db.clone()).collect();
+    for (db, result) in names.into_iter().zip(store.record_many(records).await) {
+        if let Err(e) = result {
+            refused.push((db, e.context("dropping its window digests")));
+        }
+    }
+    refused
 }
 
 /// Per read: leaves out the rows the targets hold, and collects the digests of the rows the

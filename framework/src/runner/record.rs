@@ -47,9 +47,9 @@ impl PriorFacts {
 }
 
 /// Before a commit that writes rows: drops the window digests of the tenants whose state has
-/// them, durably. The commit may change rows they vouch for, and if its own state were never
-/// saved (a crash, a state store down) the next run would still trust them. Returns the
-/// tenants whose digests could not be dropped, with why: they must not be committed.
+/// them ([`crate::window::forget`]). The commit may change rows they vouch for, and if its own
+/// state were never saved (a crash, a state store down) the next run would still trust them.
+/// Returns the tenants whose digests could not be dropped: they must not be committed.
 pub(super) async fn forget_window_rows(
     ctx: &RunContext<'_>,
     target: &Target,
@@ -58,25 +58,7 @@ pub(super) async fn forget_window_rows(
     if !ctx.records() || tenants.is_empty() {
         return Vec::new();
     }
-    let mut records = Vec::with_capacity(tenants.len());
-    let mut refused = Vec::new();
-    for table in tenants {
-        match target.state.load_table(&table.database, &table.table).await {
-            Ok(Some(mut state)) => {
-                state.window_rows = None;
-                records.push((table.database.clone(), state));
-            }
-            Ok(None) => {}
-            Err(e) => refused.push((table.database.clone(), e)),
-        }
-    }
-    let names: Vec<String> = records.iter().map(|(db, _)| db.clone()).collect();
-    for (db, result) in names.into_iter().zip(target.state.record_many(records).await) {
-        if let Err(e) = result {
-            refused.push((db, e.context("dropping its window digests before the commit")));
-        }
-    }
-    refused
+    crate::window::forget(target.state.as_ref(), tenants).await
 }
 
 /// Records the tenants one commit to `target` applied: their report lines, and their state in

@@ -54,7 +54,7 @@ pub(super) async fn repair_tenant(
     }
     // The rows the repair writes may be rows the state's window digests say the target holds
     // as they were: they no longer do, so the next sync sends its whole window again.
-    if let Err(e) = forget_window_rows(target, tenant).await {
+    if let Some((_, e)) = crate::window::forget(target.state.as_ref(), &[&tenant.schema.table]).await.pop() {
         verdict.repaired = Some(Repaired { error: Some(e.to_string()), ..Default::default() });
         return;
     }
@@ -69,18 +69,6 @@ pub(super) async fn repair_tenant(
         Err(e) => repaired.error = Some(e.to_string()),
     }
     verdict.repaired = Some(repaired);
-}
-
-/// Drops the tenant's window digests ([`crate::window`]) from its state in `target`.
-async fn forget_window_rows(target: &Target, tenant: &Tenant) -> crate::error::Result<()> {
-    let table = &tenant.schema.table;
-    match target.state.load_table(&table.database, &table.table).await? {
-        Some(mut state) if state.window_rows.is_some() => {
-            state.window_rows = None;
-            target.state.record(&table.database, state).await
-        }
-        _ => Ok(()),
-    }
 }
 
 /// Why this tenant's table is not repaired by verify, if so.
