@@ -41,8 +41,8 @@ pub(crate) struct SharedStage {
 type Upload = (Result<()>, bytes::Bytes, Vec<(u64, ConnectorError)>);
 
 /// The memory a run's stages hold in chunk buffers, uploads and spare buffers (their
-/// allocations' capacity, not only the rows in them), and how much they may hold. A fleet has many tables in flight, staging or waiting on their loads, each with up to
-/// a chunk of rows: without a bound, a full run of 1,000 tenants × 20 tables peaked at 422 MB.
+/// allocations' capacity, not only the rows in them), and how much they may hold. A fleet has
+/// many tables in flight, staging or waiting on their loads, each with up to a chunk of rows: without a bound, a full run of 1,000 tenants × 20 tables peaked at 422 MB.
 /// Within the budget every stage fills whole chunks. Over it, a stage holding more than an
 /// equal share among the stages holding rows sends its chunk early (at least
 /// [`MIN_CHUNK_BYTES`]); it waits only for its own previous upload, never for another stage's,
@@ -174,7 +174,7 @@ impl Stage {
     /// Adds `writer`'s encoded rows; uploads the chunk once it is full.
     pub async fn append(&mut self, writer: u64, rows: &[u8]) -> Result<()> {
         self.open(writer)?.extend_from_slice(rows);
-        self.appended(writer, rows.len()).await
+        self.appended(writer).await
     }
 
     /// The chunk buffer, for `writer` to encode rows into directly; every byte it adds must be
@@ -182,7 +182,7 @@ impl Stage {
     pub fn open(&mut self, writer: u64) -> Result<&mut Vec<u8>> {
         self.check(writer)?;
         if self.buffer.capacity() == 0
-            && let Some(spare) = self.take_spare()
+            && let Some(spare) = self.spare.take()
         {
             self.buffer = spare;
         }
@@ -199,10 +199,9 @@ impl Stage {
         Ok(&mut self.buffer)
     }
 
-    /// Counts `bytes` that `writer` added at the end of the chunk buffer; uploads the chunk
-    /// once it is full.
-    pub async fn appended(&mut self, writer: u64, bytes: usize) -> Result<()> {
-        debug_assert!(bytes <= self.buffer.len());
+    /// Counts what `writer` added at the end of the chunk buffer; uploads the chunk once it is
+    /// full.
+    pub async fn appended(&mut self, writer: u64) -> Result<()> {
         self.recount();
         self.set_active(true);
         match self.segments.last_mut() {
@@ -318,18 +317,13 @@ impl Stage {
         }
     }
 
-    /// The spare buffer (still counted: it becomes the chunk buffer, or is recounted).
-    fn take_spare(&mut self) -> Option<Vec<u8>> {
-        self.spare.take()
-    }
-
     async fn flush(&mut self) -> Result<()> {
         self.wait_pending().await?;
         if self.buffer.is_empty() {
             return Ok(());
         }
         // The next chunk's buffer: the one uploaded before, or a new one at the next append.
-        let next = self.take_spare().unwrap_or_default();
+        let next = self.spare.take().unwrap_or_default();
         let filled = std::mem::replace(&mut self.buffer, next);
         self.uploading_capacity = filled.capacity();
         let data = bytes::Bytes::from(filled);
@@ -479,7 +473,7 @@ pub(crate) mod tests {
             let buffer = big.open(2).unwrap();
             buffer.extend_from_slice(&piece);
             capacities.push(buffer.capacity());
-            big.appended(2, piece.len()).await.unwrap();
+            big.appended(2).await.unwrap();
         }
         assert_eq!(big.chunks, 1, "the 16th piece filled the chunk");
         assert!(capacities.windows(2).all(|w| w[0] <= w[1]), "{capacities:?}");

@@ -266,15 +266,13 @@ impl BqStagingWriter {
         for (i, row) in batch.rows.iter().enumerate() {
             self.encode_row(out, row, batch.snapshot_seq.as_ref(), batch.changes.get(i));
             if out.len() - counted >= HANDOFF_BYTES {
-                let added = out.len() - counted;
-                stage.appended(writer, added).await?;
+                stage.appended(writer).await?;
                 out = stage.open(writer)?;
                 counted = out.len();
             }
         }
-        let added = out.len() - counted;
-        if added > 0 {
-            stage.appended(writer, added).await?;
+        if out.len() > counted {
+            stage.appended(writer).await?;
         }
         Ok(())
     }

@@ -2,8 +2,8 @@
 //! tenants after one commit) is appended to `.journal-<lock scope>` and flushed once, instead
 //! of replacing every tenant's file: a fleet's table of a thousand tenants costs one flush,
 //! not a thousand new files. The files take the records when the run folds its journal: at
-//! the end of the run, when [`FOLD_AT`] tables have records pending, or, after a crash, when the next
-//! run takes the lock.
+//! the end of the run, when [`FOLD_AT`] tables have records pending, or, after a crash, when
+//! the next run takes the lock.
 //!
 //! Readers that hold no lock (`status`, the console) put every journal's records over the
 //! files. A journal left by a crashed run may hold records older than the files it covers (a
