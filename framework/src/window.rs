@@ -124,7 +124,8 @@ impl WindowCheck {
     }
 
     /// How many rows every target holds.
-    pub fn synced_rows(&self) -> usize {
+    #[cfg(test)]
+    fn synced_rows(&self) -> usize {
         self.synced.len()
     }
 }
