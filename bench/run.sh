@@ -8,9 +8,11 @@
 # On the same data it measures:
 #   1. the ceiling: mariadb-dump --quick of bench_shop1.orders to /dev/null;
 #   2. connector-run full sync of bench_shop1.orders through the BigQuery sink's own encoding into
-#      load chunks, the chunks discarded (--bench-discard-uploads: no BigQuery upload, no state);
-#      1 and 2 alternate BENCH_REPEAT times (default 3) and the medians are compared, so that a
-#      noisy neighbour on the shared cores hits both alike;
+#      load chunks, the chunks discarded (--bench-discard-uploads: no BigQuery upload, no state),
+#      its key space in segments read side by side (range_readers 2, the default), and the same
+#      with its key ranges read one after another (range_readers 1); these alternate with 1
+#      BENCH_REPEAT times (default 3) and the medians are compared, so that a noisy neighbour on
+#      the shared cores hits all alike;
 #   3. the same for bench_shop2.orders (half the rows): peak memory must not grow with the table;
 #   4. end to end into the local emulator: every tenant x every table, a full sync (which also
 #      records the watermarks the next step reads from), with its BigQuery jobs counted per target
@@ -95,6 +97,9 @@ cat >"$WORK/params.json" <<JSON
  "bq_project": "bench-project", "bq_dataset": "bench", "bq_endpoint": "http://127.0.0.1:$PORT",
  "batch_size": 5000, "pool_size": 3, "status_dir": "$WORK/status", "log_file": "$WORK/sync.log"}
 JSON
+# The same with the key ranges of a big table read one after another (range_readers 1), to
+# compare with the default: segments of the key space read side by side on two connections.
+sed 's/"batch_size": 5000,/"batch_size": 5000, "range_readers": 1,/' "$WORK/params.json" >"$WORK/params-sequential.json"
 rm -rf "$WORK/status" "$WORK/sync.log"
 
 SERVER_PID=$(pidof mariadbd || pidof mysqld || true)
@@ -106,21 +111,28 @@ BYTES_PER_ROW=$("${MYSQL[@]}" -N -e "SELECT AVG(LENGTH(JSON_OBJECT('id', id, 'us
 N1=$ROWS
 N2=$((ROWS / 2))
 DUMP=(mariadb-dump -h127.0.0.1 -P"$MYSQL_PORT" -uroot --quick --single-transaction bench_shop1 orders --result-file=/dev/null)
-FULL=("$BIN" --pipeline "$WORK/params.json" --bench-discard-uploads --full -q --tables orders)
+FULL=("$BIN" --pipeline "$WORK/params.json" --bench-discard-uploads --full -q --tables orders --report-json "$WORK/full-report.json")
+SEQUENTIAL=("$BIN" --pipeline "$WORK/params-sequential.json" --bench-discard-uploads --full -q --tables orders)
 
 echo "==> full sync vs the ceiling: $REPEAT alternating runs each, medians ($(nproc) cores shared by MariaDB and the tool)"
 "${DUMP[@]}" # warms the buffer pool: every run below reads from memory
 : >"$WORK/ceiling.txt"
 : >"$WORK/full.txt"
+: >"$WORK/sequential.txt"
 for i in $(seq "$REPEAT"); do
   run_timed ceiling "${DUMP[@]}"
   echo "$ELAPSED $CPU $SERVER $RSS_MB" >>"$WORK/ceiling.txt"
+  run_timed sequential "${SEQUENTIAL[@]}" --databases bench_shop1
+  echo "$ELAPSED $CPU $SERVER $RSS_MB" >>"$WORK/sequential.txt"
   run_timed full "${FULL[@]}" --databases bench_shop1
   echo "$ELAPSED $CPU $SERVER $RSS_MB" >>"$WORK/full.txt"
-  echo "    run $i: mariadb-dump $(tail -1 "$WORK/ceiling.txt" | cut -d' ' -f1) s, connector-run $ELAPSED s"
+  grep -q "segments read at once" "$WORK/full-report.json" || {
+    echo "the full sync did not read segments side by side:"; cat "$WORK/full-report.json"; exit 1; }
+  echo "    run $i: mariadb-dump $(tail -1 "$WORK/ceiling.txt" | cut -d' ' -f1) s, connector-run $ELAPSED s ($(tail -1 "$WORK/sequential.txt" | cut -d' ' -f1) s with ranges one after another)"
 done
 CEILING=$(awk -v r="$N1" -v e="$(med "$WORK/ceiling.txt" 1)" 'BEGIN { printf "%.0f", r / e }')
 line "mariadb-dump --quick (ceiling)" "$N1" "$(med "$WORK/ceiling.txt" 1)" "$(med "$WORK/ceiling.txt" 2)" "$(med "$WORK/ceiling.txt" 3)" "$(med "$WORK/ceiling.txt" 4)"
+line "connector-run full, ranges one after another" "$N1" "$(med "$WORK/sequential.txt" 1)" "$(med "$WORK/sequential.txt" 2)" "$(med "$WORK/sequential.txt" 3)" "$(med "$WORK/sequential.txt" 4)" "$CEILING"
 FULL_TIME=$(med "$WORK/full.txt" 1)
 line "connector-run full, encode only" "$N1" "$FULL_TIME" "$(med "$WORK/full.txt" 2)" "$(med "$WORK/full.txt" 3)" "$(med "$WORK/full.txt" 4)" "$CEILING"
 RSS_FULL=$(med "$WORK/full.txt" 4)

@@ -75,6 +75,7 @@ pub const FLAT_KEYS: &[(&str, &[Dest])] = &[
     ("full_after_failure", &[Dest::Top("full_after_failure")]),
     ("full_every", &[Dest::Top("full_every")]),
     ("chunk_rows", &[Dest::Top("chunk_rows")]),
+    ("range_readers", &[Dest::Top("range_readers")]),
     ("null_cursor", &[Dest::Top("null_cursor")]),
     ("cursor_time_zone", &[Dest::Top("cursor_time_zone")]),
     ("cdc_flush_seconds", &[Dest::Top("cdc_flush_seconds")]),

@@ -174,6 +174,13 @@ pub const SETTINGS_FIELDS: &[FieldDoc] = &[
         doc: "full syncs of tables with an integer key read this many rows per key range, and resume after a crash from the last range staged; 0 reads in one pass",
     },
     FieldDoc {
+        name: "range_readers",
+        ty: "integer",
+        required: false,
+        default: "2",
+        doc: "a full sync of a table of more than chunk_rows rows splits its key space into this many segments read at once, each on its own connection (keep it within the source's pool_size); 1 reads its ranges one after another",
+    },
+    FieldDoc {
         name: "null_cursor",
         ty: "include | report",
         required: false,
@@ -285,6 +292,9 @@ pub struct Settings {
     pub null_cursor: crate::strategy::NullCursorPolicy,
     #[serde(deserialize_with = "lenient::deserialize")]
     pub chunk_rows: u64,
+    /// Segments of a big table's key space read at once in a full sync (`runner/resume.rs`).
+    #[serde(deserialize_with = "lenient::deserialize")]
+    pub range_readers: usize,
     pub log_file: Option<String>,
     /// Seconds; see [`TableOptions::full_every`].
     #[serde(deserialize_with = "config::duration_secs::deserialize")]
@@ -351,6 +361,7 @@ impl Default for Settings {
             full_after_failure: false,
             null_cursor: crate::strategy::NullCursorPolicy::Include,
             chunk_rows: 1_000_000,
+            range_readers: 2,
             log_file: Some("sync_incremental.log".into()),
             full_every: None,
             cursor_time_zone: None,
@@ -388,6 +399,9 @@ impl Settings {
         }
         if self.batch_size == 0 || self.batch_size > 1_000_000 {
             out.push(Problem::at("batch_size", format!("between 1 and 1000000, got {}", self.batch_size)));
+        }
+        if self.range_readers == 0 || self.range_readers > 64 {
+            out.push(Problem::at("range_readers", format!("between 1 and 64, got {}", self.range_readers)));
         }
         if self.concurrency == 0 || self.concurrency > 256 {
             out.push(Problem::at("concurrency", format!("between 1 and 256, got {}", self.concurrency)));

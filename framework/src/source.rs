@@ -33,8 +33,9 @@ pub type BatchSender = mpsc::Sender<RowBatch>;
 ///   `include_nulls`; rows left out that way are counted in
 ///   [`ReadSummary::null_cursor_rows_skipped`].
 /// - `KeyRange`: the first `limit` rows in ascending `key` order whose key is **greater than**
-///   `after` (exclusive; from the start when `None`), and [`ReadSummary::last_key`] set to the
-///   key of the last row sent. Fewer than `limit` rows means the table is done.
+///   `after` (exclusive; from the start when `None`) and **not greater than** `until`
+///   (inclusive; to the end when `None`), and [`ReadSummary::last_key`] set to the key of the
+///   last row sent. Fewer than `limit` rows means the range is done.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum ReadRange {
@@ -54,8 +55,15 @@ pub enum ReadRange {
         from_utc_offset: Option<i32>,
     },
     /// The next `limit` rows in `key` order after `after` (exclusive; from the start when
-    /// `None`): one range of a full sync read in key ranges.
-    KeyRange { key: String, after: Option<String>, limit: u64 },
+    /// `None`) up to `until` (inclusive; to the end when `None`): one range of a full sync read
+    /// in key ranges. `until` bounds one of the segments a big table is read in side by side.
+    KeyRange {
+        key: String,
+        after: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        until: Option<String>,
+        limit: u64,
+    },
     /// The rows whose key string (tables without a key: row digest) under `digest` is one of
     /// `keys` ([`crate::digest`]): what `verify --repair` reads again.
     Keys { digest: Box<DigestSpec>, keys: Vec<String> },
@@ -75,9 +83,15 @@ impl ReadRange {
                 let nulls = if *include_nulls { format!(" or {cursor} IS NULL") } else { String::new() };
                 format!("{cursor} >= '{from}'{nulls}")
             }
-            ReadRange::KeyRange { key, after: None, limit } => format!("all rows, in ranges of {limit} by {key}"),
-            ReadRange::KeyRange { key, after: Some(after), limit } => {
+            ReadRange::KeyRange { key, after: None, until: None, limit } => {
+                format!("all rows, in ranges of {limit} by {key}")
+            }
+            ReadRange::KeyRange { key, after: Some(after), until: None, limit } => {
                 format!("all rows, in ranges of {limit} by {key}, resumed after {key} = {after}")
+            }
+            ReadRange::KeyRange { key, after, until: Some(until), limit } => {
+                let from = after.as_ref().map_or_else(String::new, |a| format!("{key} > {a} and "));
+                format!("{from}{key} <= {until}, in ranges of {limit}")
             }
             ReadRange::Keys { keys, .. } => format!("{} rows by key (a repair)", keys.len()),
         }
@@ -277,6 +291,13 @@ pub trait Source: Send + Sync + std::fmt::Debug {
             databases.iter().map(|db| async move { self.discover(&TableRef::new(db, name)).await }),
         )
         .await
+    }
+    /// The lowest and highest value of an integer `key` column of one tenant's table, as text
+    /// (`None`: the table is empty, or the source cannot tell). The runner splits a big full
+    /// sync into segments of the key space read side by side with this; the default keeps a
+    /// source's ranges one after another.
+    async fn key_bounds(&self, _table: &TableRef, _key: &str) -> Result<Option<(String, String)>> {
+        Ok(None)
     }
     /// Streams the requested rows into `output` from one consistent snapshot.
     async fn read(&self, request: ReadRequest, output: BatchSender) -> Result<ReadSummary>;

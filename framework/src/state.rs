@@ -219,12 +219,19 @@ impl StreamState {
 }
 
 /// Where an interrupted full sync left off: everything up to `after_key` is durable in
-/// `staging`.
+/// `staging`, or, for a table read in segments side by side, everything but `segments`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResumePoint {
     pub staging: String,
     pub key: String,
+    /// Read in one sequence of ranges: the last key staged. Read in segments: the first
+    /// segment's `after` (for people reading the file; `segments` is what counts).
     pub after_key: String,
+    /// Read in segments side by side: the key ranges not staged yet. Such a point's
+    /// `schema_fingerprint` ends in [`SEGMENTED`], so that a version that knows no segments
+    /// finds it unusable and starts over instead of resuming after `after_key` alone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub segments: Vec<KeySegment>,
     pub rows: u64,
     pub bytes: u64,
     /// The source clock when the first range was read (UTC, and the cursor's zone).
@@ -244,6 +251,19 @@ pub struct ResumePoint {
     /// The source's estimate of the table's rows when staging began (for progress).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub estimated_rows: Option<u64>,
+}
+
+/// What marks the schema fingerprint of a resume point with segments.
+pub const SEGMENTED: &str = "+segments";
+
+/// Keys of one segment of a full sync read side by side: after `after` (exclusive; from the
+/// start when `None`) up to `until` (inclusive; to the end when `None`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeySegment {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<String>,
 }
 
 fn is_zero(n: &u32) -> bool {

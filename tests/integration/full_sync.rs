@@ -238,6 +238,6 @@ async fn the_mysql_source_passes_the_source_conformance_checks() {
     let source = config.build(&test_build_context()).await.unwrap();
     let table = connector_framework::TableRef::new(&db, "items");
     let checks = connector_framework::testkit::source_conformance(source.as_ref(), &table).await.unwrap();
-    assert_eq!(checks, ["full", "since", "key ranges"]);
+    assert_eq!(checks, ["full", "since", "key ranges", "key bounds"]);
     source.close().await;
 }

@@ -224,6 +224,21 @@ impl Source for MySqlSource {
         out
     }
 
+    async fn key_bounds(&self, table: &TableRef, key: &str) -> Result<Option<(String, String)>> {
+        let mut conn = self.conn(table).await?;
+        let k = quote_ident(key);
+        // Both ends of the key's index: two lookups, whatever the table's size.
+        let bounds: Option<(Option<String>, Option<String>)> = conn
+            .query_first(format!(
+                "SELECT CAST(MIN({k}) AS CHAR), CAST(MAX({k}) AS CHAR) FROM {}.{}",
+                quote_ident(&table.database),
+                quote_ident(&table.table)
+            ))
+            .await
+            .map_err(|e| wrap(e, format!("{table}: reading the bounds of `{key}`")))?;
+        Ok(bounds.and_then(|(low, high)| low.zip(high)))
+    }
+
     async fn read(&self, request: ReadRequest, output: BatchSender) -> Result<ReadSummary> {
         let schema = &request.schema;
         let table = &schema.table;
@@ -258,17 +273,19 @@ impl Source for MySqlSource {
             sql.push_str(&format!(" WHERE {condition}"));
             params.extend(values);
         }
-        if let ReadRange::KeyRange { key, after, limit } = &request.range {
+        if let ReadRange::KeyRange { key, after, until, limit } = &request.range {
             let k = quote_ident(key);
+            let mut bounds = Vec::new();
             if let Some(after) = after {
-                sql.push_str(&format!(" WHERE {k} > ?"));
-                // Keys are integers; bind them as such so the index range is used.
-                params.push(match after.parse::<i64>() {
-                    Ok(i) => mysql_async::Value::Int(i),
-                    Err(_) => after
-                        .parse::<u64>()
-                        .map_or_else(|_| mysql_async::Value::from(after.as_str()), mysql_async::Value::UInt),
-                });
+                bounds.push(format!("{k} > ?"));
+                params.push(key_param(after));
+            }
+            if let Some(until) = until {
+                bounds.push(format!("{k} <= ?"));
+                params.push(key_param(until));
+            }
+            if !bounds.is_empty() {
+                sql.push_str(&format!(" WHERE {}", bounds.join(" AND ")));
             }
             sql.push_str(&format!(" ORDER BY {k} LIMIT {limit}"));
         }
@@ -413,5 +430,13 @@ impl Source for MySqlSource {
 
     async fn close(&self) {
         let _ = self.pool.clone().disconnect().await;
+    }
+}
+
+/// A key bound as the integer it is, so the server uses the key's index for the range.
+fn key_param(bound: &str) -> mysql_async::Value {
+    match bound.parse::<i64>() {
+        Ok(i) => mysql_async::Value::Int(i),
+        Err(_) => bound.parse::<u64>().map_or_else(|_| mysql_async::Value::from(bound), mysql_async::Value::UInt),
     }
 }

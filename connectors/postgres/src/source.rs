@@ -200,6 +200,27 @@ impl Source for PostgresSource {
         }
     }
 
+    async fn key_bounds(&self, table: &TableRef, key: &str) -> Result<Option<(String, String)>> {
+        let (database, schema_name) = self.place(&table.database);
+        let conn = self.pool.get(database).await?;
+        let k = quote_ident(key);
+        // Both ends of the key's index: two lookups, whatever the table's size.
+        let messages = conn
+            .simple_query(&format!(
+                "SELECT min({k})::text, max({k})::text FROM {}.{}",
+                quote_ident(schema_name),
+                quote_ident(&table.table)
+            ))
+            .await
+            .map_err(|e| crate::error::wrap(e, format!("{table}: reading the bounds of `{key}`")))?;
+        Ok(messages.iter().find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => {
+                r.get(0).zip(r.get(1)).map(|(l, h)| (l.to_string(), h.to_string()))
+            }
+            _ => None,
+        }))
+    }
+
     async fn read(&self, request: ReadRequest, output: BatchSender) -> Result<ReadSummary> {
         let schema = request.schema.clone();
         let table = &schema.table;
@@ -247,16 +268,22 @@ impl Source for PostgresSource {
                     count_nulls = format!("(SELECT count(*) FROM {from} WHERE {null_like})");
                 }
             }
-            ReadRange::KeyRange { key, after, limit } => {
+            ReadRange::KeyRange { key, after, until, limit } => {
                 let k = quote_ident(key);
-                if let Some(after) = after {
-                    // Keys are integers (the runner reads ranges only by an integer key).
-                    if after.parse::<i64>().is_err() && after.parse::<u64>().is_err() {
+                let mut bounds = Vec::new();
+                for (bound, op) in [(after, ">"), (until, "<=")] {
+                    let Some(bound) = bound else { continue };
+                    // Keys are integers (the runner reads ranges only by an integer key), so
+                    // they go into the SQL as they are.
+                    if bound.parse::<i64>().is_err() && bound.parse::<u64>().is_err() {
                         return Err(ConnectorError::permanent(format!(
-                            "{table}: the resume key `{after}` is not an integer"
+                            "{table}: the range bound `{bound}` of `{key}` is not an integer"
                         )));
                     }
-                    select.push_str(&format!(" WHERE {k} > {after}"));
+                    bounds.push(format!("{k} {op} {bound}"));
+                }
+                if !bounds.is_empty() {
+                    select.push_str(&format!(" WHERE {}", bounds.join(" AND ")));
                 }
                 select.push_str(&format!(" ORDER BY {k} LIMIT {limit}"));
             }

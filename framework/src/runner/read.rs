@@ -28,11 +28,11 @@ impl<T> Drop for AbortOnDrop<T> {
     }
 }
 
-/// A read running in its own task, and the channel its batches arrive on. Dropping it stops
-/// the read.
+/// Reads running in tasks of their own (one, or a big table's segments side by side), and
+/// the channel their batches arrive on. Dropping it stops them.
 pub(super) struct StartedRead {
     table: TableRef,
-    task: AbortOnDrop<Result<ReadSummary>>,
+    tasks: Vec<AbortOnDrop<Result<ReadSummary>>>,
     rx: mpsc::Receiver<RowBatch>,
 }
 
@@ -141,10 +141,22 @@ async fn open_writers<'a>(
 /// Starts reading `request` as a task of its own, so that decoding rows and encoding them for
 /// the targets use two cores.
 pub(super) fn start_read(runner: &Runner, request: ReadRequest) -> StartedRead {
-    let table = request.schema.table.clone();
-    let (tx, rx) = mpsc::channel(2);
-    let source = Arc::clone(&runner.source);
-    StartedRead { table, task: AbortOnDrop(tokio::spawn(async move { source.read(request, tx).await })), rx }
+    start_reads(runner, request.schema.table.clone(), vec![request])
+}
+
+/// Starts each of `requests` (parts of one table's read) as a task of its own, all feeding
+/// one channel.
+pub(super) fn start_reads(runner: &Runner, table: TableRef, requests: Vec<ReadRequest>) -> StartedRead {
+    // Two batches in flight per reader, so that none waits on another's.
+    let (tx, rx) = mpsc::channel(2 * requests.len().max(1));
+    let tasks = requests
+        .into_iter()
+        .map(|request| {
+            let (source, tx) = (Arc::clone(&runner.source), tx.clone());
+            AbortOnDrop(tokio::spawn(async move { source.read(request, tx).await }))
+        })
+        .collect();
+    StartedRead { table, tasks, rx }
 }
 
 /// Writes a started read's batches into every live writer.
@@ -154,12 +166,28 @@ pub(super) async fn consume(
     fanout: &mut Fanout<'_>,
     started: Instant,
 ) -> Result<ReadSummary> {
-    let StartedRead { table, task, rx } = read;
+    let mut parts = consume_parts(runner, read, fanout, started).await?;
+    Ok(parts.pop().unwrap_or_default())
+}
+
+/// Writes the batches of every part of a started read into every live writer; the parts'
+/// summaries in the order they were started. The first part to fail stops the others.
+pub(super) async fn consume_parts(
+    runner: &Runner,
+    read: StartedRead,
+    fanout: &mut Fanout<'_>,
+    started: Instant,
+) -> Result<Vec<ReadSummary>> {
+    let StartedRead { table, tasks, rx } = read;
     let read = async {
-        let mut task = task;
-        (&mut task.0)
-            .await
-            .unwrap_or_else(|e| Err(ConnectorError::permanent(format!("{table}: the read task failed: {e}"))))
+        // Owned here: returning early drops (aborts) the parts still running.
+        let mut tasks = tasks;
+        futures::future::try_join_all(tasks.iter_mut().map(|task| async {
+            (&mut task.0)
+                .await
+                .unwrap_or_else(|e| Err(ConnectorError::permanent(format!("{table}: the read task failed: {e}"))))
+        }))
+        .await
     };
     let consume = async {
         // Owned here, so that stopping early drops it and the reader's next send fails instead

@@ -127,7 +127,7 @@ async fn one_read_fans_out_to_every_target_and_a_failing_target_blocks_no_other(
 async fn the_testkit_conformance_checks_pass_for_the_testkit_itself() {
     let source = source_with(&[("a", 5)]);
     let checks = source_conformance(&source, &TableRef::new("a", "orders")).await.unwrap();
-    assert_eq!(checks, ["full", "since", "key ranges"]);
+    assert_eq!(checks, ["full", "since", "key ranges", "key bounds"]);
     // NULL cursors: `Since` returns them only when asked and counts them when not.
     let with_nulls = MemorySource { databases: vec!["n".into()], ..Default::default() };
     let (schema, mut rows) = sample_table("n", "orders", 6);
@@ -135,7 +135,7 @@ async fn the_testkit_conformance_checks_pass_for_the_testkit_itself() {
     rows[4][2] = crate::value::Value::Null;
     with_nulls.add_table(schema, rows);
     let checks = source_conformance(&with_nulls, &TableRef::new("n", "orders")).await.unwrap();
-    assert_eq!(checks, ["full", "since", "key ranges"]);
+    assert_eq!(checks, ["full", "since", "key ranges", "key bounds"]);
     let sink = CollectingSink::new("c");
     assert_eq!(sink_conformance(&sink, "t").await.unwrap().len(), 5);
     assert_eq!(sink.committed_rows("t", "tenant_b").len(), 3);
@@ -165,7 +165,7 @@ async fn a_full_sync_interrupted_mid_ranges_resumes_after_its_last_checkpoint() 
     let requests = source.requests.lock().unwrap().clone();
     assert_eq!(
         requests[0],
-        ReadRange::KeyRange { key: "id".into(), after: Some("5".into()), limit: 3 },
+        ReadRange::KeyRange { key: "id".into(), after: Some("5".into()), until: None, limit: 3 },
         "the rerun starts after the last checkpointed key"
     );
     assert_eq!(sink.resumes.lock().unwrap()[0].1, 6);
@@ -179,6 +179,68 @@ async fn a_full_sync_interrupted_mid_ranges_resumes_after_its_last_checkpoint() 
         .collect();
     ids.sort();
     assert_eq!(ids, (0..10).collect::<Vec<_>>(), "every row exactly once");
+    assert!(state.load("a").await.unwrap().table("orders").unwrap().resume.is_none());
+}
+
+#[tokio::test]
+async fn a_big_table_is_read_in_segments_side_by_side_and_resumes_each_where_it_stopped() {
+    let source = MemorySource { databases: vec!["a".into()], ..Default::default() };
+    let (mut schema, rows) = sample_table("a", "orders", 20);
+    schema.estimated_rows = Some(20);
+    source.add_table(schema, rows);
+    // Two segments (0..=9 and 10..) in ranges of 3: rounds of two reads. The fifth read (in
+    // the third round) fails, after two rounds were checkpointed.
+    *source.fail_read.lock().unwrap() = Some(5);
+    let sink = CollectingSink::new("t");
+    let state = MemoryStateStore::default();
+    let settings = Settings { batch_size: 2, max_retries: 0, chunk_rows: 3, range_readers: 2, ..Default::default() };
+    let first = runner(source.clone(), vec![("t", sink.clone(), state.clone())], settings.clone());
+    assert_eq!(first.run(&RunOptions::default()).await.unwrap().failed(), 1);
+    let range = |after: Option<&str>, until: Option<&str>| ReadRange::KeyRange {
+        key: "id".into(),
+        after: after.map(Into::into),
+        until: until.map(Into::into),
+        limit: 3,
+    };
+    let sorted = |mut r: Vec<ReadRange>| {
+        r.sort_by_key(|r| format!("{r:?}"));
+        r
+    };
+    let requests = source.requests.lock().unwrap().clone();
+    assert_eq!(sorted(requests[..2].to_vec()), sorted(vec![range(None, Some("9")), range(Some("9"), None)]));
+    let point = state.load("a").await.unwrap().table("orders").cloned().unwrap().resume.expect("a resume point");
+    let left = |after: &str, until: Option<&str>| crate::state::KeySegment {
+        after: Some(after.into()),
+        until: until.map(Into::into),
+    };
+    assert_eq!(point.segments, [left("5", Some("9")), left("15", None)]);
+    assert_eq!(point.rows, 12);
+    assert!(point.schema_fingerprint.ends_with(crate::state::SEGMENTED), "older versions must not resume it");
+
+    *source.fail_read.lock().unwrap() = None;
+    source.requests.lock().unwrap().clear();
+    let second = runner(source.clone(), vec![("t", sink.clone(), state.clone())], settings);
+    let report = second.run(&RunOptions::default()).await.unwrap();
+    assert_eq!(report.failed(), 0, "{report:?}");
+    let requests = source.requests.lock().unwrap().clone();
+    assert_eq!(
+        sorted(requests[..2].to_vec()),
+        sorted(vec![range(Some("5"), Some("9")), range(Some("15"), None)]),
+        "each segment continues after its last checkpointed key"
+    );
+    let window = report.outcomes[0].window.clone().unwrap_or_default();
+    assert!(window.contains("resumed after id = 5, id = 15"), "{window}");
+    assert_eq!(sink.resumes.lock().unwrap()[0].1, 12);
+    let mut ids: Vec<i64> = sink
+        .committed_rows("orders", "a")
+        .iter()
+        .map(|r| match r[0] {
+            crate::Value::Int(i) => i,
+            _ => -1,
+        })
+        .collect();
+    ids.sort();
+    assert_eq!(ids, (0..20).collect::<Vec<_>>(), "every row exactly once");
     assert!(state.load("a").await.unwrap().table("orders").unwrap().resume.is_none());
 }
 

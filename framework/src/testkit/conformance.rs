@@ -70,7 +70,9 @@ fn fail(table: &TableRef, what: String) -> ConnectorError {
 ///   cursor value;
 /// - `key ranges` (the table has a one-column integer key): `KeyRange` reads of 2 rows return
 ///   ascending keys after the exclusive bound, report the last key, and together return every
-///   row once.
+///   row once; a range `until` a key stops at it (inclusive);
+/// - `key bounds` (the same, when the source reports [`Source::key_bounds`]): the lowest and
+///   highest key.
 pub async fn source_conformance(source: &dyn Source, table: &TableRef) -> Result<Vec<&'static str>> {
     let schema = Arc::new(source.discover(table).await?);
     if schema.columns.is_empty() {
@@ -133,7 +135,7 @@ pub async fn source_conformance(source: &dyn Source, table: &TableRef) -> Result
         let mut seen = BTreeSet::new();
         let mut after: Option<String> = None;
         loop {
-            let range = ReadRange::KeyRange { key: key.name.clone(), after: after.clone(), limit: 2 };
+            let range = ReadRange::KeyRange { key: key.name.clone(), after: after.clone(), until: None, limit: 2 };
             let (rows, s) = read_all(source, &schema, range, None).await?;
             let keys: Vec<i128> = rows.iter().filter_map(|r| number(&r[i])).collect();
             if keys.windows(2).any(|w| w[0] >= w[1]) {
@@ -166,7 +168,36 @@ pub async fn source_conformance(source: &dyn Source, table: &TableRef) -> Result
         if seen.len() != all.len() {
             return Err(fail(table, format!("key ranges returned {} rows, a full read {}", seen.len(), all.len())));
         }
+        if let Some(&middle) = seen.iter().nth(seen.len() / 2) {
+            let until = middle.to_string();
+            let range = ReadRange::KeyRange {
+                key: key.name.clone(),
+                after: None,
+                until: Some(until),
+                limit: all.len() as u64 + 1,
+            };
+            let (rows, _) = read_all(source, &schema, range, None).await?;
+            let keys: BTreeSet<i128> = rows.iter().filter_map(|r| number(&r[i])).collect();
+            let want: BTreeSet<i128> = seen.range(..=middle).copied().collect();
+            if keys != want || rows.len() != want.len() {
+                return Err(fail(
+                    table,
+                    format!(
+                        "KeyRange until {middle} returned {} rows, {} expected (the bound is inclusive)",
+                        rows.len(),
+                        want.len()
+                    ),
+                ));
+            }
+        }
         checks.push("key ranges");
+        if let Some((low, high)) = source.key_bounds(table, &key.name).await? {
+            let want = seen.first().zip(seen.last()).map(|(l, h)| (l.to_string(), h.to_string()));
+            if Some((low.clone(), high.clone())) != want {
+                return Err(fail(table, format!("key_bounds said {low}..{high}, the rows span {want:?}")));
+            }
+            checks.push("key bounds");
+        }
     }
     Ok(checks)
 }

@@ -67,6 +67,14 @@ impl Source for MemorySource {
             .ok_or_else(|| ConnectorError::permanent(format!("table {table} does not exist")))
     }
 
+    async fn key_bounds(&self, table: &TableRef, key: &str) -> Result<Option<(String, String)>> {
+        let tables = self.tables.lock().unwrap_or_else(|p| p.into_inner());
+        let Some((schema, rows)) = tables.get(table) else { return Ok(None) };
+        let Some(i) = schema.column_index(key) else { return Ok(None) };
+        let keys = rows.iter().map(|r| key_of(r, i));
+        Ok(keys.clone().min().zip(keys.max()).map(|(low, high)| (low.to_string(), high.to_string())))
+    }
+
     async fn read(&self, request: ReadRequest, output: BatchSender) -> Result<ReadSummary> {
         let reads = {
             let mut requests = self.requests.lock().unwrap_or_else(|p| p.into_inner());
@@ -95,11 +103,12 @@ impl Source for MemorySource {
             ..Default::default()
         };
         let mut last_key = None;
-        if let ReadRange::KeyRange { key, after, limit } = &request.range {
+        if let ReadRange::KeyRange { key, after, until, limit } = &request.range {
             let i = full_schema.column_index(key).unwrap_or(0);
             rows.sort_by_key(|r| key_of(r, i));
             let after: Option<i128> = after.as_deref().and_then(|a| a.parse().ok());
-            rows.retain(|r| after.is_none_or(|a| key_of(r, i) > a));
+            let until: Option<i128> = until.as_deref().and_then(|u| u.parse().ok());
+            rows.retain(|r| after.is_none_or(|a| key_of(r, i) > a) && until.is_none_or(|u| key_of(r, i) <= u));
             rows.truncate(usize::try_from(*limit).unwrap_or(usize::MAX));
             last_key = rows.last().map(|r| key_of(r, i).to_string());
         }
