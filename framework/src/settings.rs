@@ -178,7 +178,7 @@ pub const SETTINGS_FIELDS: &[FieldDoc] = &[
         ty: "integer",
         required: false,
         default: "2",
-        doc: "a full sync of a table of more than chunk_rows rows splits its key space into this many segments read at once, each on its own connection (keep it within the source's pool_size); 1 reads its ranges one after another",
+        doc: "a full sync of a table of more than chunk_rows rows splits its key space into up to this many segments read at once, each on its own connection (the source's pool makes the rest wait); 1 reads its ranges one after another",
     },
     FieldDoc {
         name: "null_cursor",

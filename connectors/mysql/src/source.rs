@@ -230,7 +230,8 @@ impl Source for MySqlSource {
         // Both ends of the key's index: two lookups, whatever the table's size.
         let bounds: Option<(Option<String>, Option<String>)> = conn
             .query_first(format!(
-                "SELECT CAST(MIN({k}) AS CHAR), CAST(MAX({k}) AS CHAR) FROM {}.{}",
+                // `+ 0`: a BIT key as its number, not its bytes.
+                "SELECT CAST(MIN({k}) + 0 AS CHAR), CAST(MAX({k}) + 0 AS CHAR) FROM {}.{}",
                 quote_ident(&table.database),
                 quote_ident(&table.table)
             ))

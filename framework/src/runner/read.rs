@@ -147,8 +147,9 @@ pub(super) fn start_read(runner: &Runner, request: ReadRequest) -> StartedRead {
 /// Starts each of `requests` (parts of one table's read) as a task of its own, all feeding
 /// one channel.
 pub(super) fn start_reads(runner: &Runner, table: TableRef, requests: Vec<ReadRequest>) -> StartedRead {
-    // Two batches in flight per reader, so that none waits on another's.
-    let (tx, rx) = mpsc::channel(2 * requests.len().max(1));
+    // Two batches in flight for one reader, one more per other reader up to four: enough that
+    // readers seldom wait on each other, and memory stays bounded however many there are.
+    let (tx, rx) = mpsc::channel((requests.len() + 1).clamp(2, 4));
     let tasks = requests
         .into_iter()
         .map(|request| {

@@ -105,12 +105,15 @@ pub(super) async fn read_in_ranges(
                 point.segments.clone()
             }
         }
-        None => split(runner, request, key, limit).await?,
+        None => split(runner, request, key, limit).await,
     };
-    total.window = Some(describe(key, limit, &segments, resumed.is_some()));
+    // A resume may hold more segments than `range_readers` allows now: the rest wait their turn.
+    let readers = runner.settings.range_readers.max(1);
+    total.window = Some(describe(key, limit, &segments, readers, resumed.is_some()));
     let fingerprint = unify::fingerprint(&request.schema);
     while !segments.is_empty() {
-        let reads = segments
+        let now = segments.len().min(readers);
+        let reads = segments[..now]
             .iter()
             .map(|s| ReadRequest {
                 range: ReadRange::KeyRange {
@@ -124,12 +127,14 @@ pub(super) async fn read_in_ranges(
             .collect();
         let mut parts = consume_parts(runner, start_reads(runner, table.clone(), reads), fanout, started).await?;
         // A segment whose range came back full has more rows after its last key.
-        segments = segments
+        let mut left: Vec<KeySegment> = segments[..now]
             .iter()
             .zip(&parts)
             .filter(|(_, part)| part.rows >= limit && part.last_key.is_some())
             .map(|(s, part)| KeySegment { after: part.last_key.clone(), until: s.until.clone() })
             .collect();
+        left.extend_from_slice(&segments[now..]);
+        segments = left;
         // The earliest clock first: the first part absorbed bounds the watermark.
         parts.sort_by_key(|p| p.snapshot_time);
         for part in parts {
@@ -172,15 +177,20 @@ pub(super) async fn read_in_ranges(
 /// equal width between the key's lowest and highest value. The first is open below and the
 /// last above, so rows written outside those bounds meanwhile are read too. A change stream's
 /// snapshot is one sequence: its resume keeps one log position.
-async fn split(runner: &Runner, request: &ReadRequest, key: &str, limit: u64) -> Result<Vec<KeySegment>> {
+async fn split(runner: &Runner, request: &ReadRequest, key: &str, limit: u64) -> Vec<KeySegment> {
     let whole = vec![KeySegment { after: None, until: None }];
     let estimated = request.schema.estimated_rows.unwrap_or(0);
     let readers = u64::try_from(runner.settings.range_readers).unwrap_or(1).min(estimated.div_ceil(limit.max(1)));
     if readers < 2 || request.capture_position {
-        return Ok(whole);
+        return whole;
     }
-    let Some((low, high)) = runner.source.key_bounds(&request.schema.table, key).await? else { return Ok(whole) };
-    Ok(equal_segments(&low, &high, readers).unwrap_or(whole))
+    // Splitting only speeds the read up: without the bounds it goes in one sequence.
+    let bounds = runner.source.key_bounds(&request.schema.table, key).await.unwrap_or_else(|e| {
+        tracing::warn!(table = %request.schema.table, error = %e, "cannot read the key's bounds; reading its ranges one after another");
+        None
+    });
+    let Some((low, high)) = bounds else { return whole };
+    equal_segments(&low, &high, readers).unwrap_or(whole)
 }
 
 /// `n` segments of equal width from `low` to `high` (integers), fewer when the span is
@@ -203,10 +213,12 @@ fn equal_segments(low: &str, high: &str, n: u64) -> Option<Vec<KeySegment>> {
 
 /// How the rows are read, for the report: `all rows, in ranges of 1000 by id`, with the
 /// segments and where a resume continues.
-fn describe(key: &str, limit: u64, segments: &[KeySegment], resumed: bool) -> String {
+fn describe(key: &str, limit: u64, segments: &[KeySegment], readers: usize, resumed: bool) -> String {
     let mut text = format!("all rows, in ranges of {limit} by {key}");
-    if segments.len() > 1 {
-        text.push_str(&format!(", {} segments read at once", segments.len()));
+    match segments.len() {
+        0 | 1 => {}
+        n if n <= readers => text.push_str(&format!(", {n} segments read at once")),
+        n => text.push_str(&format!(", {n} segments read {readers} at a time")),
     }
     if resumed {
         let afters: Vec<String> = segments
