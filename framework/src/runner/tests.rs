@@ -38,6 +38,20 @@ fn source_with(tenants: &[(&str, usize)]) -> MemorySource {
     source
 }
 
+/// The ids of the rows committed for `tenant`'s orders, sorted.
+fn committed_ids(sink: &CollectingSink, tenant: &str) -> Vec<i64> {
+    let mut ids: Vec<i64> = sink
+        .committed_rows("orders", tenant)
+        .iter()
+        .map(|r| match r[0] {
+            crate::Value::Int(i) => i,
+            _ => -1,
+        })
+        .collect();
+    ids.sort();
+    ids
+}
+
 /// A collecting sink with a hook before each `prepare` (an error it returns fails it) and
 /// before each `commit`.
 #[derive(Clone)]
@@ -169,16 +183,7 @@ async fn a_full_sync_interrupted_mid_ranges_resumes_after_its_last_checkpoint() 
         "the rerun starts after the last checkpointed key"
     );
     assert_eq!(sink.resumes.lock().unwrap()[0].1, 6);
-    let mut ids: Vec<i64> = sink
-        .committed_rows("orders", "a")
-        .iter()
-        .map(|r| match r[0] {
-            crate::Value::Int(i) => i,
-            _ => -1,
-        })
-        .collect();
-    ids.sort();
-    assert_eq!(ids, (0..10).collect::<Vec<_>>(), "every row exactly once");
+    assert_eq!(committed_ids(&sink, "a"), (0..10).collect::<Vec<_>>(), "every row exactly once");
     assert!(state.load("a").await.unwrap().table("orders").unwrap().resume.is_none());
 }
 
@@ -233,16 +238,7 @@ async fn a_big_table_is_read_in_segments_side_by_side_and_resumes_each_where_it_
     let window = report.outcomes[0].window.clone().unwrap_or_default();
     assert!(window.contains("2 segments read 1 at a time, resumed after id = 5, id = 15"), "{window}");
     assert_eq!(sink.resumes.lock().unwrap()[0].1, 12);
-    let mut ids: Vec<i64> = sink
-        .committed_rows("orders", "a")
-        .iter()
-        .map(|r| match r[0] {
-            crate::Value::Int(i) => i,
-            _ => -1,
-        })
-        .collect();
-    ids.sort();
-    assert_eq!(ids, (0..20).collect::<Vec<_>>(), "every row exactly once");
+    assert_eq!(committed_ids(&sink, "a"), (0..20).collect::<Vec<_>>(), "every row exactly once");
     assert!(state.load("a").await.unwrap().table("orders").unwrap().resume.is_none());
 }
 
