@@ -147,9 +147,9 @@ pub(super) fn start_read(runner: &Runner, request: ReadRequest) -> StartedRead {
 /// Starts each of `requests` (parts of one table's read) as a task of its own, all feeding
 /// one channel.
 pub(super) fn start_reads(runner: &Runner, table: TableRef, requests: Vec<ReadRequest>) -> StartedRead {
-    // Two batches in flight for one reader, one more per other reader up to four: enough that
-    // readers seldom wait on each other, and memory stays bounded however many there are.
-    let (tx, rx) = mpsc::channel((requests.len() + 1).clamp(2, 4));
+    // Batches held per table: one being encoded, one being filled per reader, and the channel:
+    // two for one reader, one for several, so that two segments hold what one read did.
+    let (tx, rx) = mpsc::channel(if requests.len() > 1 { 1 } else { 2 });
     let tasks = requests
         .into_iter()
         .map(|request| {
