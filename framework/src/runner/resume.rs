@@ -59,7 +59,7 @@ pub(super) async fn usable_point(request: &ReadRequest, plans: &[(&Target, Table
         points.push(prior?.resume?);
     }
     let first = points.first()?.clone();
-    let fingerprint = if first.segments.is_empty() { fingerprint } else { format!("{fingerprint}{SEGMENTED}") };
+    let fingerprint = point_fingerprint(&fingerprint, &first.segments);
     let usable = points.iter().all(|r| r.after_key == first.after_key && r.segments == first.segments && r.rows == first.rows)
         && first.key == key
         && first.schema_fingerprint == fingerprint
@@ -146,10 +146,11 @@ pub(super) async fn read_in_ranges(
         // What is left of one open-ended sequence is a plain resume point, which any version
         // reads; anything else records its segments.
         let after_key = segments[0].after.clone().unwrap_or_default();
-        let (segments_left, schema_fingerprint) = match segments.as_slice() {
-            [KeySegment { until: None, .. }] => (Vec::new(), fingerprint.clone()),
-            _ => (segments.clone(), format!("{fingerprint}{SEGMENTED}")),
+        let segments_left = match segments.as_slice() {
+            [KeySegment { until: None, .. }] => Vec::new(),
+            _ => segments.clone(),
         };
+        let schema_fingerprint = point_fingerprint(&fingerprint, &segments_left);
         for (target, staging) in fanout.checkpoint().await {
             let point = ResumePoint {
                 staging,
@@ -170,6 +171,12 @@ pub(super) async fn read_in_ranges(
         }
     }
     Ok(total)
+}
+
+/// The schema fingerprint a resume point records: marked when it has segments, so that a
+/// version that knows no segments finds it unusable.
+fn point_fingerprint(fingerprint: &str, segments: &[KeySegment]) -> String {
+    if segments.is_empty() { fingerprint.to_string() } else { format!("{fingerprint}{SEGMENTED}") }
 }
 
 /// The segments a full sync reads side by side: one (the whole key space) unless the table is
@@ -214,7 +221,7 @@ fn equal_segments(low: &str, high: &str, n: u64) -> Option<Vec<KeySegment>> {
 /// How the rows are read, for the report: `all rows, in ranges of 1000 by id`, with the
 /// segments and where a resume continues.
 fn describe(key: &str, limit: u64, segments: &[KeySegment], readers: usize, resumed: bool) -> String {
-    let mut text = format!("all rows, in ranges of {limit} by {key}");
+    let mut text = ReadRange::KeyRange { key: key.to_string(), after: None, until: None, limit }.describe();
     match segments.len() {
         0 | 1 => {}
         n if n <= readers => text.push_str(&format!(", {n} segments read at once")),
