@@ -11,7 +11,7 @@
 # Environment (bench/run.sh sets these; the defaults let it run alone):
 #   PEERS_DB (bench_shop1), PEERS_TABLE (orders), PEERS_ROWS (counted), BYTES_PER_ROW (measured as in
 #   run.sh), CEILING (rows/s of mariadb-dump; 0 = no ratio), MYSQL_PORT (3306), WORK (bench-work),
-#   PEERS_SLING_FORMATS ("csv jsonl parquet").
+#   PEERS_SLING_FORMATS ("csv jsonl parquet"), PEERS_REPEAT (3: ConnectorX into Arrow, medians).
 # Exits non-zero only if the peers cannot be installed.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -114,9 +114,19 @@ done
 
 URL="mysql://root@127.0.0.1:$PORT/$DB"
 QUERY="SELECT * FROM \`$DB\`.\`$TABLE\`"
+# The CPU-per-row comparison's peer: PEERS_REPEAT runs (default 3), medians, as run.sh does.
 name="connectorx -> arrow (memory)"
-if run_peer "$name" "$PY" "$HERE/peers_connectorx.py" arrow "$URL" "$QUERY"; then
-  report "$name" "$(tail -1 "$LOG")"
+: >"$OUT/arrow.txt"
+for _ in $(seq "${PEERS_REPEAT:-3}"); do
+  run_peer "$name" "$PY" "$HERE/peers_connectorx.py" arrow "$URL" "$QUERY" || break
+  echo "$ELAPSED $CPU_USER $CPU_SYS $RSS_KB" >>"$OUT/arrow.txt"
+  got=$(tail -1 "$LOG")
+done
+if [ -s "$OUT/arrow.txt" ]; then
+  column_median() { awk -v c="$1" '{ print $c }' "$OUT/arrow.txt" | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+  # CPU as one column (user + system), so the median is of the total.
+  ELAPSED=$(column_median 1) CPU_USER=$(awk '{ print $2 + $3 }' "$OUT/arrow.txt" | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }') CPU_SYS=0 RSS_KB=$(column_median 4)
+  report "$name (median of $(wc -l <"$OUT/arrow.txt"))" "$got"
 fi
 name="connectorx -> parquet file"
 file="$OUT/connectorx.parquet"

@@ -4,7 +4,9 @@
 #   bench/run.sh                 # 2,000,000 orders in bench_shop1 (half in bench_shop2, a quarter in bench_shop3)
 #   bench/run.sh --peers         # also Sling and ConnectorX from PyPI on the same table (bench/peers.sh)
 #   BENCH_ROWS=500000 BENCH_REPEAT=5 bench/run.sh
-#   BENCH_FULL_ONLY=1 bench/run.sh  # steps 1 to 3 only (no emulator runs, a few minutes)
+#   BENCH_FULL_ONLY=1 bench/run.sh  # steps 1 to 3 only, and the peers with --peers (no emulator runs)
+#   BENCH_COMPARE_BIN=/path/to/connector-run bench/run.sh  # step 2 also with another build
+#   BENCH_KEEP_DATA=1 bench/run.sh  # the bench databases stay afterwards (for a profiler)
 #
 # On the same data it measures:
 #   1. the ceiling: mariadb-dump --quick of bench_shop1.orders to /dev/null;
@@ -59,7 +61,9 @@ BIN="$ROOT/target/release/connector-run"
 POOL_BEFORE=$("${MYSQL[@]}" -N -e "SELECT @@innodb_buffer_pool_size")
 cleanup() {
   "${MYSQL[@]}" -e "SET GLOBAL innodb_buffer_pool_size = $POOL_BEFORE" 2>/dev/null || true
-  "${MYSQL[@]}" -e "DROP DATABASE IF EXISTS bench_shop1; DROP DATABASE IF EXISTS bench_shop2; DROP DATABASE IF EXISTS bench_shop3" 2>/dev/null || true
+  if [ "${BENCH_KEEP_DATA:-0}" != 1 ]; then
+    "${MYSQL[@]}" -e "DROP DATABASE IF EXISTS bench_shop1; DROP DATABASE IF EXISTS bench_shop2; DROP DATABASE IF EXISTS bench_shop3" 2>/dev/null || true
+  fi
   bash scripts/bq-emulator.sh stop --port "$PORT" >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
@@ -104,7 +108,8 @@ JSON
 sed 's/"batch_size": 5000,/"batch_size": 5000, "range_readers": 1,/' "$WORK/params.json" >"$WORK/params-sequential.json"
 rm -rf "$WORK/status" "$WORK/sync.log"
 
-SERVER_PID=$(pidof mariadbd || pidof mysqld || true)
+# The server on MYSQL_PORT (its pid file), not any mariadbd: a private one may run beside it.
+SERVER_PID=$(cat "$("${MYSQL[@]}" -N -e "SELECT @@pid_file")" 2>/dev/null || pidof -s mariadbd || true)
 # server_cpu: the server's CPU seconds so far (0 when its pid is unknown).
 server_cpu() { process_cpu "$SERVER_PID"; }
 
@@ -115,13 +120,19 @@ N2=$((ROWS / 2))
 DUMP=(mariadb-dump -h127.0.0.1 -P"$MYSQL_PORT" -uroot --quick --single-transaction bench_shop1 orders --result-file=/dev/null)
 FULL=("$BIN" --pipeline "$WORK/params.json" --bench-discard-uploads --full -q --tables orders --report-json "$WORK/full-report.json")
 SEQUENTIAL=("$BIN" --pipeline "$WORK/params-sequential.json" --bench-discard-uploads --full -q --tables orders)
+COMPARE_BIN="${BENCH_COMPARE_BIN:-}"
 
 echo "==> full sync vs the ceiling: $REPEAT alternating runs each, medians ($(nproc) cores shared by MariaDB and the tool)"
 "${DUMP[@]}" # warms the buffer pool: every run below reads from memory
 : >"$WORK/ceiling.txt"
 : >"$WORK/full.txt"
 : >"$WORK/sequential.txt"
+: >"$WORK/compare.txt"
 for i in $(seq "$REPEAT"); do
+  if [ -n "$COMPARE_BIN" ]; then
+    run_timed compare "$COMPARE_BIN" "${FULL[@]:1}" --databases bench_shop1
+    echo "$ELAPSED $CPU $SERVER $RSS_MB" >>"$WORK/compare.txt"
+  fi
   run_timed ceiling "${DUMP[@]}"
   echo "$ELAPSED $CPU $SERVER $RSS_MB" >>"$WORK/ceiling.txt"
   run_timed sequential "${SEQUENTIAL[@]}" --databases bench_shop1
@@ -137,6 +148,9 @@ line "mariadb-dump --quick (ceiling)" "$N1" "$(med "$WORK/ceiling.txt" 1)" "$(me
 line "connector-run full, ranges one after another" "$N1" "$(med "$WORK/sequential.txt" 1)" "$(med "$WORK/sequential.txt" 2)" "$(med "$WORK/sequential.txt" 3)" "$(med "$WORK/sequential.txt" 4)" "$CEILING"
 FULL_TIME=$(med "$WORK/full.txt" 1)
 line "connector-run full, encode only" "$N1" "$FULL_TIME" "$(med "$WORK/full.txt" 2)" "$(med "$WORK/full.txt" 3)" "$(med "$WORK/full.txt" 4)" "$CEILING"
+if [ -n "$COMPARE_BIN" ]; then
+  line "BENCH_COMPARE_BIN, encode only" "$N1" "$(med "$WORK/compare.txt" 1)" "$(med "$WORK/compare.txt" 2)" "$(med "$WORK/compare.txt" 3)" "$(med "$WORK/compare.txt" 4)" "$CEILING"
+fi
 
 # Half the rows, ranges one after another: whether a table of about chunk_rows rows is split
 # depends on the server's estimate of its rows, so memory at 2x the rows is compared like for
@@ -149,6 +163,12 @@ done
 line "the same one after another, half the rows" "$N2" "$(med "$WORK/half.txt" 1)" "$(med "$WORK/half.txt" 2)" "$(med "$WORK/half.txt" 3)" "$(med "$WORK/half.txt" 4)" "$CEILING"
 RSS_HALF=$(med "$WORK/half.txt" 4)
 awk -v a="$(med "$WORK/sequential.txt" 4)" -v b="$RSS_HALF" 'BEGIN { printf "    peak RSS at 2x the rows (ranges one after another): %.1f MB vs %.1f MB (%+.1f %%)\n", a, b, 100 * (a - b) / b }'
+# The peers read the same table right after, on the same machine state.
+if [ "$PEERS" = 1 ]; then
+  echo "==> peers on bench_shop1.orders"
+  PEERS_ROWS="$N1" BYTES_PER_ROW="$BYTES_PER_ROW" CEILING="$CEILING" WORK="$WORK" MYSQL_PORT="$MYSQL_PORT" \
+    bash bench/peers.sh
+fi
 if [ "${BENCH_FULL_ONLY:-0}" = 1 ]; then
   echo "(BENCH_FULL_ONLY=1: no end-to-end or incremental runs; logs and outputs in $WORK)"
   exit 0
@@ -236,9 +256,4 @@ ROWS_SYNCED=$(rows_synced "$WORK/e2e-incremental.out")
 BYTES_PER_ROW=0 line "incremental, 1 % of orders changed" "${ROWS_SYNCED:-0}" "$ELAPSED" "$CPU" "$SERVER" "$RSS_MB"
 jobs "$(run_id)"
 
-if [ "$PEERS" = 1 ]; then
-  echo "==> peers on bench_shop1.orders"
-  PEERS_ROWS="$N1" BYTES_PER_ROW="$BYTES_PER_ROW" CEILING="$CEILING" WORK="$WORK" MYSQL_PORT="$MYSQL_PORT" \
-    bash bench/peers.sh
-fi
 echo "(logs and outputs in $WORK)"
