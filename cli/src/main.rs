@@ -258,12 +258,25 @@ fn migrate_to(location: &StateLocation, kind: &str, to_dir: Option<&Path>, previ
     })
 }
 
+/// Transparent huge pages off for this process. A 2 MiB page is resident whole for the few
+/// kilobytes a fleet's small tables touch in it: even under the kernel's `madvise` setting a run
+/// held 16 MB of them (the allocator's advice). Off, a fleet run's peak RSS fell by 5–22 MB, and
+/// a big table's full sync took 6 % less CPU and 14 MB less (docs/performance.md).
+fn no_huge_pages() {
+    #[cfg(target_os = "linux")]
+    if let Err(e) = nix::sys::prctl::set_thp_disable(true) {
+        // Only memory is at stake: the run goes on.
+        eprintln!("connector-run: transparent huge pages stay on ({e})");
+    }
+}
+
 fn main() -> ExitCode {
     // A panic's message may quote a value; it is printed with secrets replaced.
     std::panic::set_hook(Box::new(|info| {
         let text = connector_framework::secrets::redact(&info.to_string());
         eprintln!("connector-run panicked (a bug; please report it): {text}");
     }));
+    no_huge_pages();
     plugins::force_link();
     registry::enable_only(plugins::PLUGINS.iter().map(|p| p.crate_name).collect());
     let cli = Cli::parse();
@@ -693,4 +706,13 @@ async fn run_once(
     let failed = report.outcomes.iter().any(|o| o.status == OutcomeStatus::Failed);
     tracing::info!(run_id, failed, rows = report.total_rows(), "run finished");
     Ok(if failed { ExitCode::from(EXIT_TABLE_FAILED) } else { ExitCode::SUCCESS })
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    #[test]
+    fn the_process_asks_for_no_transparent_huge_pages() {
+        super::no_huge_pages();
+        assert!(nix::sys::prctl::get_thp_disable().expect("PR_GET_THP_DISABLE"));
+    }
 }
