@@ -3,7 +3,8 @@
 //! of replacing every tenant's file: a fleet's table of a thousand tenants costs one flush,
 //! not a thousand new files. The files take the records when the run folds its journal: at
 //! the end of the run, when [`FOLD_AT`] tables have records pending, or, after a crash, when
-//! the next run takes the lock.
+//! the next run takes the lock. Until then the run keeps only where each pending record's line
+//! is, and reads a record back from the file when it is asked for or folded.
 //!
 //! Readers that hold no lock (`status`, the console) put every journal's records over the
 //! files. A journal left by a crashed run may hold records older than the files it covers (a
@@ -13,6 +14,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use connector_framework::TableState;
@@ -23,12 +25,20 @@ use crate::store::private_file;
 /// The journal files' name prefix; the lock scope's name follows (`.journal-whole`).
 pub(crate) const JOURNAL_PREFIX: &str = ".journal-";
 
-/// Records pending in memory before the run folds them into the files: bounds the run's
-/// memory (about 1 KiB a record) whatever the fleet's size.
+/// Records pending before the run folds them into the files: bounds the journal's size and
+/// what a run after a crash reads back at once (about 1 KiB a record), whatever the fleet's
+/// size.
 pub(crate) const FOLD_AT: usize = 10_000;
 
 /// Records by database, then table.
 pub(crate) type Records = HashMap<String, BTreeMap<String, TableState>>;
+
+/// Where a pending record's line is in the journal file.
+#[derive(Debug, Clone, Copy)]
+struct LineAt {
+    offset: u64,
+    len: u32,
+}
 
 /// One journal line.
 #[derive(Serialize, Deserialize)]
@@ -37,12 +47,15 @@ struct Entry {
     state: TableState,
 }
 
-/// The journal a run appends to, and the records it holds that the files do not yet.
+/// The journal a run appends to, and where its records that the files do not hold yet are.
+/// The records themselves stay in the file: a fleet's ten thousand of them held in memory
+/// were a quarter of a run's heap.
 #[derive(Debug)]
 pub(crate) struct Journal {
     path: PathBuf,
     file: File,
-    pending: Records,
+    /// The latest line of each pending record, by database, then table.
+    pending: HashMap<String, BTreeMap<String, LineAt>>,
     count: usize,
 }
 
@@ -51,11 +64,11 @@ impl Journal {
     /// existence durable, so a crash cannot lose the file with the records in it.
     pub fn create(path: PathBuf) -> std::io::Result<Self> {
         // Appending: every write lands at the end, also after `clear` shortened the file.
-        let file = private_file(OpenOptions::new().create(true).append(true), &path)?;
+        let file = private_file(OpenOptions::new().create(true).read(true).append(true), &path)?;
         file.set_len(0)?;
         file.sync_all()?;
         File::open(path.parent().unwrap_or(Path::new(".")))?.sync_all()?;
-        Ok(Self { path, file, pending: Records::new(), count: 0 })
+        Ok(Self { path, file, pending: HashMap::new(), count: 0 })
     }
 
     pub fn path(&self) -> &Path {
@@ -65,8 +78,11 @@ impl Journal {
     /// Appends `records` as one write, flushed; only then are they pending.
     pub fn append(&mut self, records: Vec<(String, TableState)>) -> std::io::Result<()> {
         let mut bytes = Vec::with_capacity(records.len() * 1024);
+        let mut lines = Vec::with_capacity(records.len());
         for (database, state) in &records {
+            let start = bytes.len();
             encode(&mut bytes, database, state)?;
+            lines.push((start, bytes.len() - start));
         }
         let before = self.file.metadata()?.len();
         if let Err(e) = self.file.write_all(&bytes).and_then(|()| self.file.sync_data()) {
@@ -74,27 +90,39 @@ impl Journal {
             let _ = self.file.set_len(before);
             return Err(e);
         }
-        for (database, state) in records {
+        for ((database, state), (start, len)) in records.into_iter().zip(lines) {
+            let at = LineAt { offset: before + start as u64, len: u32::try_from(len).unwrap_or(u32::MAX) };
             // Counted once per table: a later record of it replaces the pending one.
-            if self.pending.entry(database).or_default().insert(state.table_name.clone(), state).is_none() {
+            if self.pending.entry(database).or_default().insert(state.table_name, at).is_none() {
                 self.count += 1;
             }
         }
         Ok(())
     }
 
-    /// The pending records of `database`.
-    pub fn pending(&self, database: &str) -> Option<&BTreeMap<String, TableState>> {
-        self.pending.get(database)
+    /// The pending records of `database`, or only its `table`'s, read back from the file.
+    pub fn pending(&self, database: &str, table: Option<&str>) -> std::io::Result<Vec<TableState>> {
+        let Some(tables) = self.pending.get(database) else { return Ok(Vec::new()) };
+        match table {
+            Some(t) => tables.get(t).map(|at| self.read_line(*at)).into_iter().collect(),
+            None => tables.values().map(|at| self.read_line(*at)).collect(),
+        }
     }
 
     pub fn pending_count(&self) -> usize {
         self.count
     }
 
-    /// The pending records, for a fold (they stay pending until [`Self::clear`]).
-    pub fn records(&self) -> &Records {
-        &self.pending
+    /// The databases with records pending, for a fold (they stay pending until
+    /// [`Self::clear`]).
+    pub fn databases(&self) -> impl ExactSizeIterator<Item = &String> {
+        self.pending.keys()
+    }
+
+    fn read_line(&self, at: LineAt) -> std::io::Result<TableState> {
+        let mut line = vec![0; at.len as usize];
+        self.file.read_exact_at(&mut line, at.offset)?;
+        serde_json::from_slice::<Entry>(&line).map(|entry| entry.state).map_err(std::io::Error::other)
     }
 
     /// After a fold: the files hold every record, so the journal starts over empty.
@@ -228,7 +256,11 @@ mod tests {
         journal.append(vec![("shop1".into(), state("orders", 1)), ("shop2".into(), state("orders", 2))]).unwrap();
         journal.append(vec![("shop1".into(), state("orders", 3))]).unwrap();
         assert_eq!(journal.pending_count(), 2, "one per table: shop1's second record replaces its first");
-        assert_eq!(journal.pending("shop1").unwrap()["orders"].records_synced, 3);
+        let pending = journal.pending("shop1", None).unwrap();
+        assert_eq!(pending.len(), 1);
+        assert_eq!(pending[0].records_synced, 3, "read back from the later line");
+        assert_eq!(journal.pending("shop2", Some("orders")).unwrap()[0].records_synced, 2);
+        assert!(journal.pending("shop2", Some("users")).unwrap().is_empty());
         // A crash in the middle of the next append.
         let mut file = OpenOptions::new().append(true).open(&path).unwrap();
         file.write_all(br#"{"database":"shop2","state":{"table_na"#).unwrap();
@@ -238,10 +270,12 @@ mod tests {
         journal.clear().unwrap();
         assert!(read(&path).unwrap().is_empty());
         assert_eq!(journal.pending_count(), 0);
+        assert!(journal.pending("shop1", None).unwrap().is_empty());
         // After a fold the next record is the file's first line, not one after a gap.
         journal.append(vec![("shop3".into(), state("users", 4))]).unwrap();
         assert_eq!(fs::read(&path).unwrap().first(), Some(&b'{'));
         assert_eq!(read(&path).unwrap()["shop3"]["users"].records_synced, 4);
+        assert_eq!(journal.pending("shop3", Some("users")).unwrap()[0].records_synced, 4, "read from offset 0");
     }
 
     #[test]

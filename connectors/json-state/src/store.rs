@@ -350,7 +350,8 @@ impl JsonStateStore {
             indexes.push(records);
             files.push((database, states));
         }
-        for (indexes, written) in indexes.into_iter().zip(self.replace_files(files.into_iter(), Put::Always)) {
+        let files = files.into_iter().map(|(database, states)| (database, Ok(states)));
+        for (indexes, written) in indexes.into_iter().zip(self.replace_files(files, Put::Always)) {
             if let Err(e) = written {
                 indexes.into_iter().for_each(|i| results[i] = Err(e.duplicate()));
             }
@@ -365,7 +366,7 @@ impl JsonStateStore {
     /// saves.) One result per database, in order.
     fn replace_files(
         &self,
-        files: impl ExactSizeIterator<Item = (String, Vec<TableState>)>,
+        files: impl ExactSizeIterator<Item = (String, Result<Vec<TableState>>)>,
         put: Put,
     ) -> Vec<Result<()>> {
         if let Err(e) = private_dir(&self.dir) {
@@ -375,7 +376,7 @@ impl JsonStateStore {
         let mut results: Vec<Result<()>> = Vec::with_capacity(files.len());
         let mut written: Vec<(usize, PathBuf, std::io::Result<PathBuf>)> = Vec::new();
         for (i, (database, states)) in files.enumerate() {
-            match self.replaced_file(&database, states, put) {
+            match states.and_then(|states| self.replaced_file(&database, states, put)) {
                 Ok((path, bytes)) => {
                     let tmp = write_flushed(&path, &bytes);
                     written.push((i, path, tmp));
@@ -487,7 +488,10 @@ impl JsonStateStore {
             }
             if !records.is_empty() {
                 tracing::info!(journal = %path.display(), "a run did not finish: its state journal goes into the state files");
-                self.write_records(&records, Put::Newer)?;
+                let databases: Vec<String> = records.keys().cloned().collect();
+                let records_of =
+                    |db: &str| Ok(records.get(db).map(|t| t.values().cloned().collect()).unwrap_or_default());
+                self.write_records(&databases, records_of, Put::Newer)?;
             }
             journal::rewrite(&path, &others).map_err(|e| io_err("cannot rewrite the state journal", &path, e))?;
         }
@@ -497,7 +501,11 @@ impl JsonStateStore {
     /// Puts the journal's pending records into the files, then empties it.
     fn fold_into_files(&self, journal: &mut Journal) -> Result<()> {
         if journal.pending_count() > 0 {
-            self.write_records(journal.records(), Put::Always)?;
+            let databases: Vec<String> = journal.databases().cloned().collect();
+            let records_of = |db: &str| {
+                journal.pending(db, None).map_err(|e| io_err("cannot read the state journal", journal.path(), e))
+            };
+            self.write_records(&databases, records_of, Put::Always)?;
         }
         journal.clear().map_err(|e| io_err("cannot empty the state journal", journal.path(), e))
     }
@@ -520,11 +528,15 @@ impl JsonStateStore {
     /// Writes journal records into their files. A file that cannot be read (corrupt) keeps
     /// its content, as a record written straight to it would, and the others go ahead; a
     /// write that fails is an error (the journal is kept).
-    fn write_records(&self, records: &Records, put: Put) -> Result<()> {
-        // One database's records copied at a time, not the whole journal's.
-        let files = records.iter().map(|(db, tables)| (db.clone(), tables.values().cloned().collect()));
-        let names: Vec<&String> = records.keys().collect();
-        for (database, result) in names.iter().zip(self.replace_files(files, put)) {
+    fn write_records(
+        &self,
+        databases: &[String],
+        records_of: impl Fn(&str) -> Result<Vec<TableState>>,
+        put: Put,
+    ) -> Result<()> {
+        // One database's records at a time, not the whole journal's.
+        let files = databases.iter().map(|db| (db.clone(), records_of(db)));
+        for (database, result) in databases.iter().zip(self.replace_files(files, put)) {
             let Err(e) = result else { continue };
             if self.path_for(database).is_ok_and(|path| is_corrupt(&path)) {
                 tracing::warn!(%database, error = %e, "state journal records not written to this corrupt file");
@@ -535,21 +547,25 @@ impl JsonStateStore {
         Ok(())
     }
 
-    /// A database's tables as `read` gets them from its file, with this run's pending records
-    /// over them, or (without a run lock) every journal's records. Under the lock the file is
-    /// read while the journal is held, so a fold cannot move records from one to the other in
-    /// between; without it the journals are read first (a fold writes the files before it
-    /// removes a journal), so a record is seen in one place or the other.
+    /// A database's tables as `read` gets them from its file (only `table`, when given), with
+    /// this run's pending records over them, or (without a run lock) every journal's records.
+    /// Under the lock the file is read while the journal is held, so a fold cannot move
+    /// records from one to the other in between; without it the journals are read first (a
+    /// fold writes the files before it removes a journal), so a record is seen in one place or
+    /// the other.
     fn read_with_journal(
         &self,
         database: &str,
+        table: Option<&str>,
         read: impl FnOnce() -> Result<BTreeMap<String, TableState>>,
     ) -> Result<BTreeMap<String, TableState>> {
         let guard = self.journal.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(j) = guard.as_ref() {
             let mut tables = read()?;
-            for state in j.pending(database).into_iter().flat_map(|p| p.values()) {
-                tables.insert(state.table_name.clone(), state.clone());
+            let pending =
+                j.pending(database, table).map_err(|e| io_err("cannot read the state journal", j.path(), e))?;
+            for state in pending {
+                tables.insert(state.table_name.clone(), state);
             }
             return Ok(tables);
         }
@@ -628,13 +644,13 @@ impl StateStore for JsonStateStore {
 
     async fn load(&self, database: &str) -> Result<DatabaseState> {
         let path = self.path_for(database)?;
-        let tables = self.read_with_journal(database, || Ok(Self::read_file(&path, database)?.tables))?;
+        let tables = self.read_with_journal(database, None, || Ok(Self::read_file(&path, database)?.tables))?;
         Ok(DatabaseState { database: database.to_string(), tables })
     }
 
     async fn load_table(&self, database: &str, table: &str) -> Result<Option<TableState>> {
         let path = self.path_for(database)?;
-        let mut tables = self.read_with_journal(database, || {
+        let mut tables = self.read_with_journal(database, Some(table), || {
             Ok(Self::read_table(&path, database, table)?.map(|s| (s.table_name.clone(), s)).into_iter().collect())
         })?;
         Ok(tables.remove(table))
