@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # What a run costs over a fleet of small tenants: the fixed cost per tenant x table, not rows.
 #
-#   bench/fleet.sh                       # 200 x 10 and 1,000 x 20 tenants x tables, 100 rows each
+#   bench/fleet.sh                       # 200 x 10, 1,000 x 10 and 1,000 x 20 tenants x tables, 100 rows each
+#                                        # (1,000 x 10 beside 200 x 10: what five times the tenants
+#                                        # cost; beside 1,000 x 20: what twice the tables cost)
 #   FLEET_SIZES="50x5" bench/fleet.sh    # other sizes (TENANTSxTABLES, space-separated)
 #   FLEET_ROWS=100 FLEET_POOL=4          # rows per table, the tool's pool_size
 #   FLEET_BIN=/path/to/connector-run     # another build (default: target/release, built first)
@@ -22,7 +24,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 NAME=fleet source scripts/lib.sh
 [ $# -eq 0 ] || usage
-SIZES="${FLEET_SIZES:-200x10 1000x20}"
+SIZES="${FLEET_SIZES:-200x10 1000x10 1000x20}"
 ROWS="${FLEET_ROWS:-100}"
 POOL="${FLEET_POOL:-4}"
 BQ_PORT="${FLEET_BQ_PORT:-9071}"
