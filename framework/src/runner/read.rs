@@ -5,13 +5,14 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use tokio::sync::mpsc;
 
 use crate::error::{ConnectorError, Result};
 use crate::events::Event;
 use crate::schema::TableRef;
 use crate::sink::{ResumeFrom, StageRequest, Staged, TargetTable};
-use crate::source::{ReadRequest, ReadSummary};
+use crate::source::{BatchSender, ReadRequest, ReadSummary};
 use crate::strategy::TablePlan;
 use crate::value::RowBatch;
 
@@ -29,11 +30,12 @@ impl<T> Drop for AbortOnDrop<T> {
 }
 
 /// Reads running in tasks of their own (one, or a big table's segments side by side), and
-/// the channel their batches arrive on. Dropping it stops them.
+/// per reader the channel its batches arrive on and the way back to it: a written batch goes
+/// back to be freed by its reader, where it was allocated. Dropping it stops them.
 pub(super) struct StartedRead {
     table: TableRef,
     tasks: Vec<AbortOnDrop<Result<ReadSummary>>>,
-    rx: mpsc::Receiver<RowBatch>,
+    parts: Vec<(mpsc::Receiver<RowBatch>, mpsc::UnboundedSender<RowBatch>)>,
 }
 
 /// Per target: its plan and what it staged (or why it failed).
@@ -144,20 +146,25 @@ pub(super) fn start_read(runner: &Runner, request: ReadRequest) -> StartedRead {
     start_reads(runner, request.schema.table.clone(), vec![request])
 }
 
-/// Starts each of `requests` (parts of one table's read) as a task of its own, all feeding
-/// one channel.
+/// Starts each of `requests` (parts of one table's read) as a task of its own, each feeding
+/// its own channel.
 pub(super) fn start_reads(runner: &Runner, table: TableRef, requests: Vec<ReadRequest>) -> StartedRead {
-    // Batches held per table: one being encoded, one being filled per reader, and the channel:
-    // two for one reader, one for several, so that two segments hold what one read did.
-    let (tx, rx) = mpsc::channel(if requests.len() > 1 { 1 } else { 2 });
+    // Batches held per table: one being encoded, and per reader one being filled and its
+    // channel's: two for one reader, one each for several.
+    let capacity = if requests.len() > 1 { 1 } else { 2 };
+    let mut parts = Vec::with_capacity(requests.len());
     let tasks = requests
         .into_iter()
         .map(|request| {
-            let (source, tx) = (Arc::clone(&runner.source), tx.clone());
-            AbortOnDrop(tokio::spawn(async move { source.read(request, tx).await }))
+            let (tx, rx) = mpsc::channel(capacity);
+            let (spent, spent_rx) = mpsc::unbounded_channel();
+            parts.push((rx, spent));
+            let source = Arc::clone(&runner.source);
+            let output = BatchSender::with_spent(tx, spent_rx);
+            AbortOnDrop(tokio::spawn(async move { source.read(request, output).await }))
         })
         .collect();
-    StartedRead { table, tasks, rx }
+    StartedRead { table, tasks, parts }
 }
 
 /// Writes a started read's batches into every live writer.
@@ -179,7 +186,7 @@ pub(super) async fn consume_parts(
     fanout: &mut Fanout<'_>,
     started: Instant,
 ) -> Result<Vec<ReadSummary>> {
-    let StartedRead { table, tasks, rx } = read;
+    let StartedRead { table, tasks, parts } = read;
     let read = async {
         // Owned here: returning early drops (aborts) the parts still running.
         let mut tasks = tasks;
@@ -191,12 +198,18 @@ pub(super) async fn consume_parts(
         .await
     };
     let consume = async {
-        // Owned here, so that stopping early drops it and the reader's next send fails instead
-        // of waiting on a full channel forever.
-        let mut rx = rx;
+        // Every part's batches, each with the way back to its reader. Owned here, so that
+        // stopping early drops the channels and a reader's next send fails instead of waiting
+        // on a full channel forever.
+        let mut batches = futures::stream::select_all(parts.into_iter().map(|(rx, spent)| {
+            Box::pin(futures::stream::unfold((rx, spent), |(mut rx, spent)| async move {
+                let batch = rx.recv().await?;
+                Some(((batch, spent.clone()), (rx, spent)))
+            }))
+        }));
         let (mut rows, mut bytes) = (0u64, 0u64);
         let mut last_progress = Instant::now();
-        while let Some(batch) = rx.recv().await {
+        while let Some((batch, spent)) = batches.next().await {
             rows += batch.len() as u64;
             bytes += batch.bytes as u64;
             if last_progress.elapsed() >= Duration::from_secs(1) {
@@ -205,6 +218,8 @@ pub(super) async fn consume_parts(
                     .emit(&runner.listeners);
             }
             fanout.write(&batch).await;
+            // A reader that has ended no longer takes it back: the batch is freed here then.
+            let _ = spent.send(batch);
             if fanout.is_dead() {
                 break;
             }

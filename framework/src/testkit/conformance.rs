@@ -25,7 +25,7 @@ async fn read_all(
     let (tx, mut rx) = tokio::sync::mpsc::channel(2);
     let mut request = ReadRequest::new(schema.clone(), range, 2);
     request.track_cursor = cursor.map(str::to_string);
-    let reader = source.read(request, tx);
+    let reader = source.read(request, crate::source::BatchSender::new(tx));
     let collect = async {
         let mut rows = Vec::new();
         while let Some(batch) = rx.recv().await {

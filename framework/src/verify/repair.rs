@@ -109,7 +109,7 @@ async fn write_again(
         runner.settings.batch_size,
     );
     let source = runner.source.clone();
-    let reader = tokio::spawn(async move { source.read(read, tx).await });
+    let reader = tokio::spawn(async move { source.read(read, crate::source::BatchSender::new(tx)).await });
     while let Some(batch) = rx.recv().await {
         writer.write(&batch).await?;
     }
