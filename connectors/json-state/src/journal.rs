@@ -37,7 +37,7 @@ pub(crate) type Records = HashMap<String, BTreeMap<String, TableState>>;
 #[derive(Debug, Clone, Copy)]
 struct LineAt {
     offset: u64,
-    len: u32,
+    len: usize,
 }
 
 /// One journal line.
@@ -91,7 +91,7 @@ impl Journal {
             return Err(e);
         }
         for ((database, state), (start, len)) in records.into_iter().zip(lines) {
-            let at = LineAt { offset: before + start as u64, len: u32::try_from(len).unwrap_or(u32::MAX) };
+            let at = LineAt { offset: before + start as u64, len };
             // Counted once per table: a later record of it replaces the pending one.
             if self.pending.entry(database).or_default().insert(state.table_name, at).is_none() {
                 self.count += 1;
@@ -120,7 +120,7 @@ impl Journal {
     }
 
     fn read_line(&self, at: LineAt) -> std::io::Result<TableState> {
-        let mut line = vec![0; at.len as usize];
+        let mut line = vec![0; at.len];
         self.file.read_exact_at(&mut line, at.offset)?;
         serde_json::from_slice::<Entry>(&line).map(|entry| entry.state).map_err(std::io::Error::other)
     }
