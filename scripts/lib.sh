@@ -28,11 +28,16 @@ process_cpu() {
 # something listens on 127.0.0.1:$1
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
-# a TCP port nothing listens on, from the ephemeral range
+# a TCP port nothing listens on, outside the kernel's ephemeral range: the kernel hands those to
+# outgoing connections, so one nothing listens on may still be bound when a server asks for it
+# (CI saw "Bind on TCP/IP port ... Address already in use" on such a port)
 free_port() {
-  local p
+  local p lo=32768 hi=60999 from=20000 to=32767
+  read -r lo hi </proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || true
+  if [ "$lo" -gt 12000 ]; then from=10000; to=$((lo - 1)); else from=$((hi + 1)); to=65000; fi
+  [ "$to" -gt "$from" ] || { from=20000; to=32767; }
   for _ in $(seq 50); do
-    p=$((20000 + RANDOM % 30000))
+    p=$((from + (RANDOM * 32768 + RANDOM) % (to - from + 1)))
     port_busy "$p" || { echo "$p"; return 0; }
   done
   die "no free port found"

@@ -53,6 +53,35 @@ tcp_ok() {
     --connect-timeout=2 -N -B -e 'select 1' >/dev/null 2>&1
 }
 
+# launch_server: starts the server on $PORT and waits until it answers; returns 1 when it could
+# not bind the port, dies on any other failure.
+launch_server() {
+  local log_from=0
+  [ -f "$DIR/error.log" ] && log_from="$(stat -c %s "$DIR/error.log")"
+  echo "$PORT" >"$DIR/port"
+  nohup setsid "$(server_bin)" --no-defaults "${user[@]}" --datadir="$DIR/data" --tmpdir="$DIR/tmp" --port="$PORT" \
+    --bind-address=127.0.0.1 --socket="$SOCK" --pid-file="$PID_FILE" --log-error="$DIR/error.log" \
+    "${BINLOG[@]}" \
+    --character-set-server=utf8mb4 --collation-server=utf8mb4_general_ci --max-connections=500 \
+    --innodb-buffer-pool-size=256M --innodb-flush-log-at-trx-commit=2 --skip-name-resolve \
+    "${TLS_OPTS[@]}" \
+    </dev/null >/dev/null 2>&1 &
+  local pid=$!
+  local deadline=$((SECONDS + 60)) said
+  until sql -e 'select 1' >/dev/null 2>&1; do
+    # The server's own log says when it gave up (it writes "Aborting" before it exits).
+    said="$(tail -c +"$((log_from + 1))" "$DIR/error.log" 2>/dev/null || true)"
+    if grep -q '\[ERROR\] Aborting' <<<"$said"; then
+      # before the next try, the server that gave up must be gone with its files' locks
+      grep -q 'Address already in use' <<<"$said" && { wait "$pid" 2>/dev/null || true; return 1; }
+      tail -30 "$DIR/error.log" >&2
+      die "the server stopped as it started (log: $DIR/error.log)"
+    fi
+    [ "$SECONDS" -lt "$deadline" ] || { tail -30 "$DIR/error.log" >&2; die "the server did not start within 60 s"; }
+    sleep 0.3
+  done
+}
+
 cmd_start() {
   if tcp_ok; then
     cat "$DIR/port"
@@ -67,7 +96,8 @@ cmd_start() {
     make_test_tls "$DIR/tls" "$TLS_SAN"
     TLS_OPTS=(--ssl-ca="$DIR/tls/ca.pem" --ssl-cert="$DIR/tls/server.pem" --ssl-key="$DIR/tls/server-key.pem")
   fi
-  [ -n "$PORT" ] || PORT="$(free_port)"
+  local chosen=0
+  [ -n "$PORT" ] || { PORT="$(free_port)"; chosen=1; }
   port_busy "$PORT" && die "port $PORT is in use"
   local user=()
   [ "$(id -u)" = 0 ] && user=(--user=root)
@@ -81,18 +111,14 @@ cmd_start() {
       { head -20 "$DIR/install.log" >&2; die "mariadb-install-db failed (log: $DIR/install.log)"; }
     touch "$DIR/.fresh"
   fi
-  echo "$PORT" >"$DIR/port"
-  nohup setsid "$(server_bin)" --no-defaults "${user[@]}" --datadir="$DIR/data" --tmpdir="$DIR/tmp" --port="$PORT" \
-    --bind-address=127.0.0.1 --socket="$SOCK" --pid-file="$PID_FILE" --log-error="$DIR/error.log" \
-    "${BINLOG[@]}" \
-    --character-set-server=utf8mb4 --collation-server=utf8mb4_general_ci --max-connections=500 \
-    --innodb-buffer-pool-size=256M --innodb-flush-log-at-trx-commit=2 --skip-name-resolve \
-    "${TLS_OPTS[@]}" \
-    </dev/null >/dev/null 2>&1 &
-  local deadline=$((SECONDS + 60))
-  until sql -e 'select 1' >/dev/null 2>&1; do
-    [ "$SECONDS" -lt "$deadline" ] || { tail -30 "$DIR/error.log" >&2; die "the server did not start within 60 s"; }
-    sleep 0.3
+  # A port nothing listens on can still be taken by the time the server binds it; a port this
+  # script chose is then chosen again, a port the caller gave is an error.
+  local attempt
+  for attempt in 1 2 3 4 5; do
+    launch_server && break
+    [ "$chosen" = 1 ] && [ "$attempt" -lt 5 ] || die "port $PORT is in use (log: $DIR/error.log)"
+    log "port $PORT was taken as the server started; trying another"
+    PORT="$(free_port)"
   done
   if [ -f "$DIR/.fresh" ]; then
     # root over TCP from 127.0.0.1 (skip-name-resolve: no 'localhost' mapping), no anonymous users

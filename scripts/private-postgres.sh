@@ -69,7 +69,8 @@ cmd_start() {
     echo "$RUN" >"$DIR/rundir"
   fi
   [ "$RUN" = "$DIR" ] || { ln -sfn "$RUN/tls" "$DIR/tls"; ln -sfn "$RUN/server.log" "$DIR/server.log"; }
-  [ -n "$PORT" ] || PORT="$(free_port)"
+  local chosen=0
+  [ -n "$PORT" ] || { PORT="$(free_port)"; chosen=1; }
   port_busy "$PORT" && die "port $PORT is in use"
   local tls_opts=()
   if [ "$TLS" = 1 ]; then
@@ -87,11 +88,26 @@ cmd_start() {
     rm -f "$DIR/hba.tmp"
     touch "$DIR/.fresh"
   fi
-  echo "$PORT" >"$DIR/port"
-  as_owner "$bin/pg_ctl" -D "$RUN/data" -l "$RUN/server.log" -w -t 60 start -o \
-    "-p $PORT -k $RUN -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=off -c synchronous_commit=off \
-     -c full_page_writes=off -c shared_buffers=256MB ${tls_opts[*]}" >/dev/null ||
-    { tail -30 "$RUN/server.log" >&2; die "the server did not start"; }
+  # A port nothing listens on can still be taken by the time the server binds it; a port this
+  # script chose is then chosen again, a port the caller gave is an error.
+  local attempt log_from said
+  for attempt in 1 2 3 4 5; do
+    log_from=0
+    [ -f "$RUN/server.log" ] && log_from="$(stat -c %s "$RUN/server.log")"
+    echo "$PORT" >"$DIR/port"
+    as_owner "$bin/pg_ctl" -D "$RUN/data" -l "$RUN/server.log" -w -t 60 start -o \
+      "-p $PORT -k $RUN -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=off -c synchronous_commit=off \
+       -c full_page_writes=off -c shared_buffers=256MB ${tls_opts[*]}" >/dev/null && break
+    said="$(tail -c +"$((log_from + 1))" "$RUN/server.log" 2>/dev/null || true)"
+    if grep -q 'Address already in use' <<<"$said"; then
+      [ "$chosen" = 1 ] && [ "$attempt" -lt 5 ] || die "port $PORT is in use (log: $DIR/server.log)"
+      log "port $PORT was taken as the server started; trying another"
+      PORT="$(free_port)"
+      continue
+    fi
+    tail -30 "$RUN/server.log" >&2
+    die "the server did not start"
+  done
   if [ -f "$DIR/.fresh" ]; then
     psql "host=127.0.0.1 port=$PORT user=postgres dbname=postgres sslmode=disable" -q \
       -c "CREATE ROLE connector_pw LOGIN PASSWORD 'pw-s3cret-9'" >/dev/null

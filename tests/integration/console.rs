@@ -24,10 +24,6 @@ async fn fix(bad: &str) {
         .await;
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 /// `connector-run serve` in the run's folder; stopped (SIGTERM) when dropped.
 struct Serve {
     child: std::process::Child,

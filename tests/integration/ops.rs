@@ -15,10 +15,7 @@ async fn every_runs_repeatedly_serves_metrics_and_stops_cleanly_on_sigterm() {
         &dir.path().join("params.json"),
         &flat_params(std::slice::from_ref(&db), &["orders"], &dataset, emulator, dir.path()),
     );
-    let metrics_port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let metrics_port = free_port();
     let child = std::process::Command::new(binary())
         .args(["--pipeline", "params.json", "--every", "1s", "-q", "--metrics-file", "connector.prom"])
         .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])

@@ -39,9 +39,26 @@ impl Emulator {
     }
 }
 
-/// A TCP port nothing listens on now.
+/// A TCP port nothing listens on now, outside the kernel's ephemeral range (the kernel hands
+/// those to outgoing connections, so one free now may be bound before a server asks for it), and
+/// never the same twice in this process (tests run in parallel).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+    use std::hash::{BuildHasher, Hasher};
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
+    let mut bounds = range.split_whitespace().filter_map(|v| v.parse::<u16>().ok());
+    let (low, high) = (bounds.next().unwrap_or(32768), bounds.next().unwrap_or(60999));
+    let (from, to) = if low > 12_000 { (10_000, low - 1) } else { (high.saturating_add(1), 65_000) };
+    let mut given = GIVEN.lock().unwrap();
+    for _ in 0..500 {
+        let random = std::collections::hash_map::RandomState::new().build_hasher().finish();
+        let port = from + (random % u64::from(to.saturating_sub(from).max(1))) as u16;
+        if !given.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.push(port);
+            return port;
+        }
+    }
+    panic!("no free TCP port between {from} and {to}")
 }
 
 pub fn repo_root() -> PathBuf {
