@@ -126,7 +126,7 @@ pub struct TableState {
     pub key: Option<Vec<String>>,
     /// A full sync read in key ranges that has not committed yet: where to resume.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub resume: Option<ResumePoint>,
+    pub resume: Option<Box<ResumePoint>>,
     /// The target table the data went to (see [`TargetStamp`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<TargetStamp>,
@@ -148,7 +148,7 @@ pub struct TableState {
     pub notes: Vec<String>,
     /// Streamed by `--cdc`: the snapshot the target's rows of this table come from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cdc: Option<CdcTableState>,
+    pub cdc: Option<Box<CdcTableState>>,
     /// Digests of the rows the next incremental read takes again (its lookback window), as
     /// the last success committed them: such a row read back unchanged is not sent again
     /// ([`crate::window`]).

@@ -83,7 +83,7 @@ mod tests {
         p.sync_mode = SyncMode::Cdc;
         p.target = Some(stamp.clone());
         p.schema_fingerprint = Some(fingerprint(schema));
-        p.cdc = Some(CdcTableState {
+        p.cdc = Some(Box::new(CdcTableState {
             snapshot: ChangePosition {
                 seq: ChangeSeq::new(1, 4, 0),
                 coordinates: "bin.000001:4".into(),
@@ -92,7 +92,7 @@ mod tests {
             },
             settled: None,
             deletes: CdcDeletes::Delete,
-        });
+        }));
         p
     }
 

@@ -68,9 +68,10 @@ pub(super) async fn record_successes(
     target: &Target,
     successes: Vec<Success<'_>>,
 ) -> Vec<TableOutcome> {
-    let mut outcomes = Vec::new();
-    let mut lines = Vec::new();
-    let mut records = Vec::new();
+    // Sized exactly: a table's thousand tenants' lines and states, not room for two thousand.
+    let mut outcomes = Vec::with_capacity(successes.len());
+    let mut lines = Vec::with_capacity(successes.len());
+    let mut records = Vec::with_capacity(successes.len());
     for s in successes {
         match success_state(ctx, &s) {
             Ok(state) => {
@@ -111,11 +112,11 @@ fn success_state(ctx: &RunContext<'_>, s: &Success<'_>) -> Result<TableState, Co
     let cdc = match &ctx.options.cdc {
         None => None,
         Some(cdc) => match &s.read.change_position {
-            Some(position) => Some(CdcTableState {
+            Some(position) => Some(Box::new(CdcTableState {
                 snapshot: position.clone(),
                 settled: s.read.change_settled.clone(),
                 deletes: cdc.tracking.deletes,
-            }),
+            })),
             None => {
                 return Err(ConnectorError::permanent(format!(
                     "{table}: the source did not report the change-log position of its snapshot, so the change \

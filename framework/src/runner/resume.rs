@@ -58,7 +58,7 @@ pub(super) async fn usable_point(request: &ReadRequest, plans: &[(&Target, Table
         let prior = target.state.load_table(&table.database, &table.table).await.ok()?;
         points.push(prior?.resume?);
     }
-    let first = points.first()?.clone();
+    let first = ResumePoint::clone(points.first()?);
     let fingerprint = point_fingerprint(&fingerprint, &first.segments);
     let usable = points.iter().all(|r| r.after_key == first.after_key && r.segments == first.segments && r.rows == first.rows)
         && first.key == key
@@ -244,7 +244,7 @@ async fn record_point(runner: &Runner, target: &Target, request: &ReadRequest, p
     let prior = target.state.load_table(&table.database, &table.table).await.ok().flatten();
     let mut state = prior.unwrap_or_else(|| TableState::in_progress(&table.table));
     state.updated_at = Utc::now().naive_utc();
-    state.resume = Some(point);
+    state.resume = Some(Box::new(point));
     match target.state.record(&table.database, state).await {
         Ok(()) => {
             Event::CheckpointCommitted { table: table.clone(), target: target.id.clone() }.emit(&runner.listeners)
