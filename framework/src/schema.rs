@@ -1,6 +1,7 @@
 //! Table schemas as sources discover them, in connector-neutral logical types.
 
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 /// A source table: `database.table`. In a multi-tenant pipeline the database is the tenant.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -89,7 +90,9 @@ pub enum KeySource {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TableSchema {
     pub table: TableRef,
-    pub columns: Vec<Column>,
+    /// Shared between tenants whose columns are the same (a fleet's thousand tenants hold one
+    /// list, not a thousand); change it with `Arc::make_mut`.
+    pub columns: Arc<Vec<Column>>,
     /// Key columns in key order; empty when the table has no usable key.
     pub key: Vec<String>,
     pub key_source: KeySource,
@@ -99,6 +102,17 @@ pub struct TableSchema {
 }
 
 impl TableSchema {
+    /// Takes the column list of the tenant before it (`last`) when the two are equal, else
+    /// keeps its own and remembers it: a fleet's tenants then hold one list between them.
+    pub fn share_columns(&mut self, last: &mut Option<Arc<Vec<Column>>>) {
+        match last {
+            Some(columns) if !Arc::ptr_eq(columns, &self.columns) && **columns == *self.columns => {
+                self.columns = Arc::clone(columns)
+            }
+            _ => *last = Some(Arc::clone(&self.columns)),
+        }
+    }
+
     pub fn column(&self, name: &str) -> Option<&Column> {
         self.columns.iter().find(|c| c.name.eq_ignore_ascii_case(name))
     }

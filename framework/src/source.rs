@@ -505,7 +505,7 @@ mod tests {
             Column { name: "id".into(), source_type: "bigint".into(), logical: LogicalType::Int64, nullable: false };
         let schema = Arc::new(TableSchema {
             table: TableRef::new("shop1", "orders"),
-            columns: vec![column],
+            columns: vec![column].into(),
             key: vec!["id".into()],
             key_source: KeySource::PrimaryKey,
             estimated_rows: None,

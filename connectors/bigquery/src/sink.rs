@@ -213,7 +213,7 @@ impl BigQuerySink {
         changes: ChangeFields,
     ) -> Result<(Vec<MappedColumn>, Vec<Json>)> {
         let mut columns = mapped_columns(table, &tenant.columns, &tenant.table.to_string())?;
-        for (c, source) in columns.iter_mut().zip(&tenant.columns) {
+        for (c, source) in columns.iter_mut().zip(tenant.columns.iter()) {
             c.ty = staging_type(&source.logical).to_string();
         }
         let mut fields = vec![
@@ -249,7 +249,7 @@ impl BigQuerySink {
         let tenant = request.tenant;
         let keys = columns
             .iter()
-            .zip(&tenant.columns)
+            .zip(tenant.columns.iter())
             .map(|(c, column)| {
                 let mut k = vec![b','];
                 encode_str(&mut k, &staging_name(&c.name));

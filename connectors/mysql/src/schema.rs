@@ -70,10 +70,19 @@ pub(crate) async fn discover_chunk(conn: &mut Conn, name: &str, databases: &[Str
         Err(e) => Err(e),
     };
     match found {
-        Ok(mut found) => databases
-            .iter()
-            .map(|db| found.remove(db.as_str()).unwrap_or_default().into_schema(TableRef::new(db, name)))
-            .collect(),
+        Ok(mut found) => {
+            // Tenants with the same columns share one list (`TableSchema::share_columns`).
+            let mut last_columns = None;
+            databases
+                .iter()
+                .map(|db| {
+                    let mut schema =
+                        found.remove(db.as_str()).unwrap_or_default().into_schema(TableRef::new(db, name))?;
+                    schema.share_columns(&mut last_columns);
+                    Ok(schema)
+                })
+                .collect()
+        }
         Err(e) => databases.iter().map(|_| Err(e.duplicate())).collect(),
     }
 }
@@ -103,7 +112,7 @@ impl TableFacts {
             info.json_check = self.checks.iter().any(|c| c.to_ascii_lowercase().contains(&check));
         }
         let (key, key_source) = choose_key(self.unique_indexes, &infos);
-        let columns = infos
+        let columns: Vec<Column> = infos
             .iter()
             .map(|info| Column {
                 name: info.name.clone(),
@@ -112,7 +121,7 @@ impl TableFacts {
                 nullable: info.nullable,
             })
             .collect();
-        Ok(TableSchema { table, columns, key, key_source, estimated_rows: self.estimated_rows })
+        Ok(TableSchema { table, columns: columns.into(), key, key_source, estimated_rows: self.estimated_rows })
     }
 }
 

@@ -120,11 +120,20 @@ pub(crate) async fn discover(
         Err(e) => Err(e),
     };
     match found {
-        Ok(mut found) => schemas
-            .iter()
-            .zip(tenants)
-            .map(|(schema, tenant)| found.remove(schema).unwrap_or_default().into_schema(TableRef::new(tenant, name)))
-            .collect(),
+        Ok(mut found) => {
+            // Tenants with the same columns share one list (`TableSchema::share_columns`).
+            let mut last_columns = None;
+            schemas
+                .iter()
+                .zip(tenants)
+                .map(|(schema, tenant)| {
+                    let mut found =
+                        found.remove(schema).unwrap_or_default().into_schema(TableRef::new(tenant, name))?;
+                    found.share_columns(&mut last_columns);
+                    Ok(found)
+                })
+                .collect()
+        }
         Err(e) => schemas.iter().map(|_| Err(e.duplicate())).collect(),
     }
 }
@@ -153,7 +162,7 @@ impl TableFacts {
                 .min_by(|a, b| a.2.len().cmp(&b.2.len()).then_with(|| a.1.cmp(&b.1)))
                 .map_or((Vec::new(), KeySource::None), |k| (k.2.clone(), KeySource::UniqueIndex)),
         };
-        let columns = self
+        let columns: Vec<Column> = self
             .columns
             .iter()
             .map(|info| Column {
@@ -163,7 +172,7 @@ impl TableFacts {
                 nullable: info.nullable,
             })
             .collect();
-        Ok(TableSchema { table, columns, key, key_source, estimated_rows: self.estimated_rows })
+        Ok(TableSchema { table, columns: columns.into(), key, key_source, estimated_rows: self.estimated_rows })
     }
 }
 

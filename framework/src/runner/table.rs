@@ -125,7 +125,9 @@ pub(super) async fn sync_table(ctx: &RunContext<'_>, name: &str, dbs: &[String])
     // The target table's layout, part of every window digest (serialized once per table, not
     // per tenant).
     let layout = serde_json::to_string(&target_table).unwrap_or_default();
-    let results: Vec<TenantResult> = futures::stream::iter(tenants.iter().cloned().zip(staged_for))
+    // Sized exactly: a table's thousand results wait for its commit.
+    let mut results: Vec<TenantResult> = Vec::with_capacity(tenants.len());
+    let mut staged = futures::stream::iter(tenants.iter().cloned().zip(staged_for))
         .map(|(schema, targets)| {
             let (target_table, layout) = (&target_table, layout.as_str());
             let table_options = &table_options;
@@ -134,9 +136,11 @@ pub(super) async fn sync_table(ctx: &RunContext<'_>, name: &str, dbs: &[String])
                 stage_tenant(ctx, schema, targets, (target_table, layout), table_options).await
             }
         })
-        .buffer_unordered(runner.settings.concurrency)
-        .collect()
-        .await;
+        .buffer_unordered(runner.settings.concurrency);
+    while let Some(result) = staged.next().await {
+        results.push(result);
+    }
+    drop(staged);
     drop(staging);
 
     for l in &live {

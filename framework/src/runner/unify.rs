@@ -16,7 +16,10 @@ use crate::system::SystemColumns;
 pub(crate) fn apply_table_options(mut schema: TableSchema, options: &TableOptions) -> Result<TableSchema> {
     let table = schema.table.clone();
     let excluded = |name: &str| options.exclude_columns.iter().any(|e| e.eq_ignore_ascii_case(name));
-    schema.columns.retain(|c| !excluded(&c.name));
+    // Changed only when something is excluded: the list may be shared with other tenants.
+    if schema.columns.iter().any(|c| excluded(&c.name)) {
+        Arc::make_mut(&mut schema.columns).retain(|c| !excluded(&c.name));
+    }
     if let Some(cursor) = &options.cursor_column {
         match schema.column(cursor) {
             None if excluded(cursor) => {
@@ -108,11 +111,15 @@ pub(crate) async fn discover_and_unify(
         rejected.extend(found.into_iter().map(|s| (s.table, e.duplicate())));
         return Unified { target: None, tenants: Vec::new(), rejected };
     }
-    let mut schemas = Vec::new();
+    let mut schemas = Vec::with_capacity(found.len());
+    let mut last_columns: Option<Arc<Vec<Column>>> = None;
     for schema in found {
         let table = schema.table.clone();
         match apply_table_options(schema, options) {
-            Ok(s) => schemas.push(Arc::new(s)),
+            Ok(mut s) => {
+                s.share_columns(&mut last_columns);
+                schemas.push(Arc::new(s))
+            }
             Err(e) => rejected.push((table, e)),
         }
     }
@@ -239,7 +246,7 @@ fn split_by_types(
     type Groups = Vec<(LogicalType, Vec<usize>, String)>;
     let mut columns: Vec<(String, Groups)> = Vec::new();
     for (i, s) in schemas.iter().enumerate() {
-        for c in &s.columns {
+        for c in s.columns.iter() {
             let lower = c.name.to_ascii_lowercase();
             let groups = match columns.iter_mut().find(|(n, _)| *n == lower) {
                 Some((_, g)) => g,
@@ -314,7 +321,7 @@ fn union_target(
 ) -> TargetTable {
     let mut columns: Vec<Column> = Vec::new();
     for s in schemas {
-        for c in &s.columns {
+        for c in s.columns.iter() {
             match columns.iter_mut().find(|e| e.name.eq_ignore_ascii_case(&c.name)) {
                 None => columns.push(Column { nullable: true, ..c.clone() }),
                 Some(existing) if existing.logical == c.logical => {}
@@ -378,11 +385,34 @@ mod tests {
     fn schema(db: &str, columns: Vec<Column>) -> Arc<TableSchema> {
         Arc::new(TableSchema {
             table: TableRef::new(db, "orders"),
-            columns,
+            columns: columns.into(),
             key: vec!["id".into()],
             key_source: KeySource::PrimaryKey,
             estimated_rows: None,
         })
+    }
+
+    #[test]
+    fn tenants_with_equal_columns_share_one_list_and_an_exclusion_still_applies_to_each() {
+        let columns = || vec![column("id", LogicalType::Int64), column("note", LogicalType::String)];
+        let mut last = None;
+        let mut tenants: Vec<TableSchema> =
+            ["shop1", "shop2", "shop3"].iter().map(|db| (*schema(db, columns())).clone()).collect();
+        tenants[2] = (*schema("shop3", vec![column("id", LogicalType::Int64)])).clone();
+        for t in &mut tenants {
+            t.share_columns(&mut last);
+        }
+        assert!(Arc::ptr_eq(&tenants[0].columns, &tenants[1].columns), "equal lists are one allocation");
+        assert!(!Arc::ptr_eq(&tenants[1].columns, &tenants[2].columns), "a different list stays its own");
+        assert_eq!(tenants[2].columns.len(), 1);
+
+        // Options that exclude nothing keep the list shared; an exclusion changes this tenant only.
+        let kept = apply_table_options(tenants[0].clone(), &TableOptions::default()).unwrap();
+        assert!(Arc::ptr_eq(&kept.columns, &tenants[1].columns));
+        let options = TableOptions { exclude_columns: vec!["note".into()], ..Default::default() };
+        let excluded = apply_table_options(tenants[0].clone(), &options).unwrap();
+        assert_eq!(excluded.columns.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), ["id"]);
+        assert_eq!(tenants[1].columns.len(), 2, "the shared list itself is unchanged");
     }
 
     #[test]

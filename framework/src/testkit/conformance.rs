@@ -215,7 +215,7 @@ pub async fn sink_conformance(sink: &dyn Sink, table: &str) -> Result<Vec<&'stat
     let (schema_b, rows_b) = sample_table("tenant_b", table, 3);
     let target = TargetTable {
         name: table.to_string(),
-        columns: schema_a.columns.clone(),
+        columns: schema_a.columns.to_vec(),
         key: schema_a.key.clone(),
         key_nullable: false,
         options: TargetOptions::default(),

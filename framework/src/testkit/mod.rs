@@ -12,6 +12,8 @@ pub use collecting_sink::{CollectingSink, Commit};
 pub use conformance::{sink_conformance, source_conformance};
 pub use memory::{MemorySource, MemoryTables};
 
+use std::sync::Arc;
+
 use chrono::NaiveDateTime;
 
 use crate::schema::{Column, KeySource, LogicalType, TableRef, TableSchema};
@@ -27,7 +29,7 @@ pub fn column(name: &str, logical: LogicalType) -> Column {
 pub fn schema_of(database: &str, table: &str, columns: &[(&str, LogicalType)], key: &[&str]) -> TableSchema {
     TableSchema {
         table: TableRef::new(database, table),
-        columns: columns.iter().map(|(n, t)| column(n, t.clone())).collect(),
+        columns: Arc::new(columns.iter().map(|(n, t)| column(n, t.clone())).collect()),
         key: key.iter().map(|k| k.to_string()).collect(),
         key_source: if key.is_empty() { KeySource::None } else { KeySource::PrimaryKey },
         estimated_rows: None,
@@ -56,11 +58,12 @@ pub fn sample_table(database: &str, table: &str, rows: usize) -> (TableSchema, V
         &[("id", LogicalType::Int64), ("name", LogicalType::String), ("updated_at", LogicalType::DateTime { fsp: 6 })],
         &["id"],
     );
-    schema.columns[0].nullable = false;
-    schema.columns[0].source_type = "bigint".into();
-    schema.columns[1].source_type = "varchar(20)".into();
-    schema.columns[2].source_type = "datetime(6)".into();
-    schema.columns[2].nullable = false;
+    let columns = Arc::make_mut(&mut schema.columns);
+    columns[0].nullable = false;
+    columns[0].source_type = "bigint".into();
+    columns[1].source_type = "varchar(20)".into();
+    columns[2].source_type = "datetime(6)".into();
+    columns[2].nullable = false;
     let base = NaiveDateTime::parse_from_str("2025-01-01 00:00:00", "%Y-%m-%d %H:%M:%S").unwrap_or_default();
     let rows = (0..rows)
         .map(|i| {
