@@ -6,7 +6,9 @@
 # 1. a private MariaDB and a private PostgreSQL for the end-to-end tests
 #    (scripts/private-mariadb.sh, scripts/private-postgres.sh: own ports and data dirs under
 #    target/test-servers, TLS on, MariaDB's binary log on; tests that need other settings start
-#    their own the same way): the machine's own servers are never used or modified.
+#    their own the same way): the machine's own servers are never used or modified. Ports are
+#    chosen below the kernel's ephemeral range (scripts/lib.sh free_port), and a port taken
+#    by the time the server binds it is replaced by another.
 # 2. the BigQuery emulator installed (scripts/bq-emulator.sh install); the tests start their
 #    own emulators on free ports under target/test-servers/bq; Debian's chromium and
 #    chromium-driver for the console's browser test (installed when missing)
