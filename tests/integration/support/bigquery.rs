@@ -49,10 +49,12 @@ pub fn free_port() -> u16 {
     let mut bounds = range.split_whitespace().filter_map(|v| v.parse::<u16>().ok());
     let (low, high) = (bounds.next().unwrap_or(32768), bounds.next().unwrap_or(60999));
     let (from, to) = if low > 12_000 { (10_000, low - 1) } else { (high.saturating_add(1), 65_000) };
+    // As scripts/lib.sh's free_port: a range that leaves no room below or above falls back.
+    let (from, to) = if to > from { (from, to) } else { (20_000, 32_767) };
     let mut given = GIVEN.lock().unwrap();
     for _ in 0..500 {
         let random = std::collections::hash_map::RandomState::new().build_hasher().finish();
-        let port = from + (random % u64::from(to.saturating_sub(from).max(1))) as u16;
+        let port = from + (random % u64::from(to - from)) as u16;
         if !given.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
             given.push(port);
             return port;
