@@ -203,84 +203,146 @@ pub fn encode_value(out: &mut Vec<u8>, value: &Value, logical: &LogicalType) {
     }
 }
 
-/// `YYYY-MM-DD`, written digit by digit: chrono's `format` parses its pattern on every call,
-/// which cost more than the rest of a row's encoding. Years outside 0..=9999 take chrono's path.
+/// `YYYY-MM-DD`, written digit by digit into one stack buffer and appended at once: chrono's
+/// `format` parses its pattern on every call, which cost more than the rest of a row's
+/// encoding. Years outside 0..=9999 take chrono's path.
 fn push_date(out: &mut Vec<u8>, d: &NaiveDate) {
-    let year = d.year();
-    if !(0..=9999).contains(&year) {
+    let mut text = [0u8; 10];
+    if write_date(&mut text, d) {
+        out.extend_from_slice(&text);
+    } else {
         use std::io::Write;
         let _ = write!(out, "{}", d.format("%Y-%m-%d"));
-        return;
     }
-    let year = year as u32;
-    push_2(out, year / 100);
-    push_2(out, year % 100);
-    out.push(b'-');
-    push_2(out, d.month());
-    out.push(b'-');
-    push_2(out, d.day());
 }
 
 /// `YYYY-MM-DD HH:MM:SS.ffffff` (always six fractional digits).
 fn push_datetime(out: &mut Vec<u8>, t: &NaiveDateTime) {
-    push_date(out, &t.date());
-    out.push(b' ');
-    push_2(out, t.hour());
-    out.push(b':');
-    push_2(out, t.minute());
-    out.push(b':');
+    let mut text = *b"0000-00-00 00:00:00.000000";
+    write_time(&mut text, t);
+    if write_date(&mut text, &t.date()) {
+        out.extend_from_slice(&text);
+    } else {
+        push_date(out, &t.date());
+        out.extend_from_slice(&text[10..]);
+    }
+}
+
+/// Writes `YYYY-MM-DD` into `text[..10]`; false for years outside 0..=9999.
+#[inline]
+fn write_date(text: &mut [u8], d: &NaiveDate) -> bool {
+    let Ok(year @ 0..=9999) = u32::try_from(d.year()) else { return false };
+    digits_2(&mut text[0..2], year / 100);
+    digits_2(&mut text[2..4], year % 100);
+    text[4] = b'-';
+    digits_2(&mut text[5..7], d.month());
+    text[7] = b'-';
+    digits_2(&mut text[8..10], d.day());
+    true
+}
+
+/// Writes ` HH:MM:SS.ffffff` into `text[10..26]`.
+#[inline]
+fn write_time(text: &mut [u8; 26], t: &NaiveDateTime) {
     // A leap second (nanosecond >= 10^9) is shown by chrono as second 60.
     let (second, nanos) = match t.nanosecond() {
         n if n >= 1_000_000_000 => (t.second() + 1, n - 1_000_000_000),
         n => (t.second(), n),
     };
-    push_2(out, second);
-    out.push(b'.');
     let micros = nanos / 1000;
-    push_2(out, micros / 10_000);
-    push_2(out, micros / 100 % 100);
-    push_2(out, micros % 100);
+    digits_2(&mut text[11..13], t.hour());
+    digits_2(&mut text[14..16], t.minute());
+    digits_2(&mut text[17..19], second);
+    digits_2(&mut text[20..22], micros / 10_000);
+    digits_2(&mut text[22..24], micros / 100 % 100);
+    digits_2(&mut text[24..26], micros % 100);
 }
 
-fn push_2(out: &mut Vec<u8>, v: u32) {
-    out.extend_from_slice(&[b'0' + (v / 10 % 10) as u8, b'0' + (v % 10) as u8]);
-}
+/// "00" to "99", so that a pair of digits is one copy rather than two divisions.
+const DIGIT_PAIRS: &[u8; 200] = b"\
+    0001020304050607080910111213141516171819\
+    2021222324252627282930313233343536373839\
+    4041424344454647484950515253545556575859\
+    6061626364656667686970717273747576777879\
+    8081828384858687888990919293949596979899";
 
-/// A JSON string literal.
-///
-/// Most text needs no escape at all: it is found clean eight bytes at a time and copied in one
-/// piece. Text with a quote, a backslash or a control character goes through serde_json's
-/// escaping, which is correct for every code point. (Bytes of multi-byte characters are never
-/// escaped, so the scan can go by bytes.)
-pub fn encode_str(out: &mut Vec<u8>, s: &str) {
-    if needs_escape(s.as_bytes()) {
-        // Writing to a Vec cannot fail.
-        let _ = serde_json::to_writer(&mut *out, s);
-        return;
-    }
-    out.reserve(s.len() + 2);
-    out.push(b'"');
-    out.extend_from_slice(s.as_bytes());
-    out.push(b'"');
-}
-
-/// Whether any byte is below 0x20, a quote or a backslash.
-fn needs_escape(bytes: &[u8]) -> bool {
-    let mut words = bytes.chunks_exact(8);
-    let dirty = words.any(|w| word_needs_escape(u64::from_le_bytes(w.try_into().unwrap_or_default())));
-    dirty || words.remainder().iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\')
-}
-
-/// [`needs_escape`] for eight bytes at once, exactly (the classic "has a byte less than n" and
-/// "has a zero byte" tests, which have no false positives or negatives as a whole).
+/// The last two decimal digits of `v`.
 #[inline]
-fn word_needs_escape(word: u64) -> bool {
+fn digits_2(two: &mut [u8], v: u32) {
+    let at = (v % 100) as usize * 2;
+    two.copy_from_slice(&DIGIT_PAIRS[at..at + 2]);
+}
+
+/// A JSON string literal, escaped exactly as serde_json escapes it.
+///
+/// The text is scanned eight bytes at a time for the next byte that needs an escape (a quote,
+/// a backslash or a control character), and the clean run before it is copied in one piece:
+/// most text has no such byte at all, and a JSON document's quotes are a few per line. Bytes of
+/// multi-byte characters are never escaped, so the scan can go by bytes.
+pub fn encode_str(out: &mut Vec<u8>, s: &str) {
+    let bytes = s.as_bytes();
+    out.reserve(bytes.len() + 2);
+    out.push(b'"');
+    let mut clean_from = 0;
+    let mut at = 0;
+    while at < bytes.len() {
+        let next = match bytes.get(at..at + 8) {
+            Some(word) => {
+                let mask = escape_mask(u64::from_le_bytes(word.try_into().unwrap_or_default()));
+                if mask == 0 {
+                    at += 8;
+                    continue;
+                }
+                // The lowest flagged byte is exact (see `escape_mask`).
+                at + (mask.trailing_zeros() / 8) as usize
+            }
+            None => match bytes[at..].iter().position(|&b| needs_escape(b)) {
+                Some(offset) => at + offset,
+                None => break,
+            },
+        };
+        out.extend_from_slice(&bytes[clean_from..next]);
+        push_escape(out, bytes[next]);
+        at = next + 1;
+        clean_from = at;
+    }
+    out.extend_from_slice(&bytes[clean_from..]);
+    out.push(b'"');
+}
+
+#[inline]
+fn needs_escape(b: u8) -> bool {
+    b < 0x20 || b == b'"' || b == b'\\'
+}
+
+/// serde_json's escapes: the short forms where JSON has one, `\u00XX` for other controls.
+#[inline]
+fn push_escape(out: &mut Vec<u8>, b: u8) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    match b {
+        b'"' => out.extend_from_slice(b"\\\""),
+        b'\\' => out.extend_from_slice(b"\\\\"),
+        b'\n' => out.extend_from_slice(b"\\n"),
+        b'\r' => out.extend_from_slice(b"\\r"),
+        b'\t' => out.extend_from_slice(b"\\t"),
+        0x08 => out.extend_from_slice(b"\\b"),
+        0x0c => out.extend_from_slice(b"\\f"),
+        _ => out.extend_from_slice(&[b'\\', b'u', b'0', b'0', HEX[usize::from(b >> 4)], HEX[usize::from(b & 0xf)]]),
+    }
+}
+
+/// A bit at the top of each of the eight bytes of `word` that is a quote, a backslash or below
+/// 0x20 (the classic "has a zero byte" and "has a byte less than n" tests). A borrow can flag a
+/// byte above a flagged one falsely, never one below: the lowest flag is always exact, and the
+/// mask is zero exactly when no byte needs an escape.
+#[inline]
+fn escape_mask(word: u64) -> u64 {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
-    let has_zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH != 0;
-    has_zero(word ^ (ONES * u64::from(b'"')))
-        || has_zero(word ^ (ONES * u64::from(b'\\')))
-        || word.wrapping_sub(ONES * 0x20) & !word & HIGH != 0
+    let zero_bytes = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
+    zero_bytes(word ^ (ONES * u64::from(b'"')))
+        | zero_bytes(word ^ (ONES * u64::from(b'\\')))
+        | (word.wrapping_sub(ONES * 0x20) & !word & HIGH)
 }
 
 #[cfg(test)]
@@ -305,6 +367,23 @@ mod tests {
                 cases.push(t);
             }
             cases.push(char::from(b).to_string().repeat(17));
+        }
+        // Escapes side by side, across word boundaries, among multi-byte characters: strings
+        // drawn from a small alphabet by a fixed generator, of every length up to 40.
+        let alphabet = ['a', '"', '\\', '\n', '\u{1}', '\u{1f}', ' ', 'é', '表', '😀', '\u{7f}'];
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        for len in 0..=40 {
+            for _ in 0..50 {
+                let text: String = (0..len)
+                    .map(|_| {
+                        seed ^= seed << 13;
+                        seed ^= seed >> 7;
+                        seed ^= seed << 17;
+                        alphabet[(seed % alphabet.len() as u64) as usize]
+                    })
+                    .collect();
+                cases.push(text);
+            }
         }
         for case in &cases {
             let mut ours = Vec::new();
@@ -385,6 +464,10 @@ mod tests {
         }
         let far = NaiveDate::from_ymd_opt(10000, 1, 1).unwrap();
         assert_eq!(enc(Value::Date(far)), "\"+10000-01-01\"");
+        for day in [far, NaiveDate::from_ymd_opt(-1, 12, 31).unwrap()] {
+            let t = day.and_hms_micro_opt(23, 59, 58, 123_456).unwrap();
+            assert_eq!(enc(Value::DateTime(t)), format!("\"{}\"", t.format("%Y-%m-%d %H:%M:%S%.6f")));
+        }
     }
 
     #[test]
