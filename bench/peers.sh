@@ -11,7 +11,8 @@
 # Environment (bench/run.sh sets these; the defaults let it run alone):
 #   PEERS_DB (bench_shop1), PEERS_TABLE (orders), PEERS_ROWS (counted), BYTES_PER_ROW (measured as in
 #   run.sh), CEILING (rows/s of mariadb-dump; 0 = no ratio), MYSQL_PORT (3306), WORK (bench-work),
-#   PEERS_SLING_FORMATS ("csv jsonl parquet"), PEERS_REPEAT (3: ConnectorX into Arrow, medians).
+#   PEERS_SLING_FORMATS ("csv jsonl parquet"), PEERS_REPEAT (3: ConnectorX into Arrow, medians),
+#   PEERS_INSTALL_ONLY (1: install the peers, print the venv's python, run nothing).
 # Exits non-zero only if the peers cannot be installed.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -46,6 +47,12 @@ if [[ "$(cat "$VENV/.pins" 2>/dev/null)" != "${PINS[*]}" ]]; then
   echo "    installed in $((SECONDS - t0)) s"
 fi
 PY="$VENV/bin/python"
+# PEERS_INSTALL_ONLY=1: install, print the venv's python and stop (run.sh alternates ConnectorX
+# with its own runs).
+if [ "${PEERS_INSTALL_ONLY:-0}" = 1 ]; then
+  echo "$PY"
+  exit 0
+fi
 SLING=$("$PY" -c "import $SLING_PKG as s; print(s.SLING_BIN)")
 
 ROWS="${PEERS_ROWS:-$("${MYSQL[@]}" -N -e "SELECT COUNT(*) FROM \`$DB\`.\`$TABLE\`")}"

@@ -2,7 +2,8 @@
 # Benchmark connector-run against the server's own ceiling, on one machine, in one run.
 #
 #   bench/run.sh                 # 2,000,000 orders in bench_shop1 (half in bench_shop2, a quarter in bench_shop3)
-#   bench/run.sh --peers         # also Sling and ConnectorX from PyPI on the same table (bench/peers.sh)
+#   bench/run.sh --peers         # also Sling and ConnectorX from PyPI on the same table (bench/peers.sh);
+#                                # ConnectorX into Arrow also takes a turn in step 2's alternation
 #   BENCH_ROWS=500000 BENCH_REPEAT=5 bench/run.sh
 #   BENCH_FULL_ONLY=1 bench/run.sh  # steps 1 to 3 only, and the peers with --peers (no emulator runs)
 #   BENCH_COMPARE_BIN=/path/to/connector-run bench/run.sh  # step 2 also with another build
@@ -121,6 +122,13 @@ DUMP=(mariadb-dump -h127.0.0.1 -P"$MYSQL_PORT" -uroot --quick --single-transacti
 FULL=("$BIN" --pipeline "$WORK/params.json" --bench-discard-uploads --full -q --tables orders --report-json "$WORK/full-report.json")
 SEQUENTIAL=("$BIN" --pipeline "$WORK/params-sequential.json" --bench-discard-uploads --full -q --tables orders)
 COMPARE_BIN="${BENCH_COMPARE_BIN:-}"
+# With --peers, ConnectorX into Arrow (the CPU-per-row yardstick) takes its turn in the same
+# alternation, so that a slower or faster hour of the shared cores hits both alike.
+CONNECTORX=()
+if [ "$PEERS" = 1 ]; then
+  PEERS_PY=$(WORK="$WORK" MYSQL_PORT="$MYSQL_PORT" PEERS_INSTALL_ONLY=1 bash bench/peers.sh | tail -1)
+  CONNECTORX=("$PEERS_PY" bench/peers_connectorx.py arrow "mysql://root@127.0.0.1:$MYSQL_PORT/bench_shop1" "SELECT * FROM bench_shop1.orders")
+fi
 
 echo "==> full sync vs the ceiling: $REPEAT alternating runs each, medians ($(nproc) cores shared by MariaDB and the tool)"
 "${DUMP[@]}" # warms the buffer pool: every run below reads from memory
@@ -128,7 +136,13 @@ echo "==> full sync vs the ceiling: $REPEAT alternating runs each, medians ($(np
 : >"$WORK/full.txt"
 : >"$WORK/sequential.txt"
 : >"$WORK/compare.txt"
+: >"$WORK/connectorx.txt"
 for i in $(seq "$REPEAT"); do
+  if [ "${#CONNECTORX[@]}" -gt 0 ]; then
+    run_timed connectorx "${CONNECTORX[@]}"
+    [ "$(tail -1 "$WORK/connectorx.out")" = "$N1" ] || { echo "ConnectorX read $(tail -1 "$WORK/connectorx.out") rows, not $N1"; exit 1; }
+    echo "$ELAPSED $CPU $SERVER $RSS_MB" >>"$WORK/connectorx.txt"
+  fi
   if [ -n "$COMPARE_BIN" ]; then
     run_timed compare "$COMPARE_BIN" "${FULL[@]:1}" --databases bench_shop1
     echo "$ELAPSED $CPU $SERVER $RSS_MB" >>"$WORK/compare.txt"
@@ -148,6 +162,15 @@ line "mariadb-dump --quick (ceiling)" "$N1" "$(med "$WORK/ceiling.txt" 1)" "$(me
 line "connector-run full, ranges one after another" "$N1" "$(med "$WORK/sequential.txt" 1)" "$(med "$WORK/sequential.txt" 2)" "$(med "$WORK/sequential.txt" 3)" "$(med "$WORK/sequential.txt" 4)" "$CEILING"
 FULL_TIME=$(med "$WORK/full.txt" 1)
 line "connector-run full, encode only" "$N1" "$FULL_TIME" "$(med "$WORK/full.txt" 2)" "$(med "$WORK/full.txt" 3)" "$(med "$WORK/full.txt" 4)" "$CEILING"
+if [ "${#CONNECTORX[@]}" -gt 0 ]; then
+  line "connectorx -> arrow (in the alternation)" "$N1" "$(med "$WORK/connectorx.txt" 1)" "$(med "$WORK/connectorx.txt" 2)" "$(med "$WORK/connectorx.txt" 3)" "$(med "$WORK/connectorx.txt" 4)" "$CEILING"
+  # The interpreter's start and imports are in ConnectorX's figure as the tool's start is in its own.
+  run_timed connectorx-imports "$PEERS_PY" -c "import connectorx, pyarrow"
+  # Pair by pair (each repeat's runs were next to each other), then the median of the ratios.
+  ratio() { paste -d' ' "$1" "$WORK/connectorx.txt" | awk '{ print $2 / $6 }' | median; }
+  printf "    tool CPU / ConnectorX CPU, median of %d pairs: %.2f one after another, %.2f in segments (Python and its imports alone: %s CPU s)\n" \
+    "$REPEAT" "$(ratio "$WORK/sequential.txt")" "$(ratio "$WORK/full.txt")" "$CPU"
+fi
 if [ -n "$COMPARE_BIN" ]; then
   line "BENCH_COMPARE_BIN, encode only" "$N1" "$(med "$WORK/compare.txt" 1)" "$(med "$WORK/compare.txt" 2)" "$(med "$WORK/compare.txt" 3)" "$(med "$WORK/compare.txt" 4)" "$CEILING"
 fi
