@@ -241,7 +241,8 @@ fn write_date(text: &mut [u8], d: &NaiveDate) -> bool {
     true
 }
 
-/// Writes ` HH:MM:SS.ffffff` into `text[10..26]`.
+/// Writes the digits of ` HH:MM:SS.ffffff` into `text[10..26]`, whose separators the
+/// caller's template holds.
 #[inline]
 fn write_time(text: &mut [u8; 26], t: &NaiveDateTime) {
     // A leap second (nanosecond >= 10^9) is shown by chrono as second 60.
@@ -435,6 +436,10 @@ mod tests {
             let t = day.and_hms_micro_opt(23, 59, 58, 123_456).unwrap();
             assert_eq!(enc(Value::DateTime(t)), format!("\"{}\"", t.format("%Y-%m-%d %H:%M:%S%.6f")));
         }
+        // chrono's leap second (a nanosecond count past 10^9) is second 60.
+        let leap = NaiveDate::from_ymd_opt(2016, 12, 31).unwrap().and_hms_micro_opt(23, 59, 59, 1_500_000).unwrap();
+        assert_eq!(enc(Value::DateTime(leap)), "\"2016-12-31 23:59:60.500000\"");
+        assert_eq!(enc(Value::DateTime(leap)), format!("\"{}\"", leap.format("%Y-%m-%d %H:%M:%S%.6f")));
     }
 
     #[test]
