@@ -126,7 +126,9 @@ COMPARE_BIN="${BENCH_COMPARE_BIN:-}"
 # alternation, so that a slower or faster hour of the shared cores hits both alike.
 CONNECTORX=()
 if [ "$PEERS" = 1 ]; then
-  PEERS_PY=$(WORK="$WORK" MYSQL_PORT="$MYSQL_PORT" PEERS_INSTALL_ONLY=1 bash bench/peers.sh | tail -1)
+  # Its last line is the python; on a failed install, what it printed says why.
+  PEERS_PY=$(WORK="$WORK" MYSQL_PORT="$MYSQL_PORT" PEERS_INSTALL_ONLY=1 bash bench/peers.sh) || { echo "$PEERS_PY"; exit 1; }
+  PEERS_PY=$(tail -1 <<<"$PEERS_PY")
   CONNECTORX=("$PEERS_PY" bench/peers_connectorx.py arrow "mysql://root@127.0.0.1:$MYSQL_PORT/bench_shop1" "SELECT * FROM bench_shop1.orders")
 fi
 
