@@ -511,3 +511,50 @@ async fn a_commit_that_writes_rows_finds_the_window_digests_already_dropped() {
     let after = state.load("a").await.unwrap().table("orders").cloned().unwrap();
     assert_eq!(after.window_rows.map(|w| w.len()), Some(5), "and stored again after it");
 }
+
+/// A table's tenants wait for its commit with their states set aside on disk (`spill.rs`) and
+/// are recorded in groups (`RECORD_GROUP`): with more tenants than one group, one of them
+/// failing its commit, every other tenant's state and report line come back whole, and the
+/// next run plans from them.
+#[tokio::test]
+async fn a_table_with_more_tenants_than_one_record_group_records_each_from_its_spilled_record() {
+    let names: Vec<String> = (0..300).map(|i| format!("t{i:03}")).collect();
+    let tenants: Vec<(&str, usize)> = names.iter().map(|n| (n.as_str(), 2)).collect();
+    let source = source_with(&tenants);
+    let sink = CollectingSink { fail_commit_of: Some("t150".into()), ..CollectingSink::new("t") };
+    let state = MemoryStateStore::default();
+    let runner =
+        runner(source, vec![("t", sink.clone(), state.clone())], Settings { max_retries: 0, ..Default::default() });
+
+    let first = runner.run(&RunOptions::default()).await.unwrap();
+    assert_eq!(first.outcomes.len(), 300);
+    for o in &first.outcomes {
+        let failed = o.database == "t150";
+        assert_eq!(o.status == OutcomeStatus::Failed, failed, "{o:?}");
+        let entry = state.load(&o.database).await.unwrap().table("orders").cloned().unwrap();
+        if failed {
+            assert_eq!(entry.sync_status, SyncStatus::Failed);
+            assert!(entry.watermark.is_none(), "a failed first sync leaves no watermark: {entry:?}");
+            continue;
+        }
+        assert_eq!((o.mode, o.rows, o.detail.as_deref()), (Some(SyncMode::Full), 2, Some("first sync")), "{o:?}");
+        assert!(o.window.as_deref().is_some_and(|w| w.starts_with("all rows")), "{o:?}");
+        assert_eq!(sink.committed_rows("orders", &o.database).len(), 2, "{}", o.database);
+        assert_eq!((entry.sync_status, entry.records_synced), (SyncStatus::Success, 2), "{entry:?}");
+        assert!(entry.watermark.is_some() && entry.key.is_some() && entry.schema_fingerprint.is_some(), "{entry:?}");
+        assert!(entry.last_full_at.is_some() && entry.target.is_some(), "{entry:?}");
+        // The times are the commit's, not the read's: set when the record comes back.
+        assert_eq!(entry.last_success_at, Some(entry.updated_at));
+        assert!((entry.duration_seconds.unwrap() - o.seconds).abs() < 1e-9, "{entry:?} {o:?}");
+    }
+
+    let second = runner.run(&RunOptions::default()).await.unwrap();
+    for o in &second.outcomes {
+        let expected = match o.database.as_str() {
+            "t150" => (OutcomeStatus::Failed, Some(SyncMode::Full)),
+            _ => (OutcomeStatus::Success, Some(SyncMode::Incremental)),
+        };
+        assert_eq!((o.status, o.mode), expected, "{o:?}");
+    }
+    assert_eq!(second.outcomes.len(), 300);
+}
