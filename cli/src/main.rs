@@ -573,19 +573,38 @@ fn spawn_signal_handler(stop: Arc<AtomicBool>, stopped: Arc<tokio::sync::Notify>
 }
 
 /// A finished run's report: on stdout (as text, or a JSON line with `--json`), in the log
-/// file, and in the `--report-json` file.
-fn publish_report(args: &RunArgs, text: &str, report: &impl serde::Serialize) -> Result<()> {
+/// file, and in the `--report-json` file. The text goes out a table at a time and the JSON
+/// file is written as it is serialized: a fleet's report is megabytes, and held whole (twice,
+/// at the end of a run) it was the run's peak of memory.
+fn publish_report<R: serde::Serialize>(
+    args: &RunArgs,
+    report: &R,
+    render: impl FnOnce(&R, &mut dyn FnMut(&str)),
+) -> Result<()> {
     if args.json {
-        out(&format!("{}\n", serde_json::to_string(&serde_json::json!({"event": "report", "report": report}))?));
-    } else {
-        out(text);
+        #[derive(serde::Serialize)]
+        struct ReportEvent<'a, R> {
+            event: &'static str,
+            report: &'a R,
+        }
+        out(&format!("{}\n", serde_json::to_string(&ReportEvent { event: "report", report })?));
     }
-    for line in text.lines() {
-        tracing::info!(target: "report", "{line}");
-    }
+    render(report, &mut |piece| {
+        if !args.json {
+            out(piece);
+        }
+        for line in piece.lines() {
+            tracing::info!(target: "report", "{line}");
+        }
+    });
     if let Some(path) = &args.report_json {
-        std::fs::write(path, serde_json::to_vec_pretty(report)?)
-            .with_context(|| format!("cannot write {}", path.display()))?;
+        let write = || -> std::io::Result<()> {
+            use std::io::Write as _;
+            let mut file = std::io::BufWriter::new(std::fs::File::create(path)?);
+            serde_json::to_writer_pretty(&mut file, report)?;
+            file.flush()
+        };
+        write().with_context(|| format!("cannot write {}", path.display()))?;
     }
     Ok(())
 }
@@ -685,7 +704,7 @@ async fn run_once(
         let report = runner.run_cdc(&options, &cdc).await;
         source.close().await;
         let report = report.map_err(|e| anyhow::anyhow!("{e}"))?;
-        publish_report(args, &report.render(), &report)?;
+        publish_report(args, &report, |r, emit| emit(&r.render()))?;
         if let Some(path) = &args.metrics_file {
             metrics.write_file(path)?;
         }
@@ -695,7 +714,7 @@ async fn run_once(
     let report = runner.run(&options).await;
     source.close().await;
     let report = report.map_err(|e| anyhow::anyhow!("{e}"))?;
-    publish_report(args, &report.render(), &report)?;
+    publish_report(args, &report, |r, emit| r.render_to(emit))?;
     if !options.dry_run && !args.bench_discard_uploads {
         metrics.record(&report);
         alerts::after_run(&pipeline.settings.alerts, &report, &prior).await;

@@ -142,8 +142,16 @@ impl RunReport {
 
     /// The report as text: one line per table, then totals (a dry run: its plan instead).
     pub fn render(&self) -> String {
+        let mut text = String::new();
+        self.render_to(|piece| text.push_str(piece));
+        text
+    }
+
+    /// The report as text, given to `emit` in pieces of whole lines (a table's at a time), so
+    /// that a caller can write it out as it goes: a fleet's report is megabytes.
+    pub fn render_to(&self, mut emit: impl FnMut(&str)) {
         if self.dry_run {
-            return self.render_plan();
+            return emit(&self.render_plan());
         }
         let mut out = String::from("=== Sync statistics report ===\n");
         out.push_str(&self.render_tenants());
@@ -155,6 +163,8 @@ impl RunReport {
             "table", "mode", "rows", "seconds", "rows/s", "status"
         ));
         for o in &self.outcomes {
+            emit(&out);
+            out.clear();
             let status = match o.status {
                 OutcomeStatus::Success => "OK".to_string(),
                 OutcomeStatus::Planned => "PLANNED".to_string(),
@@ -226,7 +236,7 @@ impl RunReport {
             secs,
             if secs > 0.0 { self.total_rows() as f64 / secs } else { 0.0 }
         ));
-        out
+        emit(&out);
     }
 
     /// The shard and the tenants that came and went, a line each (nothing when neither).
