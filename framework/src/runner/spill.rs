@@ -51,8 +51,6 @@ pub(super) struct Spill {
     what: String,
     backing: Backing,
     len: u64,
-    /// A write failed: the file may hold part of a value, so no later offset can be trusted.
-    failed: Option<ConnectorError>,
 }
 
 impl Spill {
@@ -68,7 +66,7 @@ impl Spill {
                 Backing::Memory(Vec::new())
             }
         };
-        Self { what, backing, len: 0, failed: None }
+        Self { what, backing, len: 0 }
     }
 
     /// Sets `value` aside. (A blocking write, but into the page cache through a buffer: a few
@@ -78,17 +76,8 @@ impl Spill {
             .map_err(|e| ConnectorError::permanent(format!("cannot set aside one of the {}: {e}", self.what)))?;
         let len = u32::try_from(line.len())
             .map_err(|_| ConnectorError::permanent(format!("one of the {} is over 4 GiB", self.what)))?;
-        if let Some(e) = &self.failed {
-            return Err(e.duplicate());
-        }
         match &mut self.backing {
-            Backing::File { writer } => {
-                if let Err(e) = writer.write_all(&line) {
-                    let e = self.io_error("write", &e);
-                    self.failed = Some(e.duplicate());
-                    return Err(e);
-                }
-            }
+            Backing::File { writer } => writer.write_all(&line).map_err(|e| self.io_error("write", &e))?,
             Backing::Memory(bytes) => bytes.extend_from_slice(&line),
         }
         let at = self.len;
@@ -98,15 +87,8 @@ impl Spill {
 
     /// Ends the writes: what was put can be read from now on.
     pub fn finish(&mut self) -> Result<()> {
-        if let Some(e) = &self.failed {
-            return Err(e.duplicate());
-        }
-        if let Backing::File { writer } = &mut self.backing
-            && let Err(e) = writer.flush()
-        {
-            let e = self.io_error("write", &e);
-            self.failed = Some(e.duplicate());
-            return Err(e);
+        if let Backing::File { writer } = &mut self.backing {
+            writer.flush().map_err(|e| self.io_error("write", &e))?;
         }
         Ok(())
     }
@@ -168,27 +150,7 @@ mod tests {
 
     #[test]
     fn values_come_back_as_they_were_put_from_memory() {
-        round_trip(Spill { what: "test values".into(), backing: Backing::Memory(Vec::new()), len: 0, failed: None });
-    }
-
-    /// A full disk (`/dev/full` answers every write with ENOSPC): the write that fails and every
-    /// later one are errors, and so is `finish`, so no value is read back from a torn file.
-    #[test]
-    fn after_a_failed_write_nothing_more_is_trusted() {
-        let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
-        let mut spill = Spill {
-            what: "test values".into(),
-            backing: Backing::File { writer: BufWriter::with_capacity(64, full) },
-            len: 0,
-            failed: None,
-        };
-        // Fits in the buffer: not written to the file yet.
-        spill.put(&"short").unwrap();
-        let e = spill.put(&"x".repeat(100)).unwrap_err();
-        assert!(e.to_string().contains("check the free space of the temporary folder"), "{e}");
-        assert!(e.is_transient());
-        assert!(spill.put(&"short").is_err(), "a write after the failed one");
-        assert!(spill.finish().is_err());
+        round_trip(Spill { what: "test values".into(), backing: Backing::Memory(Vec::new()), len: 0 });
     }
 
     #[test]
