@@ -9,7 +9,6 @@
 //!        plan per target                                      plan.rs
 //!        read once ─► fan out to every target's writer        read.rs, fanout.rs
 //!          (big full syncs: key ranges + resume points)       resume.rs
-//!        states and records set aside on disk                 spill.rs
 //!     per target: one commit of every staged tenant           table.rs
 //!     record each outcome                                     record.rs
 //! ```
@@ -19,7 +18,6 @@ mod plan;
 mod read;
 mod record;
 mod resume;
-mod spill;
 mod table;
 mod tenants;
 mod unify;

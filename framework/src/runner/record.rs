@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use serde::{Deserialize, Serialize};
 
 use crate::error::ConnectorError;
 use crate::events::Event;
@@ -25,6 +24,7 @@ pub(super) struct Success<'a> {
     pub stamp: &'a TargetStamp,
     pub rows: u64,
     pub elapsed: Duration,
+    pub retries: u32,
 }
 
 /// What a success needs of the state before it.
@@ -61,69 +61,32 @@ pub(super) async fn forget_window_rows(
     crate::window::forget(target.state.as_ref(), tenants).await
 }
 
-/// What a tenant's success will record, worked out as soon as its read is staged (it needs
-/// the read, plan and prior state, which are then let go) and set aside until the commit
-/// ([`super::spill`]).
-#[derive(Debug, Serialize, Deserialize)]
-pub(super) struct SuccessRecord {
-    pub database: String,
-    /// The state to record once the commit applied it (its times are set then).
-    pub state: TableState,
-    line: SuccessLine,
-}
-
-/// A success's report line, less what the state holds already.
-#[derive(Debug, Serialize, Deserialize)]
-struct SuccessLine {
-    mode: SyncMode,
-    bytes: u64,
-    nulled_values: std::collections::BTreeMap<String, u64>,
-    future_cursor_rows: u64,
-    null_cursor_rows_skipped: u64,
-    unchanged_rows_skipped: u64,
-    window: String,
-    detail: String,
-}
-
-impl SuccessRecord {
-    /// The record of `s`; an error when it cannot count as a success (a change stream's
-    /// snapshot whose position the source did not report): the tenant is not committed.
-    pub fn of(ctx: &RunContext<'_>, s: &Success<'_>) -> Result<Self, ConnectorError> {
-        Ok(Self { database: s.schema.table.database.clone(), state: success_state(ctx, s)?, line: SuccessLine::of(s) })
-    }
-}
-
-/// A committed tenant's record, with what its run took and retried (the commit included).
-pub(super) struct Committed {
-    pub record: SuccessRecord,
-    pub elapsed: Duration,
-    pub retries: u32,
-}
-
 /// Records the tenants one commit to `target` applied: their report lines, and their state in
-/// one batched write (a group of a table's tenants is one flush, not one each).
+/// one batched write (a table's thousand tenants are one flush, not a thousand).
 pub(super) async fn record_successes(
     ctx: &RunContext<'_>,
     target: &Target,
-    committed: Vec<Committed>,
+    successes: Vec<Success<'_>>,
 ) -> Vec<TableOutcome> {
-    let now = Utc::now().naive_utc();
-    // Sized exactly: a group of tenants' lines and states, not room for twice as many.
-    let mut lines = Vec::with_capacity(committed.len());
-    let mut records = Vec::with_capacity(committed.len());
-    for Committed { record: SuccessRecord { database, mut state, line }, elapsed, retries } in committed {
-        let table = TableRef::new(&database, &state.table_name);
-        state.updated_at = now;
-        state.last_success_at = Some(now);
-        state.duration_seconds = Some(elapsed.as_secs_f64());
-        lines.push((line.outcome(target, &table, &state, elapsed, retries), table));
-        records.push((database, state));
+    // Sized exactly: a table's thousand tenants' lines and states, not room for two thousand.
+    let mut outcomes = Vec::with_capacity(successes.len());
+    let mut lines = Vec::with_capacity(successes.len());
+    let mut records = Vec::with_capacity(successes.len());
+    for s in successes {
+        match success_state(ctx, &s) {
+            Ok(state) => {
+                lines.push((success_line(target, &s), s.schema.table.clone()));
+                records.push((s.schema.table.database.clone(), state));
+            }
+            Err(e) => outcomes
+                .push(record_failure(ctx, target, &s.schema.table, Some(s.plan.mode), &e, s.retries, s.elapsed).await),
+        }
     }
     if !ctx.records() {
-        return lines.into_iter().map(|(line, _)| line).collect();
+        outcomes.extend(lines.into_iter().map(|(line, _)| line));
+        return outcomes;
     }
     let written = target.state.record_many(records).await;
-    let mut outcomes = Vec::with_capacity(lines.len());
     for ((mut line, table), result) in lines.into_iter().zip(written) {
         match result {
             // The data is committed; only the checkpoint is missing. The next run re-reads
@@ -184,44 +147,22 @@ fn success_state(ctx: &RunContext<'_>, s: &Success<'_>) -> Result<TableState, Co
     })
 }
 
-impl SuccessLine {
-    fn of(s: &Success<'_>) -> Self {
-        Self {
-            mode: s.plan.mode,
-            bytes: s.read.bytes,
-            nulled_values: s.read.nulled_values.clone(),
-            future_cursor_rows: s.read.future_cursor_rows,
-            null_cursor_rows_skipped: s.read.null_cursor_rows_skipped,
-            unchanged_rows_skipped: s.read.unchanged_rows_skipped,
-            window: s.read.window.clone().unwrap_or_else(|| s.plan.range.describe()),
-            detail: s.plan.reason.clone(),
-        }
-    }
-
-    /// The report line of a success (the plan's warnings are the state's notes).
-    fn outcome(
-        self,
-        target: &Target,
-        table: &TableRef,
-        state: &TableState,
-        elapsed: Duration,
-        retries: u32,
-    ) -> TableOutcome {
-        let mut outcome = TableOutcome::new(table, &target.id, OutcomeStatus::Success);
-        outcome.mode = Some(self.mode);
-        outcome.rows = state.records_synced;
-        outcome.bytes = self.bytes;
-        outcome.seconds = elapsed.as_secs_f64();
-        outcome.retries = retries;
-        outcome.nulled_values = self.nulled_values;
-        outcome.future_cursor_rows = self.future_cursor_rows;
-        outcome.null_cursor_rows_skipped = self.null_cursor_rows_skipped;
-        outcome.unchanged_rows_skipped = self.unchanged_rows_skipped;
-        outcome.window = Some(self.window);
-        outcome.detail = Some(self.detail);
-        outcome.warnings = state.notes.clone();
-        outcome
-    }
+/// The report line of a success.
+fn success_line(target: &Target, s: &Success<'_>) -> TableOutcome {
+    let mut outcome = TableOutcome::new(&s.schema.table, &target.id, OutcomeStatus::Success);
+    outcome.mode = Some(s.plan.mode);
+    outcome.rows = s.rows;
+    outcome.bytes = s.read.bytes;
+    outcome.seconds = s.elapsed.as_secs_f64();
+    outcome.retries = s.retries;
+    outcome.nulled_values = s.read.nulled_values.clone();
+    outcome.future_cursor_rows = s.read.future_cursor_rows;
+    outcome.null_cursor_rows_skipped = s.read.null_cursor_rows_skipped;
+    outcome.unchanged_rows_skipped = s.read.unchanged_rows_skipped;
+    outcome.window = Some(s.read.window.clone().unwrap_or_else(|| s.plan.range.describe()));
+    outcome.detail = Some(s.plan.reason.clone());
+    outcome.warnings = s.plan.warnings.clone();
+    outcome
 }
 
 /// Records a failure: the last good watermark and times stay, so nothing already synced is

@@ -2,12 +2,7 @@
 //! writes in doubt → stage every tenant (one read each, fanned out) → one commit per target →
 //! record each outcome. Everything before the commit holds one of the run's `concurrency`
 //! staging permits; the commit, a wait on the targets, does not.
-//!
-//! The commit covers every tenant, so each tenant's prior state (until its read) and the
-//! record its success will leave (until the commit) are set aside on disk (`spill.rs`): what
-//! a table in flight holds in memory per tenant is its staged handle, not its states.
 
-use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,16 +12,14 @@ use futures::StreamExt;
 use crate::error::{ConnectorError, Result};
 use crate::events::Event;
 use crate::pipeline::TableOptions;
-use crate::schema::TableRef;
 use crate::schema::TableSchema;
 use crate::sink::{Staged, TargetTable, WriteMode};
 use crate::source::{ReadRange, ReadRequest, ReadSummary};
-use crate::state::{SyncMode, TableState, TargetStamp};
+use crate::state::{TableState, TargetStamp};
 use crate::strategy::TablePlan;
 use crate::window::WindowCheck;
 
-use super::record::{self, Committed, PriorFacts, Success, SuccessRecord};
-use super::spill::{Spill, Spilled};
+use super::record::{self, PriorFacts, Success};
 use super::{Outcomes, RunContext, Target, plan, read, unify};
 
 /// A target that is ready for this table, with the stamp state records for it.
@@ -35,21 +28,8 @@ struct Live<'a> {
     stamp: TargetStamp,
 }
 
-/// One tenant's prior state per target, loaded once and set aside until its read, with the
-/// write in doubt it names (resolved before any tenant is staged).
-type Priors<'a> = Vec<(&'a Target, Result<Option<PriorRef>>)>;
-
-/// The targets one tenant is staged for, each with where its prior state was set aside.
-type StagedFor<'a> = Vec<(&'a Live<'a>, Option<Spilled<TableState>>)>;
-
-struct PriorRef {
-    state: Spilled<TableState>,
-    in_doubt: Option<String>,
-}
-
-/// How many committed tenants' states are recorded in one batch: a bounded group, so that
-/// recording a thousand tenants does not hold a thousand states at once.
-const RECORD_GROUP: usize = 256;
+/// One tenant's prior state per target, loaded once.
+type Priors<'a> = Vec<(&'a Target, Result<Option<TableState>>)>;
 
 /// One target's plan for a tenant and what it staged, or why it failed.
 type TargetStaging = (Option<TablePlan>, Result<Staged>);
@@ -67,48 +47,13 @@ struct TenantResult {
     priors: Vec<(String, Option<PriorFacts>)>,
 }
 
-/// A tenant staged for one target, waiting for the table's commit: the staged data and where
-/// its success record was set aside. (Small: a table's thousand tenants wait together.)
-enum Waiting {
-    Ready(Ready),
-    Failed(Box<Failure>),
-}
+impl TenantResult {
+    fn for_target(&self, id: &str) -> Option<&TargetStaging> {
+        self.per_target.iter().find(|(t, _)| t == id).map(|(_, r)| r)
+    }
 
-struct Ready {
-    /// Shared with the table's list of tenants.
-    schema: Arc<TableSchema>,
-    staged: Staged,
-    /// The plan's mode, for a failure's record.
-    mode: SyncMode,
-    record: Spilled<SuccessRecord>,
-    elapsed: Duration,
-    retries: u32,
-    /// The prior state holds window digests ([`crate::window`]): they go before a commit
-    /// that writes rows.
-    window_rows: bool,
-}
-
-/// A tenant that cannot be committed to one target, and why.
-struct Failure {
-    table: TableRef,
-    mode: Option<SyncMode>,
-    error: ConnectorError,
-    elapsed: Duration,
-    retries: u32,
-    /// Staged data that is not to be committed: discarded with the others after the commit.
-    withheld: Option<Staged>,
-}
-
-impl Waiting {
-    fn failed(t: &TenantResult, mode: Option<SyncMode>, error: ConnectorError, withheld: Option<Staged>) -> Self {
-        Self::Failed(Box::new(Failure {
-            table: t.schema.table.clone(),
-            mode,
-            error,
-            elapsed: t.elapsed,
-            retries: t.retries,
-            withheld,
-        }))
+    fn prior(&self, id: &str) -> Option<&PriorFacts> {
+        self.priors.iter().find(|(t, _)| t == id).and_then(|(_, p)| p.as_ref())
     }
 }
 
@@ -126,36 +71,23 @@ pub(super) async fn sync_table(ctx: &RunContext<'_>, name: &str, dbs: &[String])
     target_table.changes = ctx.options.cdc.as_ref().map(|c| c.tracking);
     let tenants = unified.tenants;
 
-    if ctx.options.dry_run {
-        for schema in &tenants {
-            let priors = load_priors(ctx, &TableRef::new(&schema.table.database, name)).await;
-            outcomes.extend(plan::dry_run_outcomes(ctx, schema, &target_table, &table_options, &priors).await);
-        }
-        return outcomes;
-    }
-
-    // Prior state: loaded here, once per tenant and target, and set aside on disk until the
-    // tenant's read (a thousand tenants' states would otherwise wait in memory for it).
-    let mut prior_states = Spill::new(format!("prior states of table `{name}`"));
-    let mut priors: Vec<Priors<'_>> = Vec::with_capacity(tenants.len());
+    // Prior state: loaded here, once per tenant and target, for every later stage.
+    let mut priors: Vec<Priors<'_>> = Vec::new();
     for schema in &tenants {
+        // Sized exactly (here and below): a thousand tenants' small vectors wait for the
+        // table's commit, and a vector grown by push holds room for four.
         let mut per_target = Vec::with_capacity(runner.targets.len());
-        for (target, loaded) in load_priors(ctx, &TableRef::new(&schema.table.database, name)).await {
-            let set_aside = loaded.and_then(|prior| {
-                prior
-                    .map(|state| Ok(PriorRef { state: prior_states.put(&state)?, in_doubt: state.in_doubt }))
-                    .transpose()
-            });
-            per_target.push((target, set_aside));
+        for target in &runner.targets {
+            let loaded = target.state.load_table(&schema.table.database, name).await;
+            per_target.push((target, loaded));
         }
         priors.push(per_target);
     }
-    if let Err(e) = prior_states.finish() {
-        for (_, prior) in priors.iter_mut().flatten() {
-            if matches!(prior, Ok(Some(_))) {
-                *prior = Err(e.duplicate());
-            }
+    if ctx.options.dry_run {
+        for (schema, p) in tenants.iter().zip(&priors) {
+            outcomes.extend(plan::dry_run_outcomes(ctx, schema, &target_table, &table_options, p).await);
         }
+        return outcomes;
     }
 
     let live = prepare_targets(ctx, &target_table, &tenants, &mut outcomes).await;
@@ -164,7 +96,8 @@ pub(super) async fn sync_table(ctx: &RunContext<'_>, name: &str, dbs: &[String])
     }
     // Which targets each tenant is staged for: the live ones whose prior state loaded and
     // whose earlier writes in doubt are resolved.
-    let mut staged_for: Vec<StagedFor<'_>> = (0..tenants.len()).map(|_| Vec::with_capacity(live.len())).collect();
+    let mut staged_for: Vec<Vec<(&Live<'_>, Option<TableState>)>> =
+        (0..tenants.len()).map(|_| Vec::with_capacity(live.len())).collect();
     for l in &live {
         let unresolved = resolve_in_doubt(l, &priors).await;
         for (i, schema) in tenants.iter().enumerate() {
@@ -181,108 +114,39 @@ pub(super) async fn sync_table(ctx: &RunContext<'_>, name: &str, dbs: &[String])
             match failure {
                 Some(e) => outcomes
                     .push(record::record_failure(ctx, l.target, &schema.table, None, &e, 0, Duration::ZERO).await),
-                None => staged_for[i].push((l, prior.and_then(|p| p.as_ref().ok()?.as_ref().map(|p| p.state)))),
+                None => staged_for[i].push((l, prior.and_then(|p| p.as_ref().ok().cloned().flatten()))),
             }
         }
     }
+    // Each tenant's prior state now travels with its staging; a thousand tenants' copies
+    // here would stay for the whole table.
     drop(priors);
 
     // The target table's layout, part of every window digest (serialized once per table, not
     // per tenant).
     let layout = serde_json::to_string(&target_table).unwrap_or_default();
-    // What each tenant's success will record, set aside as it is staged; in memory, per
-    // target, only the staged data's handle and where its record is.
-    let mut records = Spill::new(format!("staged tenants' records of table `{name}`"));
-    let mut waiting: Vec<Vec<Waiting>> = live.iter().map(|_| Vec::with_capacity(tenants.len())).collect();
+    // Sized exactly: a table's thousand results wait for its commit.
+    let mut results: Vec<TenantResult> = Vec::with_capacity(tenants.len());
     let mut staged = futures::stream::iter(tenants.iter().cloned().zip(staged_for))
         .map(|(schema, targets)| {
             let (target_table, layout) = (&target_table, layout.as_str());
-            let (table_options, prior_states) = (&table_options, &prior_states);
+            let table_options = &table_options;
             async move {
                 let _permit = ctx.reads.acquire().await;
-                stage_tenant(ctx, schema, targets, prior_states, (target_table, layout), table_options).await
+                stage_tenant(ctx, schema, targets, (target_table, layout), table_options).await
             }
         })
         .buffer_unordered(runner.settings.concurrency);
     while let Some(result) = staged.next().await {
-        set_aside(ctx, &live, result, &mut records, &mut waiting);
+        results.push(result);
     }
     drop(staged);
-    drop(prior_states);
     drop(staging);
-    if let Err(e) = records.finish() {
-        for w in waiting.iter_mut().flatten() {
-            if let Waiting::Ready(r) = w {
-                let failure = Failure {
-                    table: r.schema.table.clone(),
-                    mode: Some(r.mode),
-                    error: e.duplicate(),
-                    elapsed: r.elapsed,
-                    retries: r.retries,
-                    withheld: Some(r.staged.clone()),
-                };
-                *w = Waiting::Failed(Box::new(failure));
-            }
-        }
-    }
 
-    for (l, waiting) in live.iter().zip(waiting) {
-        outcomes.extend(commit_target(ctx, l, &target_table, waiting, &records).await);
+    for l in &live {
+        outcomes.extend(commit_target(ctx, l, &target_table, &results).await);
     }
     outcomes
-}
-
-/// One tenant's prior state in every target.
-async fn load_priors<'a>(ctx: &RunContext<'a>, table: &TableRef) -> Vec<(&'a Target, Result<Option<TableState>>)> {
-    let mut per_target = Vec::with_capacity(ctx.runner.targets.len());
-    for target in &ctx.runner.targets {
-        per_target.push((target, target.state.load_table(&table.database, &table.table).await));
-    }
-    per_target
-}
-
-/// Turns a staged tenant into what waits for each target's commit: its success record set
-/// aside, or why it cannot be committed.
-fn set_aside(
-    ctx: &RunContext<'_>,
-    live: &[Live<'_>],
-    t: TenantResult,
-    records: &mut Spill,
-    waiting: &mut [Vec<Waiting>],
-) {
-    let no_read = ReadSummary::default();
-    for (id, (plan, staged)) in &t.per_target {
-        let Some(i) = live.iter().position(|l| &l.target.id == id) else { continue };
-        let entry = match (plan, staged) {
-            (Some(plan), Ok(staged)) => {
-                let prior = t.priors.iter().find(|(p, _)| p == id).and_then(|(_, p)| p.as_ref());
-                let success = Success {
-                    schema: &t.schema,
-                    plan,
-                    read: t.read.as_ref().unwrap_or(&no_read),
-                    prior,
-                    stamp: &live[i].stamp,
-                    rows: staged.rows,
-                    elapsed: t.elapsed,
-                };
-                match SuccessRecord::of(ctx, &success).and_then(|r| records.put(&r)) {
-                    Ok(record) => Waiting::Ready(Ready {
-                        schema: t.schema.clone(),
-                        staged: staged.clone(),
-                        mode: plan.mode,
-                        record,
-                        elapsed: t.elapsed,
-                        retries: t.retries,
-                        window_rows: prior.is_some_and(|p| p.window_rows),
-                    }),
-                    Err(e) => Waiting::failed(&t, Some(plan.mode), e, Some(staged.clone())),
-                }
-            }
-            (plan, Err(e)) => Waiting::failed(&t, plan.as_ref().map(|p| p.mode), e.duplicate(), None),
-            (None, Ok(_)) => continue,
-        };
-        waiting[i].push(entry);
-    }
 }
 
 /// `prepare` on every target that is not down; a target that fails fails every tenant.
@@ -346,8 +210,7 @@ async fn resolve_in_doubt(l: &Live<'_>, priors: &[Priors<'_>]) -> HashMap<String
 async fn stage_tenant<'a>(
     ctx: &RunContext<'_>,
     schema: Arc<TableSchema>,
-    targets: StagedFor<'a>,
-    prior_states: &Spill,
+    targets: Vec<(&'a Live<'a>, Option<TableState>)>,
     (target_table, layout): (&TargetTable, &str),
     table_options: &TableOptions,
 ) -> TenantResult {
@@ -358,14 +221,7 @@ async fn stage_tenant<'a>(
     let mut priors = Vec::with_capacity(targets.len());
     let mut plans: Vec<(&Target, TablePlan)> = Vec::with_capacity(targets.len());
     let mut held = Vec::with_capacity(targets.len());
-    for (l, prior) in targets {
-        let mut prior = match prior.map(|p| prior_states.get(p)).transpose() {
-            Ok(prior) => prior,
-            Err(e) => {
-                per_target.push((l.target.id.clone(), (None, Err(e))));
-                continue;
-            }
-        };
+    for (l, mut prior) in targets {
         let plan = match &ctx.options.cdc {
             None => plan::plan_for(ctx, table_options, &schema, l.target, Some(&l.stamp), prior.as_ref()),
             Some(cdc) => {
@@ -430,55 +286,65 @@ async fn commit_target(
     ctx: &RunContext<'_>,
     l: &Live<'_>,
     target_table: &TargetTable,
-    waiting: Vec<Waiting>,
-    records: &Spill,
+    results: &[TenantResult],
 ) -> Outcomes {
     let target = l.target;
     let mut outcomes = Vec::new();
-    let mut ready = Vec::with_capacity(waiting.len());
+    let mut staged: Vec<(&TenantResult, &TablePlan, &Staged)> = Vec::with_capacity(results.len());
+    for t in results {
+        let Some((plan, result)) = t.for_target(&target.id) else { continue };
+        match (plan, result) {
+            (Some(plan), Ok(s)) => staged.push((t, plan, s)),
+            (plan, Err(e)) => {
+                outcomes.push(
+                    record::record_failure(
+                        ctx,
+                        target,
+                        &t.schema.table,
+                        plan.as_ref().map(|p| p.mode),
+                        e,
+                        t.retries,
+                        t.elapsed,
+                    )
+                    .await,
+                );
+            }
+            (None, Ok(_)) => {}
+        }
+    }
+    let vouched: Vec<&crate::schema::TableRef> = staged
+        .iter()
+        .filter(|(t, _, s)| s.rows > 0 && t.prior(&target.id).is_some_and(|p| p.window_rows))
+        .map(|(t, _, _)| &t.schema.table)
+        .collect();
+    let refused = record::forget_window_rows(ctx, target, &vouched).await;
     // Staged but not to be committed: discarded with the others after the commit.
     let mut withheld = Vec::new();
-    for w in waiting {
-        match w {
-            Waiting::Ready(r) => ready.push(r),
-            Waiting::Failed(f) => {
-                outcomes
-                    .push(record::record_failure(ctx, target, &f.table, f.mode, &f.error, f.retries, f.elapsed).await);
-                withheld.extend(f.withheld);
-            }
-        }
-    }
-    let vouched: Vec<&TableRef> =
-        ready.iter().filter(|r| r.staged.rows > 0 && r.window_rows).map(|r| &r.schema.table).collect();
-    let refused = record::forget_window_rows(ctx, target, &vouched).await;
     if !refused.is_empty() {
-        let mut kept = Vec::with_capacity(ready.len());
-        for r in ready {
-            match refused.iter().find(|(db, _)| *db == r.schema.table.database) {
+        let mut kept = Vec::with_capacity(staged.len());
+        for (t, plan, s) in staged {
+            match refused.iter().find(|(db, _)| *db == t.schema.table.database) {
                 Some((_, e)) => {
+                    withheld.push(s.clone());
                     outcomes.push(
-                        record::record_failure(ctx, target, &r.schema.table, Some(r.mode), e, r.retries, r.elapsed)
+                        record::record_failure(ctx, target, &t.schema.table, Some(plan.mode), e, t.retries, t.elapsed)
                             .await,
                     );
-                    withheld.push(r.staged);
                 }
-                None => kept.push(r),
+                None => kept.push((t, plan, s)),
             }
         }
-        ready = kept;
+        staged = kept;
     }
-    if ready.is_empty() {
+    if staged.is_empty() {
         if !withheld.is_empty() {
             target.sink.discard(&withheld).await;
         }
         return outcomes;
     }
     let started = Instant::now();
-    // The staged data moves into one slice for the commit (no copy of a thousand handles);
-    // the rest of each tenant's entry stays beside it, in the same order.
-    let (all, rest): (Vec<Staged>, Vec<_>) =
-        ready.into_iter().map(|r| (r.staged, (r.schema, r.mode, r.record, r.elapsed, r.retries))).unzip();
-    let results_by_tenant = commit_isolating(target, target_table, &all).await;
+    let all: Vec<Staged> = staged.iter().map(|(_, _, s)| (*s).clone()).collect();
+    let results_by_tenant = commit_isolating(target, target_table, all.clone()).await;
     target.sink.discard(&all).await;
     if !withheld.is_empty() {
         target.sink.discard(&withheld).await;
@@ -495,34 +361,36 @@ async fn commit_target(
         }
         .emit(ctx.listeners());
     }
-    drop(committed);
-    let commit_elapsed = started.elapsed();
-    let mut group = Vec::with_capacity(RECORD_GROUP.min(all.len()));
-    for (staged, (schema, mode, record, elapsed, retries)) in all.iter().zip(rest) {
-        let elapsed = elapsed + commit_elapsed;
-        let table = &schema.table;
-        let failure = match results_by_tenant.get(&staged.tenant) {
-            Some(Ok(())) => match records.get(record) {
-                Ok(record) => {
-                    group.push(Committed { record, elapsed, retries });
-                    if group.len() == RECORD_GROUP {
-                        outcomes.extend(record::record_successes(ctx, target, std::mem::take(&mut group)).await);
-                    }
-                    continue;
-                }
-                // The data is committed, its checkpoint lost: the next run reads again from the
-                // older watermark, which the idempotent writes absorb.
-                Err(e) => ConnectorError::transient(format!("data committed but state not saved: {e}")),
-            },
+    let no_read = ReadSummary::default();
+    let mut successes = Vec::new();
+    for (t, plan, s) in staged {
+        let elapsed = t.elapsed + started.elapsed();
+        match results_by_tenant.get(&s.tenant) {
+            Some(Ok(())) => successes.push(Success {
+                schema: &t.schema,
+                plan,
+                read: t.read.as_ref().unwrap_or(&no_read),
+                prior: t.prior(&target.id),
+                stamp: &l.stamp,
+                rows: s.rows,
+                elapsed,
+                retries: t.retries,
+            }),
             Some(Err(e)) => {
                 ctx.note_failure(target, e);
-                e.duplicate()
+                outcomes.push(
+                    record::record_failure(ctx, target, &t.schema.table, Some(plan.mode), e, t.retries, elapsed).await,
+                );
             }
-            None => ConnectorError::permanent(format!("{table}: the commit did not report this tenant")),
-        };
-        outcomes.push(record::record_failure(ctx, target, table, Some(mode), &failure, retries, elapsed).await);
+            None => {
+                let e = ConnectorError::permanent(format!("{}: the commit did not report this tenant", t.schema.table));
+                outcomes.push(
+                    record::record_failure(ctx, target, &t.schema.table, Some(plan.mode), &e, t.retries, elapsed).await,
+                );
+            }
+        }
     }
-    outcomes.extend(record::record_successes(ctx, target, group).await);
+    outcomes.extend(record::record_successes(ctx, target, successes).await);
     outcomes
 }
 
@@ -532,12 +400,10 @@ async fn commit_target(
 pub(crate) async fn commit_isolating(
     target: &Target,
     table: &TargetTable,
-    staged: &[Staged],
+    staged: Vec<Staged>,
 ) -> HashMap<String, Result<()>> {
     let mut results = HashMap::new();
-    // A group is a stretch of `staged` while halving (no copies); tenants a commit rejected
-    // are a copy.
-    let mut groups: Vec<Cow<'_, [Staged]>> = vec![Cow::Borrowed(staged)];
+    let mut groups = vec![staged];
     while let Some(group) = groups.pop() {
         match target.sink.commit(table, &group).await {
             Ok(outcome) => {
@@ -547,9 +413,9 @@ pub(crate) async fn commit_isolating(
                 let splittable =
                     rejected.len() > 1 && rejected.values().all(|e| !e.is_transient() && e.in_doubt().is_none());
                 let mut again = Vec::new();
-                for s in group.iter() {
+                for s in group {
                     match rejected.get(&s.tenant) {
-                        Some(_) if splittable => again.push(s.clone()),
+                        Some(_) if splittable => again.push(s),
                         Some(e) => {
                             results.insert(s.tenant.clone(), Err(e.duplicate()));
                         }
@@ -559,38 +425,25 @@ pub(crate) async fn commit_isolating(
                     }
                 }
                 if !again.is_empty() {
-                    let (first, second) = halves(Cow::Owned(again));
+                    let second = again.split_off(again.len() / 2);
                     groups.push(second);
-                    groups.push(first);
+                    groups.push(again);
                 }
             }
             Err(e) if group.len() > 1 && !e.is_transient() && e.in_doubt().is_none() => {
                 tracing::warn!(table = %table.name, target = %target.id, tenants = group.len(), error = %e,
                     "commit failed; committing the tenants in smaller groups to find the one that fails");
-                let (first, second) = halves(group);
+                let mut group = group;
+                let second = group.split_off(group.len() / 2);
                 groups.push(second);
-                groups.push(first);
+                groups.push(group);
             }
             Err(e) => {
-                for s in group.iter() {
+                for s in &group {
                     results.insert(s.tenant.clone(), Err(e.duplicate()));
                 }
             }
         }
     }
     results
-}
-
-/// A group's first and second half.
-fn halves(group: Cow<'_, [Staged]>) -> (Cow<'_, [Staged]>, Cow<'_, [Staged]>) {
-    match group {
-        Cow::Borrowed(all) => {
-            let (first, second) = all.split_at(all.len() / 2);
-            (Cow::Borrowed(first), Cow::Borrowed(second))
-        }
-        Cow::Owned(mut first) => {
-            let second = first.split_off(first.len() / 2);
-            (Cow::Owned(first), Cow::Owned(second))
-        }
-    }
 }
