@@ -38,9 +38,13 @@ impl TargetStream<'_> {
             for (table, e) in applied.refused {
                 self.halt(&table, &e).await;
             }
-        } else if self.state.applied.as_ref() == Some(position) && self.saved_at.elapsed() < Duration::from_secs(30) {
+        } else if self.state.applied.as_ref() == Some(position)
+            && self.saved_at.elapsed() < Duration::from_secs(30)
+            && !(caught_up && self.state.lag_seconds != Some(0.0))
+        {
             // Nothing new: the state is saved again only now and then, so `status` can tell a
-            // live stream from a dead one.
+            // live stream from a dead one. (Unless the stream has just caught up: the lag saved
+            // while it was behind must not outlive it.)
             return Ok(());
         }
         self.checkpoint(position, commit_at, caught_up).await
