@@ -63,6 +63,7 @@ pub const FLAT_KEYS: &[(&str, &[Dest])] = &[
     ("bq_credentials", &[Dest::Sink("credentials")]),
     ("staging_dataset", &[Dest::Sink("staging_dataset")]),
     ("upload_chunk_mb", &[Dest::Sink("upload_chunk_mb")]),
+    ("staging_memory_mb", &[Dest::Sink("staging_memory_mb")]),
     ("job_timeout", &[Dest::Sink("job_timeout")]),
     ("max_concurrent_jobs", &[Dest::Sink("max_concurrent_jobs")]),
     ("lookback_minutes", &[Dest::Top("lookback_minutes")]),

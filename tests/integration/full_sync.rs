@@ -12,6 +12,36 @@ async fn three_shops(prefix: &str) -> Vec<String> {
     dbs
 }
 
+/// Rows over the staging memory budget wait on disk in their chunk: the table's load job stays
+/// whole (one here, where the budget used to send a smaller chunk early each time it was
+/// full), and every row arrives as it was, read back from disk.
+#[tokio::test(flavor = "multi_thread")]
+async fn rows_over_the_staging_memory_budget_wait_on_disk_and_arrive_whole_in_one_load_job() {
+    let emulator = &*EMULATOR;
+    let dbs: Vec<String> = (1..=3).map(|i| unique(&format!("spill{i}"))).collect();
+    for db in &dbs {
+        create_shop(db, 20, 12_000).await;
+    }
+    let dataset = unique("spill");
+    let dir = workdir();
+    let mut params = flat_params(&dbs, &["orders"], &dataset, emulator, dir.path());
+    params["upload_chunk_mb"] = json!(64);
+    params["staging_memory_mb"] = json!(2);
+    write_json(&dir.path().join("params.json"), &params);
+
+    let args = ["--pipeline", "params.json", "--report-json", "report.json"].map(String::from).to_vec();
+    let out = run_cli_async(args, dir.path().to_path_buf()).await;
+    assert_eq!(out.code, 0, "{}", out.all());
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("report.json")).unwrap()).unwrap();
+    let staged: u64 = report["outcomes"].as_array().unwrap().iter().map(|o| o["bytes"].as_u64().unwrap()).sum();
+    assert!(staged > 3 << 20, "the rows are more than the 2 MiB budget: {staged} bytes");
+    for db in &dbs {
+        assert_table_equal(emulator, &dataset, db, "orders", "id").await;
+    }
+    assert_eq!(bq_job_counts(emulator, &dataset).await, (1, 1), "one load job and one MERGE");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn three_tenants_sync_with_every_value_equal_and_state_in_the_guides_format() {
     let emulator = &*EMULATOR;

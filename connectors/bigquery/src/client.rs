@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use connector_framework::{ConnectorError, ErrorClass, Result, RetryPolicy};
 use serde_json::{Value as Json, json};
 
+use crate::chunk::Chunk;
 use crate::transport::Transport;
 
 /// How a waiting job is reported while it runs.
@@ -271,7 +272,7 @@ impl BqClient {
 
     /// Starts a load job with `data` (NDJSON) as its media and waits for it. Resending after a
     /// lost answer finds the job by its id (409) instead of loading twice.
-    pub async fn load(&self, load_config: Json, data: bytes::Bytes, job_id: &str, what: &str) -> Result<JobOutcome> {
+    pub async fn load(&self, load_config: Json, data: Chunk, job_id: &str, what: &str) -> Result<JobOutcome> {
         let configuration = json!({"load": load_config});
         self.run_job(job_id, what, |id| {
             let job = self.job_resource(&id, configuration.clone());
@@ -555,7 +556,7 @@ pub(crate) mod tests {
             }
             Ok(Some(job))
         }
-        async fn upload_job(&self, _: &str, _: Json, _: bytes::Bytes) -> Result<()> {
+        async fn upload_job(&self, _: &str, _: Json, _: crate::chunk::Chunk) -> Result<()> {
             Ok(())
         }
         async fn get_job(&self, _: &str, id: &str, location: Option<&str>) -> Result<Option<Json>> {

@@ -92,7 +92,14 @@ pub(crate) const FIELDS: &[FieldDoc] = &[
         ty: "integer",
         required: false,
         default: "16",
-        doc: "MiB of rows per load job; the tables of a run hold about two chunks' worth (plus 4 MiB) between them: beyond that, a table holding more than an equal share sends a smaller chunk early (at least 1 MiB)",
+        doc: "MiB of rows per load job (1-1024); raise it for a table of more than 1,500 chunks in one run (BigQuery's loads per table per day)",
+    },
+    FieldDoc {
+        name: "staging_memory_mb",
+        ty: "integer",
+        required: false,
+        default: "2 x upload_chunk_mb (at most 32) + 4",
+        doc: "MiB of staged rows the run's tables hold in memory between them (2-65536); beyond it, a table holding more than an equal share moves its rows to disk (TMPDIR) until its load job",
     },
     FieldDoc {
         name: "job_timeout",
@@ -127,6 +134,8 @@ pub struct BigQuerySinkConfig {
     pub staging_dataset: Option<String>,
     #[serde(default = "default_chunk", deserialize_with = "lenient::deserialize")]
     pub upload_chunk_mb: usize,
+    #[serde(default, deserialize_with = "lenient::option::deserialize")]
+    pub staging_memory_mb: Option<usize>,
     #[serde(default = "default_job_timeout", deserialize_with = "lenient::deserialize")]
     pub job_timeout: u64,
     #[serde(default = "default_jobs", deserialize_with = "lenient::deserialize")]
@@ -203,10 +212,23 @@ impl BigQuerySinkConfig {
         if !(1..=1024).contains(&self.upload_chunk_mb) {
             problems.push(Problem::at("upload_chunk_mb", format!("between 1 and 1024, got {}", self.upload_chunk_mb)));
         }
+        if let Some(mb) = self.staging_memory_mb
+            && !(2..=65_536).contains(&mb)
+        {
+            problems.push(Problem::at("staging_memory_mb", format!("between 2 and 65536, got {mb}")));
+        }
         if !(1..=86_400).contains(&self.job_timeout) {
             problems.push(Problem::at("job_timeout", format!("between 1 and 86400 seconds, got {}", self.job_timeout)));
         }
         if problems.is_empty() { Ok(()) } else { Err(ConnectorError::config_problems("sink `bigquery`", problems)) }
+    }
+
+    /// The memory the run's stages may hold in staged rows. By default two chunks (of at most
+    /// 16 MiB) and a margin: a table alone keeps whole chunks in memory (one filling, one
+    /// uploading). Rows over it wait on disk, so bigger chunks (fewer load jobs for a huge
+    /// table) cost no memory.
+    pub fn staging_memory_bytes(&self) -> usize {
+        self.staging_memory_mb.unwrap_or(2 * self.upload_chunk_mb.min(16) + 4) * 1024 * 1024
     }
 
     /// Where this sink writes, for state and logs (no secret): endpoint, project and dataset.

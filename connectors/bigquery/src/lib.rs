@@ -7,7 +7,8 @@
 //!   primary key), column names and types, and how an existing table evolves.
 //! - `writer`: one tenant's rows encoded as NDJSON lines of a staging table.
 //! - `stage`: the staging table every tenant of a target table shares, and its load jobs
-//!   (media upload, no Cloud Storage bucket).
+//!   (media upload, no Cloud Storage bucket), each of one [`chunk`] of rows: in memory, or
+//!   partly on disk when the run's stages are over their memory budget.
 //! - `merge`: the one MERGE that applies every staged tenant of a table.
 //! - [`sink`]: the `Sink` implementation that drives them.
 //! - [`state_store`] (kind `bigquery` of the state role, config in `state_config`): sync state
@@ -15,6 +16,7 @@
 //! - [`client`] over [`transport`]: the REST calls (retried, jobs exactly once, every wait
 //!   bounded and logged); [`types`]: logical types → BigQuery types and values → NDJSON.
 
+pub mod chunk;
 pub mod client;
 pub mod config;
 mod digest;

@@ -91,9 +91,7 @@ impl BigQuerySink {
             staging_dataset: config.staging_dataset.clone().unwrap_or_else(|| config.dataset.clone()),
             run_id: ctx.run_id.clone(),
             chunk_bytes: config.upload_chunk_mb * 1024 * 1024,
-            // Two chunks and a margin: a table alone keeps whole chunks (one filling, one
-            // uploading); the tables holding rows at once share it.
-            chunk_budget: crate::stage::ChunkBudget::new((2 * config.upload_chunk_mb + 4) * 1024 * 1024),
+            chunk_budget: crate::stage::ChunkBudget::new(config.staging_memory_bytes()),
             client,
             datasets_ready: OnceCell::new(),
             counter: AtomicU64::new(0),

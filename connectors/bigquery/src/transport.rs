@@ -13,10 +13,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use connector_framework::{ConnectorError, ErrorClass, Result};
+use futures::StreamExt;
 use google_cloud_auth::credentials::{self, CacheableResource, Credentials};
 use google_cloud_bigquery_v2::client::{DatasetService, JobService, TableService};
 use google_cloud_bigquery_v2::model;
 use serde_json::{Value as Json, json};
+
+use crate::chunk::Chunk;
 
 pub const DEFAULT_ENDPOINT: &str = "https://bigquery.googleapis.com";
 
@@ -35,7 +38,7 @@ pub trait Transport: Send + Sync + std::fmt::Debug {
     /// Starts a job; the job resource as inserted, or `None` when a job with that id exists.
     async fn insert_job(&self, project: &str, job: Json) -> Result<Option<Json>>;
     /// Starts a load job with `data` as its media; a job with that id existing is not an error.
-    async fn upload_job(&self, project: &str, job: Json, data: bytes::Bytes) -> Result<()>;
+    async fn upload_job(&self, project: &str, job: Json, data: Chunk) -> Result<()>;
     async fn get_job(&self, project: &str, job_id: &str, location: Option<&str>) -> Result<Option<Json>>;
     async fn cancel_job(&self, project: &str, job_id: &str, location: Option<&str>) -> Result<()>;
     /// One page of a finished query's rows (`jobs.getQueryResults`).
@@ -268,7 +271,7 @@ impl Transport for GoogleTransport {
         }
     }
 
-    async fn upload_job(&self, project: &str, job: Json, data: bytes::Bytes) -> Result<()> {
+    async fn upload_job(&self, project: &str, job: Json, data: Chunk) -> Result<()> {
         let url = format!("{}/upload/bigquery/v2/projects/{project}/jobs?uploadType=multipart", self.endpoint);
         let boundary = format!("connector_{}", uuid::Uuid::new_v4().simple());
         let head = format!(
@@ -276,11 +279,13 @@ impl Transport for GoogleTransport {
              Content-Type: application/octet-stream\r\n\r\n"
         );
         let tail = format!("\r\n--{boundary}--\r\n");
-        let length = head.len() + data.len() + tail.len();
-        // The body is streamed from the three parts; the chunk itself is not copied.
-        let parts: Vec<Result<bytes::Bytes, std::io::Error>> =
-            vec![Ok(bytes::Bytes::from(head)), Ok(data), Ok(bytes::Bytes::from(tail))];
-        let body = reqwest::Body::wrap_stream(futures::stream::iter(parts));
+        let length = head.len() as u64 + data.len() + tail.len() as u64;
+        // The body is streamed from the parts; the chunk is not copied (its part on disk is
+        // read a piece at a time).
+        let body = futures::stream::iter([Ok(bytes::Bytes::from(head))])
+            .chain(data.stream())
+            .chain(futures::stream::iter([Ok(bytes::Bytes::from(tail))]));
+        let body = reqwest::Body::wrap_stream(body);
         let headers = self.auth_headers().await?;
         let response = self
             .http
@@ -384,11 +389,12 @@ impl Transport for DiscardTransport {
     async fn insert_job(&self, _: &str, job: Json) -> Result<Option<Json>> {
         Ok(Some(job))
     }
-    async fn upload_job(&self, _: &str, job: Json, data: bytes::Bytes) -> Result<()> {
+    async fn upload_job(&self, _: &str, job: Json, data: Chunk) -> Result<()> {
         if let Some(dir) = &self.dump_dir {
             let id = job["jobReference"]["jobId"].as_str().unwrap_or("load");
             let path = dir.join(format!("{id}.ndjson"));
-            std::fs::write(&path, &data)
+            data.to_vec()
+                .and_then(|rows| std::fs::write(&path, rows))
                 .map_err(|e| ConnectorError::permanent(format!("cannot write {}: {e}", path.display())))?;
         }
         Ok(())

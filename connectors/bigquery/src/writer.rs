@@ -423,7 +423,7 @@ mod tests {
         assert_eq!(seen(1), vec![(0, 0), (1, 1), (2, 2), (3, 3), (4, 4)]);
         assert_eq!(seen(2), vec![(10, 0), (11, 1), (12, 2)]);
         // Every byte is counted, each writer's stretch ends where its rows end.
-        assert_eq!(segments.last().map(|s| s.1), Some(rows.len()));
+        assert_eq!(segments.last().map(|s| s.1), Some(rows.len() as u64));
         assert_eq!(segments.iter().map(|s| s.0).collect::<Vec<_>>(), vec![1, 2]);
         assert!(stage.capacity() >= rows.len());
         assert_eq!(crate::stage::tests::held(&budget), stage.capacity(), "the budget counts the chunk's allocation");
