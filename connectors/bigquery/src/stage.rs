@@ -480,7 +480,7 @@ pub(crate) fn reclaim(data: bytes::Bytes) -> Option<Vec<u8>> {
 pub(crate) mod tests {
     use super::*;
 
-    pub(crate) fn stage(budget: &ChunkBudget, chunk_bytes: usize) -> Stage {
+    fn client(transport: impl crate::transport::Transport + 'static) -> BqClient {
         let options = crate::client::ClientOptions {
             project: "p".into(),
             location: None,
@@ -488,7 +488,11 @@ pub(crate) mod tests {
             job_timeout: std::time::Duration::from_secs(5),
             max_concurrent_jobs: 4,
         };
-        let client = BqClient::new(options, std::sync::Arc::new(crate::transport::DiscardTransport::default()));
+        BqClient::new(options, std::sync::Arc::new(transport))
+    }
+
+    pub(crate) fn stage(budget: &ChunkBudget, chunk_bytes: usize) -> Stage {
+        let client = client(crate::transport::DiscardTransport::default());
         Stage::new(client, "d".into(), "t".into(), "i".into(), Vec::new(), chunk_bytes, budget.clone())
     }
 
@@ -499,24 +503,9 @@ pub(crate) mod tests {
     /// A stage whose load jobs' rows are written to `dir` (one file per job), and that refuses
     /// a load holding `reject` (a row BigQuery would refuse).
     fn dumping_stage(budget: &ChunkBudget, chunk_bytes: usize, dir: &std::path::Path, reject: &'static [u8]) -> Stage {
-        let options = crate::client::ClientOptions {
-            project: "p".into(),
-            location: None,
-            retry: Default::default(),
-            job_timeout: std::time::Duration::from_secs(5),
-            max_concurrent_jobs: 4,
-        };
         let dump = crate::transport::DiscardTransport { dump_dir: Some(dir.to_path_buf()) };
-        let transport = std::sync::Arc::new(Rejecting { dump, reject });
-        Stage::new(
-            BqClient::new(options, transport),
-            "d".into(),
-            "t".into(),
-            "i".into(),
-            Vec::new(),
-            chunk_bytes,
-            budget.clone(),
-        )
+        let client = client(Rejecting { dump, reject });
+        Stage::new(client, "d".into(), "t".into(), "i".into(), Vec::new(), chunk_bytes, budget.clone())
     }
 
     /// The uploads as `DiscardTransport` dumps them, with a permanent failure for those holding
