@@ -364,4 +364,21 @@ mod tests {
         let d = connector_framework::registry::find(connector_framework::registry::Role::Sink, "bigquery").unwrap();
         connector_framework::testkit::documented_fields_match(d).unwrap();
     }
+
+    #[test]
+    fn the_staging_memory_defaults_to_two_chunks_of_at_most_16_mib_and_is_checked() {
+        let config = |extra: serde_json::Value| {
+            let mut c = serde_json::json!({"project": "p", "dataset": "d"});
+            c.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            serde_json::from_value::<super::BigQuerySinkConfig>(c).unwrap()
+        };
+        const MIB: usize = 1024 * 1024;
+        assert_eq!(config(serde_json::json!({})).staging_memory_bytes(), 36 * MIB);
+        assert_eq!(config(serde_json::json!({"upload_chunk_mb": 4})).staging_memory_bytes(), 12 * MIB);
+        let big_chunks = config(serde_json::json!({"upload_chunk_mb": 512}));
+        assert_eq!(big_chunks.staging_memory_bytes(), 36 * MIB, "bigger chunks wait on disk, not in memory");
+        assert_eq!(config(serde_json::json!({"staging_memory_mb": "8"})).staging_memory_bytes(), 8 * MIB);
+        let e = config(serde_json::json!({"staging_memory_mb": 1})).validate().unwrap_err().to_string();
+        assert!(e.contains("staging_memory_mb") && e.contains("between 2 and 65536, got 1"), "{e}");
+    }
 }
