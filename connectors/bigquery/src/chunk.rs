@@ -47,18 +47,27 @@ impl Chunk {
     /// Bytes `start..end` of the chunk (one writer's stretch, loaded on its own).
     pub fn range(&self, start: u64, end: u64) -> std::io::Result<Vec<u8>> {
         let mut out = Vec::with_capacity(end.saturating_sub(start) as usize);
+        self.append_range(start, end, &mut out)?;
+        Ok(out)
+    }
+
+    /// Appends bytes `start..end` of the chunk to `out`, the disk part read straight into it.
+    pub fn append_range(&self, start: u64, end: u64, out: &mut Vec<u8>) -> std::io::Result<()> {
         if start < self.on_disk
             && let Some(file) = &self.file
         {
-            let mut disk = vec![0; (end.min(self.on_disk) - start) as usize];
-            file.read_exact_at(&mut disk, start)?;
-            out.extend_from_slice(&disk);
+            let at = out.len();
+            out.resize(at + (end.min(self.on_disk) - start) as usize, 0);
+            if let Err(e) = file.read_exact_at(&mut out[at..], start) {
+                out.truncate(at);
+                return Err(e);
+            }
         }
         if end > self.on_disk {
             let from = start.saturating_sub(self.on_disk) as usize;
             out.extend_from_slice(&self.memory[from..(end - self.on_disk) as usize]);
         }
-        Ok(out)
+        Ok(())
     }
 
     /// The whole chunk as pieces, the disk part read as the stream is polled.

@@ -450,14 +450,11 @@ async fn upload(
         let mut own = Vec::new();
         let mut start = 0;
         for (w, end) in &segments {
-            if *w == writer {
-                match data.range(start, *end) {
-                    Ok(rows) => own.extend_from_slice(&rows),
-                    Err(e) => {
-                        let e = ConnectorError::permanent(format!("cannot read staged rows back from disk: {e}"));
-                        return (Err(e), data, Vec::new());
-                    }
-                }
+            if *w == writer
+                && let Err(e) = data.append_range(start, *end, &mut own)
+            {
+                let e = ConnectorError::permanent(format!("cannot read staged rows back from disk: {e}"));
+                return (Err(e), data, Vec::new());
             }
             start = *end;
         }
