@@ -90,8 +90,11 @@ impl ChunkBudget {
 /// early when the disk refuses).
 const MIN_SPILL_BYTES: usize = 1024 * 1024;
 
-/// A stage's first chunk buffer; it doubles as rows arrive (see [`Stage::open`]).
-const INITIAL_BUFFER_BYTES: usize = 4 * HANDOFF_BYTES;
+/// The least a chunk buffer is allocated with; it doubles from there as rows arrive (see
+/// [`Stage::open`]). A fleet's incremental run stages a row or two per tenant: a table's
+/// buffer then holds kilobytes, where a first buffer of a MiB per stage (and its copies as
+/// upload and spare) had filled a 1,000-tenant run's budget with empty room.
+const MIN_BUFFER_BYTES: usize = 16 * 1024;
 
 /// One staging table and its load jobs.
 pub(crate) struct Stage {
@@ -189,26 +192,29 @@ impl Stage {
 
     /// Adds `writer`'s encoded rows; uploads the chunk once it is full.
     pub async fn append(&mut self, writer: u64, rows: &[u8]) -> Result<()> {
-        self.open(writer)?.extend_from_slice(rows);
+        self.open(writer, rows.len())?.extend_from_slice(rows);
         self.appended(writer).await
     }
 
-    /// The chunk buffer, for `writer` to encode rows into directly; every byte it adds must be
-    /// reported to [`Stage::appended`] before the stage is used otherwise.
-    pub fn open(&mut self, writer: u64) -> Result<&mut Vec<u8>> {
+    /// The chunk buffer, for `writer` to encode rows into directly, with room for about
+    /// `room` more bytes (at most two pieces are reserved; past that the buffer grows as a
+    /// vector does). Every byte it adds must be reported to [`Stage::appended`] before the
+    /// stage is used otherwise.
+    pub fn open(&mut self, writer: u64, room: usize) -> Result<&mut Vec<u8>> {
         self.check(writer)?;
         if self.buffer.capacity() == 0
             && let Some(spare) = self.spare.take()
         {
             self.buffer = spare;
         }
-        // Room for the next piece. The buffer grows with what the stage holds, doubling up to
-        // a chunk of its share: a fleet's small tables stage kilobytes each, and a buffer
-        // reserved for a whole chunk per stage is memory the allocator keeps.
-        if self.buffer.capacity() - self.buffer.len() < 2 * HANDOFF_BYTES {
-            let target = (self.budget.share().min(self.chunk_bytes) + 2 * HANDOFF_BYTES).max(INITIAL_BUFFER_BYTES);
-            let grown = (self.buffer.capacity() * 2).clamp(INITIAL_BUFFER_BYTES, target);
-            let capacity = grown.max(self.buffer.len() + 2 * HANDOFF_BYTES);
+        // The buffer grows with what the stage holds, doubling up to a chunk of its share:
+        // a fleet's small tables stage kilobytes each, and room reserved ahead of the rows is
+        // memory the allocator keeps and the budget counts.
+        let room = room.min(2 * HANDOFF_BYTES);
+        if self.buffer.capacity() - self.buffer.len() < room {
+            let target = (self.budget.share().min(self.chunk_bytes) + 2 * HANDOFF_BYTES).max(MIN_BUFFER_BYTES);
+            let grown = (self.buffer.capacity() * 2).clamp(MIN_BUFFER_BYTES, target);
+            let capacity = grown.max(self.buffer.len() + room);
             self.buffer.reserve_exact(capacity - self.buffer.len());
         }
         self.recount();
@@ -267,7 +273,7 @@ impl Stage {
         file.write_all_at(&self.buffer, self.spilled)?;
         self.spilled += self.buffer.len() as u64;
         self.buffer.clear();
-        self.buffer.shrink_to(INITIAL_BUFFER_BYTES);
+        self.buffer.shrink_to(MIN_BUFFER_BYTES);
         self.recount();
         Ok(())
     }
@@ -602,7 +608,7 @@ pub(crate) mod tests {
         }
         assert!(b.spilled > 0, "the stage over its share set its rows aside");
         assert_eq!(b.chunks, 0, "no load job was sent early");
-        assert!(b.buffer.is_empty() && b.buffer.capacity() <= INITIAL_BUFFER_BYTES, "its memory is given back");
+        assert!(b.buffer.is_empty() && b.buffer.capacity() <= MIN_BUFFER_BYTES, "its memory is given back");
         assert!(held(&budget) < 16 * MIB, "the stages are within the budget again: {}", held(&budget));
         for i in 0..6 {
             b.append(2, &piece(b'a' + i)).await.unwrap();
@@ -672,12 +678,12 @@ pub(crate) mod tests {
         let budget = ChunkBudget::new(64 * MIB);
         let mut small = stage(&budget, 16 * MIB);
         small.append(1, b"{\"a\":1}\n").await.unwrap();
-        assert_eq!(small.buffer.capacity(), INITIAL_BUFFER_BYTES, "a stage of a few rows holds its first buffer only");
+        assert_eq!(small.buffer.capacity(), MIN_BUFFER_BYTES, "a stage of a few rows holds a few KiB");
         let mut big = stage(&budget, 4 * MIB);
         let piece = vec![b'x'; HANDOFF_BYTES];
         let mut capacities = Vec::new();
         for _ in 0..16 {
-            let buffer = big.open(2).unwrap();
+            let buffer = big.open(2, HANDOFF_BYTES).unwrap();
             buffer.extend_from_slice(&piece);
             capacities.push(buffer.capacity());
             big.appended(2).await.unwrap();
@@ -686,8 +692,8 @@ pub(crate) mod tests {
         assert!(capacities.windows(2).all(|w| w[0] <= w[1]), "{capacities:?}");
         assert_eq!(
             *capacities.last().unwrap(),
-            4 * MIB + 2 * HANDOFF_BYTES,
-            "grown by doubling to a chunk and its last pieces: {capacities:?}"
+            4 * MIB,
+            "grown by doubling to a chunk, as the pieces needed room: {capacities:?}"
         );
         small.settle(None).await.unwrap();
         big.settle(None).await.unwrap();

@@ -257,17 +257,26 @@ impl BqStagingWriter {
         out.extend_from_slice(b"}\n");
     }
 
+    /// About what `batch` takes encoded, up to a piece and a row: each row's fixed keys and
+    /// prefix, and its values with room for escaping. A stage's buffer is grown by this, so a
+    /// tenant of one changed row does not reserve a piece.
+    fn room_for(&self, batch: &RowBatch) -> usize {
+        let per_row = self.prefix.len() + self.keys.iter().map(|(key, _)| key.len()).sum::<usize>() + 64;
+        (batch.rows.len() * per_row + 2 * batch.bytes).min(HANDOFF_BYTES + LOCAL_ROW_ROOM)
+    }
+
     /// Encodes `batch` into the stage's chunk buffer, counting the bytes in with the stage
     /// every [`HANDOFF_BYTES`] (where a full chunk is uploaded) and at the end.
     async fn write_direct(&mut self, stage: &mut Stage, batch: &RowBatch) -> Result<()> {
         let writer = self.handle.writer;
-        let mut out = stage.open(writer)?;
+        let room = self.room_for(batch);
+        let mut out = stage.open(writer, room)?;
         let mut counted = out.len();
         for (i, row) in batch.rows.iter().enumerate() {
             self.encode_row(out, row, batch.snapshot_seq.as_ref(), batch.changes.get(i));
             if out.len() - counted >= HANDOFF_BYTES {
                 stage.appended(writer).await?;
-                out = stage.open(writer)?;
+                out = stage.open(writer, room)?;
                 counted = out.len();
             }
         }
@@ -427,6 +436,28 @@ mod tests {
         assert_eq!(segments.iter().map(|s| s.0).collect::<Vec<_>>(), vec![1, 2]);
         assert!(stage.capacity() >= rows.len());
         assert_eq!(crate::stage::tests::held(&budget), stage.capacity(), "the budget counts the chunk's allocation");
+    }
+
+    #[tokio::test]
+    async fn a_tenant_of_one_row_reserves_kilobytes_in_the_stage_and_a_big_batch_a_piece() {
+        let budget = crate::stage::ChunkBudget::new(64 << 20);
+        let stage = Arc::new(Mutex::new(crate::stage::tests::stage(&budget, 32 << 20)));
+        let mut w = writer(&stage, 1);
+        w.write(&batch(0..1)).await.unwrap();
+        let small = stage.lock().await.capacity();
+        assert!(small <= 16 << 10, "one row's stage holds a few KiB, not a piece: {small}");
+        let mut big = batch(1..20_000);
+        big.bytes = 8 * big.len();
+        w.write(&big).await.unwrap();
+        let stage = stage.lock().await;
+        let (rows, _) = stage.filling();
+        assert_eq!(rows.split(|b| *b == b'\n').filter(|l| !l.is_empty()).count(), 20_000, "every row is there");
+        assert!(
+            stage.capacity() >= rows.len() && stage.capacity() <= 2 * rows.len() + (1 << 20),
+            "{}",
+            stage.capacity()
+        );
+        assert_eq!(crate::stage::tests::held(&budget), stage.capacity());
     }
 
     #[test]
