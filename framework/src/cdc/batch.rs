@@ -158,7 +158,7 @@ impl Batch {
             if staged.is_empty() {
                 continue;
             }
-            let results = crate::runner::commit_isolating(target, target_table, staged.clone()).await;
+            let results = crate::runner::commit_isolating(target, target_table, &staged).await;
             target.sink.discard(&staged).await;
             let (mut upserts, mut deletes, mut tenants_done) = (0, 0, 0);
             for (tenant, result) in results {

@@ -318,8 +318,12 @@ impl Runner {
             by_table.retain(|_, dbs| !dbs.is_empty());
         }
         let not_started = AtomicUsize::new(0);
+        // An outcome per tenant × table × target: sized once, not doubled as tables finish (a
+        // fleet's run holds tens of thousands, and a doubling holds both copies at once).
+        let expected = by_table.values().chain(new_tenants.values()).map(Vec::len).sum::<usize>() * self.targets.len();
+        outcomes.reserve_exact(expected);
         for group in [by_table, new_tenants] {
-            outcomes.append(&mut self.sync_tables(&ctx, group, &not_started).await);
+            self.sync_tables(&ctx, group, &not_started, &mut outcomes).await;
         }
         outcomes.sort_by(|a, b| (&a.database, &a.table, &a.target).cmp(&(&b.database, &b.table, &b.target)));
         let mut report = RunReport {
@@ -338,14 +342,15 @@ impl Runner {
         Ok(report)
     }
 
-    /// Syncs each table name's tenants, `concurrency` tables staging at once.
+    /// Syncs each table name's tenants, `concurrency` tables staging at once; adds their
+    /// outcomes to `outcomes`.
     async fn sync_tables(
         &self,
         ctx: &RunContext<'_>,
         by_table: BTreeMap<String, Vec<String>>,
         not_started: &AtomicUsize,
-    ) -> Outcomes {
-        let mut outcomes = Vec::new();
+        outcomes: &mut Outcomes,
+    ) {
         let mut per_table = futures::stream::iter(by_table)
             .map(|(table, dbs)| async move {
                 if self.stop.load(Ordering::SeqCst) {
@@ -359,7 +364,6 @@ impl Runner {
         while let Some(mut o) = per_table.next().await {
             outcomes.append(&mut o);
         }
-        outcomes
     }
 
     /// Source tables whose target tables would be one and the same in some target (names the

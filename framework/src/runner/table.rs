@@ -3,6 +3,7 @@
 //! record each outcome. Everything before the commit holds one of the run's `concurrency`
 //! staging permits; the commit, a wait on the targets, does not.
 
+use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -101,8 +102,8 @@ pub(super) async fn sync_table(ctx: &RunContext<'_>, name: &str, dbs: &[String])
     for l in &live {
         let unresolved = resolve_in_doubt(l, &priors).await;
         for (i, schema) in tenants.iter().enumerate() {
-            let prior = priors[i].iter().find(|(t, _)| t.id == l.target.id).map(|(_, p)| p);
-            let failure = match prior {
+            let slot = priors[i].iter_mut().find(|(t, _)| t.id == l.target.id).map(|(_, p)| p);
+            let failure = match slot.as_deref() {
                 Some(Err(e)) => Some(e.duplicate()),
                 Some(Ok(p)) => p
                     .as_ref()
@@ -114,12 +115,13 @@ pub(super) async fn sync_table(ctx: &RunContext<'_>, name: &str, dbs: &[String])
             match failure {
                 Some(e) => outcomes
                     .push(record::record_failure(ctx, l.target, &schema.table, None, &e, 0, Duration::ZERO).await),
-                None => staged_for[i].push((l, prior.and_then(|p| p.as_ref().ok().cloned().flatten()))),
+                // Moved, not copied: each target's entry is taken once.
+                None => staged_for[i].push((l, slot.and_then(|p| std::mem::replace(p, Ok(None)).ok().flatten()))),
             }
         }
     }
-    // Each tenant's prior state now travels with its staging; a thousand tenants' copies
-    // here would stay for the whole table.
+    // Each tenant's prior state now travels with its staging; what is left here (failures)
+    // would otherwise stay for the whole table.
     drop(priors);
 
     // The target table's layout, part of every window digest (serialized once per table, not
@@ -344,7 +346,7 @@ async fn commit_target(
     }
     let started = Instant::now();
     let all: Vec<Staged> = staged.iter().map(|(_, _, s)| (*s).clone()).collect();
-    let results_by_tenant = commit_isolating(target, target_table, all.clone()).await;
+    let results_by_tenant = commit_isolating(target, target_table, &all).await;
     target.sink.discard(&all).await;
     if !withheld.is_empty() {
         target.sink.discard(&withheld).await;
@@ -400,10 +402,11 @@ async fn commit_target(
 pub(crate) async fn commit_isolating(
     target: &Target,
     table: &TargetTable,
-    staged: Vec<Staged>,
+    staged: &[Staged],
 ) -> HashMap<String, Result<()>> {
     let mut results = HashMap::new();
-    let mut groups = vec![staged];
+    // The tenants as given, borrowed: only a split (rare) copies its halves.
+    let mut groups: Vec<Cow<'_, [Staged]>> = vec![Cow::Borrowed(staged)];
     while let Some(group) = groups.pop() {
         match target.sink.commit(table, &group).await {
             Ok(outcome) => {
@@ -413,9 +416,9 @@ pub(crate) async fn commit_isolating(
                 let splittable =
                     rejected.len() > 1 && rejected.values().all(|e| !e.is_transient() && e.in_doubt().is_none());
                 let mut again = Vec::new();
-                for s in group {
+                for s in group.iter() {
                     match rejected.get(&s.tenant) {
-                        Some(_) if splittable => again.push(s),
+                        Some(_) if splittable => again.push(s.clone()),
                         Some(e) => {
                             results.insert(s.tenant.clone(), Err(e.duplicate()));
                         }
@@ -426,20 +429,26 @@ pub(crate) async fn commit_isolating(
                 }
                 if !again.is_empty() {
                     let second = again.split_off(again.len() / 2);
-                    groups.push(second);
-                    groups.push(again);
+                    groups.push(Cow::Owned(second));
+                    groups.push(Cow::Owned(again));
                 }
             }
             Err(e) if group.len() > 1 && !e.is_transient() && e.in_doubt().is_none() => {
                 tracing::warn!(table = %table.name, target = %target.id, tenants = group.len(), error = %e,
                     "commit failed; committing the tenants in smaller groups to find the one that fails");
-                let mut group = group;
-                let second = group.split_off(group.len() / 2);
+                let middle = group.len() / 2;
+                let (first, second) = match group {
+                    Cow::Borrowed(g) => (Cow::Borrowed(&g[..middle]), Cow::Borrowed(&g[middle..])),
+                    Cow::Owned(mut g) => {
+                        let second = g.split_off(middle);
+                        (Cow::Owned(g), Cow::Owned(second))
+                    }
+                };
                 groups.push(second);
-                groups.push(group);
+                groups.push(first);
             }
             Err(e) => {
-                for s in &group {
+                for s in group.iter() {
                     results.insert(s.tenant.clone(), Err(e.duplicate()));
                 }
             }
