@@ -425,6 +425,12 @@ pub trait StateStore: Send + Sync + std::fmt::Debug {
         }
         out
     }
+    /// How many records the runner hands [`StateStore::record_many`] at once. The default, a
+    /// few hundred, lets it build a big table's states a group at a time; a store whose every
+    /// call is a round trip to a service (one MERGE each) takes a table's tenants in one call.
+    fn record_batch(&self) -> usize {
+        256
+    }
     /// Forgets one table of a database, or the whole database (`table` `None`): the next run
     /// syncs it in full. Returns the tables forgotten.
     async fn forget(&self, database: &str, table: Option<&str>) -> Result<Vec<String>>;

@@ -420,6 +420,12 @@ impl StateStore for BigQueryStateStore {
         self.record_many(vec![(database.to_string(), state)]).await.pop().unwrap_or(Ok(()))
     }
 
+    /// Each call is a MERGE into one table (whose DML BigQuery queues): a table's tenants go
+    /// in one, split by [`BATCH_BYTES`] only.
+    fn record_batch(&self) -> usize {
+        usize::MAX
+    }
+
     async fn record_many(&self, records: Vec<(String, TableState)>) -> Vec<Result<()>> {
         // A database whose rows could not be read is never written over.
         let corrupt: Vec<Option<String>> = match self

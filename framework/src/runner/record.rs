@@ -62,42 +62,51 @@ pub(super) async fn forget_window_rows(
 }
 
 /// Records the tenants one commit to `target` applied: their report lines, and their state in
-/// one batched write (a table's thousand tenants are one flush, not a thousand).
+/// batched writes of the store's [`record_batch`](crate::StateStore::record_batch) (a table's
+/// thousand tenants are a few flushes, not a thousand). Only a group's lines and states are
+/// built at a time: a fleet's tables commit side by side, and each holding all its tenants'
+/// states at once was the biggest part of a 1,000-tenant run's memory peak.
 pub(super) async fn record_successes(
     ctx: &RunContext<'_>,
     target: &Target,
     successes: Vec<Success<'_>>,
 ) -> Vec<TableOutcome> {
-    // Sized exactly: a table's thousand tenants' lines and states, not room for two thousand.
+    // Sized exactly: a table's thousand tenants' lines, not room for two thousand.
     let mut outcomes = Vec::with_capacity(successes.len());
-    let mut lines = Vec::with_capacity(successes.len());
-    let mut records = Vec::with_capacity(successes.len());
-    for s in successes {
-        match success_state(ctx, &s) {
-            Ok(state) => {
-                lines.push((success_line(target, &s), s.schema.table.clone()));
-                records.push((s.schema.table.database.clone(), state));
+    let group_size = target.state.record_batch().max(1);
+    let mut successes = successes.into_iter().peekable();
+    while successes.peek().is_some() {
+        let group = successes.by_ref().take(group_size);
+        let mut lines = Vec::with_capacity(group.size_hint().0);
+        let mut records = Vec::with_capacity(group.size_hint().0);
+        for s in group {
+            match success_state(ctx, &s) {
+                Ok(state) => {
+                    lines.push((success_line(target, &s), s.schema.table.clone()));
+                    records.push((s.schema.table.database.clone(), state));
+                }
+                Err(e) => outcomes.push(
+                    record_failure(ctx, target, &s.schema.table, Some(s.plan.mode), &e, s.retries, s.elapsed).await,
+                ),
             }
-            Err(e) => outcomes
-                .push(record_failure(ctx, target, &s.schema.table, Some(s.plan.mode), &e, s.retries, s.elapsed).await),
         }
-    }
-    if !ctx.records() {
-        outcomes.extend(lines.into_iter().map(|(line, _)| line));
-        return outcomes;
-    }
-    let written = target.state.record_many(records).await;
-    for ((mut line, table), result) in lines.into_iter().zip(written) {
-        match result {
-            // The data is committed; only the checkpoint is missing. The next run re-reads
-            // from the older watermark, which the idempotent writes absorb.
-            Err(e) => {
-                line.status = OutcomeStatus::Failed;
-                line.error = Some(format!("data committed but state not saved: {e}"));
+        if !ctx.records() {
+            outcomes.extend(lines.into_iter().map(|(line, _)| line));
+            continue;
+        }
+        let written = target.state.record_many(records).await;
+        for ((mut line, table), result) in lines.into_iter().zip(written) {
+            match result {
+                // The data is committed; only the checkpoint is missing. The next run re-reads
+                // from the older watermark, which the idempotent writes absorb.
+                Err(e) => {
+                    line.status = OutcomeStatus::Failed;
+                    line.error = Some(format!("data committed but state not saved: {e}"));
+                }
+                Ok(()) => Event::CheckpointCommitted { table, target: target.id.clone() }.emit(ctx.listeners()),
             }
-            Ok(()) => Event::CheckpointCommitted { table, target: target.id.clone() }.emit(ctx.listeners()),
+            outcomes.push(line);
         }
-        outcomes.push(line);
     }
     outcomes
 }

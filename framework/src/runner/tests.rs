@@ -271,6 +271,24 @@ async fn a_tenant_whose_commit_fails_fails_alone() {
 }
 
 #[tokio::test]
+async fn a_tables_tenants_are_recorded_in_the_stores_batches_and_every_one_is_saved() {
+    let tenants: Vec<(String, usize)> = (0..7).map(|i| (format!("t{i}"), 2)).collect();
+    let named: Vec<(&str, usize)> = tenants.iter().map(|(d, n)| (d.as_str(), *n)).collect();
+    let sink = CollectingSink::new("t");
+    let mut state = MemoryStateStore::default();
+    state.record_batch = Some(3);
+    let runner = runner(source_with(&named), vec![("t", sink.clone(), state.clone())], Settings::default());
+    let report = runner.run(&RunOptions::default()).await.unwrap();
+    assert_eq!(*state.batches.lock().unwrap(), [3, 3, 1], "one commit, recorded three tenants at a time");
+    assert_eq!(report.outcomes.len(), 7);
+    for (db, _) in &named {
+        assert!(report.outcomes.iter().any(|o| o.database == *db && o.status == OutcomeStatus::Success), "{db}");
+        let saved = state.load(db).await.unwrap().table("orders").cloned().expect("state saved");
+        assert_eq!((saved.sync_status, saved.records_synced), (SyncStatus::Success, 2), "{db}");
+    }
+}
+
+#[tokio::test]
 async fn a_target_found_down_is_skipped_for_the_rest_of_the_run() {
     let source = MemorySource { databases: vec!["a".into()], ..Default::default() };
     let mut tables = Vec::new();

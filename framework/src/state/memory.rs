@@ -14,6 +14,10 @@ use crate::state::{DatabaseState, LockScope, StateLock, StateStore, StreamState,
 pub struct MemoryStateStore {
     pub databases: Arc<Mutex<HashMap<String, DatabaseState>>>,
     pub stream: Arc<Mutex<Option<StreamState>>>,
+    /// What [`StateStore::record_batch`] says (`None`: the trait's default).
+    pub record_batch: Option<usize>,
+    /// How many records each [`StateStore::record_many`] call brought, in order.
+    pub batches: Arc<Mutex<Vec<usize>>>,
     locked: Arc<tokio::sync::Mutex<()>>,
 }
 
@@ -46,6 +50,17 @@ impl StateStore for MemoryStateStore {
             .or_insert_with(|| DatabaseState { database: database.into(), ..Default::default() });
         db.tables.insert(state.table_name.clone(), state);
         Ok(())
+    }
+    fn record_batch(&self) -> usize {
+        self.record_batch.unwrap_or(256)
+    }
+    async fn record_many(&self, records: Vec<(String, TableState)>) -> Vec<Result<()>> {
+        self.batches.lock().unwrap_or_else(|p| p.into_inner()).push(records.len());
+        let mut out = Vec::with_capacity(records.len());
+        for (database, state) in records {
+            out.push(self.record(&database, state).await);
+        }
+        out
     }
     async fn databases(&self) -> Result<Vec<String>> {
         let mut names: Vec<String> = self.databases.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect();
