@@ -421,7 +421,7 @@ impl StateStore for BigQueryStateStore {
     }
 
     /// Each call is a MERGE into one table (whose DML BigQuery queues): a table's tenants go
-    /// in one, split by [`BATCH_BYTES`] only.
+    /// in one, split only by `BATCH_BYTES`.
     fn record_batch(&self) -> usize {
         usize::MAX
     }
