@@ -388,6 +388,10 @@ impl LockScope {
     }
 }
 
+/// How many records [`StateStore::record_batch`] says by default: a big table's tenants are
+/// recorded a few hundred at a time.
+pub const DEFAULT_RECORD_BATCH: usize = 256;
+
 /// Stores per-table sync state, one record set per database.
 #[async_trait]
 pub trait StateStore: Send + Sync + std::fmt::Debug {
@@ -429,7 +433,7 @@ pub trait StateStore: Send + Sync + std::fmt::Debug {
     /// few hundred, lets it build a big table's states a group at a time; a store whose every
     /// call is a round trip to a service (one MERGE each) takes a table's tenants in one call.
     fn record_batch(&self) -> usize {
-        256
+        DEFAULT_RECORD_BATCH
     }
     /// Forgets one table of a database, or the whole database (`table` `None`): the next run
     /// syncs it in full. Returns the tables forgotten.

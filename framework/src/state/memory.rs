@@ -52,7 +52,7 @@ impl StateStore for MemoryStateStore {
         Ok(())
     }
     fn record_batch(&self) -> usize {
-        self.record_batch.unwrap_or(256)
+        self.record_batch.unwrap_or(crate::state::DEFAULT_RECORD_BATCH)
     }
     async fn record_many(&self, records: Vec<(String, TableState)>) -> Vec<Result<()>> {
         self.batches.lock().unwrap_or_else(|p| p.into_inner()).push(records.len());
