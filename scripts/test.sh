@@ -102,5 +102,6 @@ run fmt cargo fmt --all -- --check
 run clippy cargo clippy --workspace --all-targets --all-features -- -D warnings
 run doc env RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --all-features --quiet
 run "rust-version $MSRV" msrv_check
-run test cargo test --workspace --features connector-run/e2e "$@"
+# Discovery kept between runs (`schema_cache_dir`'s default) goes to the tests' folder, not ~/.cache.
+run test env XDG_CACHE_HOME="$SERVERS/cache" cargo test --workspace --features connector-run/e2e "$@"
 summary

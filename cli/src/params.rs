@@ -55,6 +55,8 @@ pub const FLAT_KEYS: &[(&str, &[Dest])] = &[
     ("zero_dates", &[Dest::Source("zero_dates")]),
     ("out_of_range", &[Dest::Source("out_of_range")]),
     ("connect_timeout", &[Dest::Source("connect_timeout")]),
+    ("reuse_discovery", &[Dest::Source("reuse_discovery")]),
+    ("schema_cache_dir", &[Dest::Source("schema_cache_dir")]),
     ("table_list", &[Dest::Top("tables")]),
     ("bq_project", &[Dest::Sink("project")]),
     ("bq_dataset", &[Dest::Sink("dataset")]),

@@ -389,3 +389,123 @@ async fn table_names_are_kept_mapped_and_never_share_a_target_table() {
     let how = Compared { bq_table: Some("a_dollar_b"), ..Default::default() };
     assert_eq!(assert_table_equal_as(emulator, &dataset, &db, "a$b", "id", &how).await, 2);
 }
+
+/// Discovery kept by one run is reused by the next while a tenant table's `CREATE_TIME`
+/// stands, and asked again for the tenant whose table an ALTER changed (instant or not).
+#[tokio::test(flavor = "multi_thread")]
+async fn kept_definitions_are_reused_until_an_alter_moves_the_tables_create_time() {
+    use connector_framework::{Result, SourceConfig, TableSchema};
+    let (a, b) = (unique("kept_a"), unique("kept_b"));
+    for db in [&a, &b] {
+        mysql_exec(&format!(
+            "DROP DATABASE IF EXISTS `{db}`; CREATE DATABASE `{db}`;
+             CREATE TABLE `{db}`.items (id INT PRIMARY KEY, label VARCHAR(20), doc JSON);"
+        ))
+        .await;
+    }
+    let kept = tempfile::tempdir().unwrap();
+    let (host, port) = mysql_host_port();
+    let source = |reuse: bool| {
+        let config: connector_mysql::MySqlSourceConfig = serde_json::from_value(json!({
+            "host": host, "port": port, "user": "root", "databases": [a, b],
+            "reuse_discovery": reuse, "schema_cache_dir": kept.path(),
+        }))
+        .unwrap();
+        async move { config.build(&test_build_context()).await.unwrap() }
+    };
+    // Each tenant's columns (`name type`) and key.
+    let discover = |reuse: bool| {
+        let source = source(reuse);
+        let databases = [a.clone(), b.clone()];
+        async move {
+            let source = source.await;
+            let found: Vec<Result<TableSchema>> = source.discover_many("items", &databases).await;
+            source.close().await;
+            found
+                .into_iter()
+                .map(|s| {
+                    let s = s.unwrap();
+                    let columns = s.columns.iter().map(|c| format!("{} {:?}", c.name, c.logical)).collect::<Vec<_>>();
+                    (columns.join(", "), s.key.join(", "))
+                })
+                .collect::<Vec<_>>()
+        }
+    };
+    // Definitions are kept once their CREATE_TIME is two whole seconds behind the server's clock.
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    let first = discover(true).await;
+    assert_eq!(first[0], first[1]);
+    assert!(first[0].0.starts_with("id Int64, label String, doc Json"), "{first:?}");
+    assert_eq!(first[0].1, "id");
+
+    // Prove the next run reads the kept file: mark the label column's name in it.
+    let files: Vec<_> = walk(kept.path()).into_iter().filter(|p| p.ends_with("items.json")).collect();
+    assert_eq!(files.len(), 1, "one file for the server, user and table name: {files:?}");
+    let text = std::fs::read_to_string(&files[0]).unwrap();
+    std::fs::write(&files[0], text.replace("\"label\"", "\"label_kept\"")).unwrap();
+    let reused = discover(true).await;
+    assert!(reused.iter().all(|(columns, _)| columns.contains("label_kept String")), "{reused:?}");
+    // reuse_discovery false asks everything.
+    assert!(discover(false).await.iter().all(|(columns, _)| columns.contains("label String")));
+
+    // An instant ALTER in one tenant: that tenant is asked again, the other still reused.
+    mysql_exec(&format!("ALTER TABLE `{b}`.items ADD COLUMN extra BIGINT, ALGORITHM=INSTANT")).await;
+    let altered = discover(true).await;
+    assert!(altered[0].0.contains("label_kept"), "{altered:?}");
+    assert!(altered[1].0.contains("label String") && altered[1].0.contains("extra Int64"), "{altered:?}");
+
+    // A key change (a rebuild) is seen too.
+    mysql_exec(&format!(
+        "ALTER TABLE `{a}`.items MODIFY label VARCHAR(20) NOT NULL, DROP PRIMARY KEY, ADD UNIQUE KEY by_label (label)"
+    ))
+    .await;
+    let rekeyed = discover(true).await;
+    assert_eq!(rekeyed[0].1, "label", "{rekeyed:?}");
+    assert!(rekeyed[0].0.contains("label String"), "{rekeyed:?}");
+}
+
+/// Every file under `dir`.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() { files.extend(walk(&path)) } else { files.push(path) }
+    }
+    files
+}
+
+/// A column's SELECT revoked without an ALTER leaves the kept definition naming it: that run
+/// fails the table with the server's reason and forgets it, and the next run reads the table
+/// as the user now sees it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revoked_column_fails_one_run_and_the_next_discovers_again() {
+    let db = unique("kept_grants");
+    let reader = unique("kept_reader");
+    mysql_exec(&format!(
+        "DROP DATABASE IF EXISTS `{db}`; CREATE DATABASE `{db}`;
+         CREATE TABLE `{db}`.items (id INT PRIMARY KEY, label VARCHAR(20), secret VARCHAR(20));
+         INSERT INTO `{db}`.items VALUES (1, 'one', 's1'), (2, 'two', 's2');
+         CREATE USER '{reader}'@'%' IDENTIFIED BY 'pw-{reader}';
+         GRANT SELECT (id, label, secret) ON `{db}`.items TO '{reader}'@'%';"
+    ))
+    .await;
+    let run = TestRun::new();
+    let dataset = unique("kept_grants");
+    let mut p = flat_params(std::slice::from_ref(&db), &["items"], &dataset, &EMULATOR, run.path());
+    p["db_user"] = json!(reader);
+    p["db_pass"] = json!(format!("pw-{reader}"));
+    p["schema_cache_dir"] = json!(run.path().join("kept").display().to_string());
+    run.params(&p);
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    run.sync(&["--full"]).await;
+
+    mysql_exec(&format!("REVOKE SELECT (secret) ON `{db}`.items FROM '{reader}'@'%'")).await;
+    let refused = run.run(&["--full"]).await;
+    assert_eq!(refused.code, 1, "{}", refused.all());
+    assert!(refused.all().contains("secret"), "the refused column is named: {}", refused.all());
+
+    let again = run.sync(&["--full"]).await;
+    let report = run.report();
+    assert_eq!(report["outcomes"][0]["status"], "SUCCESS", "{}", again.all());
+    assert_eq!(report["outcomes"][0]["rows"], 2, "{}", again.all());
+}

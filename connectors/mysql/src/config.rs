@@ -103,6 +103,20 @@ pub(crate) const FIELDS: &[FieldDoc] = &[
         default: "10",
         doc: "time allowed to open a connection",
     },
+    FieldDoc {
+        name: "reuse_discovery",
+        ty: "boolean",
+        required: false,
+        default: "true",
+        doc: "MariaDB: reuse a tenant table's columns and keys from an earlier run while its CREATE_TIME (which every ALTER moves) is unchanged; false asks information_schema in full every run",
+    },
+    FieldDoc {
+        name: "schema_cache_dir",
+        ty: "path",
+        required: false,
+        default: "$XDG_CACHE_HOME or ~/.cache, then connector-run/mysql-discovery",
+        doc: "where reuse_discovery keeps what it read (table definitions only, one small file per server, user and table name)",
+    },
 ];
 
 /// Config of the `mysql` source.
@@ -138,6 +152,10 @@ pub struct MySqlSourceConfig {
     pub connect_timeout: u64,
     #[serde(default)]
     pub zero_dates: ZeroDatePolicy,
+    #[serde(default = "default_true")]
+    pub reuse_discovery: bool,
+    #[serde(default)]
+    pub schema_cache_dir: Option<PathBuf>,
 }
 
 /// TLS to the server, with the MySQL client's `--ssl-mode` names and meanings.
@@ -188,6 +206,9 @@ fn default_pool() -> usize {
 }
 fn default_connect_timeout() -> u64 {
     10
+}
+fn default_true() -> bool {
+    true
 }
 
 impl MySqlSourceConfig {

@@ -2,7 +2,8 @@
 //!
 //! - [`MySqlSourceConfig`]: connection settings and the databases to read.
 //! - [`MySqlSource`]: discovers columns and keys from `information_schema`, one table name in
-//!   all tenants at once (`schema`), and streams rows with the binary protocol: a read is the
+//!   all tenants at once (`schema`), reused while a MariaDB table's `CREATE_TIME` is unchanged
+//!   (`schema_cache`), and streams rows with the binary protocol: a read is the
 //!   server's clock, then one SELECT (its own consistent snapshot), or, for a change stream,
 //!   both inside `START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY`. Sessions run at UTC
 //!   and read only, set up once per pooled connection; the user needs SELECT privileges and
@@ -16,6 +17,7 @@ mod digest;
 mod error;
 mod privileges;
 mod schema;
+mod schema_cache;
 mod source;
 mod tls;
 pub mod types;

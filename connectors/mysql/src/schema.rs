@@ -4,7 +4,8 @@
 //! A fleet's run discovers every table name in every tenant. Asking per tenant costs four
 //! statements per tenant and table; asking per table name with the tenants in an `IN` list
 //! costs four per [`DISCOVERY_CHUNK`] tenants, whatever the fleet's size (three when none of
-//! them has a text column that could be MariaDB's JSON).
+//! them has a text column that could be MariaDB's JSON), and one when every tenant's
+//! definition is unchanged since a run kept it (`schema_cache`).
 
 use std::collections::HashMap;
 
@@ -14,6 +15,7 @@ use mysql_async::prelude::Queryable;
 
 use crate::config::validate_identifier;
 use crate::error::wrap;
+use crate::schema_cache::{Definition, TableCache};
 use crate::types::{ColumnInfo, map_column, may_be_mariadb_json};
 
 /// Databases per discovery statement: far below the server's placeholder limit, and a short
@@ -57,16 +59,22 @@ pub(crate) async fn list_tables(conn: &mut Conn, database: &str) -> Result<Vec<S
     Ok(tables)
 }
 
-/// Table `name` in each of `databases` (at most [`DISCOVERY_CHUNK`]), in that order: four
-/// statements for all of them (three without text columns). A statement that fails fails
-/// every database of the chunk with its error.
-pub(crate) async fn discover_chunk(conn: &mut Conn, name: &str, databases: &[String]) -> Vec<Result<TableSchema>> {
+/// Table `name` in each of `databases` (at most [`DISCOVERY_CHUNK`]), in that order. One
+/// statement (`TABLES`) when `cache` holds every tenant's definition under its current
+/// `CREATE_TIME`; else three or four more for the others, whose definitions `cache` then
+/// keeps. A statement that fails fails every database of the chunk with its error.
+pub(crate) async fn discover_chunk(
+    conn: &mut Conn,
+    name: &str,
+    databases: &[String],
+    cache: &mut TableCache,
+) -> Vec<Result<TableSchema>> {
     let label = match databases {
         [one] => TableRef::new(one, name).to_string(),
         _ => format!("`{name}` in {} databases", databases.len()),
     };
     let found = match validate_identifier("table", name) {
-        Ok(()) => read_chunk(conn, name, databases, &label).await,
+        Ok(()) => read_chunk(conn, name, databases, &label, cache).await,
         Err(e) => Err(e),
     };
     match found {
@@ -90,28 +98,25 @@ pub(crate) async fn discover_chunk(conn: &mut Conn, name: &str, databases: &[Str
 /// What `information_schema` says of one database's table.
 #[derive(Default)]
 struct TableFacts {
-    columns: Vec<ColumnInfo>,
-    /// Unique indexes in index-name order, each with its columns in index order (`None`: a
-    /// functional key part, MySQL 8).
-    unique_indexes: Vec<(String, Vec<Option<String>>)>,
-    checks: Vec<String>,
+    definition: Definition,
     estimated_rows: Option<u64>,
 }
 
 impl TableFacts {
     fn into_schema(self, table: TableRef) -> Result<TableSchema> {
-        if self.columns.is_empty() {
+        let Definition { columns, unique_indexes, checks } = self.definition;
+        if columns.is_empty() {
             return Err(ConnectorError::permanent(format!(
                 "table {table} does not exist or the user cannot see it; check table_list and grants"
             )));
         }
-        let mut infos = self.columns;
+        let mut infos = columns;
         // MariaDB's JSON is LONGTEXT with CHECK (json_valid(`col`)).
         for info in &mut infos {
             let check = format!("json_valid(`{}`)", info.name.to_ascii_lowercase());
-            info.json_check = self.checks.iter().any(|c| c.to_ascii_lowercase().contains(&check));
+            info.json_check = checks.iter().any(|c| c.to_ascii_lowercase().contains(&check));
         }
-        let (key, key_source) = choose_key(self.unique_indexes, &infos);
+        let (key, key_source) = choose_key(unique_indexes, &infos);
         let columns: Vec<Column> = infos
             .iter()
             .map(|info| Column {
@@ -175,12 +180,78 @@ async fn read_chunk<'a>(
     name: &str,
     databases: &'a [String],
     label: &str,
+    cache: &mut TableCache,
 ) -> Result<HashMap<&'a str, TableFacts>> {
     let mut facts: HashMap<&'a str, TableFacts> = HashMap::new();
     // information_schema compares case-insensitively, so `Shop1` can bring `shop1`'s rows
     // too: only rows of the database and table named exactly as asked count.
     let asked = |db: &str, table: &str| if table == name { databases.iter().find(|d| *d == db) } else { None };
 
+    // First, so that a definition read below is never kept under a time later than it
+    // (`schema_cache`).
+    type Size = (String, String, Option<u64>, Option<i64>, i64, String);
+    let sizes: Vec<Size> = select_chunk(
+        conn,
+        (
+            "TABLES",
+            "TABLE_SCHEMA",
+            "TABLE_ROWS, CAST(UNIX_TIMESTAMP(CREATE_TIME) AS SIGNED), CAST(UNIX_TIMESTAMP() AS SIGNED), VERSION()",
+            "",
+        ),
+        name,
+        databases,
+    )
+    .await
+    .map_err(|e| wrap(e, format!("{label}: reading information_schema.TABLES")))?;
+    let mut created: HashMap<&'a str, (i64, i64)> = HashMap::new();
+    for (db, table, rows, create_time, now, version) in sizes {
+        let Some(db) = asked(&db, &table) else { continue };
+        let entry = facts.entry(db.as_str()).or_default();
+        entry.estimated_rows = rows;
+        // MariaDB only (`schema_cache`); a view has no CREATE_TIME.
+        match create_time.filter(|_| version.contains("MariaDB")) {
+            Some(time) => match cache.get(db, time) {
+                Some(definition) => entry.definition = definition.clone(),
+                None => {
+                    created.insert(db.as_str(), (time, now));
+                }
+            },
+            None => cache.forget(db),
+        }
+    }
+    let unknown: Vec<String> = databases
+        .iter()
+        .filter(|db| facts.get(db.as_str()).is_none_or(|f| f.definition.columns.is_empty()))
+        .cloned()
+        .collect();
+    if unknown.is_empty() {
+        return Ok(facts);
+    }
+    for db in databases.iter().filter(|db| !facts.contains_key(db.as_str())) {
+        cache.forget(db);
+    }
+    read_definitions(conn, name, &unknown, label, &mut facts, &asked).await?;
+    for db in &unknown {
+        match (facts.get(db.as_str()), created.get(db.as_str())) {
+            (Some(found), Some(&(time, now))) if !found.definition.columns.is_empty() => {
+                cache.put(db, time, now, &found.definition)
+            }
+            _ => cache.forget(db),
+        }
+    }
+    Ok(facts)
+}
+
+/// Columns, checks and unique indexes of table `name` in `databases` (those whose definitions
+/// are not known), into `facts`.
+async fn read_definitions<'a>(
+    conn: &mut Conn,
+    name: &str,
+    databases: &[String],
+    label: &str,
+    facts: &mut HashMap<&'a str, TableFacts>,
+    asked: &impl Fn(&str, &str) -> Option<&'a String>,
+) -> Result<()> {
     type Raw = (String, String, String, String, String, String, Option<u64>, Option<u64>, Option<u64>);
     let columns: Vec<Raw> = select_chunk(
         conn,
@@ -198,7 +269,7 @@ async fn read_chunk<'a>(
     .map_err(|e| wrap(e, format!("{label}: reading information_schema.COLUMNS")))?;
     for (db, table, column, data_type, column_type, nullable, precision, scale, dt_precision) in columns {
         let Some(db) = asked(&db, &table) else { continue };
-        facts.entry(db.as_str()).or_default().columns.push(ColumnInfo {
+        facts.entry(db.as_str()).or_default().definition.columns.push(ColumnInfo {
             nullable: nullable == "YES",
             name: column,
             data_type,
@@ -216,7 +287,9 @@ async fn read_chunk<'a>(
     let with_text: Vec<String> = databases
         .iter()
         .filter(|db| {
-            facts.get(db.as_str()).is_some_and(|f| f.columns.iter().any(|c| may_be_mariadb_json(&c.data_type)))
+            facts
+                .get(db.as_str())
+                .is_some_and(|f| f.definition.columns.iter().any(|c| may_be_mariadb_json(&c.data_type)))
         })
         .cloned()
         .collect();
@@ -233,7 +306,7 @@ async fn read_chunk<'a>(
     };
     for (db, table, clause) in checks {
         if let Some(db) = asked(&db, &table) {
-            facts.entry(db.as_str()).or_default().checks.push(clause);
+            facts.entry(db.as_str()).or_default().definition.checks.push(clause);
         }
     }
 
@@ -253,21 +326,11 @@ async fn read_chunk<'a>(
     .map_err(|e| wrap(e, format!("{label}: reading information_schema.STATISTICS")))?;
     for (db, table, index, column) in indexes {
         let Some(db) = asked(&db, &table) else { continue };
-        let unique = &mut facts.entry(db.as_str()).or_default().unique_indexes;
+        let unique = &mut facts.entry(db.as_str()).or_default().definition.unique_indexes;
         match unique.iter_mut().find(|(n, _)| *n == index) {
             Some((_, cols)) => cols.push(column),
             None => unique.push((index, vec![column])),
         }
     }
-
-    let sizes: Vec<(String, String, Option<u64>)> =
-        select_chunk(conn, ("TABLES", "TABLE_SCHEMA", "TABLE_ROWS", ""), name, databases)
-            .await
-            .map_err(|e| wrap(e, format!("{label}: reading information_schema.TABLES")))?;
-    for (db, table, rows) in sizes {
-        if let Some(db) = asked(&db, &table) {
-            facts.entry(db.as_str()).or_default().estimated_rows = rows;
-        }
-    }
-    Ok(facts)
+    Ok(())
 }

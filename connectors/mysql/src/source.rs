@@ -16,6 +16,7 @@ use mysql_async::{Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts};
 use crate::binlog::MySqlChangeLog;
 use crate::config::{MySqlSourceConfig, SslMode};
 use crate::error::wrap;
+use crate::schema_cache::{SchemaCache, TableCache};
 use crate::tls;
 use crate::types::{Decoder, decode, quote_ident, read_plan, undecodable};
 
@@ -25,6 +26,8 @@ pub struct MySqlSource {
     pool: Pool,
     change_log: Arc<MySqlChangeLog>,
     json_normalize: tokio::sync::OnceCell<bool>,
+    /// Definitions kept between runs (`reuse_discovery`); `None`: asked in full every run.
+    schema_cache: Option<SchemaCache>,
 }
 
 // By hand: the pool's options hold the password.
@@ -49,6 +52,10 @@ impl Failure {
         }
     }
 }
+
+/// Unknown column; SELECT denied on a column.
+const ER_BAD_FIELD: u16 = 1054;
+const ER_COLUMN_ACCESS_DENIED: u16 = 1143;
 
 /// Every connection: UTC session, UTF-8 on the wire, read-only transactions, and long write
 /// timeouts so that a slow sink (back-pressure) does not make the server drop the stream.
@@ -98,7 +105,11 @@ impl MySqlSource {
         let endpoint = format!("MySQL at {}:{}", config.host, config.port);
         let change_log =
             Arc::new(MySqlChangeLog::new(pool.clone(), opts, endpoint, config.user.clone(), config.zero_dates));
-        let source = Self { config, pool, change_log, json_normalize: tokio::sync::OnceCell::new() };
+        let schema_cache = config
+            .reuse_discovery
+            .then(|| SchemaCache::new(config.schema_cache_dir.as_deref(), &config.host, config.port, &config.user))
+            .flatten();
+        let source = Self { config, pool, change_log, json_normalize: tokio::sync::OnceCell::new(), schema_cache };
         let timeout = Duration::from_secs(source.config.connect_timeout.max(1));
         let endpoint = format!("MySQL at {}:{} as {}", source.config.host, source.config.port, source.config.user);
         match tokio::time::timeout(timeout, source.pool.get_conn()).await {
@@ -214,12 +225,19 @@ impl Source for MySqlSource {
     }
 
     async fn discover_many(&self, name: &str, databases: &[String]) -> Vec<Result<TableSchema>> {
+        let mut cache = match &self.schema_cache {
+            Some(kept) => kept.load(name),
+            None => TableCache::disabled(),
+        };
         let mut out = Vec::with_capacity(databases.len());
         for chunk in databases.chunks(crate::schema::DISCOVERY_CHUNK) {
             match self.conn(&format!("`{name}`")).await {
-                Ok(mut conn) => out.extend(crate::schema::discover_chunk(&mut conn, name, chunk).await),
+                Ok(mut conn) => out.extend(crate::schema::discover_chunk(&mut conn, name, chunk, &mut cache).await),
                 Err(e) => out.extend(chunk.iter().map(|_| Err(e.duplicate()))),
             }
+        }
+        if let Some(kept) = &self.schema_cache {
+            kept.save(cache);
         }
         out
     }
@@ -350,7 +368,19 @@ impl Source for MySqlSource {
         summary.null_cursor_rows_skipped = skipped.unwrap_or(0);
 
         let label = table.to_string();
-        let mut result = conn.exec_iter(sql.as_str(), params).await.map_err(|e| wrap(e, format!("{table}: SELECT")))?;
+        let mut result = match conn.exec_iter(sql.as_str(), params).await {
+            Ok(result) => result,
+            Err(e) => {
+                // Columns the user cannot see (any more) without an ALTER: a grant changed, so
+                // what discovery kept is not asked again until this is forgotten.
+                if let (mysql_async::Error::Server(s), Some(kept)) = (&e, &self.schema_cache)
+                    && matches!(s.code, ER_BAD_FIELD | ER_COLUMN_ACCESS_DENIED)
+                {
+                    kept.forget(table);
+                }
+                return Err(wrap(e, format!("{table}: SELECT")));
+            }
+        };
         // The SELECT's snapshot began after the clock was read and before its answer came: a
         // row stamped within that slack is not from the future (the runner still caps the
         // watermark at the clock).

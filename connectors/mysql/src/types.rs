@@ -66,7 +66,7 @@ pub enum Decoder {
 }
 
 /// What `information_schema.COLUMNS` says about a column.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ColumnInfo {
     pub name: String,
     /// `DATA_TYPE`, lower case: `int`, `varchar`, …
