@@ -7,6 +7,8 @@
 #   FLEET_SIZES="50x5" bench/fleet.sh    # other sizes (TENANTSxTABLES, space-separated)
 #   FLEET_ROWS=100 FLEET_POOL=4          # rows per table, the tool's pool_size
 #   FLEET_BIN=/path/to/connector-run     # another build (default: target/release, built first)
+#   FLEET_REUSE_DISCOVERY=false          # ask information_schema in full every run (default: the
+#                                        # definitions the full run read are reused while unchanged)
 #
 # Everything runs on a private MariaDB (own port and data folder under bench-work/fleet, binlog
 # off; the folder is kept between runs so the fleet is built once) and a fresh local BigQuery
@@ -14,6 +16,8 @@
 #   1. a full sync of every tenant and table (a fresh dataset and state);
 #   2. an incremental run after 1 % of every table's rows changed (one row in a hundred);
 #   3. an incremental run with nothing changed.
+# The full sync starts without kept definitions (`schema_cache_dir` under bench-work/fleet, emptied
+# first), as a first run would; the incremental runs reuse what it kept (`reuse_discovery`).
 # Each line prints wall time, the tool's CPU seconds, its peak RSS, the MySQL statements the
 # server executed meanwhile (its own `Questions` counter, and per tenant x table), the commands
 # it answered (`Questions` leaves out each prepared statement's PREPARE and CLOSE), the server's
@@ -142,15 +146,16 @@ for size in $SIZES; do
   tenants="${size%x*}"
   tables="${size#*x}"
   pairs=$((tenants * tables))
-  echo "==> $tenants tenants x $tables tables x $ROWS rows (pool_size $POOL)"
+  echo "==> $tenants tenants x $tables tables x $ROWS rows (pool_size $POOL, reuse_discovery ${FLEET_REUSE_DISCOVERY:-true})"
   build_fleet "$tenants" "$tables"
   dataset="fleet_${tenants}x${tables}"
-  rm -rf "$WORK/status"
+  rm -rf "$WORK/status" "$WORK/discovery"
   cat >"$WORK/params.json" <<JSON
 {"db_host": "127.0.0.1", "db_port": "$MYSQL_PORT", "db_user": "root", "db_pass": "",
  "db_list": "$(tenant_names "$tenants" | xargs | tr ' ' ',')", "table_list": "$(table_names "$tables" | xargs | tr ' ' ',')",
  "bq_project": "fleet-project", "bq_dataset": "$dataset", "bq_endpoint": "http://127.0.0.1:$BQ_PORT",
- "pool_size": $POOL, "status_dir": "$WORK/status", "log_file": "$WORK/sync.log"}
+ "pool_size": $POOL, "status_dir": "$WORK/status", "log_file": "$WORK/sync.log",
+ "reuse_discovery": ${FLEET_REUSE_DISCOVERY:-true}, "schema_cache_dir": "$WORK/discovery"}
 JSON
   measure "full sync" "$pairs" --full
   change_one_percent "$tenants" "$tables"
