@@ -49,11 +49,13 @@ pub(crate) struct Definition {
 }
 
 /// Where a source keeps its definitions: a folder, and who it asks.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) struct SchemaCache {
     folder: PathBuf,
     /// `host:port user`, as configured.
     server: String,
+    /// A folder that refuses writes is said once per run, not once per table name.
+    warned: std::sync::atomic::AtomicBool,
 }
 
 /// One table name's definitions, loaded for a discovery and saved after it.
@@ -100,7 +102,7 @@ impl SchemaCache {
             None => default_folder()?,
         };
         let server = format!("{host}:{port} {user}");
-        Some(Self { folder: folder.join(file_part(&server)), server })
+        Some(Self { folder: folder.join(file_part(&server)), server, warned: Default::default() })
     }
 
     fn path(&self, table: &str) -> PathBuf {
@@ -130,7 +132,9 @@ impl SchemaCache {
             return;
         }
         let table = cache.file.table.clone();
-        if let Err(e) = self.write(&table, cache.compacted()) {
+        if let Err(e) = self.write(&table, cache.compacted())
+            && !self.warned.swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
             tracing::warn!(table = %table, folder = %self.folder.display(), error = %e,
                 "could not keep the discovered definitions for the next run (schema_cache_dir); discovery will ask again");
         }
@@ -144,7 +148,12 @@ impl SchemaCache {
     }
 
     fn write(&self, table: &str, file: CacheFile) -> std::io::Result<()> {
-        std::fs::create_dir_all(&self.folder)?;
+        // The user's own: what is in it decides which columns a run selects.
+        let mut folder = std::fs::DirBuilder::new();
+        folder.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut folder, 0o700);
+        folder.create(&self.folder)?;
         let path = self.path(table);
         let temporary = path.with_extension(format!("json.{}.tmp", std::process::id()));
         std::fs::write(&temporary, serde_json::to_vec(&file)?)?;
