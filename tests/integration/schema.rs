@@ -395,11 +395,11 @@ async fn table_names_are_kept_mapped_and_never_share_a_target_table() {
 #[tokio::test(flavor = "multi_thread")]
 async fn kept_definitions_are_reused_until_an_alter_moves_the_tables_create_time() {
     use connector_framework::{Result, SourceConfig, TableSchema};
-    let (a, b) = (unique("kept_a"), unique("kept_b"));
-    for db in [&a, &b] {
+    let (a, b, c) = (unique("kept_a"), unique("kept_b"), unique("kept_c"));
+    for (db, engine) in [(&a, "InnoDB"), (&b, "InnoDB"), (&c, "Aria")] {
         mysql_exec(&format!(
             "DROP DATABASE IF EXISTS `{db}`; CREATE DATABASE `{db}`;
-             CREATE TABLE `{db}`.items (id INT PRIMARY KEY, label VARCHAR(20), doc JSON);"
+             CREATE TABLE `{db}`.items (id INT PRIMARY KEY, label VARCHAR(20), doc JSON) ENGINE={engine};"
         ))
         .await;
     }
@@ -407,7 +407,7 @@ async fn kept_definitions_are_reused_until_an_alter_moves_the_tables_create_time
     let (host, port) = mysql_host_port();
     let source = |reuse: bool| {
         let config: connector_mysql::MySqlSourceConfig = serde_json::from_value(json!({
-            "host": host, "port": port, "user": "root", "databases": [a, b],
+            "host": host, "port": port, "user": "root", "databases": [a, b, c],
             "reuse_discovery": reuse, "schema_cache_dir": kept.path(),
         }))
         .unwrap();
@@ -416,7 +416,7 @@ async fn kept_definitions_are_reused_until_an_alter_moves_the_tables_create_time
     // Each tenant's columns (`name type`) and key.
     let discover = |reuse: bool| {
         let source = source(reuse);
-        let databases = [a.clone(), b.clone()];
+        let databases = [a.clone(), b.clone(), c.clone()];
         async move {
             let source = source.await;
             let found: Vec<Result<TableSchema>> = source.discover_many("items", &databases).await;
@@ -434,7 +434,7 @@ async fn kept_definitions_are_reused_until_an_alter_moves_the_tables_create_time
     // Definitions are kept once their CREATE_TIME is two whole seconds behind the server's clock.
     tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
     let first = discover(true).await;
-    assert_eq!(first[0], first[1]);
+    assert!(first[0] == first[1] && first[1] == first[2], "{first:?}");
     assert!(first[0].0.starts_with("id Int64, label String, doc Json"), "{first:?}");
     assert_eq!(first[0].1, "id");
 
@@ -444,9 +444,13 @@ async fn kept_definitions_are_reused_until_an_alter_moves_the_tables_create_time
     let text = std::fs::read_to_string(&files[0]).unwrap();
     std::fs::write(&files[0], text.replace("\"label\"", "\"label_kept\"")).unwrap();
     let reused = discover(true).await;
-    assert!(reused.iter().all(|(columns, _)| columns.contains("label_kept String")), "{reused:?}");
+    assert!(reused[..2].iter().all(|(columns, _)| columns.contains("label_kept String")), "{reused:?}");
+    // Aria keeps its CREATE_TIME through a RENAME COLUMN (only the .frm changes): never kept.
+    assert!(reused[2].0.contains("label String"), "{reused:?}");
     // reuse_discovery false asks everything.
     assert!(discover(false).await.iter().all(|(columns, _)| columns.contains("label String")));
+    mysql_exec(&format!("ALTER TABLE `{c}`.items RENAME COLUMN label TO tag")).await;
+    assert!(discover(true).await[2].0.contains("tag String"));
 
     // An instant ALTER in one tenant: that tenant is asked again, the other still reused.
     mysql_exec(&format!("ALTER TABLE `{b}`.items ADD COLUMN extra BIGINT, ALGORITHM=INSTANT")).await;

@@ -189,13 +189,14 @@ async fn read_chunk<'a>(
 
     // First, so that a definition read below is never kept under a time later than it
     // (`schema_cache`).
-    type Size = (String, String, Option<u64>, Option<i64>, i64, String);
+    type Size = (String, String, Option<u64>, Option<i64>, i64, String, Option<String>);
     let sizes: Vec<Size> = select_chunk(
         conn,
         (
             "TABLES",
             "TABLE_SCHEMA",
-            "TABLE_ROWS, CAST(UNIX_TIMESTAMP(CREATE_TIME) AS SIGNED), CAST(UNIX_TIMESTAMP() AS SIGNED), VERSION()",
+            "TABLE_ROWS, CAST(UNIX_TIMESTAMP(CREATE_TIME) AS SIGNED), CAST(UNIX_TIMESTAMP() AS SIGNED), VERSION(), \
+             ENGINE",
             "",
         ),
         name,
@@ -204,12 +205,13 @@ async fn read_chunk<'a>(
     .await
     .map_err(|e| wrap(e, format!("{label}: reading information_schema.TABLES")))?;
     let mut created: HashMap<&'a str, (i64, i64)> = HashMap::new();
-    for (db, table, rows, create_time, now, version) in sizes {
+    for (db, table, rows, create_time, now, version, engine) in sizes {
         let Some(db) = asked(&db, &table) else { continue };
         let entry = facts.entry(db.as_str()).or_default();
         entry.estimated_rows = rows;
-        // MariaDB only (`schema_cache`); a view has no CREATE_TIME.
-        match create_time.filter(|_| version.contains("MariaDB")) {
+        // MariaDB's InnoDB tables only (`schema_cache`); a view has no CREATE_TIME.
+        let fingerprinted = version.contains("MariaDB") && engine.as_deref() == Some("InnoDB");
+        match create_time.filter(|_| fingerprinted) {
             Some(time) => match cache.get(db, time) {
                 Some(definition) => entry.definition = definition.clone(),
                 None => {

@@ -2,9 +2,10 @@
 //!
 //! A run asks `information_schema` about every tenant's table; `COLUMNS`, `CHECK_CONSTRAINTS`
 //! and `STATISTICS` make most of that cost, `TABLES` little of it. MariaDB's `CREATE_TIME` of
-//! a table is the change time (ctime) of its `.frm` file, which every `ALTER TABLE` rewrites,
-//! the instant ones included, as does `RENAME TABLE` into its place; nobody can set a ctime
-//! back. So a table whose `CREATE_TIME` is the one its facts were read under still has them,
+//! an InnoDB table is the change time (ctime) of its `.frm` file, which every `ALTER TABLE`
+//! rewrites, the instant ones included, as does `RENAME TABLE` into its place; nobody can set
+//! a ctime back. (MyISAM's and Aria's keep their creation time through an `ALTER` that only
+//! rewrites the `.frm`, a `RENAME COLUMN` say: their tables are always asked.) So a table whose `CREATE_TIME` is the one its facts were read under still has them,
 //! and a run asks the other views only for the tenants whose time moved (or that it has no
 //! facts for): one statement per chunk of tenants when no definition changed.
 //!
@@ -14,8 +15,8 @@
 //! - facts are kept only when their `CREATE_TIME` is at least [`SETTLED_SECONDS`] before the
 //!   server's clock in that same statement: the time has whole seconds, so a change in the
 //!   second it names could leave it unchanged;
-//! - MariaDB only: MySQL 8 keeps `CREATE_TIME` in its data dictionary, and whether every
-//!   `ALTER` moves it is not checked, so a MySQL server's tables are always asked;
+//! - MariaDB's InnoDB tables only: MySQL 8 keeps `CREATE_TIME` in its data dictionary, and
+//!   whether every `ALTER` moves it is not checked, so a MySQL server's tables are always asked;
 //! - one file per server, user (column privileges change what a user sees) and table name,
 //!   naming all three inside and the tool's version: any mismatch, or a file that cannot be
 //!   read, is a miss; a file that cannot be written is a warning and the run goes on;
