@@ -68,6 +68,27 @@ const SESSION_SETUP: &[&str] = &[
 ];
 
 impl MySqlSource {
+    /// Table `name` in each of `databases`, reusing and keeping definitions in `kept`.
+    async fn discover_with(
+        &self,
+        name: &str,
+        databases: &[String],
+        kept: Option<&SchemaCache>,
+    ) -> Vec<Result<TableSchema>> {
+        let mut cache = kept.map_or_else(TableCache::disabled, |k| k.load(name));
+        let mut out = Vec::with_capacity(databases.len());
+        for chunk in databases.chunks(crate::schema::DISCOVERY_CHUNK) {
+            match self.conn(&format!("`{name}`")).await {
+                Ok(mut conn) => out.extend(crate::schema::discover_chunk(&mut conn, name, chunk, &mut cache).await),
+                Err(e) => out.extend(chunk.iter().map(|_| Err(e.duplicate()))),
+            }
+        }
+        if let Some(kept) = kept {
+            kept.save(cache);
+        }
+        out
+    }
+
     /// Creates the pool and checks that the server answers.
     pub async fn connect(config: MySqlSourceConfig) -> Result<Self> {
         let ssl = tls::ssl_opts(&config).await?;
@@ -220,26 +241,14 @@ impl Source for MySqlSource {
     }
 
     async fn discover(&self, table: &TableRef) -> Result<TableSchema> {
-        let mut found = self.discover_many(&table.table, std::slice::from_ref(&table.database)).await;
+        // One tenant (a retry, a change stream's DDL) asks in full: the kept file is the whole
+        // fleet's for this table name, and many such calls at once would each hold a copy.
+        let mut found = self.discover_with(&table.table, std::slice::from_ref(&table.database), None).await;
         found.pop().unwrap_or_else(|| Err(ConnectorError::permanent(format!("{table}: discovery found nothing"))))
     }
 
     async fn discover_many(&self, name: &str, databases: &[String]) -> Vec<Result<TableSchema>> {
-        let mut cache = match &self.schema_cache {
-            Some(kept) => kept.load(name),
-            None => TableCache::disabled(),
-        };
-        let mut out = Vec::with_capacity(databases.len());
-        for chunk in databases.chunks(crate::schema::DISCOVERY_CHUNK) {
-            match self.conn(&format!("`{name}`")).await {
-                Ok(mut conn) => out.extend(crate::schema::discover_chunk(&mut conn, name, chunk, &mut cache).await),
-                Err(e) => out.extend(chunk.iter().map(|_| Err(e.duplicate()))),
-            }
-        }
-        if let Some(kept) = &self.schema_cache {
-            kept.save(cache);
-        }
-        out
+        self.discover_with(name, databases, self.schema_cache.as_ref()).await
     }
 
     async fn key_bounds(&self, table: &TableRef, key: &str) -> Result<Option<(String, String)>> {
