@@ -108,7 +108,7 @@ pub(crate) const FIELDS: &[FieldDoc] = &[
         ty: "boolean",
         required: false,
         default: "true",
-        doc: "MariaDB: reuse a tenant table's columns and keys from an earlier run while its CREATE_TIME (which every ALTER moves) is unchanged; false asks information_schema in full every run",
+        doc: "MariaDB InnoDB tables: reuse a tenant table's columns and keys from an earlier run while its CREATE_TIME (which every ALTER moves) is unchanged, re-read daily; false asks information_schema in full every run",
     },
     FieldDoc {
         name: "schema_cache_dir",
