@@ -102,6 +102,8 @@ struct RunContext<'a> {
     /// Bounds the tables being read and staged; a table that is committing (waiting on its
     /// target) holds no permit, so the next tables read meanwhile.
     staging: Semaphore,
+    /// Held by the table handing out its tenants' reads (`table::sync_table`).
+    dispatch: tokio::sync::Mutex<()>,
     /// Targets found unreachable in this run (after their retries), with the reason: the
     /// rest of the run skips them at once instead of waiting on them table after table.
     down: std::sync::Mutex<HashMap<String, String>>,
@@ -282,6 +284,7 @@ impl Runner {
             options,
             reads: Semaphore::new(self.settings.concurrency),
             staging: Semaphore::new(self.settings.concurrency),
+            dispatch: tokio::sync::Mutex::new(()),
             down: std::sync::Mutex::default(),
         };
         if self.targets.len() > 1 && !options.dry_run {

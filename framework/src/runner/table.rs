@@ -129,12 +129,20 @@ pub(super) async fn sync_table(ctx: &RunContext<'_>, name: &str, dbs: &[String])
     let layout = serde_json::to_string(&target_table).unwrap_or_default();
     // Sized exactly: a table's thousand results wait for its commit.
     let mut results: Vec<TenantResult> = Vec::with_capacity(tenants.len());
-    let mut staged = futures::stream::iter(tenants.iter().cloned().zip(staged_for))
-        .map(|(schema, targets)| {
+    // Tables hand out their tenants' reads in turn: a table's last tenant passes the turn on
+    // once it has its read permit. Tables taking reads side by side would all hold their
+    // tenants until they end, close together, and commit together (a fleet run's peak).
+    let turn = std::sync::Mutex::new(Some(ctx.dispatch.lock().await));
+    let last = tenants.len().saturating_sub(1);
+    let mut staged = futures::stream::iter(tenants.iter().cloned().zip(staged_for).enumerate())
+        .map(|(i, (schema, targets))| {
             let (target_table, layout) = (&target_table, layout.as_str());
-            let table_options = &table_options;
+            let (table_options, turn) = (&table_options, &turn);
             async move {
                 let _permit = ctx.reads.acquire().await;
+                if i == last {
+                    turn.lock().unwrap_or_else(|p| p.into_inner()).take();
+                }
                 stage_tenant(ctx, schema, targets, (target_table, layout), table_options).await
             }
         })
