@@ -566,7 +566,7 @@ async fn tables_hand_out_their_tenants_reads_in_turn() {
     assert_eq!((report.outcomes.len(), report.failed()), (24, 0));
     // Three tables staged at once, but each handed out all its tenants' reads before the next
     // began: the table changes twice in the 24 plans (side by side, it changed every few
-    // plan: 8 times here).
+    // plans: 8 times here).
     let order = order.0.lock().unwrap().clone();
     assert_eq!(order.windows(2).filter(|w| w[0] != w[1]).count(), 2, "{order:?}");
 }
