@@ -1,7 +1,8 @@
 //! One source table name, all its tenants: discover → unify → prepare each target → resolve
 //! writes in doubt → stage every tenant (one read each, fanned out) → one commit per target →
 //! record each outcome. Everything before the commit holds one of the run's `concurrency`
-//! staging permits; the commit, a wait on the targets, does not.
+//! staging permits; the commit, a wait on the targets, does not. The tables staging hand out
+//! their tenants' reads in turn, so that few of them hold all their tenants at once.
 
 use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap};
