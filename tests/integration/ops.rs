@@ -122,17 +122,8 @@ async fn a_benchmark_run_reads_state_but_never_writes_it() {
     params["chunk_rows"] = serde_json::json!(100);
     run.params(&params);
     let state_files = || {
-        let mut found = Vec::new();
-        let mut dirs = vec![run.path().join("status")];
-        while let Some(d) = dirs.pop() {
-            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-                if e.path().is_dir() {
-                    dirs.push(e.path());
-                } else if e.path().extension().is_some_and(|x| x == "json") {
-                    found.push(e.path());
-                }
-            }
-        }
+        let mut found = files_under(&run.path().join("status"));
+        found.retain(|p| p.extension().is_some_and(|x| x == "json"));
         found
     };
 

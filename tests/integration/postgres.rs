@@ -404,7 +404,7 @@ async fn tls_modes_a_select_only_role_and_require_readonly() {
     assert!(out.all().contains("connected over TLS"), "{}", out.all());
     assert!(!out.all().contains("holds more than"), "a SELECT-only role is not warned about: {}", out.all());
     assert_eq!(bq_count(emulator, &dataset, "orders", &db).await, 20);
-    for file in walk(run.path()) {
+    for file in files_under(run.path()) {
         let text = std::fs::read_to_string(&file).unwrap_or_default();
         assert!(!text.contains("pw-s3cret-9"), "the password is in {}", file.display());
     }
@@ -429,15 +429,6 @@ async fn tls_modes_a_select_only_role_and_require_readonly() {
     assert_ne!(out.code, 0);
     assert!(out.all().contains("SUPERUSER") && out.all().contains("require_readonly is set"), "{}", out.all());
     pg_exec("postgres", &format!("DROP DATABASE \"{db}\" WITH (FORCE); ")).await;
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap().flatten() {
-        let path = entry.path();
-        if path.is_dir() { out.extend(walk(&path)) } else { out.push(path) }
-    }
-    out
 }
 
 /// The flat params.json with `db_type: postgres`: the schema layout, tenants by pattern,

@@ -439,7 +439,7 @@ async fn kept_definitions_are_reused_until_an_alter_moves_the_tables_create_time
     assert_eq!(first[0].1, "id");
 
     // Prove the next run reads the kept file: mark the label column's name in it.
-    let files: Vec<_> = walk(kept.path()).into_iter().filter(|p| p.ends_with("items.json")).collect();
+    let files: Vec<_> = files_under(kept.path()).into_iter().filter(|p| p.ends_with("items.json")).collect();
     assert_eq!(files.len(), 1, "one file for the server, user and table name: {files:?}");
     let text = std::fs::read_to_string(&files[0]).unwrap();
     std::fs::write(&files[0], text.replace("\"label\"", "\"label_kept\"")).unwrap();
@@ -466,16 +466,6 @@ async fn kept_definitions_are_reused_until_an_alter_moves_the_tables_create_time
     let rekeyed = discover(true).await;
     assert_eq!(rekeyed[0].1, "label", "{rekeyed:?}");
     assert!(rekeyed[0].0.contains("label String"), "{rekeyed:?}");
-}
-
-/// Every file under `dir`.
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() { files.extend(walk(&path)) } else { files.push(path) }
-    }
-    files
 }
 
 /// A column's SELECT revoked without an ALTER leaves the kept definition naming it: that run

@@ -188,14 +188,9 @@ async fn no_secret_in_anything_a_run_leaves_and_private_files_under_any_umask() 
     let failed = with_umask(&[]);
     assert_eq!(failed.code, 2, "{}", failed.all());
     let mut everything = format!("{}{}", out.all(), failed.all());
-    let mut files = vec![run.path().to_path_buf()];
-    while let Some(d) = files.pop() {
-        for e in std::fs::read_dir(&d).unwrap().flatten() {
-            if e.path().is_dir() {
-                files.push(e.path());
-            } else if e.file_name() != "db.pass" && e.file_name() != "params.json" {
-                everything.push_str(&std::fs::read_to_string(e.path()).unwrap_or_default());
-            }
+    for file in files_under(run.path()) {
+        if !file.ends_with("db.pass") && !file.ends_with("params.json") {
+            everything.push_str(&std::fs::read_to_string(&file).unwrap_or_default());
         }
     }
     assert!(everything.contains(&db), "the scan read the run's files");

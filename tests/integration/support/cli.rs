@@ -206,3 +206,16 @@ pub fn test_build_context() -> connector_framework::BuildContext {
         discard_writes: false,
     }
 }
+
+/// Every file under `dir`, in its sub-folders too (a missing folder has none).
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let mut folders = vec![dir.to_path_buf()];
+    while let Some(folder) = folders.pop() {
+        for entry in std::fs::read_dir(&folder).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() { folders.push(path) } else { files.push(path) }
+        }
+    }
+    files
+}
