@@ -229,15 +229,13 @@ async fn read_chunk<'a>(
     if unknown.is_empty() {
         return Ok(facts);
     }
-    for db in databases.iter().filter(|db| !facts.contains_key(db.as_str())) {
-        cache.forget(db);
-    }
     read_definitions(conn, name, &unknown, label, &mut facts, &asked).await?;
     for db in &unknown {
         match (facts.get(db.as_str()), created.get(db.as_str())) {
             (Some(found), Some(&(time, now))) if !found.definition.columns.is_empty() => {
                 cache.put(db, time, now, &found.definition)
             }
+            // Gone, unseen, or not fingerprinted (`schema_cache`).
             _ => cache.forget(db),
         }
     }

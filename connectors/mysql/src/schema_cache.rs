@@ -5,9 +5,10 @@
 //! an InnoDB table is the change time (ctime) of its `.frm` file, which every `ALTER TABLE`
 //! rewrites, the instant ones included, as does `RENAME TABLE` into its place; nobody can set
 //! a ctime back. (MyISAM's and Aria's keep their creation time through an `ALTER` that only
-//! rewrites the `.frm`, a `RENAME COLUMN` say: their tables are always asked.) So a table whose `CREATE_TIME` is the one its facts were read under still has them,
-//! and a run asks the other views only for the tenants whose time moved (or that it has no
-//! facts for): one statement per chunk of tenants when no definition changed.
+//! rewrites the `.frm`, a `RENAME COLUMN` say: their tables are always asked.) So a table
+//! whose `CREATE_TIME` is the one its facts were read under still has them, and a run asks the
+//! other views only for the tenants whose time moved (or that it has no facts for): one
+//! statement per chunk of tenants when no definition changed.
 //!
 //! The rules that keep a reused definition right:
 //! - `TABLES` is read before the other views: facts read after a change are kept under the
