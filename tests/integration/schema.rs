@@ -466,6 +466,7 @@ async fn kept_definitions_are_reused_until_an_alter_moves_the_tables_create_time
     let rekeyed = discover(true).await;
     assert_eq!(rekeyed[0].1, "label", "{rekeyed:?}");
     assert!(rekeyed[0].0.contains("label String"), "{rekeyed:?}");
+    mysql_exec(&format!("DROP DATABASE `{a}`; DROP DATABASE `{b}`; DROP DATABASE `{c}`;")).await;
 }
 
 /// A column's SELECT revoked without an ALTER leaves the kept definition naming it: that run
@@ -502,4 +503,5 @@ async fn a_revoked_column_fails_one_run_and_the_next_discovers_again() {
     let report = run.report();
     assert_eq!(report["outcomes"][0]["status"], "SUCCESS", "{}", again.all());
     assert_eq!(report["outcomes"][0]["rows"], 2, "{}", again.all());
+    mysql_exec(&format!("DROP DATABASE `{db}`; DROP USER '{reader}'@'%';")).await;
 }
