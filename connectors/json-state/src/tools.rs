@@ -20,13 +20,11 @@ pub fn overview(dir: &Path) -> Result<Vec<(String, std::result::Result<DatabaseS
     // The journals before the files: a fold writes the files before it removes a journal, so
     // a record is seen in one or the other.
     let mut journaled = journaled(dir)?;
-    let mut out: Vec<(String, std::result::Result<DatabaseState, ConnectorError>)> = database_files(dir)?
-        .into_iter()
-        .map(|(database, path, text)| {
-            let state = text.and_then(|text| JsonStateStore::parse_file(&path, &database, &text));
-            (database, state)
-        })
-        .collect();
+    let mut out: Vec<(String, std::result::Result<DatabaseState, ConnectorError>)> = Vec::new();
+    for_each_database_file(dir, |database, path, text| {
+        let state = text.and_then(|text| JsonStateStore::parse_file(&path, &database, &text));
+        out.push((database, state));
+    })?;
     // A run under way (or one that crashed) holds records in its journal that the files do
     // not have yet: the newer record wins, and a database only a journal knows is listed too.
     for (database, state) in out.iter_mut() {
@@ -44,7 +42,8 @@ pub fn overview(dir: &Path) -> Result<Vec<(String, std::result::Result<DatabaseS
 /// The databases a status folder has state for, sorted: [`overview`]'s names, without parsing
 /// every table of every file (a run asks at its start, and a fleet's files are megabytes).
 pub fn database_names(dir: &Path) -> Result<Vec<String>> {
-    let mut names: Vec<String> = database_files(dir)?.into_iter().map(|(database, _, _)| database).collect();
+    let mut names: Vec<String> = Vec::new();
+    for_each_database_file(dir, |database, _, _| names.push(database))?;
     names.extend(journaled(dir)?.into_keys());
     names.sort();
     names.dedup();
@@ -56,22 +55,23 @@ fn journaled(dir: &Path) -> Result<crate::journal::Records> {
         .map_err(|e| ConnectorError::permanent(format!("cannot read the state journals in {}: {e}", dir.display())))
 }
 
-/// A database's name, its file, and the file's text (or why it cannot be read).
-type DatabaseFile = (String, PathBuf, std::result::Result<String, ConnectorError>);
-
-/// The `<database>.json` files of a status folder, sorted: name, path and text (or why it
-/// cannot be read). Files of the older one-file-per-table layout are left out.
-fn database_files(dir: &Path) -> Result<Vec<DatabaseFile>> {
+/// Gives `each` the `<database>.json` files of a status folder, sorted, one at a time: name,
+/// path and text (or why it cannot be read). Files of the older one-file-per-table layout are
+/// left out. One at a time: a fleet's files are megabytes together, and a run's start only
+/// needs their names.
+fn for_each_database_file(
+    dir: &Path,
+    mut each: impl FnMut(String, PathBuf, std::result::Result<String, ConnectorError>),
+) -> Result<()> {
     /// Just enough of a file to tell the two layouts apart.
     #[derive(serde::Deserialize)]
     struct Shape {
         tables: Option<serde::de::IgnoredAny>,
         database_info: Option<serde::de::IgnoredAny>,
     }
-    let mut out = Vec::new();
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(ConnectorError::permanent(format!("cannot read {}: {e}", dir.display()))),
     };
     let mut files: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
@@ -95,9 +95,9 @@ fn database_files(dir: &Path) -> Result<Vec<DatabaseFile>> {
                 Ok(text)
             }
         };
-        out.push((stem, path, text));
+        each(stem, path, text);
     }
-    Ok(out)
+    Ok(())
 }
 
 /// What a migration did (or, in preview, would do).
