@@ -87,18 +87,21 @@ pub(crate) async fn discover_and_unify(
 ) -> Unified {
     // One batched discovery; a tenant it failed for transiently is retried alone.
     let batch = runner.source.discover_many(name, databases).await;
-    let discovered = futures::future::join_all(databases.iter().zip(batch).map(|(db, found)| async move {
-        let table = TableRef::new(db, name);
-        let found = match found {
-            Err(e) if e.class() == ErrorClass::Transient => {
-                tracing::debug!(%table, error = %e, "batched discovery failed; retrying this tenant alone");
-                runner.retry(&format!("discover {table}"), || runner.source.discover(&table)).await
-            }
-            other => other,
-        };
-        (table, found)
-    }))
-    .await;
+    let mut discovered: Vec<(TableRef, Result<TableSchema>)> =
+        databases.iter().zip(batch).map(|(db, found)| (TableRef::new(db, name), found)).collect();
+    // Only those retried run side by side (a future per tenant of a thousand is a megabyte).
+    let retried = futures::future::join_all(
+        discovered
+            .iter_mut()
+            .filter(|(_, found)| found.as_ref().is_err_and(|e| e.class() == ErrorClass::Transient))
+            .map(|(table, found)| async move {
+                if let Err(e) = found {
+                    tracing::debug!(%table, error = %e, "batched discovery failed; retrying this tenant alone");
+                }
+                *found = runner.retry(&format!("discover {table}"), || runner.source.discover(table)).await;
+            }),
+    );
+    retried.await;
     let mut rejected = Vec::new();
     let mut found = Vec::new();
     for (table, result) in discovered {
