@@ -1,11 +1,12 @@
-//! One source table name, all its tenants: discover → unify → prepare each target → resolve
-//! writes in doubt → stage every tenant (one read each, fanned out) → one commit per target →
-//! record each outcome. Everything before the commit holds one of the run's `concurrency`
-//! staging permits; the commit, a wait on the targets, does not. The tables staging hand out
-//! their tenants' reads in turn, so that few of them hold all their tenants at once.
+//! One source table name, all its tenants: discover → unify → prepare each target → stage
+//! every tenant (its prior state loaded, and a write in doubt that it names resolved, as its
+//! read comes near; one read each, fanned out) → one commit per target → record each outcome.
+//! Everything before the commit holds one of the run's `concurrency` staging permits; the
+//! commit, a wait on the targets, does not. The tables staging hand out their tenants' reads
+//! in turn, so that few of them hold all their tenants at once.
 
 use std::borrow::Cow;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -73,21 +74,10 @@ pub(super) async fn sync_table(ctx: &RunContext<'_>, name: &str, dbs: &[String])
     target_table.changes = ctx.options.cdc.as_ref().map(|c| c.tracking);
     let tenants = unified.tenants;
 
-    // Prior state: loaded here, once per tenant and target, for every later stage.
-    let mut priors: Vec<Priors<'_>> = Vec::new();
-    for schema in &tenants {
-        // Sized exactly (here and below): a thousand tenants' small vectors wait for the
-        // table's commit, and a vector grown by push holds room for four.
-        let mut per_target = Vec::with_capacity(runner.targets.len());
-        for target in &runner.targets {
-            let loaded = target.state.load_table(&schema.table.database, name).await;
-            per_target.push((target, loaded));
-        }
-        priors.push(per_target);
-    }
     if ctx.options.dry_run {
-        for (schema, p) in tenants.iter().zip(&priors) {
-            outcomes.extend(plan::dry_run_outcomes(ctx, schema, &target_table, &table_options, p).await);
+        for schema in &tenants {
+            let priors = load_priors(ctx, &schema.table.database, name).await;
+            outcomes.extend(plan::dry_run_outcomes(ctx, schema, &target_table, &table_options, &priors).await);
         }
         return outcomes;
     }
@@ -96,66 +86,102 @@ pub(super) async fn sync_table(ctx: &RunContext<'_>, name: &str, dbs: &[String])
     if live.is_empty() {
         return outcomes;
     }
-    // Which targets each tenant is staged for: the live ones whose prior state loaded and
-    // whose earlier writes in doubt are resolved.
-    let mut staged_for: Vec<Vec<(&Live<'_>, Option<TableState>)>> =
-        (0..tenants.len()).map(|_| Vec::with_capacity(live.len())).collect();
-    for l in &live {
-        let unresolved = resolve_in_doubt(l, &priors).await;
-        for (i, schema) in tenants.iter().enumerate() {
-            let slot = priors[i].iter_mut().find(|(t, _)| t.id == l.target.id).map(|(_, p)| p);
-            let failure = match slot.as_deref() {
-                Some(Err(e)) => Some(e.duplicate()),
-                Some(Ok(p)) => p
-                    .as_ref()
-                    .and_then(|p| p.in_doubt.as_ref())
-                    .and_then(|h| unresolved.get(h))
-                    .map(ConnectorError::duplicate),
-                None => None,
-            };
-            match failure {
-                Some(e) => outcomes
-                    .push(record::record_failure(ctx, l.target, &schema.table, None, &e, 0, Duration::ZERO).await),
-                // Moved, not copied: each target's entry is taken once.
-                None => staged_for[i].push((l, slot.and_then(|p| std::mem::replace(p, Ok(None)).ok().flatten()))),
-            }
-        }
-    }
-    // Each tenant's prior state now travels with its staging; what is left here (failures)
-    // would otherwise stay for the whole table.
-    drop(priors);
+    let in_doubt = InDoubt::default();
 
     // The target table's layout, part of every window digest (serialized once per table, not
     // per tenant).
     let layout = serde_json::to_string(&target_table).unwrap_or_default();
-    // Sized exactly: a table's thousand results wait for its commit.
-    let mut results: Vec<TenantResult> = Vec::with_capacity(tenants.len());
+    // What waits for the commit: tenants with something to apply. A tenant with nothing to
+    // apply anywhere is recorded as soon as enough of them are ready for one batched state
+    // write, so a run's memory follows the tenants that changed, not the fleet.
+    let mut results: Vec<TenantResult> = Vec::new();
+    let mut ready: Vec<TenantResult> = Vec::new();
+    let mut settled: Vec<(String, Staged)> = Vec::new();
+    let ready_batch = live.iter().map(|l| l.target.state.record_batch()).max().unwrap_or(1).max(1);
     // Tables hand out their tenants' reads in turn: a table's last tenant passes the turn on
     // once it has its read permit. Tables taking reads side by side would all hold their
     // tenants until they end, close together, and commit together (a fleet run's peak).
     let turn = std::sync::Mutex::new(Some(ctx.dispatch.lock().await));
     let last = tenants.len().saturating_sub(1);
-    let mut staged = futures::stream::iter(tenants.iter().cloned().zip(staged_for).enumerate())
-        .map(|(i, (schema, targets))| {
+    let mut staged = futures::stream::iter(tenants.iter().cloned().enumerate())
+        .map(|(i, schema)| {
             let (target_table, layout) = (&target_table, layout.as_str());
-            let (table_options, turn) = (&table_options, &turn);
+            let (table_options, turn, live, in_doubt) = (&table_options, &turn, &live, &in_doubt);
             async move {
+                // Loaded as the tenant's read comes near, not for all tenants up front: a
+                // table's thousand prior states (with their window digests) were a fleet
+                // run's largest holding after the report.
+                let (targets, refused) = staging_targets(live, &schema.table.database, name, in_doubt).await;
                 let _permit = ctx.reads.acquire().await;
                 if i == last {
                     turn.lock().unwrap_or_else(|p| p.into_inner()).take();
                 }
-                stage_tenant(ctx, schema, targets, (target_table, layout), table_options).await
+                stage_tenant(ctx, schema, targets, refused, (target_table, layout), table_options).await
             }
         })
         .buffer_unordered(runner.settings.concurrency);
     while let Some(result) = staged.next().await {
-        results.push(result);
+        if !nothing_to_apply(ctx, &result) {
+            results.push(result);
+            continue;
+        }
+        ready.push(result);
+        if ready.len() >= ready_batch {
+            outcomes.extend(record_ready(ctx, &live, std::mem::take(&mut ready), &mut settled).await);
+        }
     }
     drop(staged);
     drop(staging);
+    // Fewer than a batch: recorded with the commit's tenants, in the same state writes.
+    results.append(&mut ready);
+    results.shrink_to_fit();
 
     for l in &live {
-        outcomes.extend(commit_target(ctx, l, &target_table, &results).await);
+        outcomes.extend(commit_target(ctx, l, &target_table, &results, &settled).await);
+    }
+    outcomes
+}
+
+/// Whether every target the tenant was staged for holds it already: each staged nothing, to
+/// be merged by key. A merge of no rows writes nothing, so its state can be recorded before
+/// the table's commit. (Not a change stream's snapshot, nor a replace, where no rows is an
+/// empty tenant to write; not a tenant that failed anywhere.)
+fn nothing_to_apply(ctx: &RunContext<'_>, t: &TenantResult) -> bool {
+    ctx.options.cdc.is_none()
+        && !t.per_target.is_empty()
+        && t.per_target.iter().all(|(_, (plan, staged))| match (plan, staged) {
+            (Some(plan), Ok(s)) => plan.write == WriteMode::Merge && s.rows == 0,
+            _ => false,
+        })
+}
+
+/// Records tenants with nothing to apply in every target they were staged for; keeps their
+/// staging handles in `settled`, for the sink to discard with the commit's.
+async fn record_ready(
+    ctx: &RunContext<'_>,
+    live: &[Live<'_>],
+    ready: Vec<TenantResult>,
+    settled: &mut Vec<(String, Staged)>,
+) -> Outcomes {
+    let mut outcomes = Vec::new();
+    let no_read = ReadSummary::default();
+    for l in live {
+        let mut successes = Vec::with_capacity(ready.len());
+        for t in &ready {
+            let Some((Some(plan), Ok(s))) = t.for_target(&l.target.id) else { continue };
+            settled.push((l.target.id.clone(), s.clone()));
+            successes.push(Success {
+                schema: &t.schema,
+                plan,
+                read: t.read.as_ref().unwrap_or(&no_read),
+                prior: t.prior(&l.target.id),
+                stamp: &l.stamp,
+                rows: 0,
+                elapsed: t.elapsed,
+                retries: t.retries,
+            });
+        }
+        outcomes.extend(record::record_successes(ctx, l.target, successes).await);
     }
     outcomes
 }
@@ -196,25 +222,72 @@ async fn prepare_targets<'a>(
     live
 }
 
-/// Resolves every write in doubt that the tenants' state names for this target (each once);
-/// returns those that could not be resolved, with the reason.
-async fn resolve_in_doubt(l: &Live<'_>, priors: &[Priors<'_>]) -> HashMap<String, ConnectorError> {
-    let handles: BTreeSet<String> = priors
-        .iter()
-        .flat_map(|p| p.iter())
-        .filter(|(t, _)| t.id == l.target.id)
-        .filter_map(|(_, p)| p.as_ref().ok()?.as_ref()?.in_doubt.clone())
-        .collect();
-    let mut unresolved = HashMap::new();
-    for handle in handles {
-        match l.target.sink.resolve(&handle).await {
-            Ok(()) => tracing::info!(target = %l.target.id, %handle, "an earlier write in doubt is resolved"),
-            Err(e) => {
-                unresolved.insert(handle, e);
+/// One tenant's prior state in every target, each loaded once.
+async fn load_priors<'a>(ctx: &RunContext<'a>, database: &str, table: &str) -> Priors<'a> {
+    // Sized exactly: a thousand tenants' small vectors wait for the table's commit, and a
+    // vector grown by push holds room for four.
+    let mut priors = Vec::with_capacity(ctx.runner.targets.len());
+    for target in &ctx.runner.targets {
+        priors.push((target, target.state.load_table(database, table).await));
+    }
+    priors
+}
+
+/// Earlier writes in doubt that the tenants' states name, each resolved once per target, by
+/// the first tenant staged that names it; with why it could not be, when it could not.
+#[derive(Default)]
+struct InDoubt {
+    resolved: tokio::sync::Mutex<HashMap<(String, String), Option<ConnectorError>>>,
+}
+
+impl InDoubt {
+    /// Resolves `handle` in `l`'s target unless that was done; the error when it cannot be.
+    async fn resolve(&self, l: &Live<'_>, handle: &str) -> Option<ConnectorError> {
+        // Held across the resolution: the other tenants of that write wait for its outcome.
+        let mut resolved = self.resolved.lock().await;
+        let key = (l.target.id.clone(), handle.to_string());
+        if let Some(outcome) = resolved.get(&key) {
+            return outcome.as_ref().map(ConnectorError::duplicate);
+        }
+        let outcome = match l.target.sink.resolve(handle).await {
+            Ok(()) => {
+                tracing::info!(target = %l.target.id, %handle, "an earlier write in doubt is resolved");
+                None
             }
+            Err(e) => Some(e),
+        };
+        let reported = outcome.as_ref().map(ConnectorError::duplicate);
+        resolved.insert(key, outcome);
+        reported
+    }
+}
+
+/// The live targets a tenant is staged for, each with its prior state; and those it cannot
+/// be, with why: the prior state did not load, or an earlier write in doubt that it names
+/// could not be resolved.
+async fn staging_targets<'l>(
+    live: &'l [Live<'l>],
+    database: &str,
+    table: &str,
+    in_doubt: &InDoubt,
+) -> (Vec<(&'l Live<'l>, Option<TableState>)>, Vec<(String, TargetStaging)>) {
+    let mut targets = Vec::with_capacity(live.len());
+    let mut refused = Vec::new();
+    for l in live {
+        let prior = l.target.state.load_table(database, table).await;
+        let failure = match &prior {
+            Err(e) => Some(e.duplicate()),
+            Ok(p) => match p.as_ref().and_then(|p| p.in_doubt.as_deref()) {
+                Some(handle) => in_doubt.resolve(l, handle).await,
+                None => None,
+            },
+        };
+        match (failure, prior) {
+            (Some(e), _) => refused.push((l.target.id.clone(), (None, Err(e)))),
+            (None, prior) => targets.push((l, prior.ok().flatten())),
         }
     }
-    unresolved
+    (targets, refused)
 }
 
 /// Plans one tenant for each of its targets, reads it once, stages it in every one.
@@ -222,13 +295,15 @@ async fn stage_tenant<'a>(
     ctx: &RunContext<'_>,
     schema: Arc<TableSchema>,
     targets: Vec<(&'a Live<'a>, Option<TableState>)>,
+    refused: Vec<(String, TargetStaging)>,
     (target_table, layout): (&TargetTable, &str),
     table_options: &TableOptions,
 ) -> TenantResult {
     let runner = ctx.runner;
     let started = Instant::now();
     let table = schema.table.clone();
-    let mut per_target = Vec::with_capacity(targets.len());
+    let mut per_target = refused;
+    per_target.reserve_exact(targets.len());
     let mut priors = Vec::with_capacity(targets.len());
     let mut plans: Vec<(&Target, TablePlan)> = Vec::with_capacity(targets.len());
     let mut held = Vec::with_capacity(targets.len());
@@ -298,9 +373,12 @@ async fn commit_target(
     l: &Live<'_>,
     target_table: &TargetTable,
     results: &[TenantResult],
+    settled: &[(String, Staged)],
 ) -> Outcomes {
     let target = l.target;
     let mut outcomes = Vec::new();
+    // Recorded before the commit, discarded with it.
+    let mut withheld: Vec<Staged> = settled.iter().filter(|(id, _)| *id == target.id).map(|(_, s)| s.clone()).collect();
     let mut staged: Vec<(&TenantResult, &TablePlan, &Staged)> = Vec::with_capacity(results.len());
     for t in results {
         let Some((plan, result)) = t.for_target(&target.id) else { continue };
@@ -330,7 +408,6 @@ async fn commit_target(
         .collect();
     let refused = record::forget_window_rows(ctx, target, &vouched).await;
     // Staged but not to be committed: discarded with the others after the commit.
-    let mut withheld = Vec::new();
     if !refused.is_empty() {
         let mut kept = Vec::with_capacity(staged.len());
         for (t, plan, s) in staged {
@@ -354,12 +431,8 @@ async fn commit_target(
         return outcomes;
     }
     let started = Instant::now();
-    let all: Vec<Staged> = staged.iter().map(|(_, _, s)| (*s).clone()).collect();
+    let mut all: Vec<Staged> = staged.iter().map(|(_, _, s)| (*s).clone()).collect();
     let results_by_tenant = commit_isolating(target, target_table, &all).await;
-    target.sink.discard(&all).await;
-    if !withheld.is_empty() {
-        target.sink.discard(&withheld).await;
-    }
     let committed: Vec<&Staged> =
         all.iter().filter(|s| results_by_tenant.get(&s.tenant).is_some_and(|r| r.is_ok())).collect();
     if !committed.is_empty() {
@@ -372,6 +445,9 @@ async fn commit_target(
         }
         .emit(ctx.listeners());
     }
+    // One discard for all: a sink's tenants may share what it drops.
+    all.append(&mut withheld);
+    target.sink.discard(&all).await;
     let no_read = ReadSummary::default();
     let mut successes = Vec::new();
     for (t, plan, s) in staged {

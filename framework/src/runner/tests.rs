@@ -570,3 +570,135 @@ async fn tables_hand_out_their_tenants_reads_in_turn() {
     let order = order.0.lock().unwrap().clone();
     assert_eq!(order.windows(2).filter(|w| w[0] != w[1]).count(), 2, "{order:?}");
 }
+
+/// A collecting sink that notes every write in doubt it is asked to resolve; `stuck` cannot be.
+#[derive(Clone, Debug)]
+struct Resolving {
+    inner: CollectingSink,
+    asked: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+#[async_trait::async_trait]
+impl Sink for Resolving {
+    fn id(&self) -> &str {
+        self.inner.id()
+    }
+    fn destination(&self) -> String {
+        self.inner.destination()
+    }
+    async fn plan(&self, t: &crate::sink::TargetTable) -> Result<crate::sink::TargetPlan> {
+        self.inner.plan(t).await
+    }
+    async fn prepare(&self, t: &crate::sink::TargetTable) -> Result<crate::sink::Prepared> {
+        self.inner.prepare(t).await
+    }
+    async fn stage(&self, r: crate::sink::StageRequest<'_>) -> Result<Box<dyn crate::sink::StagingWriter>> {
+        self.inner.stage(r).await
+    }
+    async fn commit(
+        &self,
+        t: &crate::sink::TargetTable,
+        s: &[crate::sink::Staged],
+    ) -> Result<crate::sink::CommitOutcome> {
+        self.inner.commit(t, s).await
+    }
+    async fn discard(&self, s: &[crate::sink::Staged]) {
+        self.inner.discard(s).await
+    }
+    async fn resolve(&self, handle: &str) -> Result<()> {
+        self.asked.lock().unwrap().push(handle.to_string());
+        tokio::task::yield_now().await;
+        match handle {
+            "stuck" => Err(ConnectorError::transient("job stuck is still running after it was cancelled")),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Each tenant's prior state is loaded as its read comes near, so a write in doubt is resolved
+/// by the first tenant that names it: once however many tenants share it, and a tenant whose
+/// write stays in doubt fails alone, without being written.
+#[tokio::test]
+async fn a_write_in_doubt_is_resolved_once_for_its_tenants_and_one_that_stays_fails_alone() {
+    let tenants = [("a", 4), ("b", 4), ("c", 4), ("d", 4), ("e", 4)];
+    let sink = CollectingSink::new("bq");
+    let state = MemoryStateStore::default();
+    let resolving = Resolving { inner: sink.clone(), asked: Arc::default() };
+    let settings = Settings { concurrency: 3, max_retries: 0, ..Default::default() };
+    let first = runner(source_with(&tenants), vec![("bq", sink.clone(), state.clone())], settings.clone());
+    assert_eq!(first.run(&RunOptions::default()).await.unwrap().failed(), 0);
+    for (db, handle) in [("a", "commit_1"), ("b", "commit_1"), ("c", "commit_1"), ("d", "stuck")] {
+        let mut s = state.load_table(db, "orders").await.unwrap().unwrap();
+        s.in_doubt = Some(handle.to_string());
+        state.record(db, s).await.unwrap();
+    }
+    let commits_before = sink.commits.lock().unwrap().len();
+
+    let mut second = runner(source_with(&tenants), Vec::new(), settings);
+    second.targets =
+        vec![Target { id: "bq".into(), sink: Arc::new(resolving.clone()), state: Arc::new(state.clone()) }];
+    let report = second.run(&RunOptions::default()).await.unwrap();
+
+    let mut asked = resolving.asked.lock().unwrap().clone();
+    asked.sort();
+    assert_eq!(asked, ["commit_1", "stuck"], "each write in doubt is resolved once");
+    let failed: Vec<&str> =
+        report.outcomes.iter().filter(|o| o.status == OutcomeStatus::Failed).map(|o| o.database.as_str()).collect();
+    assert_eq!(failed, ["d"], "{}", report.render());
+    let d = report.outcomes.iter().find(|o| o.database == "d").unwrap();
+    assert!(d.error.as_deref().unwrap_or_default().contains("still running"), "{d:?}");
+    let commits = sink.commits.lock().unwrap();
+    assert_eq!(commits.len(), commits_before + 1, "the others are committed together");
+    let written: Vec<&str> = commits.last().unwrap().tenants.iter().map(|t| t.0.as_str()).collect();
+    assert!(!written.contains(&"d") && written.len() == 4, "{written:?}");
+    drop(commits);
+    assert_eq!(state.load_table("d", "orders").await.unwrap().unwrap().in_doubt.as_deref(), Some("stuck"));
+    assert!(state.load_table("a", "orders").await.unwrap().unwrap().in_doubt.is_none());
+}
+
+/// A tenant with nothing to merge anywhere is recorded before the table's commit, in the
+/// store's batches, so a run holds the tenants that changed, not the fleet; fewer than a batch
+/// are recorded with the commit's tenants, as before.
+#[tokio::test]
+async fn tenants_with_nothing_to_merge_are_recorded_in_batches_before_the_commit() {
+    let tenants: Vec<(String, usize)> = (0..7).map(|i| (format!("t{i}"), 2)).collect();
+    let named: Vec<(&str, usize)> = tenants.iter().map(|(d, n)| (d.as_str(), *n)).collect();
+    let source = source_with(&named);
+    let sink = CollectingSink::new("t");
+    let mut state = MemoryStateStore::default();
+    state.record_batch = Some(3);
+    let runner = runner(source.clone(), vec![("t", sink.clone(), state.clone())], Settings::default());
+    let run = || async {
+        let report = runner.run(&RunOptions::default()).await.unwrap();
+        assert_eq!((report.outcomes.len(), report.failed()), (7, 0), "{}", report.render());
+        report
+    };
+    let last_commit = || -> Vec<(String, usize)> {
+        let commits = sink.commits.lock().unwrap();
+        commits.last().unwrap().tenants.iter().map(|t| (t.0.clone(), t.2.len())).collect()
+    };
+    // A full sync, then the first incremental run: every tenant sends its window.
+    run().await;
+    run().await;
+    assert_eq!(last_commit().len(), 7);
+
+    // Nothing changed: two batches of three recorded as they were ready, one with the commit.
+    let batches_before = state.batches.lock().unwrap().len();
+    let report = run().await;
+    assert_eq!(state.batches.lock().unwrap()[batches_before..], [3, 3, 1]);
+    assert_eq!(last_commit().len(), 1, "only the last, fewer than a batch, waited for the commit");
+    assert!(report.outcomes.iter().all(|o| o.rows == 0 && o.unchanged_rows_skipped == 2), "{}", report.render());
+    for (db, _) in &named {
+        let saved = state.load(db).await.unwrap().table("orders").cloned().expect("state saved");
+        assert_eq!((saved.sync_status, saved.records_synced), (SyncStatus::Success, 0), "{db}");
+        assert_eq!(saved.window_rows.map(|w| w.len()), Some(2), "{db}: the digests stay");
+    }
+
+    // One tenant changed: the six others are recorded before the commit, which applies its row.
+    source.tables.lock().unwrap().get_mut(&TableRef::new("t3", "orders")).unwrap().1[1][1] = Value::Null;
+    let report = run().await;
+    assert_eq!(last_commit(), [("t3".to_string(), 1)]);
+    let t3 = report.outcomes.iter().find(|o| o.database == "t3").unwrap();
+    assert_eq!(t3.rows, 1, "{}", report.render());
+    assert_eq!(sink.committed_rows("orders", "t3").last().unwrap()[1], Value::Null);
+}
