@@ -74,29 +74,59 @@ pub(super) async fn record_successes(
 ) -> Vec<TableOutcome> {
     // Sized exactly: a table's thousand tenants' lines, not room for two thousand.
     let mut outcomes = Vec::with_capacity(successes.len());
-    let group_size = target.state.record_batch().max(1);
-    let mut successes = successes.into_iter().peekable();
-    while successes.peek().is_some() {
-        let group = successes.by_ref().take(group_size);
-        let mut lines = Vec::with_capacity(group.size_hint().0);
-        let mut records = Vec::with_capacity(group.size_hint().0);
-        for s in group {
-            match success_state(ctx, &s) {
-                Ok(state) => {
-                    lines.push((success_line(target, &s), s.schema.table.clone()));
-                    records.push((s.schema.table.database.clone(), state));
-                }
-                Err(e) => outcomes.push(
-                    record_failure(ctx, target, &s.schema.table, Some(s.plan.mode), &e, s.retries, s.elapsed).await,
-                ),
+    for group in successes.chunks(target.state.record_batch().max(1)) {
+        outcomes.extend(start_recording(ctx, target, group).finish(ctx, target).await);
+    }
+    outcomes
+}
+
+/// One batched state write under way (a task of its own, so that tenants recorded before
+/// their table's commit do not hold up its reads), and the report lines that wait for it.
+pub(super) struct Recording {
+    lines: Vec<(TableOutcome, TableRef)>,
+    written: Option<tokio::task::JoinHandle<Vec<crate::Result<()>>>>,
+    /// Successes that cannot count as one, recorded as failures when the write is done.
+    refused: Vec<(TableRef, SyncMode, ConnectorError, u32, Duration)>,
+}
+
+/// Starts recording `successes` to `target` in one state write.
+pub(super) fn start_recording(ctx: &RunContext<'_>, target: &Target, successes: &[Success<'_>]) -> Recording {
+    let mut lines = Vec::with_capacity(successes.len());
+    let mut records = Vec::with_capacity(successes.len());
+    let mut refused = Vec::new();
+    for s in successes {
+        match success_state(ctx, s) {
+            Ok(state) => {
+                lines.push((success_line(target, s), s.schema.table.clone()));
+                records.push((s.schema.table.database.clone(), state));
             }
+            Err(e) => refused.push((s.schema.table.clone(), s.plan.mode, e, s.retries, s.elapsed)),
         }
-        if !ctx.records() {
-            outcomes.extend(lines.into_iter().map(|(line, _)| line));
-            continue;
+    }
+    let written = ctx.records().then(|| {
+        let state = std::sync::Arc::clone(&target.state);
+        tokio::spawn(async move { state.record_many(records).await })
+    });
+    Recording { lines, written, refused }
+}
+
+impl Recording {
+    /// Waits for the write; the lines, each failed whose state was not saved.
+    pub(super) async fn finish(self, ctx: &RunContext<'_>, target: &Target) -> Vec<TableOutcome> {
+        let mut outcomes = Vec::with_capacity(self.lines.len() + self.refused.len());
+        for (table, mode, e, retries, elapsed) in &self.refused {
+            outcomes.push(record_failure(ctx, target, table, Some(*mode), e, *retries, *elapsed).await);
         }
-        let written = target.state.record_many(records).await;
-        for ((mut line, table), result) in lines.into_iter().zip(written) {
+        let Some(written) = self.written else {
+            outcomes.extend(self.lines.into_iter().map(|(line, _)| line));
+            return outcomes;
+        };
+        let count = self.lines.len();
+        let written = written.await.unwrap_or_else(|e| {
+            let e = ConnectorError::permanent(format!("the state write did not finish: {e}"));
+            (0..count).map(|_| Err(e.duplicate())).collect()
+        });
+        for ((mut line, table), result) in self.lines.into_iter().zip(written) {
             match result {
                 // The data is committed; only the checkpoint is missing. The next run re-reads
                 // from the older watermark, which the idempotent writes absorb.
@@ -108,8 +138,8 @@ pub(super) async fn record_successes(
             }
             outcomes.push(line);
         }
+        outcomes
     }
-    outcomes
 }
 
 /// The state a success leaves; an error when it cannot count as one (a change stream's

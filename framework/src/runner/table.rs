@@ -97,6 +97,7 @@ pub(super) async fn sync_table(ctx: &RunContext<'_>, name: &str, dbs: &[String])
     let mut results: Vec<TenantResult> = Vec::new();
     let mut ready: Vec<TenantResult> = Vec::new();
     let mut settled: Vec<(String, Staged)> = Vec::new();
+    let mut recording: Vec<(&Live<'_>, record::Recording)> = Vec::new();
     let ready_batch = live.iter().map(|l| l.target.state.record_batch()).max().unwrap_or(1).max(1);
     // Tables hand out their tenants' reads in turn: a table's last tenant passes the turn on
     // once it has its read permit. Tables taking reads side by side would all hold their
@@ -127,11 +128,14 @@ pub(super) async fn sync_table(ctx: &RunContext<'_>, name: &str, dbs: &[String])
         }
         ready.push(result);
         if ready.len() >= ready_batch {
-            outcomes.extend(record_ready(ctx, &live, std::mem::take(&mut ready), &mut settled).await);
+            recording.extend(record_ready(ctx, &live, std::mem::take(&mut ready), &mut settled));
         }
     }
     drop(staged);
     drop(staging);
+    for (l, r) in recording {
+        outcomes.extend(r.finish(ctx, l.target).await);
+    }
     // Fewer than a batch: recorded with the commit's tenants, in the same state writes.
     results.append(&mut ready);
     results.shrink_to_fit();
@@ -155,16 +159,17 @@ fn nothing_to_apply(ctx: &RunContext<'_>, t: &TenantResult) -> bool {
         })
 }
 
-/// Records tenants with nothing to apply in every target they were staged for; keeps their
-/// staging handles in `settled`, for the sink to discard with the commit's.
-async fn record_ready(
+/// Starts recording tenants with nothing to apply, in every target they were staged for (the
+/// writes go on while the table's reads do); keeps their staging handles in `settled`, for the
+/// sink to discard with the commit's.
+fn record_ready<'l>(
     ctx: &RunContext<'_>,
-    live: &[Live<'_>],
+    live: &'l [Live<'l>],
     ready: Vec<TenantResult>,
     settled: &mut Vec<(String, Staged)>,
-) -> Outcomes {
-    let mut outcomes = Vec::new();
+) -> Vec<(&'l Live<'l>, record::Recording)> {
     let no_read = ReadSummary::default();
+    let mut recording = Vec::with_capacity(live.len());
     for l in live {
         let mut successes = Vec::with_capacity(ready.len());
         for t in &ready {
@@ -181,9 +186,9 @@ async fn record_ready(
                 retries: t.retries,
             });
         }
-        outcomes.extend(record::record_successes(ctx, l.target, successes).await);
+        recording.push((l, record::start_recording(ctx, l.target, &successes)));
     }
-    outcomes
+    recording
 }
 
 /// `prepare` on every target that is not down; a target that fails fails every tenant.
