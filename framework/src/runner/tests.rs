@@ -647,11 +647,12 @@ async fn a_write_in_doubt_is_resolved_once_for_its_tenants_and_one_that_stays_fa
     assert_eq!(failed, ["d"], "{}", report.render());
     let d = report.outcomes.iter().find(|o| o.database == "d").unwrap();
     assert!(d.error.as_deref().unwrap_or_default().contains("still running"), "{d:?}");
-    let commits = sink.commits.lock().unwrap();
-    assert_eq!(commits.len(), commits_before + 1, "the others are committed together");
-    let written: Vec<&str> = commits.last().unwrap().tenants.iter().map(|t| t.0.as_str()).collect();
-    assert!(!written.contains(&"d") && written.len() == 4, "{written:?}");
-    drop(commits);
+    let (commits, written): (usize, Vec<String>) = {
+        let commits = sink.commits.lock().unwrap();
+        (commits.len(), commits.last().unwrap().tenants.iter().map(|t| t.0.clone()).collect())
+    };
+    assert_eq!(commits, commits_before + 1, "the others are committed together");
+    assert!(!written.iter().any(|t| t == "d") && written.len() == 4, "{written:?}");
     assert_eq!(state.load_table("d", "orders").await.unwrap().unwrap().in_doubt.as_deref(), Some("stuck"));
     assert!(state.load_table("a", "orders").await.unwrap().unwrap().in_doubt.is_none());
 }
