@@ -328,7 +328,17 @@ impl Runner {
         for group in [by_table, new_tenants] {
             self.sync_tables(&ctx, group, &not_started, &mut outcomes).await;
         }
-        outcomes.sort_by(|a, b| (&a.database, &a.table, &a.target).cmp(&(&b.database, &b.table, &b.target)));
+        // In place: a stable sort takes a buffer as big as the outcomes (5 MB at 20,000), the
+        // run's peak; lines that share a table and target keep a fixed order by status.
+        outcomes.sort_unstable_by(|a, b| {
+            (&a.database, &a.table, &a.target, a.status as u8, &a.error).cmp(&(
+                &b.database,
+                &b.table,
+                &b.target,
+                b.status as u8,
+                &b.error,
+            ))
+        });
         let mut report = RunReport {
             outcomes,
             elapsed: started.elapsed(),

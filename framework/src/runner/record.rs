@@ -1,5 +1,6 @@
 //! Recording outcomes: the state a success or a failure leaves (written only after the target
-//! committed), the report line, and the next watermark.
+//! committed what the tenant staged; a tenant with nothing to apply has nothing to wait for),
+//! the report line, and the next watermark.
 
 use std::time::Duration;
 
