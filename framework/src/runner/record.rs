@@ -129,11 +129,12 @@ impl Recording {
         });
         for ((mut line, table), result) in self.lines.into_iter().zip(written) {
             match result {
-                // The data is committed; only the checkpoint is missing. The next run re-reads
-                // from the older watermark, which the idempotent writes absorb.
+                // The target has the rows (committed, or none to apply); only the checkpoint is
+                // missing. The next run re-reads from the older watermark, which the idempotent
+                // writes absorb.
                 Err(e) => {
                     line.status = OutcomeStatus::Failed;
-                    line.error = Some(format!("data committed but state not saved: {e}"));
+                    line.error = Some(format!("the target has the rows but the state was not saved: {e}"));
                 }
                 Ok(()) => Event::CheckpointCommitted { table, target: target.id.clone() }.emit(ctx.listeners()),
             }

@@ -102,7 +102,7 @@ pub(super) async fn sync_table(ctx: &RunContext<'_>, name: &str, dbs: &[String])
     // Tables hand out their tenants' reads in turn: a table's last tenant passes the turn on
     // once it has its read permit. Tables taking reads side by side would all hold their
     // tenants until they end, close together, and commit together (a fleet run's peak).
-    let turn = std::sync::Mutex::new(Some(ctx.dispatch.lock().await));
+    let turn: Turn<'_> = std::sync::Mutex::new(Some(ctx.dispatch.lock().await));
     let last = tenants.len().saturating_sub(1);
     let mut staged = futures::stream::iter(tenants.iter().cloned().enumerate())
         .map(|(i, schema)| {
@@ -112,7 +112,7 @@ pub(super) async fn sync_table(ctx: &RunContext<'_>, name: &str, dbs: &[String])
                 // Loaded as the tenant's read comes near, not for all tenants up front: a
                 // table's thousand prior states (with their window digests) were a fleet
                 // run's largest holding after the report.
-                let (targets, refused) = staging_targets(live, &schema.table.database, name, in_doubt).await;
+                let (targets, refused) = staging_targets(live, &schema.table.database, name, in_doubt, turn).await;
                 let _permit = ctx.reads.acquire().await;
                 if i == last {
                     turn.lock().unwrap_or_else(|p| p.into_inner()).take();
@@ -238,6 +238,9 @@ async fn load_priors<'a>(ctx: &RunContext<'a>, database: &str, table: &str) -> P
     priors
 }
 
+/// A table's turn at handing out reads (`RunContext::dispatch`), until it passes it on.
+type Turn<'a> = std::sync::Mutex<Option<tokio::sync::MutexGuard<'a, ()>>>;
+
 /// Earlier writes in doubt that the tenants' states name, each resolved once per target, by
 /// the first tenant staged that names it; with why it could not be, when it could not.
 #[derive(Default)]
@@ -247,13 +250,16 @@ struct InDoubt {
 
 impl InDoubt {
     /// Resolves `handle` in `l`'s target unless that was done; the error when it cannot be.
-    async fn resolve(&self, l: &Live<'_>, handle: &str) -> Option<ConnectorError> {
+    async fn resolve(&self, l: &Live<'_>, handle: &str, turn: &Turn<'_>) -> Option<ConnectorError> {
         // Held across the resolution: the other tenants of that write wait for its outcome.
         let mut resolved = self.resolved.lock().await;
         let key = (l.target.id.clone(), handle.to_string());
         if let Some(outcome) = resolved.get(&key) {
             return outcome.as_ref().map(ConnectorError::duplicate);
         }
+        // A resolution can wait for a job up to `job_timeout`: the other tables' reads go on
+        // meanwhile, this table's beside theirs.
+        turn.lock().unwrap_or_else(|p| p.into_inner()).take();
         let outcome = match l.target.sink.resolve(handle).await {
             Ok(()) => {
                 tracing::info!(target = %l.target.id, %handle, "an earlier write in doubt is resolved");
@@ -275,6 +281,7 @@ async fn staging_targets<'l>(
     database: &str,
     table: &str,
     in_doubt: &InDoubt,
+    turn: &Turn<'_>,
 ) -> (Vec<(&'l Live<'l>, Option<TableState>)>, Vec<(String, TargetStaging)>) {
     let mut targets = Vec::with_capacity(live.len());
     let mut refused = Vec::new();
@@ -283,7 +290,7 @@ async fn staging_targets<'l>(
         let failure = match &prior {
             Err(e) => Some(e.duplicate()),
             Ok(p) => match p.as_ref().and_then(|p| p.in_doubt.as_deref()) {
-                Some(handle) => in_doubt.resolve(l, handle).await,
+                Some(handle) => in_doubt.resolve(l, handle, turn).await,
                 None => None,
             },
         };

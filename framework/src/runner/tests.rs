@@ -703,3 +703,79 @@ async fn tenants_with_nothing_to_merge_are_recorded_in_batches_before_the_commit
     assert_eq!(t3.rows, 1, "{}", report.render());
     assert_eq!(sink.committed_rows("orders", "t3").last().unwrap()[1], Value::Null);
 }
+
+/// A sink whose `resolve` of `slow` waits until another table has committed (at most 5 s): it
+/// can only succeed if the table resolving it let the others read meanwhile.
+#[derive(Clone, Debug)]
+struct WaitsForOthers {
+    inner: CollectingSink,
+}
+
+#[async_trait::async_trait]
+impl Sink for WaitsForOthers {
+    fn id(&self) -> &str {
+        self.inner.id()
+    }
+    fn destination(&self) -> String {
+        self.inner.destination()
+    }
+    async fn plan(&self, t: &crate::sink::TargetTable) -> Result<crate::sink::TargetPlan> {
+        self.inner.plan(t).await
+    }
+    async fn prepare(&self, t: &crate::sink::TargetTable) -> Result<crate::sink::Prepared> {
+        self.inner.prepare(t).await
+    }
+    async fn stage(&self, r: crate::sink::StageRequest<'_>) -> Result<Box<dyn crate::sink::StagingWriter>> {
+        self.inner.stage(r).await
+    }
+    async fn commit(
+        &self,
+        t: &crate::sink::TargetTable,
+        s: &[crate::sink::Staged],
+    ) -> Result<crate::sink::CommitOutcome> {
+        self.inner.commit(t, s).await
+    }
+    async fn discard(&self, s: &[crate::sink::Staged]) {
+        self.inner.discard(s).await
+    }
+    async fn resolve(&self, _handle: &str) -> Result<()> {
+        let committed_before = self.inner.commits.lock().unwrap().len();
+        for _ in 0..500 {
+            if self.inner.commits.lock().unwrap().len() > committed_before {
+                return Ok(());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        Err(ConnectorError::transient("no other table committed while a write in doubt was resolved"))
+    }
+}
+
+#[tokio::test]
+async fn a_table_resolving_a_write_in_doubt_lets_the_other_tables_read_meanwhile() {
+    let source = MemorySource { databases: vec!["a".into()], ..Default::default() };
+    for name in ["t1", "t2"] {
+        let (schema, rows) = sample_table("a", name, 3);
+        source.add_table(schema, rows);
+    }
+    let sink = CollectingSink::new("bq");
+    let state = MemoryStateStore::default();
+    let mut runner = runner(
+        source,
+        vec![("bq", sink.clone(), state.clone())],
+        Settings { concurrency: 2, max_retries: 0, ..Default::default() },
+    );
+    runner.tables = vec!["t1".into(), "t2".into()];
+    assert_eq!(runner.run(&RunOptions::default()).await.unwrap().failed(), 0);
+    let mut t1 = state.load_table("a", "t1").await.unwrap().unwrap();
+    t1.in_doubt = Some("slow".into());
+    state.record("a", t1).await.unwrap();
+
+    runner.targets = vec![Target {
+        id: "bq".into(),
+        sink: Arc::new(WaitsForOthers { inner: sink }),
+        state: Arc::new(state.clone()),
+    }];
+    let report = runner.run(&RunOptions::default()).await.unwrap();
+    assert_eq!(report.failed(), 0, "{}", report.render());
+    assert!(state.load_table("a", "t1").await.unwrap().unwrap().in_doubt.is_none());
+}
