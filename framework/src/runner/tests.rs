@@ -52,14 +52,31 @@ fn committed_ids(sink: &CollectingSink, tenant: &str) -> Vec<i64> {
     ids
 }
 
+/// What a [`Hooked`] sink does to resolve a write in doubt.
+type ResolveFn = Arc<dyn Fn(String) -> futures::future::BoxFuture<'static, Result<()>> + Send + Sync>;
+
 /// A collecting sink with a hook before each `prepare` (an error it returns fails it) and
-/// before each `commit`.
+/// before each `commit`, and one that resolves writes in doubt.
 #[derive(Clone)]
 struct Hooked {
     id: &'static str,
     inner: CollectingSink,
     before_prepare: Arc<dyn Fn() -> Option<ConnectorError> + Send + Sync>,
     before_commit: Arc<dyn Fn() -> futures::future::BoxFuture<'static, ()> + Send + Sync>,
+    resolve: ResolveFn,
+}
+
+impl Hooked {
+    /// Hooks that do nothing, around `inner`.
+    fn around(id: &'static str, inner: CollectingSink) -> Self {
+        Self {
+            id,
+            inner,
+            before_prepare: Arc::new(|| None),
+            before_commit: Arc::new(|| Box::pin(async {})),
+            resolve: Arc::new(|_| Box::pin(async { Ok(()) })),
+        }
+    }
 }
 
 impl std::fmt::Debug for Hooked {
@@ -98,6 +115,9 @@ impl Sink for Hooked {
     }
     async fn discard(&self, s: &[crate::sink::Staged]) {
         self.inner.discard(s).await
+    }
+    async fn resolve(&self, handle: &str) -> Result<()> {
+        (self.resolve)(handle.to_string()).await
     }
 }
 
@@ -306,8 +326,6 @@ async fn a_target_found_down_is_skipped_for_the_rest_of_the_run() {
             Target {
                 id: "down".into(),
                 sink: Arc::new(Hooked {
-                    id: "down",
-                    inner: CollectingSink::new("down"),
                     before_prepare: Arc::new({
                         let calls = calls.clone();
                         move || {
@@ -315,7 +333,7 @@ async fn a_target_found_down_is_skipped_for_the_rest_of_the_run() {
                             Some(ConnectorError::transient("connection refused"))
                         }
                     }),
-                    before_commit: Arc::new(|| Box::pin(async {})),
+                    ..Hooked::around("down", CollectingSink::new("down"))
                 }),
                 state: Arc::new(MemoryStateStore::default()),
             },
@@ -493,9 +511,6 @@ async fn a_commit_that_writes_rows_finds_the_window_digests_already_dropped() {
     let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
     // Records, at each commit, whether the tenant's state still held window digests.
     let sink = Hooked {
-        id: "w",
-        inner: CollectingSink::new("w"),
-        before_prepare: Arc::new(|| None),
         before_commit: Arc::new({
             let (state, seen) = (state.clone(), seen.clone());
             move || {
@@ -506,6 +521,7 @@ async fn a_commit_that_writes_rows_finds_the_window_digests_already_dropped() {
                 })
             }
         }),
+        ..Hooked::around("w", CollectingSink::new("w"))
     };
     let runner = Runner {
         source: Arc::new(source.clone()),
@@ -571,50 +587,6 @@ async fn tables_hand_out_their_tenants_reads_in_turn() {
     assert_eq!(order.windows(2).filter(|w| w[0] != w[1]).count(), 2, "{order:?}");
 }
 
-/// A collecting sink that notes every write in doubt it is asked to resolve; `stuck` cannot be.
-#[derive(Clone, Debug)]
-struct Resolving {
-    inner: CollectingSink,
-    asked: Arc<std::sync::Mutex<Vec<String>>>,
-}
-
-#[async_trait::async_trait]
-impl Sink for Resolving {
-    fn id(&self) -> &str {
-        self.inner.id()
-    }
-    fn destination(&self) -> String {
-        self.inner.destination()
-    }
-    async fn plan(&self, t: &crate::sink::TargetTable) -> Result<crate::sink::TargetPlan> {
-        self.inner.plan(t).await
-    }
-    async fn prepare(&self, t: &crate::sink::TargetTable) -> Result<crate::sink::Prepared> {
-        self.inner.prepare(t).await
-    }
-    async fn stage(&self, r: crate::sink::StageRequest<'_>) -> Result<Box<dyn crate::sink::StagingWriter>> {
-        self.inner.stage(r).await
-    }
-    async fn commit(
-        &self,
-        t: &crate::sink::TargetTable,
-        s: &[crate::sink::Staged],
-    ) -> Result<crate::sink::CommitOutcome> {
-        self.inner.commit(t, s).await
-    }
-    async fn discard(&self, s: &[crate::sink::Staged]) {
-        self.inner.discard(s).await
-    }
-    async fn resolve(&self, handle: &str) -> Result<()> {
-        self.asked.lock().unwrap().push(handle.to_string());
-        tokio::task::yield_now().await;
-        match handle {
-            "stuck" => Err(ConnectorError::transient("job stuck is still running after it was cancelled")),
-            _ => Ok(()),
-        }
-    }
-}
-
 /// Each tenant's prior state is loaded as its read comes near, so a write in doubt is resolved
 /// by the first tenant that names it: once however many tenants share it, and a tenant whose
 /// write stays in doubt fails alone, without being written.
@@ -623,7 +595,24 @@ async fn a_write_in_doubt_is_resolved_once_for_its_tenants_and_one_that_stays_fa
     let tenants = [("a", 4), ("b", 4), ("c", 4), ("d", 4), ("e", 4)];
     let sink = CollectingSink::new("bq");
     let state = MemoryStateStore::default();
-    let resolving = Resolving { inner: sink.clone(), asked: Arc::default() };
+    // Notes every write in doubt it is asked to resolve; `stuck` cannot be.
+    let asked: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+    let resolving = Hooked {
+        resolve: Arc::new({
+            let asked = asked.clone();
+            move |handle| {
+                asked.lock().unwrap().push(handle.clone());
+                Box::pin(async move {
+                    tokio::task::yield_now().await;
+                    match handle.as_str() {
+                        "stuck" => Err(ConnectorError::transient("job stuck is still running after it was cancelled")),
+                        _ => Ok(()),
+                    }
+                })
+            }
+        }),
+        ..Hooked::around("bq", sink.clone())
+    };
     let settings = Settings { concurrency: 3, max_retries: 0, ..Default::default() };
     let first = runner(source_with(&tenants), vec![("bq", sink.clone(), state.clone())], settings.clone());
     assert_eq!(first.run(&RunOptions::default()).await.unwrap().failed(), 0);
@@ -639,7 +628,7 @@ async fn a_write_in_doubt_is_resolved_once_for_its_tenants_and_one_that_stays_fa
         vec![Target { id: "bq".into(), sink: Arc::new(resolving.clone()), state: Arc::new(state.clone()) }];
     let report = second.run(&RunOptions::default()).await.unwrap();
 
-    let mut asked = resolving.asked.lock().unwrap().clone();
+    let mut asked = asked.lock().unwrap().clone();
     asked.sort();
     assert_eq!(asked, ["commit_1", "stuck"], "each write in doubt is resolved once");
     let failed: Vec<&str> =
@@ -704,52 +693,6 @@ async fn tenants_with_nothing_to_merge_are_recorded_in_batches_before_the_commit
     assert_eq!(sink.committed_rows("orders", "t3").last().unwrap()[1], Value::Null);
 }
 
-/// A sink whose `resolve` of `slow` waits until another table has committed (at most 5 s): it
-/// can only succeed if the table resolving it let the others read meanwhile.
-#[derive(Clone, Debug)]
-struct WaitsForOthers {
-    inner: CollectingSink,
-}
-
-#[async_trait::async_trait]
-impl Sink for WaitsForOthers {
-    fn id(&self) -> &str {
-        self.inner.id()
-    }
-    fn destination(&self) -> String {
-        self.inner.destination()
-    }
-    async fn plan(&self, t: &crate::sink::TargetTable) -> Result<crate::sink::TargetPlan> {
-        self.inner.plan(t).await
-    }
-    async fn prepare(&self, t: &crate::sink::TargetTable) -> Result<crate::sink::Prepared> {
-        self.inner.prepare(t).await
-    }
-    async fn stage(&self, r: crate::sink::StageRequest<'_>) -> Result<Box<dyn crate::sink::StagingWriter>> {
-        self.inner.stage(r).await
-    }
-    async fn commit(
-        &self,
-        t: &crate::sink::TargetTable,
-        s: &[crate::sink::Staged],
-    ) -> Result<crate::sink::CommitOutcome> {
-        self.inner.commit(t, s).await
-    }
-    async fn discard(&self, s: &[crate::sink::Staged]) {
-        self.inner.discard(s).await
-    }
-    async fn resolve(&self, _handle: &str) -> Result<()> {
-        let committed_before = self.inner.commits.lock().unwrap().len();
-        for _ in 0..500 {
-            if self.inner.commits.lock().unwrap().len() > committed_before {
-                return Ok(());
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-        Err(ConnectorError::transient("no other table committed while a write in doubt was resolved"))
-    }
-}
-
 #[tokio::test]
 async fn a_table_resolving_a_write_in_doubt_lets_the_other_tables_read_meanwhile() {
     let source = MemorySource { databases: vec!["a".into()], ..Default::default() };
@@ -772,10 +715,29 @@ async fn a_table_resolving_a_write_in_doubt_lets_the_other_tables_read_meanwhile
 
     runner.targets = vec![Target {
         id: "bq".into(),
-        sink: Arc::new(WaitsForOthers { inner: sink }),
+        sink: Arc::new(Hooked { resolve: waits_for_another_commit(&sink), ..Hooked::around("bq", sink) }),
         state: Arc::new(state.clone()),
     }];
     let report = runner.run(&RunOptions::default()).await.unwrap();
     assert_eq!(report.failed(), 0, "{}", report.render());
     assert!(state.load_table("a", "t1").await.unwrap().unwrap().in_doubt.is_none());
+}
+
+/// A resolution that waits until another table has committed (at most 5 s): it can only
+/// succeed if the table resolving it lets the others read meanwhile.
+fn waits_for_another_commit(sink: &CollectingSink) -> ResolveFn {
+    let commits = sink.commits.clone();
+    Arc::new(move |_| {
+        let commits = commits.clone();
+        Box::pin(async move {
+            let before = commits.lock().unwrap().len();
+            for _ in 0..500 {
+                if commits.lock().unwrap().len() > before {
+                    return Ok(());
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            Err(ConnectorError::transient("no other table committed while a write in doubt was resolved"))
+        })
+    })
 }
