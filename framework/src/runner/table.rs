@@ -58,6 +58,22 @@ impl TenantResult {
     fn prior(&self, id: &str) -> Option<&PriorFacts> {
         self.priors.iter().find(|(t, _)| t == id).and_then(|(_, p)| p.as_ref())
     }
+
+    /// What recording its success in `l`'s target needs: `plan`, the `rows` applied, and the
+    /// time from its read's start.
+    fn success<'t>(&'t self, l: &'t Live<'_>, plan: &'t TablePlan, rows: u64, elapsed: Duration) -> Success<'t> {
+        static NO_READ: std::sync::LazyLock<ReadSummary> = std::sync::LazyLock::new(ReadSummary::default);
+        Success {
+            schema: &self.schema,
+            plan,
+            read: self.read.as_ref().unwrap_or(&NO_READ),
+            prior: self.prior(&l.target.id),
+            stamp: &l.stamp,
+            rows,
+            elapsed,
+            retries: self.retries,
+        }
+    }
 }
 
 pub(super) async fn sync_table(ctx: &RunContext<'_>, name: &str, dbs: &[String]) -> Outcomes {
@@ -168,23 +184,13 @@ fn record_ready<'l>(
     ready: Vec<TenantResult>,
     settled: &mut Vec<(String, Staged)>,
 ) -> Vec<(&'l Live<'l>, record::Recording)> {
-    let no_read = ReadSummary::default();
     let mut recording = Vec::with_capacity(live.len());
     for l in live {
         let mut successes = Vec::with_capacity(ready.len());
         for t in &ready {
             let Some((Some(plan), Ok(s))) = t.for_target(&l.target.id) else { continue };
             settled.push((l.target.id.clone(), s.clone()));
-            successes.push(Success {
-                schema: &t.schema,
-                plan,
-                read: t.read.as_ref().unwrap_or(&no_read),
-                prior: t.prior(&l.target.id),
-                stamp: &l.stamp,
-                rows: 0,
-                elapsed: t.elapsed,
-                retries: t.retries,
-            });
+            successes.push(t.success(l, plan, 0, t.elapsed));
         }
         recording.push((l, record::start_recording(ctx, l.target, &successes)));
     }
@@ -229,8 +235,6 @@ async fn prepare_targets<'a>(
 
 /// One tenant's prior state in every target, each loaded once.
 async fn load_priors<'a>(ctx: &RunContext<'a>, database: &str, table: &str) -> Priors<'a> {
-    // Sized exactly: a thousand tenants' small vectors wait for the table's commit, and a
-    // vector grown by push holds room for four.
     let mut priors = Vec::with_capacity(ctx.runner.targets.len());
     for target in &ctx.runner.targets {
         priors.push((target, target.state.load_table(database, table).await));
@@ -460,21 +464,11 @@ async fn commit_target(
     // One discard for all: a sink's tenants may share what it drops.
     all.append(&mut withheld);
     target.sink.discard(&all).await;
-    let no_read = ReadSummary::default();
     let mut successes = Vec::new();
     for (t, plan, s) in staged {
         let elapsed = t.elapsed + started.elapsed();
         match results_by_tenant.get(&s.tenant) {
-            Some(Ok(())) => successes.push(Success {
-                schema: &t.schema,
-                plan,
-                read: t.read.as_ref().unwrap_or(&no_read),
-                prior: t.prior(&target.id),
-                stamp: &l.stamp,
-                rows: s.rows,
-                elapsed,
-                retries: t.retries,
-            }),
+            Some(Ok(())) => successes.push(t.success(l, plan, s.rows, elapsed)),
             Some(Err(e)) => {
                 ctx.note_failure(target, e);
                 outcomes.push(
