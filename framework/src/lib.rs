@@ -114,7 +114,7 @@ pub use system::SystemColumns;
 pub use tenants::{Shard, TenantChanges, TenantSelection};
 pub use value::{Row, RowBatch, Value};
 pub use verify::{VerifyOptions, VerifyReport};
-pub use window::{WindowCheck, WindowRows};
+pub use window::{WindowCheck, WindowRows, WindowSeen};
 
 /// Re-exported so connector crates register without naming `inventory` themselves.
 pub use inventory;

@@ -18,7 +18,7 @@ use crate::digest::{BucketDigest, DigestSpec, JsonDigest, RowDigest};
 use crate::error::Result;
 use crate::schema::{TableRef, TableSchema};
 use crate::value::{RowBatch, Value};
-use crate::window::{WindowCheck, WindowRows, WindowTracker};
+use crate::window::{WindowCheck, WindowSeen, WindowTracker};
 
 /// The channel a source pushes batches into (bounded, so a slow sink slows the reader instead
 /// of filling memory) and, where the runner sends them back once written, the batches it
@@ -173,7 +173,8 @@ pub struct ReadRequest {
     /// table whose rows could then be applied twice (no key) fails the read.
     pub capture_position: bool,
     /// For a `Since` read: the rows its targets already hold, left out of the read, and the
-    /// digests to collect for the next one ([`crate::window`]).
+    /// digests to collect for the next one ([`crate::window`]). For a full read (or its key
+    /// ranges): only the digests to collect.
     pub window: Option<Arc<WindowCheck>>,
 }
 
@@ -233,7 +234,7 @@ pub struct ReadSummary {
     /// Rows the read took again that every target already held, unchanged: left out.
     pub unchanged_rows_skipped: u64,
     /// With [`ReadRequest::window`]: the digests of the rows the next read takes again.
-    pub window_rows: Option<WindowRows>,
+    pub window_rows: Option<WindowSeen>,
 }
 
 impl ReadSummary {
@@ -249,9 +250,7 @@ impl ReadSummary {
         self.future_cursor_rows += part.future_cursor_rows;
         self.null_cursor_rows_skipped += part.null_cursor_rows_skipped;
         self.unchanged_rows_skipped += part.unchanged_rows_skipped;
-        if part.window_rows.is_some() {
-            self.window_rows = part.window_rows;
-        }
+        let window_rows = part.window_rows;
         if self.snapshot_time.is_none() {
             self.snapshot_time = part.snapshot_time;
             self.cursor_clock = part.cursor_clock;
@@ -259,6 +258,12 @@ impl ReadSummary {
         }
         if let Some(m) = part.max_cursor.filter(|m| self.max_cursor.as_ref().is_none_or(|t| m.cursor_gt(t))) {
             self.max_cursor = Some(m);
+        }
+        // Pruned again to the window of the parts' highest cursor.
+        match (&mut self.window_rows, window_rows) {
+            (Some(mine), Some(theirs)) => mine.absorb(theirs, self.max_cursor.as_ref()),
+            (mine @ None, theirs) => *mine = theirs,
+            (Some(_), None) => {}
         }
         self.last_key = part.last_key;
         if self.change_position.is_none() {
@@ -405,11 +410,11 @@ impl RowSink {
             future_cursor_rows: 0,
             key,
             last_key: None,
-            window: request
-                .window
-                .as_ref()
-                .filter(|_| matches!(request.range, ReadRange::Since { .. }))
-                .map(|check| WindowTracker::new(Arc::clone(check))),
+            window: request.window.as_ref().and_then(|check| match request.range {
+                ReadRange::Since { .. } => Some(WindowTracker::new(Arc::clone(check))),
+                ReadRange::Full | ReadRange::KeyRange { .. } => Some(WindowTracker::for_full_read(Arc::clone(check))),
+                _ => None,
+            }),
             rows: 0,
             bytes: 0,
         }
@@ -483,7 +488,7 @@ impl RowSink {
         }
         if let Some(window) = self.window {
             summary.unchanged_rows_skipped += window.unchanged;
-            summary.window_rows = Some(window.finish(self.max_cursor.as_ref()));
+            summary.window_rows = window.finish(self.max_cursor.as_ref());
         }
         summary.rows += self.rows;
         summary.bytes += self.bytes;

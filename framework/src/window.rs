@@ -5,6 +5,8 @@
 //! loads and merges a few rows per tenant and table, one BigQuery job pair per table per run.
 //! A successful run therefore stores, with its watermark, a digest of each row in the next
 //! read's window ([`WindowRows`]); the next read leaves out a row whose digest is among them.
+//! A full sync stores them too (up to [`FULL_READ_DIGESTS`] rows digested), so the first
+//! incremental run after it sends only what changed.
 //!
 //! Why leaving such a row out loses nothing:
 //! - a digest is stored only for a row the target committed in the run that stores it; a
@@ -205,79 +207,149 @@ pub(crate) async fn forget(store: &dyn StateStore, tables: &[&TableRef]) -> Vec<
     refused
 }
 
+/// At most this many rows are digested by one full read (or one key range of it). A full
+/// read digests every row near its highest cursor so far, and in a table whose cursor grows
+/// with its key that is every row: past this many, a read stops and stores none, and the
+/// next incremental read sends its window again, as it would without digests.
+pub const FULL_READ_DIGESTS: u64 = 16_384;
+
+/// (cursor instant, digest); `None` sorts first and stands for "always in the window".
+type Seen = (Option<NaiveDateTime>, u128);
+
 /// Per read: leaves out the rows the targets hold, and collects the digests of the rows the
 /// next read will take again (those at or after the highest cursor seen minus the lookback;
 /// rows without a cursor instant are always read again).
 #[derive(Debug)]
 pub struct WindowTracker {
     check: Arc<WindowCheck>,
-    /// (cursor instant, digest); `None` sorts first and stands for "always in the window".
-    collected: Vec<(Option<NaiveDateTime>, u128)>,
+    collected: Vec<Seen>,
     /// Rows left out because every target holds them.
     pub unchanged: u64,
+    /// A full read's digests left to compute (`None`: an incremental read, no limit). A
+    /// full read never leaves a row out.
+    budget: Option<u64>,
+    /// A full read went past its budget: it stores no digests.
+    gave_up: bool,
 }
 
 impl WindowTracker {
+    /// The tracker of an incremental read: leaves out what every target holds.
     pub fn new(check: Arc<WindowCheck>) -> Self {
-        Self { check, collected: Vec::new(), unchanged: 0 }
+        Self { check, collected: Vec::new(), unchanged: 0, budget: None, gave_up: false }
+    }
+
+    /// The tracker of a full read (or one key range of it): leaves nothing out, and collects
+    /// the digests of the rows the next incremental read takes again, so that read sends only
+    /// what changed. Up to [`FULL_READ_DIGESTS`] rows.
+    pub fn for_full_read(check: Arc<WindowCheck>) -> Self {
+        Self { budget: Some(FULL_READ_DIGESTS), ..Self::new(check) }
     }
 
     /// Digests one row; whether the targets already hold it (the caller leaves it out).
     /// `cursor` is the row's cursor instant, `max` the highest cursor value seen so far (this
     /// row's included).
     pub fn observe(&mut self, row: &[Value], cursor: Option<NaiveDateTime>, max: Option<&Value>) -> bool {
-        let start = max.and_then(|m| self.window_start(m));
-        let in_window = cursor.is_none() || start.is_none_or(|s| cursor.is_some_and(|c| c >= s));
-        if !in_window && self.check.synced.is_empty() {
+        if self.gave_up {
             return false;
+        }
+        let start = max.and_then(|m| window_start(&self.check, m));
+        let in_window = cursor.is_none() || start.is_none_or(|s| cursor.is_some_and(|c| c >= s));
+        if !in_window && (self.budget.is_some() || self.check.synced.is_empty()) {
+            return false;
+        }
+        if let Some(left) = &mut self.budget {
+            if *left == 0 {
+                // Any subset of the digests would do, but the ones kept so far are of the
+                // oldest rows, the least likely to be in the next window.
+                self.gave_up = true;
+                self.collected = Vec::new();
+                return false;
+            }
+            *left -= 1;
         }
         let digest = self.check.digest(row);
         if in_window {
             self.collected.push((cursor, digest));
             if self.collected.len() >= 2 * MAX_WINDOW_ROWS {
-                self.prune(start);
+                prune(&mut self.collected, start);
             }
         }
-        let held = self.check.synced.contains(&digest);
+        let held = self.budget.is_none() && self.check.synced.contains(&digest);
         if held {
             self.unchanged += 1;
         }
         held
     }
 
-    /// Where a read from watermark `w` starts: the lookback before it (dates: whole days, as
-    /// [`crate::strategy::lower_bound`] counts them).
-    fn window_start(&self, w: &Value) -> Option<NaiveDateTime> {
-        let t = w.cursor_instant()?;
-        let lookback = self.check.lookback;
-        match w {
-            Value::Date(_) => t.checked_sub_signed(TimeDelta::try_days(lookback_days(lookback))?),
-            _ => t.checked_sub_signed(lookback),
+    /// The digests of the rows in the next read's window, which starts at `watermark` minus
+    /// the lookback (dates: whole days before it). `None` when a full read gave up.
+    pub fn finish(mut self, watermark: Option<&Value>) -> Option<WindowSeen> {
+        if self.gave_up {
+            return None;
         }
+        prune(&mut self.collected, watermark.and_then(|w| window_start(&self.check, w)));
+        Some(WindowSeen { check: self.check, collected: self.collected })
+    }
+}
+
+/// The rows one read (or the key ranges of one read, put together) collected for the next
+/// read's window: what a success stores, as [`WindowRows`].
+#[derive(Debug, Clone)]
+pub struct WindowSeen {
+    check: Arc<WindowCheck>,
+    collected: Vec<Seen>,
+}
+
+impl WindowSeen {
+    /// Adds the rows a later part of the same read collected; `max` is the highest cursor of
+    /// the parts together. Parts of different reads (another digest key) are not mixed: the
+    /// rows of this one alone are still a true subset.
+    pub fn absorb(&mut self, part: WindowSeen, max: Option<&Value>) {
+        if self.check.key != part.check.key {
+            return;
+        }
+        self.collected.extend(part.collected);
+        prune(&mut self.collected, max.and_then(|m| window_start(&self.check, m)));
     }
 
-    /// Keeps the rows at or after `start`, and of those the newest [`MAX_WINDOW_ROWS`].
-    fn prune(&mut self, start: Option<NaiveDateTime>) {
-        if let Some(s) = start {
-            self.collected.retain(|(c, _)| c.is_none_or(|c| c >= s));
-        }
-        if self.collected.len() > MAX_WINDOW_ROWS {
-            // Rows without an instant first (they are read every time), then the newest.
-            self.collected.sort_unstable_by_key(|(cursor, _)| cursor.map(std::cmp::Reverse));
-            self.collected.truncate(MAX_WINDOW_ROWS);
-        }
+    /// How many rows this holds.
+    pub fn len(&self) -> usize {
+        self.collected.len()
     }
 
-    /// The digests to store for the next run, whose window starts at `watermark` minus the
-    /// lookback (dates: whole days before it).
-    pub fn finish(mut self, watermark: Option<&Value>) -> WindowRows {
-        let start = watermark.and_then(|w| self.window_start(w));
-        self.prune(start);
+    pub fn is_empty(&self) -> bool {
+        self.collected.is_empty()
+    }
+
+    /// The digests as the state stores them.
+    pub fn stored(&self) -> WindowRows {
         let mut digests: Vec<u128> = self.collected.iter().map(|(_, d)| *d).collect();
         digests.sort_unstable();
         digests.dedup();
         let key = (u128::from(self.check.key.0) << 64) | u128::from(self.check.key.1);
         WindowRows { key: format!("{key:032x}"), digests: digests.iter().map(|d| format!("{d:032x}")).collect() }
+    }
+}
+
+/// Where a read from watermark `w` starts: the lookback before it (dates: whole days, as
+/// [`crate::strategy::lower_bound`] counts them).
+fn window_start(check: &WindowCheck, w: &Value) -> Option<NaiveDateTime> {
+    let t = w.cursor_instant()?;
+    match w {
+        Value::Date(_) => t.checked_sub_signed(TimeDelta::try_days(lookback_days(check.lookback))?),
+        _ => t.checked_sub_signed(check.lookback),
+    }
+}
+
+/// Keeps the rows at or after `start`, and of those the newest [`MAX_WINDOW_ROWS`].
+fn prune(collected: &mut Vec<Seen>, start: Option<NaiveDateTime>) {
+    if let Some(s) = start {
+        collected.retain(|(c, _)| c.is_none_or(|c| c >= s));
+    }
+    if collected.len() > MAX_WINDOW_ROWS {
+        // Rows without an instant first (they are read every time), then the newest.
+        collected.sort_unstable_by_key(|(cursor, _)| cursor.map(std::cmp::Reverse));
+        collected.truncate(MAX_WINDOW_ROWS);
     }
 }
 
@@ -306,7 +378,7 @@ mod tests {
                 left_out.push(id);
             }
         }
-        (left_out, tracker.finish(max.as_ref()))
+        (left_out, tracker.finish(max.as_ref()).unwrap().stored())
     }
 
     #[test]
@@ -387,5 +459,67 @@ mod tests {
         ];
         let (_, stored) = read(&check, &rows);
         assert_eq!(stored.len(), 2, "the next read starts a whole day back: {stored:?}");
+    }
+
+    /// A full read: every row, its digests collected by the same rules.
+    fn read_full(check: &Arc<WindowCheck>, rows: &[Vec<Value>]) -> (usize, Option<WindowSeen>) {
+        let mut tracker = WindowTracker::for_full_read(check.clone());
+        let (mut max, mut left_out) = (None::<Value>, 0);
+        for r in rows {
+            if max.as_ref().is_none_or(|m| r[1].cursor_gt(m)) {
+                max = Some(r[1].clone());
+            }
+            left_out += usize::from(tracker.observe(r, r[1].cursor_instant(), max.as_ref()));
+        }
+        (left_out, tracker.finish(max.as_ref()))
+    }
+
+    #[test]
+    fn a_full_read_leaves_nothing_out_and_stores_what_the_next_read_would_leave_out() {
+        let rows = [
+            row(1, "2026-01-01 09:00:00", "a"),
+            row(2, "2026-01-01 11:55:00", "b"),
+            row(3, "2026-01-01 12:00:00", "c"),
+        ];
+        let (_, held) = read(&WindowCheck::new(&[None], "s", 10), &rows);
+        // Even a check holding every row's digest leaves nothing out of a full read.
+        let (left_out, seen) = read_full(&WindowCheck::new(&[Some(&held)], "s", 10), &rows);
+        assert_eq!(left_out, 0);
+        let stored = seen.unwrap().stored();
+        assert_eq!(stored.len(), 2, "row 1 is before the next window");
+        let (left_out, _) = read(&WindowCheck::new(&[Some(&stored)], "s", 10), &rows[1..]);
+        assert_eq!(left_out, [2, 3], "the first incremental read sends nothing that is unchanged");
+    }
+
+    #[test]
+    fn a_full_read_gives_up_its_digests_past_its_budget() {
+        let base = t("2026-01-01 00:00:00");
+        // Cursors that grow with the key: every row is in the window when it is read.
+        let rows: Vec<Vec<Value>> = (0..FULL_READ_DIGESTS as i64 + 1)
+            .map(|i| vec![Value::Int(i), Value::DateTime(base + TimeDelta::seconds(i)), Value::Null])
+            .collect();
+        let check = WindowCheck::new(&[], "s", 10);
+        assert!(read_full(&check, &rows).1.is_none());
+        assert_eq!(read_full(&check, &rows[1..]).1.unwrap().len(), MAX_WINDOW_ROWS, "one row fewer: the newest kept");
+    }
+
+    #[test]
+    fn key_ranges_read_apart_keep_the_window_of_their_highest_cursor() {
+        let check = WindowCheck::new(&[], "s", 10);
+        let base = t("2026-01-01 00:00:00");
+        let part = |ids: std::ops::Range<i64>| -> Vec<Vec<Value>> {
+            ids.map(|i| vec![Value::Int(i), Value::DateTime(base + TimeDelta::minutes(i)), Value::Null]).collect()
+        };
+        // The first range's newest rows are in its own window, not in the whole read's.
+        let (_, first) = read_full(&check, &part(0..100));
+        let (_, second) = read_full(&check, &part(100..105));
+        let mut first = first.unwrap();
+        assert_eq!(first.len(), 11);
+        first.absorb(second.unwrap(), Some(&Value::DateTime(base + TimeDelta::minutes(104))));
+        assert_eq!(first.len(), 11, "minutes 94 to 104");
+        // Parts of another read (another key) are not mixed in.
+        let (_, other) = read_full(&WindowCheck::new(&[], "s", 10), &part(105..106));
+        first.absorb(other.unwrap(), Some(&Value::DateTime(base + TimeDelta::minutes(105))));
+        assert_eq!(first.len(), 11, "nothing added");
     }
 }

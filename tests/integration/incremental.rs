@@ -239,15 +239,30 @@ async fn a_run_in_which_nothing_changed_sends_nothing_and_a_change_that_keeps_it
     create_shop(&db, 20, 60).await;
     let dataset = unique("idle");
     let dir = workdir();
-    write_json(
-        &dir.path().join("params.json"),
-        &flat_params(std::slice::from_ref(&db), &["orders"], &dataset, emulator, dir.path()),
-    );
-    sync(dir.path(), &[]).await;
+    let mut params = flat_params(std::slice::from_ref(&db), &["orders"], &dataset, emulator, dir.path());
+    // The full sync reads key ranges of 25 rows, two segments side by side: the digests of
+    // its parts are put together.
+    params["chunk_rows"] = json!(25);
+    write_json(&dir.path().join("params.json"), &params);
+    sync(dir.path(), &["--report-json", "report.json"]).await;
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("report.json")).unwrap()).unwrap();
+    let window = report["outcomes"][0]["window"].as_str().unwrap();
+    assert!(window.contains("segments read at once"), "{window}");
+    // The full sync stored the digests of the next window: the ten rows stamped in the ten
+    // minutes before the newest (orders 51 to 60, a minute apart).
+    let digests = state(dir.path(), &db)["tables"]["orders"]["window_rows"]["digests"].as_str().unwrap().len();
+    assert_eq!(digests, 10 * 32);
     mysql_exec(&format!("UPDATE `{db}`.orders SET amount = amount + 1, updated_at = NOW(6) WHERE id <= 4")).await;
-    // The first incremental run sends its window (the four rows), and remembers them.
+    // The first incremental run reads those ten again and sends only the four changed rows,
+    // and remembers them.
     let out = sync(dir.path(), &[]).await;
-    assert!(out.stdout.contains("INCREMENTAL") && !out.stdout.contains("read again in the window"), "{}", out.stdout);
+    assert!(out.stdout.contains("INCREMENTAL"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("10 rows read again in the window were already in the target unchanged"),
+        "{}",
+        out.stdout
+    );
     assert_table_equal(emulator, &dataset, &db, "orders", "id").await;
     let digests = state(dir.path(), &db)["tables"]["orders"]["window_rows"]["digests"].as_str().unwrap().len();
     assert_eq!(digests, 4 * 32, "one digest per row of the next window");

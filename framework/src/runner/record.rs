@@ -174,7 +174,12 @@ fn success_state(ctx: &RunContext<'_>, s: &Success<'_>) -> Result<TableState, Co
     };
     let mode = if cdc.is_some() { SyncMode::Cdc } else { s.plan.mode };
     // The rows the next incremental read takes again, as this commit wrote them.
-    let window_rows = s.read.window_rows.clone().filter(|_| mode == SyncMode::Incremental);
+    let window_rows = s
+        .read
+        .window_rows
+        .as_ref()
+        .filter(|_| matches!(mode, SyncMode::Incremental | SyncMode::Full))
+        .map(crate::window::WindowSeen::stored);
     Ok(TableState {
         watermark,
         duration_seconds: Some(s.elapsed.as_secs_f64()),

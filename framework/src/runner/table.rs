@@ -354,14 +354,26 @@ async fn stage_tenant<'a>(
         request.cursor_time_zone =
             table_options.cursor_time_zone.clone().or_else(|| runner.settings.cursor_time_zone.clone());
         request.capture_position = ctx.options.cdc.is_some();
-        // Only rows merged by key can be left out: a table without one counts each row's
-        // copies over the whole window it is sent.
-        if matches!(request.range, ReadRange::Since { .. }) && plans.iter().all(|(_, p)| p.write == WriteMode::Merge) {
-            // The target table's layout and the tenant's columns are part of every digest:
-            // a row is "held" only in the shape it was written in.
-            let shape = format!("{} {layout}", unify::fingerprint(&schema));
-            let held: Vec<_> = held.iter().map(Option::as_ref).collect();
-            request.window = Some(WindowCheck::new(&held, &shape, runner.settings.lookback_minutes));
+        // The target table's layout and the tenant's columns are part of every digest: a row
+        // is "held" only in the shape it was written in.
+        let shape = || format!("{} {layout}", unify::fingerprint(&schema));
+        let lookback = runner.settings.lookback_minutes;
+        match request.range {
+            // Only rows merged by key can be left out: a table without one counts each row's
+            // copies over the whole window it is sent.
+            ReadRange::Since { .. } if plans.iter().all(|(_, p)| p.write == WriteMode::Merge) => {
+                let held: Vec<_> = held.iter().map(Option::as_ref).collect();
+                request.window = Some(WindowCheck::new(&held, &shape(), lookback));
+            }
+            // A full read leaves nothing out, but collects the digests of the next window, so
+            // the first incremental run after it sends only what changed. Only where that run
+            // will merge by key, and not for a change stream's snapshot.
+            ReadRange::Full
+                if request.track_cursor.is_some() && !schema.key.is_empty() && !request.capture_position =>
+            {
+                request.window = Some(WindowCheck::new(&[], &shape(), lookback));
+            }
+            _ => {}
         }
         let (result, r) =
             runner.retry_counted(&format!("sync {table}"), || read::attempt(ctx, &request, target_table, &plans)).await;

@@ -468,11 +468,11 @@ async fn rows_read_again_in_the_window_are_sent_only_when_a_target_lacks_them_as
         rows.iter().skip(rows.len().saturating_sub(10)).map(|r| r[1].clone()).collect()
     };
 
-    // A full sync stores no digests; the first incremental run sends its whole window (every
-    // row is within the 10 minutes before the watermark) and stores them.
-    assert_eq!(sent(&run().await), [(5, 0), (5, 0)]);
+    // The full sync sends every row and stores the digests of the next window (every row is
+    // within the 10 minutes before the watermark).
     assert_eq!(sent(&run().await), [(5, 0), (5, 0)]);
     let stored = one_state.load("a").await.unwrap().table("orders").cloned().unwrap();
+    assert_eq!(stored.sync_mode, SyncMode::Full);
     assert_eq!(stored.window_rows.as_ref().map(|w| w.len()), Some(5), "{stored:?}");
 
     // Nothing changed: nothing sent, to either target.
@@ -536,8 +536,9 @@ async fn a_commit_that_writes_rows_finds_the_window_digests_already_dropped() {
     for _ in 0..3 {
         assert_eq!(runner.run(&RunOptions::default()).await.unwrap().failed(), 0);
     }
-    // Full, then the first incremental (no digests yet), then one that sends nothing.
-    assert_eq!(*seen.lock().unwrap(), [false, false, true]);
+    // Full (no digests yet), then two incremental runs that send nothing: the full sync
+    // stored the digests of its window.
+    assert_eq!(*seen.lock().unwrap(), [false, true, true]);
     source.tables.lock().unwrap().get_mut(&TableRef::new("a", "orders")).unwrap().1[4][1] = Value::Null;
     let report = runner.run(&RunOptions::default()).await.unwrap();
     assert_eq!(report.outcomes[0].rows, 1, "{}", report.render());
@@ -667,8 +668,7 @@ async fn tenants_with_nothing_to_merge_are_recorded_in_batches_before_the_commit
         let commits = sink.commits.lock().unwrap();
         commits.last().unwrap().tenants.iter().map(|t| (t.0.clone(), t.2.len())).collect()
     };
-    // A full sync, then the first incremental run: every tenant sends its window.
-    run().await;
+    // A full sync: every tenant's rows, replaced (never recorded before the commit).
     run().await;
     assert_eq!(last_commit().len(), 7);
 
