@@ -252,7 +252,7 @@ impl WindowTracker {
         if self.gave_up {
             return false;
         }
-        let start = max.and_then(|m| window_start(&self.check, m));
+        let start = max.and_then(|m| window_start(self.check.lookback, m));
         let in_window = cursor.is_none() || start.is_none_or(|s| cursor.is_some_and(|c| c >= s));
         if !in_window && (self.budget.is_some() || self.check.synced.is_empty()) {
             return false;
@@ -287,8 +287,12 @@ impl WindowTracker {
         if self.gave_up {
             return None;
         }
-        prune(&mut self.collected, watermark.and_then(|w| window_start(&self.check, w)));
-        Some(WindowSeen { check: self.check, collected: self.collected })
+        let lookback = self.check.lookback;
+        prune(&mut self.collected, watermark.and_then(|w| window_start(lookback, w)));
+        // Held with the read's summary until the table's commit: no slack, and not the check,
+        // whose digests of the last run are done with.
+        self.collected.shrink_to_fit();
+        Some(WindowSeen { key: self.check.key, lookback, collected: self.collected })
     }
 }
 
@@ -296,7 +300,8 @@ impl WindowTracker {
 /// read's window: what a success stores, as [`WindowRows`].
 #[derive(Debug, Clone)]
 pub struct WindowSeen {
-    check: Arc<WindowCheck>,
+    key: (u64, u64),
+    lookback: TimeDelta,
     collected: Vec<Seen>,
 }
 
@@ -305,11 +310,12 @@ impl WindowSeen {
     /// the parts together. Parts of different reads (another digest key) are not mixed: the
     /// rows of this one alone are still a true subset.
     pub fn absorb(&mut self, part: WindowSeen, max: Option<&Value>) {
-        if self.check.key != part.check.key {
+        if self.key != part.key {
             return;
         }
         self.collected.extend(part.collected);
-        prune(&mut self.collected, max.and_then(|m| window_start(&self.check, m)));
+        prune(&mut self.collected, max.and_then(|m| window_start(self.lookback, m)));
+        self.collected.shrink_to_fit();
     }
 
     /// How many rows this holds.
@@ -326,18 +332,18 @@ impl WindowSeen {
         let mut digests: Vec<u128> = self.collected.iter().map(|(_, d)| *d).collect();
         digests.sort_unstable();
         digests.dedup();
-        let key = (u128::from(self.check.key.0) << 64) | u128::from(self.check.key.1);
+        let key = (u128::from(self.key.0) << 64) | u128::from(self.key.1);
         WindowRows { key: format!("{key:032x}"), digests: digests.iter().map(|d| format!("{d:032x}")).collect() }
     }
 }
 
 /// Where a read from watermark `w` starts: the lookback before it (dates: whole days, as
 /// [`crate::strategy::lower_bound`] counts them).
-fn window_start(check: &WindowCheck, w: &Value) -> Option<NaiveDateTime> {
+fn window_start(lookback: TimeDelta, w: &Value) -> Option<NaiveDateTime> {
     let t = w.cursor_instant()?;
     match w {
-        Value::Date(_) => t.checked_sub_signed(TimeDelta::try_days(lookback_days(check.lookback))?),
-        _ => t.checked_sub_signed(check.lookback),
+        Value::Date(_) => t.checked_sub_signed(TimeDelta::try_days(lookback_days(lookback))?),
+        _ => t.checked_sub_signed(lookback),
     }
 }
 
