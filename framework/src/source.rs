@@ -534,4 +534,57 @@ mod tests {
         assert_eq!(waiting(&sink), 0, "freed by the reader while it read on");
         assert_eq!(rx.recv().await.unwrap().len(), 64);
     }
+
+    /// One key range of a full read: rows `ids`, their cursor `step` apart from `base`.
+    fn full_read_part(
+        check: &Arc<WindowCheck>,
+        ids: std::ops::Range<i64>,
+        base: chrono::NaiveDateTime,
+        step: chrono::TimeDelta,
+    ) -> ReadSummary {
+        let mut tracker = WindowTracker::for_full_read(Arc::clone(check));
+        let mut max = None::<Value>;
+        for id in ids {
+            let row = [Value::Int(id), Value::DateTime(base + step * id as i32)];
+            max = Some(row[1].clone());
+            assert!(!tracker.observe(&row, row[1].cursor_instant(), max.as_ref()));
+        }
+        ReadSummary { window_rows: tracker.finish(max.as_ref()), max_cursor: max, ..Default::default() }
+    }
+
+    #[test]
+    fn key_ranges_put_their_window_digests_together_and_one_that_gave_up_adds_none() {
+        let check = WindowCheck::new(&[], "s", 10);
+        let base = chrono::NaiveDate::from_ymd_opt(2026, 1, 1).unwrap().and_hms_opt(0, 0, 0).unwrap();
+        let minute = chrono::TimeDelta::minutes(1);
+        // Older rows than the first part's, more of them than a part digests: it stores none.
+        let many = crate::window::FULL_READ_DIGESTS as i64 + 1;
+        let gave_up =
+            || full_read_part(&check, 0..many, base - chrono::TimeDelta::days(30), chrono::TimeDelta::microseconds(1));
+        assert!(gave_up().window_rows.is_none());
+        for gave_up_first in [true, false] {
+            let mut total = ReadSummary::default();
+            if gave_up_first {
+                total.absorb(gave_up());
+            }
+            total.absorb(full_read_part(&check, 0..100, base, minute));
+            if !gave_up_first {
+                total.absorb(gave_up());
+            }
+            assert_eq!(total.window_rows.as_ref().map(WindowSeen::len), Some(11), "minutes 89 to 99");
+            // A later range with newer rows moves the window: minutes 94 to 104.
+            total.absorb(full_read_part(&check, 100..105, base, minute));
+            let stored = total.window_rows.as_ref().unwrap().stored();
+            assert_eq!(stored.len(), 11);
+            let next = WindowCheck::new(&[Some(&stored)], "s", 10);
+            let mut incremental = WindowTracker::new(next);
+            let left_out: Vec<i64> = (90..105)
+                .filter(|id| {
+                    let row = [Value::Int(*id), Value::DateTime(base + minute * *id as i32)];
+                    incremental.observe(&row, row[1].cursor_instant(), Some(&Value::DateTime(base + minute * 104)))
+                })
+                .collect();
+            assert_eq!(left_out, (94..105).collect::<Vec<_>>());
+        }
+    }
 }

@@ -15,7 +15,7 @@ use futures::StreamExt;
 use crate::error::{ConnectorError, Result};
 use crate::events::Event;
 use crate::pipeline::TableOptions;
-use crate::schema::TableSchema;
+use crate::schema::{KeySource, TableSchema};
 use crate::sink::{Staged, TargetTable, WriteMode};
 use crate::source::{ReadRange, ReadRequest, ReadSummary};
 use crate::state::{TableState, TargetStamp};
@@ -358,19 +358,19 @@ async fn stage_tenant<'a>(
         // is "held" only in the shape it was written in.
         let shape = || format!("{} {layout}", unify::fingerprint(&schema));
         let lookback = runner.settings.lookback_minutes;
+        // Only rows merged by a key the source guarantees unique can be left out: a table
+        // without one counts each row's copies over the whole window it is sent, and a
+        // configured key that repeats would let one sent row overwrite a left-out one.
+        let unique_key = matches!(schema.key_source, KeySource::PrimaryKey | KeySource::UniqueIndex);
         match request.range {
-            // Only rows merged by key can be left out: a table without one counts each row's
-            // copies over the whole window it is sent.
-            ReadRange::Since { .. } if plans.iter().all(|(_, p)| p.write == WriteMode::Merge) => {
+            ReadRange::Since { .. } if unique_key && plans.iter().all(|(_, p)| p.write == WriteMode::Merge) => {
                 let held: Vec<_> = held.iter().map(Option::as_ref).collect();
                 request.window = Some(WindowCheck::new(&held, &shape(), lookback));
             }
             // A full read leaves nothing out, but collects the digests of the next window, so
-            // the first incremental run after it sends only what changed. Only where that run
-            // will merge by key, and not for a change stream's snapshot.
-            ReadRange::Full
-                if request.track_cursor.is_some() && !schema.key.is_empty() && !request.capture_position =>
-            {
+            // the first incremental run after it sends only what changed. Not for a change
+            // stream's snapshot.
+            ReadRange::Full if unique_key && request.track_cursor.is_some() && !request.capture_position => {
                 request.window = Some(WindowCheck::new(&[], &shape(), lookback));
             }
             _ => {}
@@ -431,7 +431,10 @@ async fn commit_target(
     }
     let vouched: Vec<&crate::schema::TableRef> = staged
         .iter()
-        .filter(|(t, _, s)| s.rows > 0 && t.prior(&target.id).is_some_and(|p| p.window_rows))
+        // A replace writes even with no rows: it deletes the tenant's old ones.
+        .filter(|(t, _, s)| {
+            (s.rows > 0 || s.write == WriteMode::ReplaceTenant) && t.prior(&target.id).is_some_and(|p| p.window_rows)
+        })
         .map(|(t, _, _)| &t.schema.table)
         .collect();
     let refused = record::forget_window_rows(ctx, target, &vouched).await;

@@ -504,6 +504,24 @@ async fn rows_read_again_in_the_window_are_sent_only_when_a_target_lacks_them_as
     assert_eq!(sent(&run().await), [(0, 6), (0, 6)]);
 }
 
+/// A configured key is the user's word, not the source's: if it repeats, a sent row would
+/// overwrite a left-out one with the same key. Such tables send their whole window.
+#[tokio::test]
+async fn a_configured_key_never_leaves_a_row_out_of_the_window() {
+    let source = MemorySource { databases: vec!["a".into()], ..Default::default() };
+    let (mut schema, rows) = sample_table("a", "orders", 5);
+    schema.key_source = crate::schema::KeySource::Configured;
+    source.add_table(schema, rows);
+    let state = MemoryStateStore::default();
+    let runner = runner(source, vec![("one", CollectingSink::new("one"), state.clone())], Settings::default());
+    for _ in 0..3 {
+        let report = runner.run(&RunOptions::default()).await.unwrap();
+        assert_eq!((report.outcomes[0].rows, report.outcomes[0].unchanged_rows_skipped), (5, 0), "{}", report.render());
+        let saved = state.load("a").await.unwrap().table("orders").cloned().unwrap();
+        assert!(saved.window_rows.is_none(), "{saved:?}");
+    }
+}
+
 #[tokio::test]
 async fn a_commit_that_writes_rows_finds_the_window_digests_already_dropped() {
     let source = source_with(&[("a", 5)]);
