@@ -80,26 +80,25 @@ SQL
   echo "    fleet ${tenants} x ${tables} built in $((SECONDS - t0)) s"
 }
 
-# change_one_percent TENANTS TABLES: one row in a hundred of every table updated now.
-change_one_percent() {
-  local tenants="$1" tables="$2"
+# update_every_table TENANTS TABLES SET: one row in a hundred of every table (id % 100 = 7) set
+# to SET.
+update_every_table() {
+  local tenants="$1" tables="$2" set="$3"
   for db in $(tenant_names "$tenants"); do
     for t in $(table_names "$tables"); do
-      echo "UPDATE $db.$t SET amount = amount + 1, updated_at = NOW(6) WHERE id % 100 = 7;"
+      echo "UPDATE $db.$t SET $set WHERE id % 100 = 7;"
     done
   done | "${MYSQL[@]}"
 }
 
-# restore_fleet TENANTS TABLES: the rows an earlier run of this script changed as they were
-# built, so every run starts from the same data (the full sync's last window is then the last
-# ten minutes of the built rows, not the rows changed last time).
+# change_one_percent TENANTS TABLES: those rows updated now.
+change_one_percent() { update_every_table "$1" "$2" "amount = amount + 1, updated_at = NOW(6)"; }
+
+# restore_fleet TENANTS TABLES: those rows as they were built, so every run starts from the same
+# data (the full sync's last window is then the last ten minutes of the built rows, not the rows
+# an earlier run of this script changed).
 restore_fleet() {
-  local tenants="$1" tables="$2"
-  for db in $(tenant_names "$tenants"); do
-    for t in $(table_names "$tables"); do
-      echo "UPDATE $db.$t SET amount = id * 1.25, updated_at = TIMESTAMP('2024-06-01') + INTERVAL id MINUTE WHERE id % 100 = 7;"
-    done
-  done | "${MYSQL[@]}"
+  update_every_table "$1" "$2" "amount = id * 1.25, updated_at = TIMESTAMP('2024-06-01') + INTERVAL id MINUTE"
 }
 
 questions() { "${MYSQL[@]}" -e "SHOW GLOBAL STATUS LIKE 'Questions'" | awk '{ print $2 }'; }
