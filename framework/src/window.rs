@@ -371,9 +371,9 @@ mod tests {
         vec![Value::Int(id), Value::DateTime(t(at)), Value::String(note.into())]
     }
 
-    /// One read: the rows, their cursors in column 1; what was left out, and what is stored.
-    fn read(check: &Arc<WindowCheck>, rows: &[Vec<Value>]) -> (Vec<i64>, WindowRows) {
-        let mut tracker = WindowTracker::new(check.clone());
+    /// The rows through `tracker`, their cursors in column 1: the ids left out, and what it
+    /// keeps for the next read.
+    fn observe_rows(mut tracker: WindowTracker, rows: &[Vec<Value>]) -> (Vec<i64>, Option<WindowSeen>) {
         let (mut max, mut left_out) = (None::<Value>, Vec::new());
         for r in rows {
             if max.as_ref().is_none_or(|m| r[1].cursor_gt(m)) {
@@ -384,7 +384,13 @@ mod tests {
                 left_out.push(id);
             }
         }
-        (left_out, tracker.finish(max.as_ref()).unwrap().stored())
+        (left_out, tracker.finish(max.as_ref()))
+    }
+
+    /// One incremental read: what was left out, and what is stored.
+    fn read(check: &Arc<WindowCheck>, rows: &[Vec<Value>]) -> (Vec<i64>, WindowRows) {
+        let (left_out, seen) = observe_rows(WindowTracker::new(check.clone()), rows);
+        (left_out, seen.unwrap().stored())
     }
 
     #[test]
@@ -467,17 +473,11 @@ mod tests {
         assert_eq!(stored.len(), 2, "the next read starts a whole day back: {stored:?}");
     }
 
-    /// A full read: every row, its digests collected by the same rules.
+    /// A full read: every row, its digests collected by the same rules; how many rows it left
+    /// out.
     fn read_full(check: &Arc<WindowCheck>, rows: &[Vec<Value>]) -> (usize, Option<WindowSeen>) {
-        let mut tracker = WindowTracker::for_full_read(check.clone());
-        let (mut max, mut left_out) = (None::<Value>, 0);
-        for r in rows {
-            if max.as_ref().is_none_or(|m| r[1].cursor_gt(m)) {
-                max = Some(r[1].clone());
-            }
-            left_out += usize::from(tracker.observe(r, r[1].cursor_instant(), max.as_ref()));
-        }
-        (left_out, tracker.finish(max.as_ref()))
+        let (left_out, seen) = observe_rows(WindowTracker::for_full_read(check.clone()), rows);
+        (left_out.len(), seen)
     }
 
     #[test]
