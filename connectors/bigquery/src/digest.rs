@@ -178,11 +178,12 @@ impl Exprs {
 }
 
 /// A query parameter holding a list of strings.
-pub(crate) fn strings_param(name: &str, values: &[String]) -> serde_json::Value {
+pub(crate) fn strings_param<S: AsRef<str>>(name: &str, values: impl IntoIterator<Item = S>) -> serde_json::Value {
+    let values: Vec<serde_json::Value> = values.into_iter().map(|v| serde_json::json!({"value": v.as_ref()})).collect();
     serde_json::json!({
         "name": name,
         "parameterType": {"type": "ARRAY", "arrayType": {"type": "STRING"}},
-        "parameterValue": {"arrayValues": values.iter().map(|v| serde_json::json!({"value": v})).collect::<Vec<_>>()},
+        "parameterValue": {"arrayValues": values},
     })
 }
 

@@ -7,6 +7,7 @@
 use connector_framework::{CdcDeletes, ChangeTracking, Staged, SystemColumns, WriteMode};
 use serde_json::{Value as Json, json};
 
+use crate::digest::strings_param;
 use crate::schema::convert;
 use crate::types::staging_name;
 use crate::writer::{
@@ -37,11 +38,6 @@ enum Shape {
 /// Backtick-quoted `project.dataset.table`.
 pub(crate) fn qualified(project: &str, dataset: &str, table: &str) -> String {
     format!("`{}.{}.{}`", project, dataset, table.replace('`', ""))
-}
-
-/// A GoogleSQL string literal.
-pub(crate) fn string_literal(text: &str) -> String {
-    format!("'{}'", text.replace('\\', "\\\\").replace('\'', "\\'"))
 }
 
 /// A backtick-quoted column name (flexible names included).
@@ -111,11 +107,12 @@ impl CommitPlan {
 
     /// One SELECT per staging table and column set, shaped like the target (missing columns
     /// NULL, types cast, staging names mapped to target names).
-    pub fn source_query(&self, staged: &[&Staged]) -> Option<String> {
-        self.source_query_shaped(staged, Shape::Rows)
+    /// Its query parameters are added to `params`.
+    pub fn source_query(&self, staged: &[&Staged], params: &mut Vec<Json>) -> Option<String> {
+        self.source_query_shaped(staged, Shape::Rows, params)
     }
 
-    fn source_query_shaped(&self, staged: &[&Staged], shape: Shape) -> Option<String> {
+    fn source_query_shaped(&self, staged: &[&Staged], shape: Shape, params: &mut Vec<Json>) -> Option<String> {
         // Tenants staged in one table with the same columns are read by one SELECT, so the
         // staging table is scanned (and billed) once, not once per tenant.
         // (the group's first tenant, the handle of each of its tenants)
@@ -134,7 +131,8 @@ impl CommitPlan {
         let sys = &self.system;
         let selects: Vec<String> = groups
             .iter()
-            .map(|(s, handles)| {
+            .enumerate()
+            .map(|(g, (s, handles))| {
                 let mut exprs = vec![
                     format!("{TENANT_FIELD} AS {}", quote_column(&sys.tenant)),
                     format!("{SYNCED_FIELD} AS {}", quote_column(&sys.synced_at)),
@@ -176,16 +174,19 @@ impl CommitPlan {
                 }
                 // Each tenant's rows from the writer that finished (and the durable part of any
                 // writer it resumed); writer numbers are unique. A chunk loaded twice (a job lost
-                // and redone) shows as a repeated (_writer, _seq): keep one.
-                let tenants: Vec<String> = handles.iter().map(|(t, _)| string_literal(t)).collect();
-                let rows = StageHandle::condition(&handles.iter().map(|(_, h)| h).collect::<Vec<_>>());
+                // and redone) shows as a repeated (_writer, _seq): keep one. Tenants and writers
+                // are parameters: as literals, a fleet's thousands of them made the statement's
+                // text long (BigQuery caps it at 1 MB) and slow to parse.
+                let (tenants, writers) = (format!("staged_tenants_{g}"), format!("staged_writers_{g}"));
+                let of_handles: Vec<&StageHandle> = handles.iter().map(|(_, h)| h).collect();
+                params.push(strings_param(&tenants, handles.iter().map(|(t, _)| *t)));
+                params.push(StageHandle::writers_param(&writers, &of_handles));
                 format!(
                     "SELECT {} FROM (SELECT * FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY {WRITER_FIELD}, {SEQ_FIELD}) \
-                     AS _copy FROM {} WHERE {TENANT_FIELD} IN ({}) AND ({})) WHERE _copy = 1)",
+                     AS _copy FROM {} WHERE {TENANT_FIELD} IN UNNEST(@{tenants}) AND ({})) WHERE _copy = 1)",
                     exprs.join(", "),
                     qualified(&self.project, &self.staging_dataset, &handles[0].1.table),
-                    tenants.join(", "),
-                    rows,
+                    StageHandle::condition(&of_handles, &writers),
                 )
             })
             .collect();
@@ -193,11 +194,7 @@ impl CommitPlan {
     }
 
     fn tenants_param(name: &str, staged: &[&Staged]) -> Json {
-        json!({
-            "name": name,
-            "parameterType": {"type": "ARRAY", "arrayType": {"type": "STRING"}},
-            "parameterValue": {"arrayValues": staged.iter().map(|s| json!({"value": s.tenant})).collect::<Vec<_>>()},
-        })
+        strings_param(name, staged.iter().map(|s| s.tenant.as_str()))
     }
 
     /// The statement and its parameters; an empty statement when there is nothing to do.
@@ -244,8 +241,10 @@ impl CommitPlan {
     /// row an older change or snapshot wrote (so a batch applied again changes nothing).
     fn apply_keyed(&self, staged: &[Staged]) -> (String, Json) {
         let all: Vec<&Staged> = staged.iter().collect();
-        let params = Json::Array(vec![Self::tenants_param("tenants", &all)]);
-        let Some(source) = self.source_query_shaped(&all, Shape::Changes) else { return (String::new(), params) };
+        let mut params = vec![Self::tenants_param("tenants", &all)];
+        let Some(source) = self.source_query_shaped(&all, Shape::Changes, &mut params) else {
+            return (String::new(), Json::Array(params));
+        };
         let sys = &self.system;
         let tenant = quote_column(&sys.tenant);
         let seq = quote_column(&sys.change_seq);
@@ -277,7 +276,7 @@ impl CommitPlan {
             sql.push_str(&format!("WHEN MATCHED AND {newer} THEN UPDATE SET {}\n", set.join(", ")));
             sql.push_str(&format!("WHEN NOT MATCHED AND S.{OP} = 'U' THEN INSERT ({col_list}) VALUES ({values})"));
         }
-        (sql, params)
+        (sql, Json::Array(params))
     }
 
     /// A change batch of a table without a key: each change adds or removes one copy of its
@@ -286,12 +285,10 @@ impl CommitPlan {
     /// transaction: a batch applied again finds its changes at or below the mark.
     fn apply_keyless(&self, staged: &[Staged]) -> (String, Json) {
         let all: Vec<&Staged> = staged.iter().collect();
-        let params = Json::Array(vec![
-            Self::tenants_param("tenants", &all),
-            Self::string_param("target_table", &self.table_name),
-        ]);
-        let Some(source) = self.source_query_shaped(&all, Shape::KeylessChanges) else {
-            return (String::new(), params);
+        let mut params =
+            vec![Self::tenants_param("tenants", &all), Self::string_param("target_table", &self.table_name)];
+        let Some(source) = self.source_query_shaped(&all, Shape::KeylessChanges, &mut params) else {
+            return (String::new(), Json::Array(params));
         };
         let sys = &self.system;
         let tenant = quote_column(&sys.tenant);
@@ -342,7 +339,7 @@ impl CommitPlan {
              COMMIT TRANSACTION;",
             values.join(", ")
         );
-        (sql, params)
+        (sql, Json::Array(params))
     }
 
     /// Rows of full and incremental syncs (and snapshots): one MERGE.
@@ -355,7 +352,7 @@ impl CommitPlan {
         if !full.is_empty() {
             params.push(Self::tenants_param("full_tenants", &full));
         }
-        let Some(source) = self.source_query(&all) else {
+        let Some(source) = self.source_query(&all, &mut params) else {
             // No rows staged at all: only full-sync tenants whose source table is empty.
             let sql = format!("DELETE FROM {target} WHERE {tenant} IN UNNEST(@full_tenants)");
             return if full.is_empty() { (String::new(), Json::Array(params)) } else { (sql, Json::Array(params)) };
@@ -452,15 +449,37 @@ mod tests {
             staged("shop'2", "_stage_a/7/5:1000", &["path"]),
             staged("shop3", "_stage_a/9", &["path", "ref"]),
         ];
-        let sql = plan.source_query(&all.iter().collect::<Vec<_>>()).unwrap();
+        let mut params = Vec::new();
+        let sql = plan.source_query(&all.iter().collect::<Vec<_>>(), &mut params).unwrap();
         let selects: Vec<&str> = sql.split("UNION ALL").collect();
         assert_eq!(selects.len(), 2, "one SELECT per staging table and column set: {sql}");
         assert!(
-            selects[0]
-                .contains("_tenant IN ('shop1', 'shop\\'2') AND (_writer IN (3, 7) OR (_writer = 5 AND _seq < 1000))"),
+            selects[0].contains(
+                "_tenant IN UNNEST(@staged_tenants_0) AND (_writer IN UNNEST(@staged_writers_0) OR (_writer = 5 AND _seq < 1000))"
+            ),
             "{sql}"
         );
-        assert!(selects[1].contains("_tenant IN ('shop3') AND (_writer IN (9))"), "{sql}");
+        assert!(
+            selects[1].contains("_tenant IN UNNEST(@staged_tenants_1) AND (_writer IN UNNEST(@staged_writers_1))"),
+            "{sql}"
+        );
+        // Tenants and writers are parameters, never text of the statement.
+        let values = |name: &str| -> Vec<String> {
+            let p = params.iter().find(|p| p["name"] == name).unwrap_or_else(|| panic!("no {name}: {params:?}"));
+            p["parameterValue"]["arrayValues"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v["value"].as_str().unwrap().to_string())
+                .collect()
+        };
+        assert_eq!(values("staged_tenants_0"), ["shop1", "shop'2"]);
+        assert_eq!(values("staged_writers_0"), ["3", "7"]);
+        assert_eq!(values("staged_tenants_1"), ["shop3"]);
+        assert_eq!(values("staged_writers_1"), ["9"]);
+        let writers = params.iter().find(|p| p["name"] == "staged_writers_0").unwrap();
+        assert_eq!(writers["parameterType"]["arrayType"]["type"], "INT64");
+        assert!(!sql.contains("shop"), "{sql}");
         // Duplicates of a row are numbered per tenant, as when each tenant was read alone.
         assert!(sql.contains("PARTITION BY _tenant, _hash"), "{sql}");
         assert!(sql.contains("PARTITION BY _writer, _seq"), "{sql}");

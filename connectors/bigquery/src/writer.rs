@@ -74,16 +74,26 @@ impl StageHandle {
         Some(Self { table, writer, earlier })
     }
 
-    /// The SQL condition that selects the rows of these handles in one staging table: one
-    /// `IN` list of the finished writers (a fleet's thousand tenants make one short term, not
-    /// a thousand ORs), and the durable part of each writer a handle resumed.
-    pub fn condition(handles: &[&StageHandle]) -> String {
-        let writers: Vec<String> = handles.iter().map(|h| h.writer.to_string()).collect();
-        let mut terms = vec![format!("{WRITER_FIELD} IN ({})", writers.join(", "))];
+    /// The SQL condition that selects the rows of these handles in one staging table: the
+    /// finished writers by `writers`, an INT64 array parameter holding them (see
+    /// [`StageHandle::writers_param`]), and the durable part of each writer a handle resumed.
+    /// The writers go as a parameter, not as literals: a fleet's table lists thousands, and
+    /// BigQuery caps a statement's text at 1 MB (the parameters have the request's 10 MB).
+    pub fn condition(handles: &[&StageHandle], writers: &str) -> String {
+        let mut terms = vec![format!("{WRITER_FIELD} IN UNNEST(@{writers})")];
         for h in handles {
             terms.extend(h.earlier.iter().map(|(w, rows)| format!("({WRITER_FIELD} = {w} AND {SEQ_FIELD} < {rows})")));
         }
         terms.join(" OR ")
+    }
+
+    /// The query parameter `name` that [`StageHandle::condition`] reads: the handles' writers.
+    pub fn writers_param(name: &str, handles: &[&StageHandle]) -> serde_json::Value {
+        serde_json::json!({
+            "name": name,
+            "parameterType": {"type": "ARRAY", "arrayType": {"type": "INT64"}},
+            "parameterValue": {"arrayValues": handles.iter().map(|h| serde_json::json!({"value": h.writer.to_string()})).collect::<Vec<_>>()},
+        })
     }
 }
 

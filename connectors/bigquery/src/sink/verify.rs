@@ -198,22 +198,22 @@ impl BigQuerySink {
             return Err(ConnectorError::permanent(format!("{}: the target table does not exist", table.name)));
         };
         let columns: Vec<String> = plan.insert_columns().iter().map(|c| quote_column(c)).collect();
+        let mut params = vec![
+            json!({"name": "tenant", "parameterType": {"type": "STRING"}, "parameterValue": {"value": tenant}}),
+            digest::strings_param("keys", keys),
+        ];
         let insert = plan
-            .source_query(&[staged])
+            .source_query(&[staged], &mut params)
             .map(|q| format!("INSERT INTO {target} ({}) SELECT * FROM ({q});\n", columns.join(", ")))
             .unwrap_or_default();
         let sql = format!(
             "BEGIN TRANSACTION;\nDELETE FROM {target} WHERE {} = @tenant AND {} IN UNNEST(@keys);\n{insert}COMMIT TRANSACTION;",
             exprs.tenant, exprs.key
         );
-        let params = json!([
-            {"name": "tenant", "parameterType": {"type": "STRING"}, "parameterValue": {"value": tenant}},
-            digest::strings_param("keys", keys),
-        ]);
         let mut parts: Vec<&str> = vec![&self.id, &self.dataset, &self.run_id, &table.name, tenant];
         parts.extend(staged.handle.as_deref());
         let what = format!("repair of {} keys of {tenant}.{}", keys.len(), table.name);
-        let outcome = self.client.query(&sql, params, &unique_id("repair", &parts), &what).await?;
+        let outcome = self.client.query(&sql, Json::Array(params), &unique_id("repair", &parts), &what).await?;
         Ok(CommitSummary {
             rows_deleted: outcome.statistic(&["query", "numDmlAffectedRows"]).map(|n| n.saturating_sub(staged.rows)),
             rows_inserted: Some(staged.rows),
