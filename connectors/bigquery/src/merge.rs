@@ -107,7 +107,8 @@ impl CommitPlan {
 
     /// One SELECT per staging table and column set, shaped like the target (missing columns
     /// NULL, types cast, staging names mapped to target names).
-    /// Its query parameters are added to `params`.
+    /// Its query parameters are added to `params`; it reads `@tenants` too, an array of the
+    /// staged tenants (or more) that the caller passes.
     pub fn source_query(&self, staged: &[&Staged], params: &mut Vec<Json>) -> Option<String> {
         self.source_query_shaped(staged, Shape::Rows, params)
     }
@@ -174,16 +175,16 @@ impl CommitPlan {
                 }
                 // Each tenant's rows from the writer that finished (and the durable part of any
                 // writer it resumed); writer numbers are unique. A chunk loaded twice (a job lost
-                // and redone) shows as a repeated (_writer, _seq): keep one. Tenants and writers
-                // are parameters: as literals, a fleet's thousands of them made the statement's
-                // text long (BigQuery caps it at 1 MB) and slow to parse.
-                let (tenants, writers) = (format!("staged_tenants_{g}"), format!("staged_writers_{g}"));
+                // and redone) shows as a repeated (_writer, _seq): keep one. The writers are a
+                // parameter: as literals, a fleet's thousands of them made the statement's text
+                // long (BigQuery caps it at 1 MB) and slow to parse. The statement's `@tenants`
+                // (every tenant it applies) guards the writers.
+                let writers = format!("staged_writers_{g}");
                 let of_handles: Vec<&StageHandle> = handles.iter().map(|(_, h)| h).collect();
-                params.push(strings_param(&tenants, handles.iter().map(|(t, _)| *t)));
                 params.push(StageHandle::writers_param(&writers, &of_handles));
                 format!(
                     "SELECT {} FROM (SELECT * FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY {WRITER_FIELD}, {SEQ_FIELD}) \
-                     AS _copy FROM {} WHERE {TENANT_FIELD} IN UNNEST(@{tenants}) AND ({})) WHERE _copy = 1)",
+                     AS _copy FROM {} WHERE {TENANT_FIELD} IN UNNEST(@tenants) AND ({})) WHERE _copy = 1)",
                     exprs.join(", "),
                     qualified(&self.project, &self.staging_dataset, &handles[0].1.table),
                     StageHandle::condition(&of_handles, &writers),
@@ -455,14 +456,11 @@ mod tests {
         assert_eq!(selects.len(), 2, "one SELECT per staging table and column set: {sql}");
         assert!(
             selects[0].contains(
-                "_tenant IN UNNEST(@staged_tenants_0) AND (_writer IN UNNEST(@staged_writers_0) OR (_writer = 5 AND _seq < 1000))"
+                "_tenant IN UNNEST(@tenants) AND (_writer IN UNNEST(@staged_writers_0) OR (_writer = 5 AND _seq < 1000))"
             ),
             "{sql}"
         );
-        assert!(
-            selects[1].contains("_tenant IN UNNEST(@staged_tenants_1) AND (_writer IN UNNEST(@staged_writers_1))"),
-            "{sql}"
-        );
+        assert!(selects[1].contains("_tenant IN UNNEST(@tenants) AND (_writer IN UNNEST(@staged_writers_1))"), "{sql}");
         // Tenants and writers are parameters, never text of the statement.
         let values = |name: &str| -> Vec<String> {
             let p = params.iter().find(|p| p["name"] == name).unwrap_or_else(|| panic!("no {name}: {params:?}"));
@@ -473,10 +471,9 @@ mod tests {
                 .map(|v| v["value"].as_str().unwrap().to_string())
                 .collect()
         };
-        assert_eq!(values("staged_tenants_0"), ["shop1", "shop'2"]);
         assert_eq!(values("staged_writers_0"), ["3", "7"]);
-        assert_eq!(values("staged_tenants_1"), ["shop3"]);
         assert_eq!(values("staged_writers_1"), ["9"]);
+        assert_eq!(params.len(), 2, "{params:?}");
         let writers = params.iter().find(|p| p["name"] == "staged_writers_0").unwrap();
         assert_eq!(writers["parameterType"]["arrayType"]["type"], "INT64");
         assert!(!sql.contains("shop"), "{sql}");

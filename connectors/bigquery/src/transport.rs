@@ -123,6 +123,14 @@ fn to_json<T: serde::Serialize>(v: &T) -> Json {
     serde_json::to_value(v).unwrap_or(Json::Null)
 }
 
+/// A job the service returned, without the configuration it echoes: the client reads only its
+/// reference, status and statistics, and a MERGE's echo (its statement and a parameter element
+/// per tenant) was the largest thing a fleet's run held while it waited for its commits.
+fn job_json(mut job: model::Job) -> Json {
+    job.configuration = None;
+    to_json(&job)
+}
+
 /// The official clients all take the same endpoint, credentials and retry setting: retries
 /// are the client's (bounded by max_retries, classified); the official clients' own would
 /// multiply them and hold a run for minutes on a target that is down.
@@ -265,7 +273,7 @@ impl Transport for GoogleTransport {
     async fn insert_job(&self, project: &str, job: Json) -> Result<Option<Json>> {
         let job: model::Job = to_model(job)?;
         match self.jobs.insert_job().set_project_id(project).set_job(job).send().await {
-            Ok(j) => Ok(Some(to_json(&j))),
+            Ok(j) => Ok(Some(job_json(j))),
             Err(e) if status(&e) == Some(409) => Ok(None),
             Err(e) => Err(gax_err(e, "start query job")),
         }
@@ -316,7 +324,7 @@ impl Transport for GoogleTransport {
             req = req.set_location(loc);
         }
         match req.send().await {
-            Ok(job) => Ok(Some(to_json(&job))),
+            Ok(job) => Ok(Some(job_json(job))),
             Err(e) if status(&e) == Some(404) => Ok(None),
             Err(e) => Err(gax_err(e, &format!("get job {job_id}"))),
         }

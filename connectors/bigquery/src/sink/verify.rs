@@ -201,6 +201,7 @@ impl BigQuerySink {
         let mut params = vec![
             json!({"name": "tenant", "parameterType": {"type": "STRING"}, "parameterValue": {"value": tenant}}),
             digest::strings_param("keys", keys),
+            digest::strings_param("tenants", [tenant]),
         ];
         let insert = plan
             .source_query(&[staged], &mut params)
