@@ -48,9 +48,10 @@ fn change_fields(request: &StageRequest<'_>) -> ChangeFields {
 /// Staging tables expire on their own if a run dies before dropping them.
 const STAGING_TTL_MS: i64 = 7 * 24 * 3600 * 1000;
 
-/// Tenants applied by one MERGE. Each adds its name and writer number to the statement's text
-/// (at most about 90 characters), so 4,000 keep it under 400 KB, far below BigQuery's 1 MB
-/// limit on a query's text, and a fleet of that size gets one MERGE per table.
+/// Tenants applied by one MERGE. Their names and writer numbers go as query parameters (about
+/// 100 bytes of request per tenant, not statement text; BigQuery caps a query's text at 1 MB and
+/// the request at 10 MB), so a fleet of this size gets one MERGE per table. Larger groups were
+/// never tried on real BigQuery; this bound is what the statement's text once allowed.
 const TENANTS_PER_COMMIT: usize = 4000;
 
 /// The version of the row hash of tables without a key (see `writer::row_hash`): part of the
