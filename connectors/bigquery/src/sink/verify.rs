@@ -201,12 +201,16 @@ impl BigQuerySink {
         let mut params = vec![
             json!({"name": "tenant", "parameterType": {"type": "STRING"}, "parameterValue": {"value": tenant}}),
             digest::strings_param("keys", keys),
-            digest::strings_param("tenants", [tenant]),
         ];
-        let insert = plan
-            .source_query(&[staged], &mut params)
-            .map(|q| format!("INSERT INTO {target} ({}) SELECT * FROM ({q});\n", columns.join(", ")))
-            .unwrap_or_default();
+        // The staged rows' SELECT reads `@tenants`; with no rows staged there is none.
+        let mut source_params = vec![digest::strings_param("tenants", [tenant])];
+        let insert = match plan.source_query(&[staged], &mut source_params) {
+            Some(q) => {
+                params.append(&mut source_params);
+                format!("INSERT INTO {target} ({}) SELECT * FROM ({q});\n", columns.join(", "))
+            }
+            None => String::new(),
+        };
         let sql = format!(
             "BEGIN TRANSACTION;\nDELETE FROM {target} WHERE {} = @tenant AND {} IN UNNEST(@keys);\n{insert}COMMIT TRANSACTION;",
             exprs.tenant, exprs.key
