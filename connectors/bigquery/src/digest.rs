@@ -179,10 +179,20 @@ impl Exprs {
 
 /// A query parameter holding a list of strings.
 pub(crate) fn strings_param<S: AsRef<str>>(name: &str, values: impl IntoIterator<Item = S>) -> serde_json::Value {
+    array_param(name, "STRING", values)
+}
+
+/// A query parameter holding a list of `element_type` values, each in its REST text form
+/// (INT64 values as decimal strings).
+pub(crate) fn array_param<S: AsRef<str>>(
+    name: &str,
+    element_type: &str,
+    values: impl IntoIterator<Item = S>,
+) -> serde_json::Value {
     let values: Vec<serde_json::Value> = values.into_iter().map(|v| serde_json::json!({"value": v.as_ref()})).collect();
     serde_json::json!({
         "name": name,
-        "parameterType": {"type": "ARRAY", "arrayType": {"type": "STRING"}},
+        "parameterType": {"type": "ARRAY", "arrayType": {"type": element_type}},
         "parameterValue": {"arrayValues": values},
     })
 }

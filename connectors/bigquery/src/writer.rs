@@ -89,11 +89,7 @@ impl StageHandle {
 
     /// The query parameter `name` that [`StageHandle::condition`] reads: the handles' writers.
     pub fn writers_param(name: &str, handles: &[&StageHandle]) -> serde_json::Value {
-        serde_json::json!({
-            "name": name,
-            "parameterType": {"type": "ARRAY", "arrayType": {"type": "INT64"}},
-            "parameterValue": {"arrayValues": handles.iter().map(|h| serde_json::json!({"value": h.writer.to_string()})).collect::<Vec<_>>()},
-        })
+        crate::digest::array_param(name, "INT64", handles.iter().map(|h| h.writer.to_string()))
     }
 }
 
