@@ -7,6 +7,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use connector_framework::{ConnectorError, ErrorClass, Result, RetryPolicy};
+use serde_json::value::RawValue;
 use serde_json::{Value as Json, json};
 
 use crate::chunk::Chunk;
@@ -93,6 +94,15 @@ pub fn job_handle(job_id: &str, location: Option<&str>) -> String {
         Some(l) => format!("{job_id}@{l}"),
         None => job_id.to_string(),
     }
+}
+
+/// A job's configuration as the text it is sent as, kept for the job's retries. A MERGE's
+/// parameters hold an element per tenant; as JSON values (a map per element) they took many
+/// times their text, and were the largest thing a fleet's run kept while its tables' commits
+/// waited on their jobs.
+fn held_configuration(configuration: Json) -> Result<Box<RawValue>> {
+    serde_json::value::to_raw_value(&configuration)
+        .map_err(|e| ConnectorError::permanent(format!("building a BigQuery job: {e}")))
 }
 
 /// The error for a job whose state BigQuery did not tell after every retry: its outcome is
@@ -257,11 +267,11 @@ impl BqClient {
             query["queryParameters"] = parameters;
         }
         tracing::debug!(job_id, sql, "BigQuery query");
-        let configuration = json!({"query": query});
+        let configuration = held_configuration(json!({"query": query}))?;
         self.run_job(job_id, what, |id| {
-            let job = self.job_resource(&id, configuration.clone());
+            let job = self.job_resource(&id, &configuration);
             async move {
-                if let Some(inserted) = self.transport.insert_job(self.project(), job).await? {
+                if let Some(inserted) = self.transport.insert_job(self.project(), job?).await? {
                     self.learn_location(inserted["jobReference"]["location"].as_str());
                 }
                 Ok(())
@@ -273,21 +283,25 @@ impl BqClient {
     /// Starts a load job with `data` (NDJSON) as its media and waits for it. Resending after a
     /// lost answer finds the job by its id (409) instead of loading twice.
     pub async fn load(&self, load_config: Json, data: Chunk, job_id: &str, what: &str) -> Result<JobOutcome> {
-        let configuration = json!({"load": load_config});
+        let configuration = held_configuration(json!({"load": load_config}))?;
         self.run_job(job_id, what, |id| {
-            let job = self.job_resource(&id, configuration.clone());
+            let job = self.job_resource(&id, &configuration);
             let data = data.clone();
-            async move { self.transport.upload_job(self.project(), job, data).await }
+            async move { self.transport.upload_job(self.project(), job?, data).await }
         })
         .await
     }
 
-    fn job_resource(&self, job_id: &str, configuration: Json) -> Json {
+    /// The job resource an attempt sends: its id and location, and the configuration made into
+    /// JSON again for this attempt only.
+    fn job_resource(&self, job_id: &str, configuration: &RawValue) -> Result<Json> {
+        let configuration: Json = serde_json::from_str(configuration.get())
+            .map_err(|e| ConnectorError::permanent(format!("building a BigQuery job: {e}")))?;
         let mut reference = json!({"projectId": self.project(), "jobId": job_id});
         if let Some(loc) = self.location() {
             reference["location"] = json!(loc);
         }
-        json!({"jobReference": reference, "configuration": configuration})
+        Ok(json!({"jobReference": reference, "configuration": configuration}))
     }
 
     /// Runs a job exactly once under ids `{base_id}_{n}`. After a transient failure it looks the
