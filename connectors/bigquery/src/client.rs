@@ -101,8 +101,12 @@ pub fn job_handle(job_id: &str, location: Option<&str>) -> String {
 /// times their text, and were the largest thing a fleet's run kept while its tables' commits
 /// waited on their jobs.
 fn held_configuration(configuration: Json) -> Result<Box<RawValue>> {
-    serde_json::value::to_raw_value(&configuration)
-        .map_err(|e| ConnectorError::permanent(format!("building a BigQuery job: {e}")))
+    serde_json::value::to_raw_value(&configuration).map_err(job_not_built)
+}
+
+/// A job's configuration that did not go to or from its text (a bug, never the data's fault).
+fn job_not_built(e: serde_json::Error) -> ConnectorError {
+    ConnectorError::permanent(format!("building a BigQuery job: {e}"))
 }
 
 /// The error for a job whose state BigQuery did not tell after every retry: its outcome is
@@ -295,8 +299,7 @@ impl BqClient {
     /// The job resource an attempt sends: its id and location, and the configuration made into
     /// JSON again for this attempt only.
     fn job_resource(&self, job_id: &str, configuration: &RawValue) -> Result<Json> {
-        let configuration: Json = serde_json::from_str(configuration.get())
-            .map_err(|e| ConnectorError::permanent(format!("building a BigQuery job: {e}")))?;
+        let configuration: Json = serde_json::from_str(configuration.get()).map_err(job_not_built)?;
         let mut reference = json!({"projectId": self.project(), "jobId": job_id});
         if let Some(loc) = self.location() {
             reference["location"] = json!(loc);
